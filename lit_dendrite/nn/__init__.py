@@ -1,0 +1,23 @@
+"""Pure-torch building blocks: neurons, dendritic layers, the paper's outer networks."""
+
+from lit_dendrite.nn.inner import InnerNet
+from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
+from lit_dendrite.nn.matching import count_parameters, match_width
+from lit_dendrite.nn.nets import DendriticCNN, DendriticMLP, Normalize, OuterNet
+from lit_dendrite.nn.neurons import NEURONS, Neuron, build_neuron, neuron_spec
+
+__all__ = [
+    "NEURONS",
+    "DendriticCNN",
+    "DendriticConv2d",
+    "DendriticLinear",
+    "DendriticMLP",
+    "InnerNet",
+    "Neuron",
+    "Normalize",
+    "OuterNet",
+    "build_neuron",
+    "count_parameters",
+    "match_width",
+    "neuron_spec",
+]

@@ -1,0 +1,62 @@
+"""Dendritic layers: ``arity`` projections per unit, LayerNorm without affine, a neuron, dropout.
+
+Both layers take the same arguments (inputs, units, neuron, dropout) so they are interchangeable in the
+outer-network builders; the pre-activations of one unit are ``arity`` adjacent features (adjacent
+channels in the convolutional layer).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_dendrite.nn.neurons import Neuron
+
+
+class DendriticLinear(nn.Module):
+    """Dense layer of ``units`` neurons, each fed ``neuron.arity`` adjacent pre-activations."""
+
+    def __init__(self, in_features: int, units: int, neuron: Neuron, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.units = units
+        self.arity = neuron.arity
+        self.linear = nn.Linear(in_features, self.arity * units)
+        self.neuron = neuron
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        z = F.layer_norm(z, z.shape[-1:])
+        z = z.unflatten(-1, (self.units, self.arity))
+        return self.dropout(self.neuron(z, dim=-1))
+
+
+class DendriticConv2d(nn.Module):
+    """Convolution with ``neuron.arity`` adjacent channels per unit, LayerNorm over (C,H,W), optional pool."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        units: int,
+        neuron: Neuron,
+        dropout: float = 0.0,
+        kernel_size: int = 3,
+        pool: int = 1,
+    ) -> None:
+        super().__init__()
+        self.units = units
+        self.arity = neuron.arity
+        self.conv = nn.Conv2d(in_channels, self.arity * units, kernel_size)
+        self.neuron = neuron
+        self.pool = pool
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x)
+        z = F.layer_norm(z, z.shape[-3:])
+        z = z.unflatten(1, (self.units, self.arity))
+        y = self.neuron(z, dim=2)
+        if self.pool > 1:
+            y = F.max_pool2d(y, self.pool)
+        return self.dropout(y)

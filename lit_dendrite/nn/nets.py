@@ -1,0 +1,159 @@
+"""The paper's outer networks (MLP and CNN) built from dendritic layers around one shared inner net."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lit_dendrite.nn.inner import InnerNet
+from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
+from lit_dendrite.nn.matching import match_width
+from lit_dendrite.nn.neurons import build_neuron, neuron_spec
+
+
+class Normalize(nn.Module):
+    """Per-channel input normalisation, the network's first layer (data arrive as pixels in [0,1])."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std need one value per channel and std > 0, got {mean}, {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class OuterNet(nn.Module):
+    """Common base: input checks, the shared inner net, and the neuron bookkeeping."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        neuron: str,
+        inner_hidden: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (channels, height, width), got {list(in_shape)}")
+        if len(mean) != in_shape[0]:
+            raise ValueError(f"mean/std need {in_shape[0]} values (one per input channel), got {len(mean)}")
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.num_classes = num_classes
+        self.neuron_name = neuron
+        spec = neuron_spec(neuron)
+        self.inner = InnerNet(spec.arity, inner_hidden) if spec.learned else None
+        self.normalize = Normalize(mean, std)
+
+    def make_neuron(self) -> nn.Module:
+        """A neuron for one layer; learned neurons all share ``self.inner``."""
+        return build_neuron(self.neuron_name, self.inner)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape (N, {', '.join(map(str, self.in_shape))}), "
+                f"got {tuple(x.shape)}; check the data set against the net's in_shape"
+            )
+
+    def outer_parameters(self) -> list[nn.Parameter]:
+        """All parameters except the shared inner net's."""
+        inner = {id(p) for p in self.inner.parameters()} if self.inner is not None else set()
+        return [p for p in self.parameters() if id(p) not in inner]
+
+
+class DendriticMLP(OuterNet):
+    """MLP with dendritic hidden layers (paper: widths [64, 64, 64] units), dropout, Linear to classes."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        widths: Sequence[int] = (64, 64, 64),
+        neuron: str = "2arg",
+        dropout: float = 0.5,
+        inner_hidden: Sequence[int] = (64, 64),
+        mean: Sequence[float] = (0.1307,),
+        std: Sequence[float] = (0.3081,),
+        match_neuron: str | None = None,
+    ) -> None:
+        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std)
+        if match_neuron is not None:
+            widths = match_width(
+                DendriticMLP,
+                dict(in_shape=in_shape, num_classes=num_classes, neuron=neuron, inner_hidden=inner_hidden,
+                     mean=mean, std=std),
+                reference=dict(neuron=match_neuron, widths=widths),
+            )
+        self.widths = tuple(int(w) for w in widths)
+        layers, width_in = [], math.prod(self.in_shape)
+        for units in self.widths:
+            layers.append(DendriticLinear(width_in, units, self.make_neuron(), dropout))
+            width_in = units
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(width_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.head(self.hidden(self.normalize(x).flatten(1)))
+
+
+class DendriticCNN(OuterNet):
+    """CNN: dendritic conv layers (each followed by 2x2 max-pool), dense dendritic layers, Linear to classes.
+
+    The first ``len(kernels)`` widths are convolutional (no padding, stride 1); the remaining widths are
+    dense layers on the flattened map. The paper's CNN, widths [60,120,120,120] with kernels [3,3,3,1],
+    is ``kernels=(3, 3, 3)``: its kernel-1 fourth layer acts as a fully connected layer on the 2x2 map.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        widths: Sequence[int] = (60, 120, 120, 120),
+        kernels: Sequence[int] = (3, 3, 3),
+        pool: int = 2,
+        neuron: str = "2arg",
+        dropout: float = 0.5,
+        inner_hidden: Sequence[int] = (64, 64),
+        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
+        std: Sequence[float] = (0.2470, 0.2435, 0.2616),
+        match_neuron: str | None = None,
+    ) -> None:
+        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std)
+        if len(widths) < len(kernels):
+            raise ValueError(f"need at least one width per conv kernel, got widths={widths}, kernels={kernels}")
+        if match_neuron is not None:
+            widths = match_width(
+                DendriticCNN,
+                dict(in_shape=in_shape, num_classes=num_classes, kernels=kernels, pool=pool, neuron=neuron,
+                     inner_hidden=inner_hidden, mean=mean, std=std),
+                reference=dict(neuron=match_neuron, widths=widths),
+            )
+        self.widths = tuple(int(w) for w in widths)
+        channels, height, width = self.in_shape
+        convs = []
+        for units, kernel in zip(self.widths, kernels):
+            convs.append(DendriticConv2d(channels, units, self.make_neuron(), dropout, kernel, pool))
+            height, width = (height - kernel + 1) // pool, (width - kernel + 1) // pool
+            if height < 1 or width < 1:
+                raise ValueError(f"input {list(in_shape)} is too small for kernels {list(kernels)} with pool {pool}")
+            channels = units
+        self.features = nn.Sequential(*convs)
+        dense, width_in = [], channels * height * width
+        for units in self.widths[len(kernels):]:
+            dense.append(DendriticLinear(width_in, units, self.make_neuron(), dropout))
+            width_in = units
+        self.hidden = nn.Sequential(*dense)
+        self.head = nn.Linear(width_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.head(self.hidden(self.features(self.normalize(x)).flatten(1)))
