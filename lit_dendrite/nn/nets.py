@@ -88,8 +88,14 @@ class DendriticMLP(OuterNet):
         if match_neuron is not None:
             widths = match_width(
                 DendriticMLP,
-                dict(in_shape=in_shape, num_classes=num_classes, neuron=neuron, inner_hidden=inner_hidden,
-                     mean=mean, std=std),
+                dict(
+                    in_shape=in_shape,
+                    num_classes=num_classes,
+                    neuron=neuron,
+                    inner_hidden=inner_hidden,
+                    mean=mean,
+                    std=std,
+                ),
                 reference=dict(neuron=match_neuron, widths=widths),
             )
         self.widths = tuple(int(w) for w in widths)
@@ -133,8 +139,16 @@ class DendriticCNN(OuterNet):
         if match_neuron is not None:
             widths = match_width(
                 DendriticCNN,
-                dict(in_shape=in_shape, num_classes=num_classes, kernels=kernels, pool=pool, neuron=neuron,
-                     inner_hidden=inner_hidden, mean=mean, std=std),
+                dict(
+                    in_shape=in_shape,
+                    num_classes=num_classes,
+                    kernels=kernels,
+                    pool=pool,
+                    neuron=neuron,
+                    inner_hidden=inner_hidden,
+                    mean=mean,
+                    std=std,
+                ),
                 reference=dict(neuron=match_neuron, widths=widths),
             )
         self.widths = tuple(int(w) for w in widths)
@@ -148,7 +162,7 @@ class DendriticCNN(OuterNet):
             channels = units
         self.features = nn.Sequential(*convs)
         dense, width_in = [], channels * height * width
-        for units in self.widths[len(kernels):]:
+        for units in self.widths[len(kernels) :]:
             dense.append(DendriticLinear(width_in, units, self.make_neuron(), dropout))
             width_in = units
         self.hidden = nn.Sequential(*dense)
