@@ -1,0 +1,38 @@
+# The two commands a user needs: `make demo` and `make test` (both create .venv and install first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FAST := -m "not slow and not cluster"
+
+.PHONY: install demo test test-slow test-all lint format bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) launch/sweep.py --sweep configs/sweep/demo.yaml --cluster local --out runs --wait
+
+test: install
+	$(PY) -m pytest $(FAST)
+
+test-slow: install
+	$(PY) -m pytest -m "slow or cluster"
+
+test-all: install
+	$(PY) -m pytest -m ""
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) benchmarks/neurons.py --quick

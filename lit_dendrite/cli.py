@@ -1,0 +1,200 @@
+"""The training command: LightningCLI parsing of an experiment config, then the whole protocol of one run.
+
+``train(args)`` is a plain function so that a launcher, a sweep job or a test can call it with a list of
+arguments (``--config FILE`` and LightningCLI / jsonargparse overrides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import Namespace
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from lit_dendrite.data.datamodule import ImageDataModule
+from lit_dendrite.models.classifier import Classifier, Diverged
+from lit_dendrite.models.protocol import Protocol, RunProtocol, protocol_dict, write_json_atomic
+
+PACKAGES = ("lit_dendrite", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "submitit", "foolbox")
+TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
+
+
+class TrainCLI(LightningCLI):
+    """LightningCLI for (Classifier, ImageDataModule) plus ``experiment``, ``run_dir`` and ``protocol``.
+
+    Parsing only: classes are instantiated per session by :func:`train`.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", type=str | None, default=None, help="Experiment name (default: config stem)")
+        parser.add_argument(
+            "--run_dir", type=str | None, default=None, help="Run directory (default: runs/<experiment>/seed=<seed>)"
+        )
+        parser.add_class_arguments(Protocol, "protocol")
+
+    def instantiate_classes(self) -> None:
+        """Nothing is built at parse time; :func:`train` builds a fresh model for each session."""
+
+
+def parse(args: Sequence[str]) -> TrainCLI:
+    """Parse and validate training arguments (a leading ``fit`` is accepted); raises on a bad config."""
+    args = list(args)
+    if args[:1] == ["fit"]:
+        args = args[1:]
+    cli = TrainCLI(
+        Classifier,
+        ImageDataModule,
+        args=args,
+        run=False,
+        seed_everything_default=0,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
+    )
+    build(cli)
+    return cli
+
+
+def build(cli: TrainCLI) -> Namespace:
+    """Instantiate model, data module, trainer options and protocol from the parsed config."""
+    return cli.parser.instantiate_classes(cli.config)
+
+
+def experiment_name(config: Namespace) -> str:
+    """The ``experiment`` key, else the stem of the last config file given."""
+    if config.get("experiment"):
+        return config.experiment
+    files = [Path(str(c)) for c in (config.get("config") or [])]
+    return files[-1].stem if files else "experiment"
+
+
+def resolved_config(cli: TrainCLI) -> dict[str, Any]:
+    """The whole resolved configuration as plain data."""
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True))
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on, and Python's."""
+    found: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def trainer_options(init: Namespace) -> dict[str, Any]:
+    """Trainer arguments from the config, minus those the protocol owns, plus Slurm's environment plugin."""
+    options = {k: v for k, v in dict(init.trainer).items() if k not in TRAINER_KEYS_OWNED_BY_PROTOCOL}
+    if SLURMEnvironment.detect() and not options.get("plugins"):
+        options["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    return options
+
+
+def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Run the experiment described by ``args`` into its run directory and return its ``result.json``.
+
+    A finished run (``result.json`` with status done or diverged) is not run again; an interrupted one
+    resumes from its last completed session and last checkpoint.
+    """
+    cli = parse(args)
+    config = cli.config
+    seed = int(config.seed_everything)
+    experiment = experiment_name(config)
+    run_dir = Path(config.run_dir or f"runs/{experiment}/seed={seed}")
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        previous = json.loads(result_path.read_text())
+        if previous.get("status") in ("done", "diverged"):
+            print(summary_line(previous))
+            return previous
+    init = build(cli)
+    callbacks = list(init.trainer.get("callbacks") or [])
+    user_options = trainer_options(init)
+    user_options.pop("callbacks", None)
+    runner = RunProtocol(
+        build_model=lambda: build(cli).model,
+        datamodule=init.data,
+        trainer_kwargs=user_options,
+        protocol=init.protocol,
+        run_dir=run_dir,
+        seed=seed,
+        callbacks=lambda: [*callbacks, *extra_callbacks],
+    )
+    start = time.time()
+    status, error, sessions = "done", None, {}
+    try:
+        sessions = runner.run()
+    except Diverged as diverged:
+        status, error = "diverged", str(diverged)
+    net = init.model.net
+    final = sessions[list(sessions)[-1]] if sessions else {}
+    config_data = resolved_config(cli)
+    identity = {k: v for k, v in config_data.items() if k not in ("run_dir", "experiment")}
+    result = {
+        "status": status,
+        "error": error,
+        "experiment": experiment,
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "dataset": init.data.dataset,
+        "net": type(net).__name__,
+        "neuron": net.neuron_name,
+        "widths": list(net.widths),
+        "num_params": sum(p.numel() for p in net.parameters()),
+        "test_acc": final.get("test_acc"),
+        "test_loss": final.get("test_loss"),
+        "best_val_loss": final.get("best_val_loss"),
+        "best_checkpoint": final.get("best_checkpoint"),
+        "epochs": {name: s["epochs"] for name, s in sessions.items()},
+        "sessions": sessions,
+        "protocol": protocol_dict(init.protocol),
+        "config": config_data,
+        "config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "wall_time_s": round(time.time() - start, 2),
+    }
+    if rank_zero_only.rank == 0:
+        write_json_atomic(result_path, result)
+        print(summary_line(result))
+    return result
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line a user reads at the end of a run."""
+    acc = result.get("test_acc")
+    acc_text = "n/a" if acc is None else f"{acc:.4f}"
+    return (
+        f"[lit_dendrite] {result['experiment']} seed={result['seed']} status={result['status']} "
+        f"test_acc={acc_text} params={result['num_params']} -> {Path(result['run_dir']) / 'result.json'}"
+    )
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``launch/train.py``."""
+    train(sys.argv[1:] if args is None else args)

@@ -1,0 +1,124 @@
+"""LightningDataModule for the clean image sets: pixels in [0,1], fixed-by-seed validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lit_dendrite.data.datasets import dataset_spec, load_arrays
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 images (N, C, H, W) and labels served as float pixels in [0,1], fetched a batch at a time."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
+            raise ValueError(
+                f"expected uint8 images (N, C, H, W) and N labels, got {images.dtype} {tuple(images.shape)} "
+                f"and {len(labels)} labels"
+            )
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index].float().div_(255), self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index].float().div_(255), self.labels[index]
+
+
+def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
+def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W, C) uint8 numpy arrays -> (N, C, H, W) uint8 and int64 tensors."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), torch.from_numpy(labels)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/val/test loaders of one clean data set (digits, mnist, fashion_mnist, cifar10, cifar100).
+
+    The validation set is ``val_fraction`` of the training set (default: the paper's, MNIST 1/6 and
+    CIFAR 1/5), drawn with ``split_seed`` so smaller copies of a set work too.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "digits",
+        root: str = "data",
+        download: bool = False,
+        batch_size: int = 200,
+        val_fraction: float | None = None,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.spec = dataset_spec(dataset)
+        self.dataset = dataset
+        self.root = Path(root)
+        self.download = download
+        self.batch_size = batch_size
+        self.val_fraction = self.spec.val_fraction if val_fraction is None else val_fraction
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.splits: dict[str, ImageArrayDataset] = {}
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return self.spec.in_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                load_arrays(self.dataset, self.root, train, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        images, labels = to_tensors(*load_arrays(self.dataset, self.root, train=True))
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = round(self.val_fraction * len(labels))
+        if n_val < 1 or n_val >= len(labels):
+            raise ValueError(f"val_fraction {self.val_fraction} leaves no train or no val images of {len(labels)}")
+        val, train = order[:n_val], order[n_val:]
+        self.splits["train"] = ImageArrayDataset(images[train], labels[train])
+        self.splits["val"] = ImageArrayDataset(images[val], labels[val])
+        self.splits["test"] = ImageArrayDataset(*to_tensors(*load_arrays(self.dataset, self.root, train=False)))
+        found = tuple(self.splits["test"].images.shape[1:])
+        if found != self.in_shape:
+            raise ValueError(f"data set {self.dataset!r} under {self.root} has images {found}, expected {self.in_shape}")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_keep_batch,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

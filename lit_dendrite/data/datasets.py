@@ -1,0 +1,146 @@
+"""Clean image data sets as uint8 arrays: scikit-learn's digits (embedded) and torchvision's on-disk sets.
+
+Every loader returns ``(images, labels)``: uint8 ``(N, H, W, C)`` and int64 ``(N,)``. Nothing is downloaded
+unless ``download=True``; a missing set fails at once with the path looked in and the fix.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a network needs to know about a data set, and the paper's validation fraction."""
+
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val_fraction: float
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec((1, 28, 28), 10, (0.3053,), (0.3247,), 1 / 6),
+    "mnist": DatasetSpec((1, 28, 28), 10, (0.1307,), (0.3081,), 1 / 6),
+    "fashion_mnist": DatasetSpec((1, 28, 28), 10, (0.2860,), (0.3530,), 1 / 6),
+    "cifar10": DatasetSpec((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 1 / 5),
+    "cifar100": DatasetSpec((3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 1 / 5),
+}
+
+DIGITS_TEST_SIZE = 360
+"""Images of scikit-learn's 1,797 digits held out as the fixed test set (the same for every seed)."""
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """Look a data set up by name, with an error listing the known names."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
+
+
+def load_arrays(name: str, root: str | Path, train: bool, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, H, W, C) and labels int64 (N,) of one split of the data set ``name``."""
+    dataset_spec(name)
+    if name == "digits":
+        return _load_digits(train)
+    if name in ("mnist", "fashion_mnist"):
+        return _load_mnist_like(name, Path(root), train, download)
+    return _load_cifar(name, Path(root), train, download)
+
+
+def _load_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (0..16), bilinearly resized to 28x28 and scaled to 0..255."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
+    images = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    order = np.random.default_rng(0).permutation(len(images))
+    chosen = order[DIGITS_TEST_SIZE:] if train else order[:DIGITS_TEST_SIZE]
+    return np.ascontiguousarray(images[chosen]), digits.target[chosen].astype(np.int64)
+
+
+_MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision import datasets
+
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    raw = root / _MNIST_FOLDERS[name] / "raw"
+    prefix = "train" if train else "t10k"
+    needed = [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
+    if not download:
+        _require_files(name, root, needed)
+    data = cls(str(root), train=train, download=download)
+    return data.data.numpy()[..., None].astype(np.uint8), data.targets.numpy().astype(np.int64)
+
+
+_CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
+
+
+def _load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    folder, train_files, test_files, label_key = _CIFAR_LAYOUT[name]
+    files = [root / folder / f for f in (train_files if train else test_files)]
+    if download:
+        from torchvision import datasets
+
+        (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=train, download=True)
+    _require_files(name, root, files)
+    images, labels = [], []
+    for file in files:
+        batch = _read_cifar_batch(file)
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{file}: expected 'data' of shape (N, 3072), found {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's python batches contain: dicts, lists, bytes and numpy arrays."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a CIFAR batch file")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(file: Path) -> dict[str, object]:
+    with open(file, "rb") as handle:
+        batch = _CifarUnpickler(handle, encoding="latin1").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"{file}: expected a pickled dict (CIFAR python format), found {type(batch).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _require_files(name: str, root: Path, files: list[Path]) -> None:
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"data set {name!r} not found under {root.resolve()}: missing {', '.join(missing)}. "
+            f"Point --data.root at the folder that holds it, or pass --data.download true to fetch it."
+        )

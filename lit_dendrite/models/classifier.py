@@ -1,0 +1,91 @@
+"""The classification LightningModule used for sessions II (joint) and III (frozen inner net)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the run stops with status ``diverged`` and is not retried."""
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy training of an outer network (passed in as ``net``) with Adam.
+
+    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+    """
+
+    def __init__(self, net: nn.Module, lr: float = 1e-3) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.lr = lr
+        num_classes = getattr(net, "num_classes", None)
+        if num_classes is None:
+            raise ValueError(f"net {type(net).__name__} must expose num_classes")
+        self.accuracy = nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+        )
+
+    @property
+    def inner(self) -> nn.Module | None:
+        """The shared inner net, or None for fixed neurons."""
+        return getattr(self.net, "inner", None)
+
+    def freeze_inner(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a trained inner net and freeze it (session III)."""
+        if self.inner is None:
+            raise ValueError("this network has no inner net to freeze")
+        self.inner.load_state_dict(state_dict)
+        self.inner.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        in_shape = getattr(datamodule, "in_shape", None)
+        if in_shape is not None and tuple(in_shape) != tuple(self.net.in_shape):
+            raise ValueError(
+                f"data set {datamodule.dataset!r} gives images {tuple(in_shape)} but the net expects "
+                f"{tuple(self.net.in_shape)}; set model.net.init_args.in_shape (and mean/std) to match the data"
+            )
+        if getattr(datamodule, "num_classes", self.net.num_classes) != self.net.num_classes:
+            raise ValueError(
+                f"data set has {datamodule.num_classes} classes but the net has {self.net.num_classes}; "
+                "set model.net.init_args.num_classes"
+            )
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self.net(images)
+        loss = F.cross_entropy(logits, labels)
+        self.accuracy[f"{stage}_acc"](logits, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        diverged = not bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:
+            raise Diverged(f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step}")
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)

@@ -1,0 +1,227 @@
+"""The paper's three-session protocol for one run, resumable session by session.
+
+I   pretrain the inner net to a random smooth function (learned neurons only);
+II  train inner and outer nets jointly, early stopping on validation loss, keep the best inner net;
+III freeze that inner net, re-initialise the outer net, train again, test on the best checkpoint.
+Fixed neurons (relu, product, ...) run session II only. A session that finished wrote ``session.json``
+and is skipped on a rerun; an interrupted one resumes from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_dendrite.models.classifier import Classifier, Diverged
+from lit_dendrite.models.pretrain import InnerPretrain
+
+PRETRAIN, JOINT, FROZEN = "I_pretrain", "II_joint", "III_frozen"
+
+
+@dataclass
+class Protocol:
+    """Settings of the three sessions (paper: 500 pretraining epochs, patience 20)."""
+
+    pretrain_epochs: int = 500
+    pretrain_lr: float = 1e-3
+    pretrain_batch_size: int = 256
+    patience: int = 20
+    sessions: tuple[str, ...] = (PRETRAIN, JOINT, FROZEN)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sessions) - {PRETRAIN, JOINT, FROZEN}
+        if unknown or JOINT not in self.sessions:
+            raise ValueError(
+                f"protocol.sessions must contain {JOINT!r} and only {[PRETRAIN, JOINT, FROZEN]}, got {list(self.sessions)}"
+            )
+        if self.pretrain_epochs < 0 or self.patience < 1:
+            raise ValueError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def save_torch_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The inner net's weights stored in a Classifier checkpoint (loaded with ``weights_only=True``)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    prefix = "net.inner."
+    inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not inner:
+        raise ValueError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
+    return inner
+
+
+@dataclass
+class Session:
+    """Where one session writes, and whether it already finished."""
+
+    name: str
+    run_dir: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / self.name
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / "session.json"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "last.ckpt"
+
+    def summary(self) -> dict[str, Any] | None:
+        return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None
+
+
+class RunProtocol:
+    """Runs the sessions of one experiment into ``run_dir``; ``build_model(seed)`` gives a fresh Classifier."""
+
+    def __init__(
+        self,
+        build_model: Callable[[], Classifier],
+        datamodule: L.LightningDataModule,
+        trainer_kwargs: dict[str, Any],
+        protocol: Protocol,
+        run_dir: Path,
+        seed: int,
+        callbacks: Callable[[], list[Callback]] = list,
+    ) -> None:
+        self.build_model = build_model
+        self.datamodule = datamodule
+        self.trainer_kwargs = trainer_kwargs
+        self.protocol = protocol
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.callbacks = callbacks
+
+    def _trainer(self, session: Session, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
+        logger = TensorBoardLogger(save_dir=str(self.run_dir), name="", version=session.name, default_hp_metric=False)
+        kwargs = {**self.trainer_kwargs, **overrides}
+        return L.Trainer(
+            logger=logger, callbacks=[*callbacks, *self.callbacks()], default_root_dir=str(session.dir), **kwargs
+        )
+
+    def _fresh_model(self, offset: int) -> Classifier:
+        L.seed_everything(self.seed + offset, workers=True, verbose=False)
+        return self.build_model()
+
+    def pretrain(self) -> dict[str, Any]:
+        """Session I: the inner net fitted to this seed's random smooth function, saved as ``inner.pt``."""
+        session = Session(PRETRAIN, self.run_dir)
+        if (done := session.summary()) is not None:
+            return done
+        model = self._fresh_model(0)
+        module = InnerPretrain(model.inner, self.seed, self.protocol.pretrain_lr, self.protocol.pretrain_batch_size)
+        checkpoint = ModelCheckpoint(dirpath=session.dir / "checkpoints", save_last=True, save_top_k=0)
+        trainer = self._trainer(
+            session, [checkpoint], max_epochs=self.protocol.pretrain_epochs, min_epochs=None, max_steps=-1
+        )
+        if self.protocol.pretrain_epochs > 0:
+            trainer.fit(module, ckpt_path=self._resume_path(session))
+        summary = {
+            "epochs": trainer.current_epoch,
+            "explained_variance": module.explained_variance(),
+            "inner": "inner.pt",
+        }
+        self._finish(trainer, session, summary, {"inner.pt": model.inner.state_dict()})
+        return summary
+
+    def train(self, name: str, inner_state: dict[str, torch.Tensor] | None, freeze: bool) -> dict[str, Any]:
+        """Session II (``freeze=False``) or III: fit with early stopping, then test the best checkpoint."""
+        session = Session(name, self.run_dir)
+        if (done := session.summary()) is not None:
+            return done
+        model = self._fresh_model(1 if name == JOINT else 2)
+        if inner_state is not None:
+            if freeze:
+                model.freeze_inner(inner_state)
+            else:
+                model.inner.load_state_dict(inner_state)
+        best = ModelCheckpoint(
+            dirpath=session.dir / "checkpoints", filename="best", monitor="val/loss", mode="min", save_last=True
+        )
+        stop = EarlyStopping(monitor="val/loss", mode="min", patience=self.protocol.patience, check_finite=True)
+        trainer = self._trainer(session, [best, stop])
+        trainer.fit(model, datamodule=self.datamodule, ckpt_path=self._resume_path(session))
+        if stop.stopped_epoch and not torch.isfinite(stop.best_score):
+            raise Diverged(f"validation loss became non-finite in session {name}")
+        best_path = Path(best.best_model_path)
+        tested = trainer.test(model, datamodule=self.datamodule, ckpt_path=str(best_path), verbose=False)[0]
+        summary = {
+            "epochs": trainer.current_epoch,
+            "stopped_early": bool(stop.stopped_epoch),
+            "best_val_loss": float(best.best_model_score),
+            "best_checkpoint": str(best_path.relative_to(self.run_dir)),
+            "test_acc": tested["test/acc"],
+            "test_loss": tested["test/loss"],
+            "frozen_inner": freeze,
+        }
+        trainer.logger.log_hyperparams(
+            {"session": name, "seed": self.seed},
+            metrics={"hp/test_acc": summary["test_acc"], "hp/best_val_loss": summary["best_val_loss"]},
+        )
+        tensors = {"inner_best.pt": inner_state_from_checkpoint(best_path)} if name == JOINT and model.inner is not None else {}
+        self._finish(trainer, session, summary, tensors)
+        return summary
+
+    @staticmethod
+    def _finish(
+        trainer: L.Trainer, session: Session, summary: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]
+    ) -> None:
+        """Rank 0 writes the session's files (tensors first, ``session.json`` last); all ranks then wait."""
+        if trainer.is_global_zero:
+            for filename, state in tensors.items():
+                save_torch_atomic(state, session.dir / filename)
+            write_json_atomic(session.summary_path, summary)
+        trainer.strategy.barrier("session-finished")
+
+    @staticmethod
+    def _resume_path(session: Session) -> str | None:
+        return str(session.last_checkpoint) if session.last_checkpoint.is_file() else None
+
+    def run(self) -> dict[str, dict[str, Any]]:
+        """All sessions this net needs, in order; returns each session's summary."""
+        learned = self.build_model().inner is not None
+        sessions: dict[str, dict[str, Any]] = {}
+        inner_state = None
+        if learned and PRETRAIN in self.protocol.sessions:
+            sessions[PRETRAIN] = self.pretrain()
+            inner_state = torch.load(self.run_dir / PRETRAIN / "inner.pt", map_location="cpu", weights_only=True)
+        sessions[JOINT] = self.train(JOINT, inner_state, freeze=False)
+        if learned and FROZEN in self.protocol.sessions:
+            best_inner = torch.load(self.run_dir / JOINT / "inner_best.pt", map_location="cpu", weights_only=True)
+            sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True)
+        return sessions
+
+
+def protocol_dict(protocol: Protocol) -> dict[str, Any]:
+    """The protocol settings as plain JSON-able data."""
+    data = asdict(protocol)
+    data["sessions"] = list(protocol.sessions)
+    return data

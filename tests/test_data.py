@@ -1,0 +1,101 @@
+"""Clean data sets: the embedded digits, and torchvision's on-disk MNIST / CIFAR formats written here."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from lit_dendrite.data import DATASETS, ImageDataModule, load_arrays
+
+
+def write_idx(path, array):
+    """Write an array in the IDX format torchvision's MNIST reads (unsigned bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist(root, folder="MNIST", n_train=60, n_test=20, seed=0):
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def make_cifar10(root, per_batch=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), b"labels": list(range(per_batch))}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def test_digits_is_28x28_uint8_with_fixed_test_split():
+    images, labels = load_arrays("digits", "unused", train=False)
+    again, _ = load_arrays("digits", "unused", train=False)
+    train_images, _ = load_arrays("digits", "unused", train=True)
+    assert images.shape == (360, 28, 28, 1) and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert len(train_images) + len(images) == 1797
+    np.testing.assert_array_equal(images, again)
+    assert images.max() > 200 and set(labels) == set(range(10))
+
+
+def test_datamodule_gives_pixels_in_unit_range_and_a_seeded_split():
+    dm = ImageDataModule("digits", batch_size=50, split_seed=3)
+    dm.setup()
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (50, 1, 28, 28) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert len(dm.splits["val"]) == round(1437 / 6)
+    other = ImageDataModule("digits", split_seed=4)
+    other.setup()
+    assert not torch.equal(dm.splits["val"].labels, other.splits["val"].labels)
+
+
+def test_mnist_reads_torchvision_raw_files(tmp_path):
+    make_mnist(tmp_path)
+    images, labels = load_arrays("mnist", tmp_path, train=True)
+    assert images.shape == (60, 28, 28, 1) and list(labels[:3]) == [0, 1, 2]
+    dm = ImageDataModule("mnist", root=str(tmp_path), batch_size=10)
+    dm.setup()
+    assert len(dm.splits["val"]) == 10 and len(dm.splits["train"]) == 50 and len(dm.splits["test"]) == 20
+
+
+def test_fashion_mnist_reads_its_own_folder(tmp_path):
+    make_mnist(tmp_path, folder="FashionMNIST")
+    images, _ = load_arrays("fashion_mnist", tmp_path, train=False)
+    assert images.shape == (20, 28, 28, 1)
+
+
+def test_cifar10_reads_python_batches(tmp_path):
+    make_cifar10(tmp_path)
+    images, labels = load_arrays("cifar10", tmp_path, train=True)
+    assert images.shape == (50, 32, 32, 3) and labels.shape == (50,)
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes())[b"data"][0]
+    np.testing.assert_array_equal(images[0], raw.reshape(3, 32, 32).transpose(1, 2, 0))
+    dm = ImageDataModule("cifar10", root=str(tmp_path), batch_size=10)
+    dm.setup()
+    assert len(dm.splits["val"]) == 10 and tuple(dm.splits["test"].images.shape) == (10, 3, 32, 32)
+
+
+def test_cifar_reader_refuses_arbitrary_pickles(tmp_path):
+    make_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({"data": gzip.compress}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle"):
+        load_arrays("cifar10", tmp_path, train=False)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
+def test_missing_data_set_says_where_it_looked_and_how_to_fix(tmp_path, name):
+    with pytest.raises(FileNotFoundError, match=r"not found under .*--data.root.*--data.download true"):
+        load_arrays(name, tmp_path, train=True)
+
+
+def test_unknown_data_set_lists_known_ones():
+    with pytest.raises(ValueError, match="choose one of"):
+        ImageDataModule("svhn")
+    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100"}
