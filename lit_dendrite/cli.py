@@ -38,7 +38,9 @@ class TrainCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--experiment", type=str | None, default=None, help="Experiment name (default: config stem)")
+        parser.add_argument(
+            "--experiment", type=str | None, default=None, help="Experiment name (default: config stem)"
+        )
         parser.add_argument(
             "--run_dir", type=str | None, default=None, help="Run directory (default: runs/<experiment>/seed=<seed>)"
         )
@@ -82,7 +84,7 @@ def experiment_name(config: Namespace) -> str:
 
 def resolved_config(cli: TrainCLI) -> dict[str, Any]:
     """The whole resolved configuration as plain data."""
-    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False, skip_check=True))
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
 
 
 def versions() -> dict[str, str | None]:

@@ -102,7 +102,9 @@ class ImageDataModule(L.LightningDataModule):
         self.splits["test"] = ImageArrayDataset(*to_tensors(*load_arrays(self.dataset, self.root, train=False)))
         found = tuple(self.splits["test"].images.shape[1:])
         if found != self.in_shape:
-            raise ValueError(f"data set {self.dataset!r} under {self.root} has images {found}, expected {self.in_shape}")
+            raise ValueError(
+                f"data set {self.dataset!r} under {self.root} has images {found}, expected {self.in_shape}"
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -42,7 +42,8 @@ class Protocol:
         unknown = set(self.sessions) - {PRETRAIN, JOINT, FROZEN}
         if unknown or JOINT not in self.sessions:
             raise ValueError(
-                f"protocol.sessions must contain {JOINT!r} and only {[PRETRAIN, JOINT, FROZEN]}, got {list(self.sessions)}"
+                f"protocol.sessions must contain {JOINT!r} and only {[PRETRAIN, JOINT, FROZEN]}, "
+                f"got {list(self.sessions)}"
             )
         if self.pretrain_epochs < 0 or self.patience < 1:
             raise ValueError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
@@ -186,7 +187,11 @@ class RunProtocol:
             {"session": name, "seed": self.seed},
             metrics={"hp/test_acc": summary["test_acc"], "hp/best_val_loss": summary["best_val_loss"]},
         )
-        tensors = {"inner_best.pt": inner_state_from_checkpoint(best_path)} if name == JOINT and model.inner is not None else {}
+        tensors = (
+            {"inner_best.pt": inner_state_from_checkpoint(best_path)}
+            if name == JOINT and model.inner is not None
+            else {}
+        )
         self._finish(trainer, session, summary, tensors)
         return summary
 
