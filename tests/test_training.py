@@ -64,16 +64,19 @@ def test_finished_run_is_not_trained_again(two_arg_run):
     assert (run_dir / "result.json").stat().st_mtime == mtime
 
 
-@pytest.mark.parametrize("config", ["mlp_digits_relu", "cnn_digits_2arg"])
-def test_short_runs_beat_chance(tmp_path, config):
-    result = quick_train(config, tmp_path / config, 6, 2)
-    assert result["test_acc"] > 0.4, result["test_acc"]
+def test_short_relu_run_beats_chance(tmp_path):
+    result = quick_train("mlp_digits_relu", tmp_path / "run", 6)
+    assert result["test_acc"] > 0.5, result["test_acc"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["mlp_digits_1arg", "mlp_digits_product", "mlp_digits_swiglu", "cnn_digits_relu"])
-def test_short_runs_of_every_other_neuron_beat_chance(tmp_path, config):
-    result = quick_train(config, tmp_path / config, 8, 2)
+@pytest.mark.parametrize(
+    ("config", "epochs"),
+    [("mlp_digits_1arg", 8), ("mlp_digits_product", 8), ("mlp_digits_swiglu", 8), ("cnn_digits_relu", 4),
+     ("cnn_digits_2arg", 3)],
+)  # fmt: skip
+def test_short_runs_of_every_other_neuron_beat_chance(tmp_path, config, epochs):
+    result = quick_train(config, tmp_path / config, epochs, 2)
     assert result["test_acc"] > 0.4, result["test_acc"]
 
 

@@ -1,0 +1,167 @@
+"""Figures of the analysis: surfaces, the surface gallery, learning curves, learning speed, robustness curves.
+
+Built on ``matplotlib.figure.Figure`` (the Agg canvas, no pyplot state), so they work headless, in worker
+processes and in notebooks alike. ``save_figure`` writes a PNG atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+from lit_dendrite.analysis.surfaces import Region, Surface
+from lit_dendrite.analysis.xor import QuadraticFit, XorAnalysis
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``figure`` as a PNG to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def figure_to_rgb(figure: Figure) -> np.ndarray:
+    """The rendered figure as a uint8 array (height, width, 3), e.g. for TensorBoard's ``add_image``."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def draw_surface(
+    ax: Axes,
+    surface: Surface,
+    region: Region | None = None,
+    fit: QuadraticFit | None = None,
+    title: str | None = None,
+    show_density: bool = False,
+) -> AxesImage:
+    """Heat map of the surface; the region's outline (white), optionally the input density (black: contours holding
+    25/50/75% of the pairs) and the quadratic fit's contours (dashed gold)."""
+    grid = surface.grid
+    extent = (grid.low - grid.step / 2, grid.high + grid.step / 2) * 2
+    image = ax.imshow(surface.values, origin="lower", extent=extent, cmap="RdBu_r", interpolation="nearest")
+    x, y = grid.mesh()
+    if region is not None:
+        ax.contour(x, y, region.mask.astype(float), levels=[0.5], colors="white", linewidths=1.5)
+        if show_density:
+            # density levels whose superlevel sets hold 75%, 50% and 25% of the pairs
+            ranked = np.sort(region.density, axis=None)[::-1]
+            cumulative = np.cumsum(ranked)
+            levels = np.unique([ranked[np.searchsorted(cumulative, mass)] for mass in (0.75, 0.5, 0.25)])
+            ax.contour(x, y, region.density, levels=levels, colors="black", linewidths=0.6)
+    if fit is not None:
+        ax.contour(x, y, fit(x, y), levels=9, colors="gold", linewidths=0.8, linestyles="dashed")
+    ax.set(xlabel="x (input 1)", ylabel="y (input 2)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return image
+
+
+def surface_figure(
+    surface: Surface,
+    region: Region | None = None,
+    fit: QuadraticFit | None = None,
+    title: str | None = None,
+    show_density: bool = False,
+) -> Figure:
+    """One surface with a colour bar (see :func:`draw_surface`)."""
+    figure = Figure(figsize=(4.6, 4))
+    ax = figure.add_subplot()
+    figure.colorbar(draw_surface(ax, surface, region, fit, title, show_density), ax=ax)
+    return figure
+
+
+def surface_gallery(analyses: Sequence[tuple[str, XorAnalysis]], columns: int = 4) -> Figure:
+    """All surfaces side by side, each with its 90% input region outlined and its saddle verdict."""
+    if not analyses:
+        raise ValueError("the surface gallery needs at least one analysed surface")
+    columns = min(columns, len(analyses))
+    rows = math.ceil(len(analyses) / columns)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (label, analysis) in zip(axes, analyses):
+        verdict = "saddle" if analysis.fit.is_saddle else "not saddle"
+        fit = analysis.fit
+        gain = fit.r_squared - fit.linear_r_squared
+        title = (
+            f"{label}\n{verdict}, R²={fit.r_squared:.2f} (plane +{gain:.2f}), l=2: {analysis.harmonics.fraction[2]:.0%}"
+        )
+        figure.colorbar(draw_surface(ax, analysis.surface, analysis.region, title=title), ax=ax, shrink=0.8)
+    for ax in axes[len(analyses) :]:
+        ax.set_axis_off()
+    return figure
+
+
+def learning_curve_figure(curves: pd.DataFrame, offsets: pd.DataFrame, tags: Sequence[str] | None = None) -> Figure:
+    """Mean +- sd of each tag against epoch per condition; a dotted line where session III starts."""
+    tags = list(tags or curves["tag"].unique())
+    figure = Figure(figsize=(6 * len(tags), 4), layout="constrained")
+    axes = figure.subplots(1, len(tags), squeeze=False).ravel()
+    conditions = sorted(curves["condition"].unique())
+    colours = {condition: f"C{index % 10}" for index, condition in enumerate(conditions)}
+    for ax, tag in zip(axes, tags):
+        of_tag = curves[curves["tag"] == tag]
+        for condition in conditions:
+            for session, style in (("II_joint", "-"), ("III_frozen", "--")):
+                part = of_tag[(of_tag["condition"] == condition) & (of_tag["session"] == session)]
+                if part.empty:
+                    continue
+                sd = part["sd"].fillna(0).to_numpy()
+                label = condition if session == "II_joint" else f"{condition} (III)"
+                ax.plot(part["x"], part["mean"], style, color=colours[condition], label=label)
+                ax.fill_between(part["x"], part["mean"] - sd, part["mean"] + sd, color=colours[condition], alpha=0.2)
+                if session == "III_frozen":
+                    start = offsets[(offsets["condition"] == condition) & (offsets["session"] == session)]["offset"]
+                    ax.axvline(float(start.iloc[0]) - 0.5, color=colours[condition], linestyle=":", linewidth=1)
+        ax.set(xlabel="epoch (session II, then III after the dotted line)", ylabel=tag, title=f"{tag}: mean ± sd")
+        ax.legend(fontsize=7)
+    return figure
+
+
+def speed_figure(speed_summary: pd.DataFrame) -> Figure:
+    """Bars of mean +- sd epochs to reach 95% / 99% of the final accuracy, per condition and session."""
+    measures = sorted(c[: -len("_mean")] for c in speed_summary.columns if c.endswith("_mean"))
+    labels = [f"{row.condition}\n{row.session}" for row in speed_summary.itertuples()]
+    figure = Figure(figsize=(max(5, 1.2 * len(labels)), 4), layout="constrained")
+    ax = figure.add_subplot()
+    width = 0.8 / len(measures)
+    positions = np.arange(len(labels))
+    for index, measure in enumerate(measures):
+        ax.bar(
+            positions + index * width,
+            speed_summary[f"{measure}_mean"],
+            width,
+            yerr=speed_summary[f"{measure}_sd"].fillna(0),
+            label=measure.replace("_", " ") + "% of final",
+            capsize=3,
+        )
+    ax.set_xticks(positions + width * (len(measures) - 1) / 2, labels, fontsize=7, rotation=30, ha="right")
+    ax.set(ylabel="epochs", title="Learning speed: epochs to reach a fraction of the final val/acc")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def curve_figure(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str
+) -> Figure:
+    """Line plot of mean +- sd curves, ``{label: (x, mean, sd)}`` (robust accuracy vs eps, accuracy vs severity)."""
+    figure = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = figure.add_subplot()
+    for label, (x, mean, sd) in curves.items():
+        x, mean, sd = (np.asarray(v, dtype=float) for v in (x, mean, sd))
+        ax.errorbar(x, mean, yerr=np.nan_to_num(sd), marker="o", capsize=3, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    return figure

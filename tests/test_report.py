@@ -1,0 +1,113 @@
+"""The sweep report: every section, every condition, stated tests with p values, problems listed not fatal."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from scipy.stats import ttest_ind
+from tiny_sweep import CONDITIONS, make_fake_sweep, train_tiny_sweep
+
+from lit_dendrite.analysis.report import (
+    compare_conditions,
+    load_runs,
+    markdown_table,
+    summary_table,
+    write_report,
+)
+
+SECTIONS = ("## Clean test accuracy", "## Learning curves", "## Inner-net surfaces", "## Robustness")
+
+
+def referenced_images(report: str) -> list[str]:
+    return re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+
+
+@pytest.fixture
+def fake_sweep(tmp_path):
+    return make_fake_sweep(tmp_path / "sweep")
+
+
+def test_summary_table_per_condition(fake_sweep):
+    (fake_sweep / "mlp_digits_relu" / "seed=9").mkdir()
+    failed = {"status": "failed", "error": "CUDA out of memory", "log": "x.log"}
+    (fake_sweep / "mlp_digits_relu" / "seed=9" / "result.json").write_text(json.dumps(failed))
+    table = summary_table(load_runs(fake_sweep)).set_index("condition")
+    assert list(table.index) == sorted(CONDITIONS)
+    relu = table.loc["mlp_digits_relu"]
+    assert (relu["n"], relu["not_done"], relu["neuron"], relu["dataset"]) == (3, 1, "relu", "digits")
+    assert relu["test_acc_mean"] == pytest.approx(0.82)
+    assert relu["test_acc_sd"] == pytest.approx(0.01)
+    assert int(relu["params"]) > 0
+
+
+def test_conditions_are_compared_with_the_relu_control_by_welch(fake_sweep):
+    runs = load_runs(fake_sweep)
+    table = summary_table(runs)
+    values = pd.DataFrame({"condition": [r.condition for r in runs], "value": [r.result["test_acc"] for r in runs]})
+    compared = compare_conditions(values, table)
+    assert compared[["condition", "versus"]].values.tolist() == [["mlp_digits_2arg", "mlp_digits_relu"]]
+    a, b = (values[values["condition"] == c]["value"] for c in ("mlp_digits_2arg", "mlp_digits_relu"))
+    expected = ttest_ind(a, b, equal_var=False)
+    assert compared["p"].iloc[0] == pytest.approx(expected.pvalue)
+    assert compared["difference"].iloc[0] == pytest.approx(0.05)
+    # without a control (here: none in the table, or none with values), every pair is compared
+    no_control = table.assign(neuron=["2arg", "1arg"])
+    assert len(compare_conditions(values, no_control)) == 1
+    three = pd.concat([table, table.iloc[:1].assign(condition="mlp_digits_1arg", neuron="1arg")])
+    without_relu = pd.concat(
+        [values[values["condition"] == "mlp_digits_2arg"], a.to_frame().assign(condition="mlp_digits_1arg")]
+    )
+    assert compare_conditions(without_relu, three)[["condition", "versus"]].values.tolist() == [
+        ["mlp_digits_1arg", "mlp_digits_2arg"]
+    ]
+
+
+def test_markdown_table_formats_and_marks_missing_values():
+    text = markdown_table(pd.DataFrame({"a": ["x"], "p": [float("nan")], "q": [0.12345]}), {"q": ".2f"})
+    assert text.splitlines() == ["| a | p | q |", "|---|---|---|", "| x | – | 0.12 |"]
+
+
+def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep):
+    failed_dir = fake_sweep / "mlp_digits_2arg" / "seed=8"
+    failed_dir.mkdir()
+    (failed_dir / "result.json").write_text(json.dumps({"status": "diverged", "error": "loss is NaN"}))
+    broken = json.loads((fake_sweep / "mlp_digits_2arg" / "seed=3" / "result.json").read_text())
+    (fake_sweep / "mlp_digits_2arg" / "seed=3" / broken["best_checkpoint"]).unlink()
+
+    path = write_report(fake_sweep, n_images=100)
+    report = path.read_text()
+    assert path == fake_sweep / "report.md"
+    for heading in SECTIONS:
+        assert heading in report
+    for condition in CONDITIONS:
+        assert report.count(condition) >= 4
+    assert "Welch" in report and "binomial" in report
+    assert re.search(r"\| mlp_digits_2arg \| [0-2]/2 \|", report), "seed 3 has no checkpoint: two surfaces"
+    assert "seed=3`: surface analysis failed: FileNotFoundError" in report
+    assert "seed=8`: status 'diverged': loss is NaN" in report
+    assert "| mlp_digits_2arg | 3 | 67.00 ± 1.00 | 87.00 ± 1.00 | 90.00 ± 0.00 |" in report, "corruption table"
+    assert "| mlp_digits_relu | 82.00 ± 1.00 | 50.00 ± 0.00 | 12.00 ± 1.00 |" in report, "robust accuracy vs eps"
+    images = referenced_images(report)
+    assert {"report_curves.png", "report_speed.png", "report_surfaces_mlp_digits_2arg.png"} <= set(images)
+    for image in images:
+        assert (fake_sweep / image).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_needs_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no result\.json"):
+        write_report(tmp_path)
+
+
+@pytest.mark.slow
+def test_report_of_a_tiny_real_sweep(tmp_path_factory):
+    sweep = train_tiny_sweep(tmp_path_factory.getbasetemp() / "tiny_real_sweep")
+    report = write_report(sweep, n_images=200).read_text()
+    for heading in SECTIONS[:3]:
+        assert heading in report
+    for condition in CONDITIONS:
+        assert f"| {condition} | digits | DendriticMLP |" in report
+    assert "| mlp_digits_2arg | " in report.split("## Inner-net surfaces")[1]
+    assert "## Problems" not in report
+    for image in referenced_images(report):
+        assert (sweep / image).is_file()
