@@ -16,6 +16,8 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) launch/sweep.py --sweep configs/sweep/demo.yaml --cluster local --out runs --wait
+	$(PY) launch/sweep.py collect runs/demo
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs/demo"
 
 test: install
 	$(PY) -m pytest $(FAST)

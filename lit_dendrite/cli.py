@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,8 +25,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from lit_dendrite.data.datamodule import ImageDataModule
+from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
-from lit_dendrite.models.protocol import Protocol, RunProtocol, protocol_dict, write_json_atomic
+from lit_dendrite.models.protocol import Protocol, RunProtocol, protocol_dict
 
 PACKAGES = ("lit_dendrite", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "submitit", "foolbox")
 TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
@@ -49,22 +51,27 @@ class TrainCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Nothing is built at parse time; :func:`train` builds a fresh model for each session."""
 
+    def _set_seed(self) -> None:
+        """Parsing has no side effects: the protocol seeds each session itself."""
+
 
 def parse(args: Sequence[str]) -> TrainCLI:
     """Parse and validate training arguments (a leading ``fit`` is accepted); raises on a bad config."""
     args = list(args)
     if args[:1] == ["fit"]:
         args = args[1:]
-    cli = TrainCLI(
-        Classifier,
-        ImageDataModule,
-        args=args,
-        run=False,
-        seed_everything_default=0,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        parser_kwargs={"exit_on_error": False},
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
+        cli = TrainCLI(
+            Classifier,
+            ImageDataModule,
+            args=args,
+            run=False,
+            seed_everything_default=0,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
+        )
     build(cli)
     return cli
 

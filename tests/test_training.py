@@ -120,11 +120,11 @@ class RecordStart(L.Callback):
 def test_interrupted_run_resumes_from_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        quick_train("mlp_digits_2arg", run_dir, 4, 2, callbacks=[Interrupt("III_frozen", 1)])
+        quick_train("mlp_digits_2arg", run_dir, 4, 2, extra_callbacks=[Interrupt("III_frozen", 1)])
     assert not (run_dir / "result.json").exists()
     assert (run_dir / "II_joint" / "session.json").is_file()
     record = RecordStart()
-    result = quick_train("mlp_digits_2arg", run_dir, 4, 2, callbacks=[record])
+    result = quick_train("mlp_digits_2arg", run_dir, 4, 2, extra_callbacks=[record])
     assert record.starts == {"III_frozen": 2}
     assert result["status"] == "done" and result["epochs"]["III_frozen"] == 4
 
@@ -136,7 +136,7 @@ class PoisonWeights(L.Callback):
 
 
 def test_nan_loss_stops_the_run_as_diverged(tmp_path):
-    result = quick_train("mlp_digits_relu", tmp_path / "run", 3, callbacks=[PoisonWeights()])
+    result = quick_train("mlp_digits_relu", tmp_path / "run", 3, extra_callbacks=[PoisonWeights()])
     assert result["status"] == "diverged" and "non-finite" in result["error"]
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "diverged"
 

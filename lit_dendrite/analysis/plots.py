@@ -7,7 +7,6 @@ processes and in notebooks alike. ``save_figure`` writes a PNG atomically.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,15 +19,14 @@ from matplotlib.image import AxesImage
 
 from lit_dendrite.analysis.surfaces import Region, Surface
 from lit_dendrite.analysis.xor import QuadraticFit, XorAnalysis
+from lit_dendrite.io import atomic_path
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Write ``figure`` as a PNG to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +33,10 @@ from lit_dendrite.analysis.curves import (
 )
 from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid, Surface, find_inner_net
 from lit_dendrite.analysis.xor import XorAnalysis, analyse_net, angular_power, initial_surfaces, saddle_statistics
+from lit_dendrite.io import write_text_atomic
 
 REPORT_NAME = "report.md"
+ACCURACY_HEADING = "## Clean test accuracy"
 ROBUSTNESS_NAME = "robustness.json"  # written by lit_dendrite.robustness.evaluate
 CONTROL_NEURON = "relu"
 WELCH = "Welch's two-sided t-test on per-run values (scipy.stats.ttest_ind, equal_var=False)"
@@ -171,10 +172,13 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def accuracy_section(report_text: str) -> str:
+    """The clean-accuracy table of a written report (what ``make demo`` prints at its end)."""
+    lines = report_text.splitlines()
+    start = lines.index(ACCURACY_HEADING)
+    table = [line for line in lines[start:] if line.startswith("|")]
+    end = next((i for i in range(1, len(table)) if table[i].startswith("| condition |")), len(table))
+    return "\n".join([ACCURACY_HEADING, *table[:end]])
 
 
 def _accuracy_section(runs: Sequence[Run], conditions: pd.DataFrame) -> list[str]:
@@ -182,7 +186,7 @@ def _accuracy_section(runs: Sequence[Run], conditions: pd.DataFrame) -> list[str
         test_acc=[_mean_sd(m, s) for m, s in zip(conditions["test_acc_mean"], conditions["test_acc_sd"])]
     )
     lines = [
-        "## Clean test accuracy",
+        ACCURACY_HEADING,
         "",
         "Test accuracy in %, mean ± sd over the finished runs (n) of each "
         "condition; `params` is the network's parameter count.",
@@ -499,5 +503,5 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     if problems:
         lines += ["## Problems", "", *(f"- {p}" for p in problems), ""]
     path = sweep_dir / REPORT_NAME
-    _write_text(path, "\n".join(lines).rstrip() + "\n")
+    write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
     return path

@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
 from lit_dendrite.data.corrupted import LABELS_FILE, METADATA_FILE, SEVERITIES, read_metadata
+from lit_dendrite.io import atomic_path, write_json_atomic
 
 CORRUPTIONS = tuple(get_corruption_names("all"))
 MIN_SIDE = 32
@@ -90,22 +90,9 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) 
     return out
 
 
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-    _write_atomically(path, write)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 def _check_inputs(images: np.ndarray, labels: np.ndarray, num_classes: int, corruptions: Sequence[str]) -> None:
@@ -158,15 +145,14 @@ def write_corrupted_set(
     }
     done = _resumable(out, metadata)
     metadata["corruptions"] = list(dict.fromkeys([*done, *metadata["corruptions"]]))
-    _write_json(out / METADATA_FILE, metadata)
+    write_json_atomic(out / METADATA_FILE, metadata)
     _write_npy(out / LABELS_FILE, np.tile(labels.astype(np.int64), len(SEVERITIES)))
     todo = [c for c in metadata["corruptions"] if c not in done]
     bar = tqdm(total=len(todo) * len(SEVERITIES) * len(images), unit="img", desc="corrupting", disable=not progress)
     for corruption in todo:
         bar.set_postfix_str(corruption)
-        _write_atomically(
-            out / f"{corruption}.npy", lambda tmp, c=corruption: _write_corruption(tmp, images, c, seed, bar)
-        )
+        with atomic_path(out / f"{corruption}.npy") as tmp:
+            _write_corruption(tmp, images, corruption, seed, bar)
     bar.close()
     return out
 

@@ -10,8 +10,6 @@ and is skipped on a rerun; an interrupted one resumes from its ``last.ckpt``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lit_dendrite.io import atomic_path, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.pretrain import InnerPretrain
 
@@ -49,22 +48,10 @@ class Protocol:
             raise ValueError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-
-
 def save_torch_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -98,6 +85,11 @@ class Session:
 
     def summary(self) -> dict[str, Any] | None:
         return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None
+
+
+def last_checkpoint(session: Session) -> ModelCheckpoint:
+    """``last.ckpt`` rewritten at the end of every epoch (``save_last`` alone only writes it with a new best)."""
+    return ModelCheckpoint(dirpath=session.dir / "checkpoints", filename="last", enable_version_counter=False)
 
 
 class RunProtocol:
@@ -139,7 +131,7 @@ class RunProtocol:
             return done
         model = self._fresh_model(0)
         module = InnerPretrain(model.inner, self.seed, self.protocol.pretrain_lr, self.protocol.pretrain_batch_size)
-        checkpoint = ModelCheckpoint(dirpath=session.dir / "checkpoints", save_last=True, save_top_k=0)
+        checkpoint = last_checkpoint(session)
         trainer = self._trainer(
             session, [checkpoint], max_epochs=self.protocol.pretrain_epochs, min_epochs=None, max_steps=-1
         )
@@ -165,10 +157,14 @@ class RunProtocol:
             else:
                 model.inner.load_state_dict(inner_state)
         best = ModelCheckpoint(
-            dirpath=session.dir / "checkpoints", filename="best", monitor="val/loss", mode="min", save_last=True
+            dirpath=session.dir / "checkpoints",
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            enable_version_counter=False,
         )
         stop = EarlyStopping(monitor="val/loss", mode="min", patience=self.protocol.patience, check_finite=True)
-        trainer = self._trainer(session, [best, stop])
+        trainer = self._trainer(session, [best, last_checkpoint(session), stop])
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=self._resume_path(session))
         if stop.stopped_epoch and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")

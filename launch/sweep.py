@@ -1,0 +1,82 @@
+"""Submit a sweep, or show its status, or collect its results.
+
+    python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
+                           [--dry-run] [--max-parallel N] [--wait]
+    python launch/sweep.py status DIR
+    python launch/sweep.py collect DIR
+
+See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lit_dendrite.analysis.report import accuracy_section, write_report
+from lit_dendrite.sweeps.cluster import CLUSTERS, ClusterError, load_cluster_config
+from lit_dendrite.sweeps.launch import submit_sweep, wait_for
+from lit_dendrite.sweeps.spec import SweepError, load_sweep
+from lit_dendrite.sweeps.state import collect, format_status
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_SWEEP = CONFIGS / "sweep" / "paper.yaml"
+DEFAULT_CLUSTER_CONFIG = {"slurm": CONFIGS / "cluster" / "slurm_gpu.yaml", "local": CONFIGS / "cluster" / "local.yaml"}
+
+
+def submit_main(argv: list[str]) -> int:
+    """Validate and submit a sweep (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="launch/sweep.py", description="Submit a sweep as one job array.")
+    parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: paper.yaml)")
+    parser.add_argument("--cluster", choices=CLUSTERS, required=True, help="where the jobs run")
+    parser.add_argument("--cluster-config", type=Path, help="configs/cluster/*.yaml (default per --cluster)")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="runs go to OUT/<sweep>/<experiment>/<run>")
+    parser.add_argument("--dry-run", action="store_true", help="print runs and the sbatch script; submit nothing")
+    parser.add_argument("--max-parallel", type=int, help="runs at once (default: the config's array_parallelism)")
+    parser.add_argument("--wait", action="store_true", help="wait for the jobs to end, then print the status")
+    parser.add_argument("--wait-timeout-h", type=float, default=48.0, help="give up waiting after this long")
+    args = parser.parse_args(argv)
+    if args.max_parallel is not None and args.max_parallel < 1:
+        parser.error(f"--max-parallel must be at least 1, got {args.max_parallel}")
+    cluster_config_path = args.cluster_config or DEFAULT_CLUSTER_CONFIG.get(args.cluster)
+    try:
+        sweep = load_sweep(args.sweep)
+        config = load_cluster_config(cluster_config_path)
+        submission = submit_sweep(sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel)
+    except (SweepError, ClusterError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.wait and submission.jobs:
+        print(wait_for(submission.jobs, submission.sweep_dir, args.wait_timeout_h * 3600))
+    return 0
+
+
+def collect_main(sweep_dir: Path) -> int:
+    """Write summary.csv of every result.json and the analysis report; print the report's accuracy table."""
+    print(f"wrote {collect(sweep_dir)}")
+    report = write_report(sweep_dir)
+    print(f"report: {report}")
+    print(accuracy_section(report.read_text()))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch to `status DIR`, `collect DIR`, or submission."""
+    if argv[:1] in (["status"], ["collect"]):
+        parser = argparse.ArgumentParser(prog=f"launch/sweep.py {argv[0]}")
+        parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")
+        sweep_dir = parser.parse_args(argv[1:]).sweep_dir
+        try:
+            if argv[0] == "status":
+                print(format_status(sweep_dir))
+                return 0
+            return collect_main(sweep_dir)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return submit_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,74 @@
+"""The job callable submitit runs for one run of a sweep."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from lit_dendrite.io import write_json_atomic
+from lit_dendrite.sweeps.state import RESULT
+
+TRAIN_ENTRY = "lit_dendrite.cli"
+
+
+def _log_path() -> str | None:
+    """This job's submitit log (stderr holds the traceback), when running under a submitit executor that has one."""
+    try:
+        paths = submitit.JobEnvironment().paths
+    except (RuntimeError, KeyError):
+        return None
+    return str(paths.stderr)
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0"))) == 0
+
+
+class TrainRun(submitit.helpers.Checkpointable):
+    """Runs ``lit_dendrite.cli.train(args)``, which resumes from whatever the run directory holds, with
+    :class:`~lit_dendrite.sweeps.preemption.RestoreSigtermHandler` among the Trainer callbacks.
+
+    Requeueing never depends on state kept here: ``scontrol requeue`` reruns the original pickled callable and
+    submitit's time-limit/preemption path reruns what ``checkpoint()`` returns, ``DelayedSubmission(self)``;
+    both call ``train`` again, which resumes from ``last.ckpt``. Nothing is saved in ``checkpoint()`` (a
+    ``trainer.save_checkpoint`` there would be a collective only rank 0 enters under DDP).
+    A run that raises writes ``{"status": "failed", "error", "log"}`` to its ``result.json`` and returns it, so
+    one failing run never affects another; an error raised after ``checkpoint()`` (submitit failing to requeue a
+    job that Slurm is already requeueing or cancelling) is an interruption, not a failure, and is not recorded.
+    """
+
+    def __init__(self, args: list[str], run_dir: str | Path) -> None:
+        self.args = list(args)
+        self.run_dir = Path(run_dir)
+        self.interrupted = False
+
+    def __call__(self) -> dict[str, Any]:
+        self.interrupted = False
+        try:
+            from lit_dendrite.sweeps.preemption import RestoreSigtermHandler  # Lightning: import after unpickling
+
+            return importlib.import_module(TRAIN_ENTRY).train(self.args, extra_callbacks=[RestoreSigtermHandler()])
+        except Exception:
+            if self.interrupted:  # raised by submitit's requeue after checkpoint(): the scheduler owns this job now
+                raise
+            result = {
+                "status": "failed",
+                "run_dir": str(self.run_dir),
+                "experiment": self.run_dir.parent.name,
+                "error": traceback.format_exc(),
+                "log": _log_path(),
+                "args": self.args,
+            }
+            if _is_rank_zero():
+                write_json_atomic(self.run_dir / RESULT, result)
+            return result
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on time limit or preemption (rank 0): rerun this same callable after the requeue."""
+        self.interrupted = True
+        return submitit.helpers.DelayedSubmission(self)

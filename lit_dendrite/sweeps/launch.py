@@ -1,0 +1,185 @@
+"""Submitting a sweep: validate everything, skip finished runs, submit the rest as one job array."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from lit_dendrite.io import read_json, write_json_atomic
+from lit_dendrite.sweeps.cluster import ClusterConfig, check_slurm, make_executor, sbatch_script
+from lit_dendrite.sweeps.job import TrainRun
+from lit_dendrite.sweeps.spec import Run, Sweep, SweepError
+from lit_dendrite.sweeps.state import (
+    MANIFEST,
+    RESULT,
+    format_status,
+    record_jobs,
+    run_states,
+)
+
+PARSE_ENTRY = "lit_dendrite.cli"
+MAX_ERRORS_SHOWN = 5
+
+
+@dataclass
+class Submission:
+    """What a call of :func:`submit_sweep` did: the sweep directory, runs submitted and skipped, job ids."""
+
+    sweep_dir: Path
+    submitted: list[str]
+    skipped: dict[str, str]
+    job_ids: list[str]
+    jobs: list[submitit.Job]
+
+
+def run_args(run: Run, sweep_dir: Path, cluster: str, config: ClusterConfig) -> list[str]:
+    """The full ``train`` arguments of a run: the cluster decides devices, nodes and strategy (not debug)."""
+    return run.train_args(sweep_dir, extra=[] if cluster == "debug" else config.trainer_args())
+
+
+def _without_seed_and_dir(args: list[str]) -> tuple[str, ...]:
+    """The arguments that can make a config invalid (the sweep itself writes seed and run_dir)."""
+    flags = ("--seed_everything", "--run_dir")
+    return tuple(a for i, a in enumerate(args) if a not in flags and (i == 0 or args[i - 1] not in flags))
+
+
+def check_configs(arg_lists: list[list[str]], parse: Callable[[list[str]], Any] | None = None) -> None:
+    """Parse the runs' arguments without training (once per distinct config, seeds aside); raise one SweepError
+    listing the runs that do not parse."""
+    parse = parse or importlib.import_module(PARSE_ENTRY).parse
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for args in arg_lists:
+        groups.setdefault(_without_seed_and_dir(args), []).append(args)
+    failures: dict[str, list[list[str]]] = {}
+    for runs in groups.values():
+        try:
+            parse(runs[0])
+        except (Exception, SystemExit) as error:  # argparse-style parsers exit on bad arguments
+            failures.setdefault(f"{type(error).__name__}: {error}", []).extend(runs)
+    if failures:
+        count = sum(len(runs) for runs in failures.values())
+        shown = "\n".join(
+            f"  {error}\n    in {len(runs)} run(s), e.g. {' '.join(runs[0])}"
+            for error, runs in list(failures.items())[:MAX_ERRORS_SHOWN]
+        )
+        raise SweepError(f"{count} run(s) have a config that does not parse; nothing was submitted:\n{shown}")
+
+
+def _chunks(items: list[Any], n: int) -> list[list[Any]]:
+    """``items`` dealt round-robin into at most ``n`` non-empty lists."""
+    return [chunk for chunk in (items[i::n] for i in range(n)) if chunk]
+
+
+def _manifest(sweep: Sweep, sweep_dir: Path, cluster: str, config: ClusterConfig) -> dict[str, Any]:
+    runs = [
+        {
+            "dir": run.relative_dir,
+            "experiment": run.experiment,
+            "axes": dict(run.axes),
+            "args": run_args(run, sweep_dir, cluster, config),
+        }
+        for run in sweep.runs
+    ]
+    return {"sweep": sweep.name, "sweep_file": str(sweep.path), "runs": runs}
+
+
+def submit_sweep(
+    sweep: Sweep,
+    cluster: str,
+    config: ClusterConfig,
+    out: Path,
+    dry_run: bool = False,
+    max_parallel: int | None = None,
+    parse: Callable[[list[str]], Any] | None = None,
+    echo: Callable[[str], None] = print,
+) -> Submission:
+    """Validate the sweep, then submit every run that is neither finished nor queued/running as one job array.
+
+    ``debug`` runs the jobs in this process before returning; ``local`` deals the runs to at most
+    ``max_parallel`` background processes that run their share one after the other.
+    """
+    sweep_dir = out.resolve() / sweep.name
+    config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
+    if cluster == "slurm" and not dry_run:
+        check_slurm(config)
+    args = {run.relative_dir: run_args(run, sweep_dir, cluster, config) for run in sweep.runs}
+    check_configs(list(args.values()), parse)
+    states = run_states(sweep_dir, list(args))
+    skipped = {
+        run: f"{info['state']}, job {info['job_id']} {info['job_state'].lower()}" if info["live"] else info["state"]
+        for run, info in states.items()
+        if info["live"] or info["state"] in ("done", "diverged", "running")
+    }
+    to_submit = [run for run in args if run not in skipped]
+    width = max(len(run) for run in args)
+    echo(f"sweep {sweep.name} ({sweep.path}): {len(args)} runs, {len(to_submit)} to submit -> {sweep_dir}")
+    for run in args:
+        echo(f"  {run:<{width}}  {'skip (' + skipped[run] + ')' if run in skipped else 'submit'}")
+    if dry_run:
+        for run in to_submit:
+            echo(f"train args of {run}: {' '.join(args[run])}")
+        if cluster == "slurm" and to_submit:
+            echo("sbatch script (dry run, nothing submitted):")
+            echo(sbatch_script(config, sweep_dir / "logs" / "%j", f"ld-{sweep.name}", len(to_submit)))
+        return Submission(sweep_dir, to_submit, skipped, [], [])
+    if not to_submit:
+        echo("nothing to submit: every run is finished, queued or running")
+        return Submission(sweep_dir, [], skipped, [], [])
+    write_json_atomic(sweep_dir / MANIFEST, _manifest(sweep, sweep_dir, cluster, config))
+    for run in to_submit:
+        result_path = sweep_dir / run / RESULT
+        if (read_json(result_path) or {}).get("status") == "failed":
+            result_path.replace(result_path.with_name("result.failed.json"))
+    jobs, job_of_run = _submit(cluster, config, sweep, sweep_dir, to_submit, args)
+    record_jobs(sweep_dir, cluster, job_of_run)
+    job_ids = list(dict.fromkeys(job_of_run.values()))
+    echo(f"submitted {len(to_submit)} runs as {len(job_ids)} {cluster} job(s): {' '.join(job_ids)}")
+    echo(f"watch:       python launch/sweep.py status {sweep_dir}")
+    echo(f"tensorboard: tensorboard --logdir {sweep_dir}")
+    echo(f"summary:     python launch/sweep.py collect {sweep_dir}")
+    return Submission(sweep_dir, to_submit, skipped, job_ids, jobs)
+
+
+def _submit(
+    cluster: str,
+    config: ClusterConfig,
+    sweep: Sweep,
+    sweep_dir: Path,
+    runs: list[str],
+    args: dict[str, list[str]],
+) -> tuple[list[submitit.Job], dict[str, str]]:
+    """Submit the runs; returns the jobs and ``{run: job id}``."""
+    executor = make_executor(cluster, config, sweep_dir / "logs" / "%j", f"ld-{sweep.name}")
+    if cluster == "local":
+        groups = _chunks(runs, config.array_parallelism)
+        callables = []
+        for group in groups:
+            sequence = submitit.helpers.FunctionSequence()
+            for run in group:
+                sequence.add(TrainRun(args[run], sweep_dir / run))
+            callables.append(sequence)
+    else:
+        groups = [[run] for run in runs]
+        callables = [TrainRun(args[run], sweep_dir / run) for run in runs]
+    with executor.batch():
+        jobs = [executor.submit(fn) for fn in callables]
+    if cluster == "debug":
+        for job in jobs:
+            job.result()
+    job_of_run = {run: job.job_id for job, group in zip(jobs, groups) for run in group}
+    return jobs, job_of_run
+
+
+def wait_for(jobs: list[submitit.Job], sweep_dir: Path, timeout_s: float, poll_s: float = 5.0) -> str:
+    """Wait until every job has ended (or ``timeout_s`` passed) and return the sweep's status table."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(job.done() for job in jobs):
+        time.sleep(poll_s)
+    return format_status(sweep_dir)

@@ -1,0 +1,278 @@
+"""Sweep files: base experiment configs and axes (grid, zip, seeds, random search) expanded into runs.
+
+A sweep file (YAML, see ``configs/sweep/``)::
+
+    name: paper                   # optional, defaults to the file's stem
+    experiments: [mlp_mnist_2arg, configs/experiment/cnn_mnist_relu.yaml]
+    seeds: [1, 2, 3]
+    overrides: {trainer.max_epochs: 5}          # the same for every run
+    grid: {model.lr: [1.0e-3, 3.0e-4]}          # cartesian product
+    zip:                                        # groups of axes varied together
+      - {model.net.init_args.widths: [[64], [128]], model.net.init_args.dropout: [0.0, 0.1]}
+    random:                                     # random search: `trials` draws of every axis
+      trials: 8
+      seed: 0
+      axes:
+        model.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        model.net.init_args.dropout: {choice: [0.0, 0.1, 0.2]}
+    short_names: {model.net.init_args.inner_hidden: inner}
+
+Axis keys are LightningCLI keys without the leading ``--``. Each run is named by its axis values with
+short keys (default: the key's last dotted part), e.g. ``lr=0.001,seed=1``, and lives in
+``<out>/<sweep>/<experiment>/<name>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SWEEP_KEYS = ("name", "description", "experiments", "seeds", "overrides", "grid", "zip", "random", "short_names")
+RANDOM_KEYS = ("trials", "seed", "axes")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice")
+SEED_KEY = "seed_everything"
+SIGNIFICANT_DIGITS = 4
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be expanded; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a sweep: which config, which overrides, where it writes."""
+
+    experiment: str
+    config: Path
+    overrides: tuple[tuple[str, Any], ...]
+    axes: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        """The run's stable name from its axis values with short keys, e.g. ``lr=0.001,seed=1``."""
+        return ",".join(f"{key}={value}" for key, value in self.axes)
+
+    @property
+    def relative_dir(self) -> str:
+        """Run directory relative to the sweep directory: ``<experiment>/<name>``."""
+        return f"{self.experiment}/{self.name}"
+
+    def train_args(self, sweep_dir: Path, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """Arguments for ``lit_dendrite.cli.train``: config, overrides, run directory, then ``extra``."""
+        args = ["--config", str(self.config)]
+        for key, value in self.overrides:
+            args += [f"--{key}", cli_value(value)]
+        return [*args, "--run_dir", str(sweep_dir / self.relative_dir), *extra]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file and its runs, in a deterministic order."""
+
+    name: str
+    path: Path
+    runs: tuple[Run, ...]
+
+
+def cli_value(value: Any) -> str:
+    """Format a YAML value as one LightningCLI argument (floats always keep a dot so YAML reads them as floats)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, _, exponent = text.partition("e")
+        if exponent and "." not in mantissa:
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    return str(value)
+
+
+def name_value(value: Any) -> str:
+    """Format an axis value for a run name: compact, no path separators."""
+    if isinstance(value, (list, tuple)):
+        return "-".join(name_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.{SIGNIFICANT_DIGITS}g}"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return str(value).replace("/", "_").replace(",", "_").replace("=", "_")
+
+
+def _fail(path: Path, message: str) -> SweepError:
+    return SweepError(f"sweep file {path}: {message}")
+
+
+def _check_axis_values(path: Path, where: str, key: str, values: Any) -> list[Any]:
+    if not isinstance(key, str) or not key or key.startswith("-"):
+        raise _fail(path, f"{where}: axis key {key!r} must be a LightningCLI key without '--', e.g. model.lr")
+    if not isinstance(values, list) or not values:
+        raise _fail(path, f"{where}.{key} must be a non-empty list of values, got {values!r}")
+    for value in values:
+        if isinstance(value, dict):
+            raise _fail(path, f"{where}.{key}: mappings are not axis values; make a base config for them instead")
+    return values
+
+
+def _resolve_experiment(path: Path, entry: Any) -> Path:
+    """An experiment entry is a config path (absolute or relative to the working directory) or a bare
+    name looked up in ``configs/experiment/`` next to the sweep file's folder."""
+    if not isinstance(entry, str) or not entry:
+        raise _fail(path, f"experiments: entries must be config paths or names, got {entry!r}")
+    candidates = [Path(entry)] if ("/" in entry or entry.endswith(".yaml")) else []
+    candidates.append(path.parent.parent / "experiment" / f"{entry}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise _fail(path, f"experiment {entry!r} not found (tried {tried}); fix the name or give the config's path")
+
+
+def _sample(path: Path, rng: random.Random, key: str, distribution: Any) -> Any:
+    if not isinstance(distribution, dict) or len(distribution) != 1 or next(iter(distribution)) not in DISTRIBUTIONS:
+        raise _fail(
+            path,
+            f"random.axes.{key} must be one of {{loguniform: [lo, hi]}}, {{uniform: [lo, hi]}}, "
+            f"{{choice: [values]}}; got {distribution!r}",
+        )
+    kind, arg = next(iter(distribution.items()))
+    if kind == "choice":
+        return rng.choice(_check_axis_values(path, "random.axes", key, arg))
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg)):
+        raise _fail(path, f"random.axes.{key}.{kind} needs [low, high] numbers, got {arg!r}")
+    low, high = float(arg[0]), float(arg[1])
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise _fail(path, f"random.axes.{key}.{kind} needs 0 < low < high (low > 0 for loguniform), got {arg!r}")
+    value = math.exp(rng.uniform(math.log(low), math.log(high))) if kind == "loguniform" else rng.uniform(low, high)
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def _random_points(path: Path, spec: Any) -> list[dict[str, Any]]:
+    if spec is None:
+        return [{}]
+    if not isinstance(spec, dict):
+        raise _fail(path, "random must be a mapping with trials, seed and axes")
+    unknown = sorted(set(spec) - set(RANDOM_KEYS))
+    if unknown:
+        raise _fail(path, f"unknown key(s) {unknown} in random; allowed: {list(RANDOM_KEYS)}")
+    trials, seed, axes = spec.get("trials"), spec.get("seed", 0), spec.get("axes")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise _fail(path, f"random.trials must be a positive integer, got {trials!r}")
+    if not isinstance(axes, dict) or not axes:
+        raise _fail(path, "random.axes must map each axis key to a distribution")
+    rng = random.Random(seed)
+    return [{key: _sample(path, rng, key, dist) for key, dist in axes.items()} for _ in range(trials)]
+
+
+def _grid_points(path: Path, grid: Any) -> list[dict[str, Any]]:
+    if grid is None:
+        return [{}]
+    if not isinstance(grid, dict):
+        raise _fail(path, "grid must map axis keys to lists of values")
+    keys = list(grid)
+    values = [_check_axis_values(path, "grid", key, grid[key]) for key in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _zip_points(path: Path, groups: Any) -> list[dict[str, Any]]:
+    if groups is None:
+        return [{}]
+    if isinstance(groups, dict):
+        groups = [groups]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and g for g in groups):
+        raise _fail(path, "zip must be a list of mappings, each mapping axis keys to equally long lists")
+    per_group = []
+    for group in groups:
+        lengths = {key: len(_check_axis_values(path, "zip", key, values)) for key, values in group.items()}
+        if len(set(lengths.values())) != 1:
+            raise _fail(path, f"zip group axes must have equal lengths, got {lengths}")
+        n = next(iter(lengths.values()))
+        per_group.append([{key: group[key][i] for key in group} for i in range(n)])
+    return [_merge(path, combo) for combo in itertools.product(*per_group)]
+
+
+def _merge(path: Path, points: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for point in points:
+        repeated = set(merged) & set(point)
+        if repeated:
+            raise _fail(path, f"axis {sorted(repeated)} appears in more than one of grid/zip/random; keep one")
+        merged.update(point)
+    return merged
+
+
+def _short_names(path: Path, keys: list[str], given: Any) -> dict[str, str]:
+    given = given or {}
+    if not isinstance(given, dict):
+        raise _fail(path, "short_names must map axis keys to short names")
+    unknown = sorted(set(given) - set(keys))
+    if unknown:
+        raise _fail(path, f"short_names for {unknown}, which are not axes; axes are {keys}")
+    short = {key: str(given.get(key, "seed" if key == SEED_KEY else key.rsplit(".", 1)[-1])) for key in keys}
+    clashes = sorted({s for s in short.values() if list(short.values()).count(s) > 1})
+    if clashes:
+        raise _fail(path, f"axes share the short name(s) {clashes}; set distinct ones under short_names")
+    return short
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file and expand it into runs (deterministic, including random search)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} does not exist; pass --sweep with a file from configs/sweep/")
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict):
+        raise _fail(path, "must be a YAML mapping with at least `experiments` and `seeds`")
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise _fail(path, f"unknown key(s) {unknown}; allowed: {list(SWEEP_KEYS)}")
+    experiments = spec.get("experiments")
+    if not isinstance(experiments, list) or not experiments:
+        raise _fail(path, "`experiments` must list at least one experiment config (empty sweep)")
+    seeds = spec.get("seeds")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise _fail(path, f"`seeds` must be a non-empty list of integers, e.g. [1, 2, 3]; got {seeds!r}")
+    overrides = spec.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise _fail(path, "`overrides` must map LightningCLI keys to values")
+    name = str(spec.get("name") or path.stem)
+    points = [
+        _merge(path, combo)
+        for combo in itertools.product(
+            _grid_points(path, spec.get("grid")),
+            _zip_points(path, spec.get("zip")),
+            _random_points(path, spec.get("random")),
+        )
+    ]
+    axis_keys = [*points[0], SEED_KEY]
+    fixed = set(overrides) & set(axis_keys)
+    if fixed:
+        raise _fail(path, f"{sorted(fixed)} are both fixed overrides and axes; keep one")
+    short = _short_names(path, axis_keys, spec.get("short_names"))
+    runs, seen = [], {}
+    for entry in experiments:
+        config = _resolve_experiment(path, entry)
+        for point in points:
+            for seed in seeds:
+                values = {**point, SEED_KEY: seed}
+                axes = tuple((short[k], name_value(v)) for k, v in values.items())
+                run = Run(config.stem, config, (*overrides.items(), *values.items()), axes)
+                if run.relative_dir in seen:
+                    raise _fail(
+                        path,
+                        f"two runs share the directory {run.relative_dir} (duplicate experiments, "
+                        "or random choices drawn twice); remove the duplicate or use fewer trials",
+                    )
+                seen[run.relative_dir] = run
+                runs.append(run)
+    return Sweep(name=name, path=path.resolve(), runs=tuple(runs))

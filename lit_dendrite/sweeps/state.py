@@ -1,0 +1,182 @@
+"""Sweep directories on disk: the manifest of runs, submitted jobs, each run's state, and summary.csv.
+
+A run's state, from the most to the least definite evidence:
+- ``done`` / ``diverged``: its ``result.json`` says so (written by train);
+- ``running`` / ``pending``: its last job is still known to the scheduler (squeue for Slurm, the process for
+  local): running if it runs, pending if it is queued or being requeued (even after a failure: it is retried);
+- ``failed``: its ``result.json`` says so (written by the job wrapper) and no job of it is left;
+- ``running``: no result and no scheduler knows its job (no record, or status read on another machine), but
+  a ``last.ckpt`` was written in the last ``RECENT_CHECKPOINT_S`` seconds;
+- ``pending``: everything else (never submitted, or its job ended without a result: it will be resubmitted).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
+
+MANIFEST = "sweep.json"
+JOBS = "jobs.json"
+RESULT = "result.json"
+SUMMARY = "summary.csv"
+STATES = ("pending", "running", "done", "failed", "diverged")
+FINISHED = ("done", "diverged")
+RUNNING_JOB_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")
+RECENT_CHECKPOINT_S = 15 * 60
+SUMMARY_SKIPPED = ("config", "sessions", "versions")
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, Any]:
+    """The manifest written at submission: sweep name, sweep file and every run with its axes and arguments."""
+    manifest = read_json(sweep_dir / MANIFEST)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"{sweep_dir / MANIFEST} not found: {sweep_dir} is not a sweep directory; pass <out>/<sweep name> "
+            "as written by `python launch/sweep.py` (e.g. runs/demo)"
+        )
+    return manifest
+
+
+def record_jobs(sweep_dir: Path, cluster: str, jobs: dict[str, str]) -> None:
+    """Add ``{run dir: job id}`` of a submission to the sweep's job record (newest submission wins)."""
+    records = read_json(sweep_dir / JOBS) or {}
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    records.update({run: {"job_id": job_id, "cluster": cluster, "submitted": stamp} for run, job_id in jobs.items()})
+    write_json_atomic(sweep_dir / JOBS, records)
+
+
+def _slurm_job_states(job_ids: list[str]) -> dict[str, str] | None:
+    """``{job id: squeue state}`` of the still-known jobs (array elements as ``<id>_<index>``), None without squeue."""
+    if shutil.which("squeue") is None:
+        return None
+    base_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
+    if not base_ids:
+        return {}
+    shown = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(base_ids)], capture_output=True, text=True, timeout=60
+    )
+    if shown.returncode != 0 and "Invalid job id" not in shown.stderr:
+        return None
+    return dict(line.split(maxsplit=1) for line in shown.stdout.splitlines() if line.strip())
+
+
+def _local_job_state(job_id: str) -> str:
+    """RUNNING while the local job's controller process lives (zombies count as ended)."""
+    try:
+        stat = Path(f"/proc/{job_id}/stat").read_text()
+    except OSError:
+        return "ENDED"
+    return "ENDED" if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") else "RUNNING"
+
+
+def job_states(records: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    """Scheduler state of each run's last job: squeue's state (RUNNING, PENDING, REQUEUED, ...) while the job is
+    known, ENDED after, or None where the scheduler cannot be asked."""
+    slurm_ids = [r["job_id"] for r in records.values() if r["cluster"] == "slurm"]
+    slurm = _slurm_job_states(slurm_ids) if slurm_ids else {}
+    states: dict[str, str | None] = {}
+    for run, record in records.items():
+        if record["cluster"] == "slurm":
+            states[run] = None if slurm is None else slurm.get(record["job_id"], "ENDED")
+        elif record["cluster"] == "local":
+            states[run] = _local_job_state(record["job_id"])
+        else:
+            states[run] = "ENDED"
+    return states
+
+
+def _recent_checkpoint(run_dir: Path, now: float) -> bool:
+    return any(now - ckpt.stat().st_mtime < RECENT_CHECKPOINT_S for ckpt in run_dir.glob("*/checkpoints/last.ckpt"))
+
+
+def run_states(sweep_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
+    """``{run dir: {"state", "live", "job_id", "job_state", "result"}}`` for the given runs (``live``: its job is
+    queued or running)."""
+    records = read_json(sweep_dir / JOBS) or {}
+    scheduler = job_states({run: records[run] for run in runs if run in records})
+    now = time.time()
+    states = {}
+    for run in runs:
+        result = read_json(sweep_dir / run / RESULT) or {}
+        job_state = scheduler.get(run)
+        live = job_state not in (None, "ENDED")
+        if result.get("status") in FINISHED:
+            state = result["status"]
+        elif live:
+            state = "running" if job_state in RUNNING_JOB_STATES else "pending"
+        elif result.get("status") == "failed":
+            state = "failed"
+        elif job_state is None and _recent_checkpoint(sweep_dir / run, now):
+            state = "running"
+        else:
+            state = "pending"
+        job_id = records.get(run, {}).get("job_id")
+        states[run] = {"state": state, "live": live, "job_id": job_id, "job_state": job_state, "result": result or None}
+    return states
+
+
+def format_status(sweep_dir: Path) -> str:
+    """A table of every run of the sweep in ``sweep_dir`` with its state and job, then the counts per state."""
+    manifest = read_manifest(sweep_dir)
+    runs = [run["dir"] for run in manifest["runs"]]
+    states = run_states(sweep_dir, runs)
+    width = max(len(run) for run in runs)
+    lines = [f"{'run':<{width}}  {'state':<8}  job"]
+    for run in runs:
+        info = states[run]
+        job = info["job_id"] or "-"
+        if info["live"]:
+            job += f" ({info['job_state'].lower()})"
+        lines.append(f"{run:<{width}}  {info['state']:<8}  {job}")
+        if info["state"] == "failed":
+            error = (info["result"].get("error") or "").strip().splitlines()
+            lines.append(f"    error: {error[-1] if error else '?'}")
+            lines.append(f"    log:   {info['result'].get('log')}")
+    counts = {state: sum(info["state"] == state for info in states.values()) for state in STATES}
+    lines.append(", ".join(f"{state} {n}" for state, n in counts.items()) + f" (of {len(runs)})")
+    return "\n".join(lines)
+
+
+def _flatten(result: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in result.items():
+        if key in SUMMARY_SKIPPED:
+            continue
+        if isinstance(value, dict):
+            row.update({f"{key}.{k}": json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in value.items()})
+        else:
+            row[key] = json.dumps(value) if isinstance(value, list) else value
+    return row
+
+
+def collect(sweep_dir: Path) -> Path:
+    """Write ``summary.csv`` (one row per ``result.json`` under ``sweep_dir``, with the run's axis values)."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir} is not a directory; pass <out>/<sweep name>, e.g. runs/demo")
+    manifest = read_json(sweep_dir / MANIFEST) or {"runs": []}
+    axes = {run["dir"]: run.get("axes", {}) for run in manifest["runs"]}
+    rows = []
+    for path in sorted(sweep_dir.rglob(RESULT)):
+        result = read_json(path)
+        if not isinstance(result, dict):
+            continue
+        run = path.parent.relative_to(sweep_dir).as_posix()
+        axis_columns = {f"axis.{k}": v for k, v in axes.get(run, {}).items()}
+        rows.append({"run": run, "status": result.get("status"), **axis_columns, **_flatten(result)})
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(sweep_dir / SUMMARY, text.getvalue())
+    return sweep_dir / SUMMARY
