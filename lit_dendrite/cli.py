@@ -142,6 +142,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
             print(summary_line(previous))
             return previous
     init = build(cli)
+    init.data.check_available()
     callbacks = list(init.trainer.get("callbacks") or [])
     user_options = trainer_options(init)
     user_options.pop("callbacks", None)

@@ -11,7 +11,7 @@ from helpers import CONFIGS, quick_args, quick_train
 
 from lit_dendrite.cli import parse
 from lit_dendrite.models import InnerPretrain, load_net
-from lit_dendrite.nn import InnerNet
+from lit_dendrite.nn import InnerNet, tabulate_inner
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,10 @@ def test_load_net_restores_the_tested_accuracy(two_arg_run):
     with torch.no_grad():
         accuracy = (net(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
     assert accuracy == pytest.approx(result["test_acc"], abs=1e-6)
+    tabulate_inner(net, calibration=[x[:200]])
+    with torch.no_grad():
+        tabulated = (net(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
+    assert abs(tabulated - accuracy) <= 1 / len(labels) + 1e-9
 
 
 def test_finished_run_is_not_trained_again(two_arg_run):
@@ -98,6 +102,10 @@ def test_same_seed_gives_the_same_test_accuracy(tmp_path):
     assert first["best_val_loss"] == second["best_val_loss"] != other["best_val_loss"]
 
 
+class SimulatedPreemption(Exception):
+    pass
+
+
 class Interrupt(L.Callback):
     """Raise at the end of a given epoch of one session, as a preemption would."""
 
@@ -106,7 +114,7 @@ class Interrupt(L.Callback):
 
     def on_train_epoch_end(self, trainer, module):
         if trainer.logger.version == self.session and trainer.current_epoch == self.epoch:
-            raise KeyboardInterrupt("simulated preemption")
+            raise SimulatedPreemption(f"epoch {self.epoch} of {self.session}")
 
 
 class RecordStart(L.Callback):
@@ -119,13 +127,13 @@ class RecordStart(L.Callback):
 
 def test_interrupted_run_resumes_from_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedPreemption):
         quick_train("mlp_digits_2arg", run_dir, 4, 2, extra_callbacks=[Interrupt("III_frozen", 1)])
     assert not (run_dir / "result.json").exists()
     assert (run_dir / "II_joint" / "session.json").is_file()
     record = RecordStart()
     result = quick_train("mlp_digits_2arg", run_dir, 4, 2, extra_callbacks=[record])
-    assert record.starts == {"III_frozen": 2}
+    assert record.starts == {"III_frozen": 1}  # epoch 1 was cut short: it reruns from the end of epoch 0
     assert result["status"] == "done" and result["epochs"]["III_frozen"] == 4
 
 

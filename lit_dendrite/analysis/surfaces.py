@@ -15,7 +15,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from lit_dendrite.nn.inner import InnerNet
-from lit_dendrite.nn.neurons import LearnedNeuron
+from lit_dendrite.nn.neurons import LearnedNeuron, learned_neurons
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,6 @@ def evaluate_surface(fn: InnerNet | Callable[[torch.Tensor], torch.Tensor], grid
 def find_inner_net(module: nn.Module) -> InnerNet | None:
     """The first :class:`InnerNet` inside ``module`` (the shared one), or None for fixed-neuron nets."""
     return next((m for m in module.modules() if isinstance(m, InnerNet)), None)
-
-
-def learned_neurons(net: nn.Module) -> dict[str, LearnedNeuron]:
-    """The net's learned neurons by module name (one per dendritic layer), in forward order."""
-    return {name: module for name, module in net.named_modules() if isinstance(module, LearnedNeuron)}
 
 
 class _BottomKSample:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lit_dendrite.data.datasets import dataset_spec, load_arrays
+from lit_dendrite.data.datasets import check_available, dataset_spec, load_arrays
 
 
 class ImageArrayDataset(Dataset):
@@ -82,6 +82,11 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return self.spec.num_classes
+
+    def check_available(self) -> None:
+        """Raise at once, with the path and the fix, when the data set is missing and ``download`` is off."""
+        if not self.download:
+            check_available(self.dataset, self.root)
 
     def prepare_data(self) -> None:
         if self.download:

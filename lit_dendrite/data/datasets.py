@@ -32,6 +32,14 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar100": DatasetSpec((3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 1 / 5),
 }
 
+_MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+_CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
+
 DIGITS_TEST_SIZE = 360
 """Images of scikit-learn's 1,797 digits held out as the fixed test set (the same for every seed)."""
 
@@ -54,6 +62,25 @@ def load_arrays(name: str, root: str | Path, train: bool, download: bool = False
     return _load_cifar(name, Path(root), train, download)
 
 
+def data_files(name: str, root: str | Path, train: bool) -> list[Path]:
+    """The files one split of ``name`` is read from (none for the embedded digits)."""
+    root = Path(root)
+    dataset_spec(name)
+    if name == "digits":
+        return []
+    if name in _MNIST_FOLDERS:
+        prefix = "train" if train else "t10k"
+        raw = root / _MNIST_FOLDERS[name] / "raw"
+        return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
+    folder, train_files, test_files, _ = _CIFAR_LAYOUT[name]
+    return [root / folder / f for f in (train_files if train else test_files)]
+
+
+def check_available(name: str, root: str | Path) -> None:
+    """Fail at once, naming the missing files and the fix, when ``name`` is not on disk under ``root``."""
+    _require_files(name, Path(root), data_files(name, root, True) + data_files(name, root, False))
+
+
 def _load_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits (0..16), bilinearly resized to 28x28 and scaled to 0..255."""
     import torch
@@ -69,31 +96,19 @@ def _load_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images[chosen]), digits.target[chosen].astype(np.int64)
 
 
-_MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-
-
 def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    raw = root / _MNIST_FOLDERS[name] / "raw"
-    prefix = "train" if train else "t10k"
-    needed = [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
     if not download:
-        _require_files(name, root, needed)
+        _require_files(name, root, data_files(name, root, train))
     data = cls(str(root), train=train, download=download)
     return data.data.numpy()[..., None].astype(np.uint8), data.targets.numpy().astype(np.int64)
 
 
-_CIFAR_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
-}
-
-
 def _load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    folder, train_files, test_files, label_key = _CIFAR_LAYOUT[name]
-    files = [root / folder / f for f in (train_files if train else test_files)]
+    label_key = _CIFAR_LAYOUT[name][3]
+    files = data_files(name, root, train)
     if download:
         from torchvision import datasets
 

@@ -22,20 +22,28 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_dendrite.io import atomic_path, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
+from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.pretrain import InnerPretrain
+from lit_dendrite.nn.acceleration import maybe_compile
 
 PRETRAIN, JOINT, FROZEN = "I_pretrain", "II_joint", "III_frozen"
 
 
 @dataclass
 class Protocol:
-    """Settings of the three sessions (paper: 500 pretraining epochs, patience 20)."""
+    """Settings of the three sessions (paper: 500 pretraining epochs, patience 20).
+
+    ``frozen_fast_path`` trains session III through lookup tables of the frozen inner net (tests stay exact);
+    ``compile`` wraps the network in ``torch.compile``.
+    """
 
     pretrain_epochs: int = 500
     pretrain_lr: float = 1e-3
     pretrain_batch_size: int = 256
     patience: int = 20
     sessions: tuple[str, ...] = (PRETRAIN, JOINT, FROZEN)
+    frozen_fast_path: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.sessions) - {PRETRAIN, JOINT, FROZEN}
@@ -164,7 +172,11 @@ class RunProtocol:
             enable_version_counter=False,
         )
         stop = EarlyStopping(monitor="val/loss", mode="min", patience=self.protocol.patience, check_finite=True)
-        trainer = self._trainer(session, [best, last_checkpoint(session), stop])
+        callbacks = [best, last_checkpoint(session), stop]
+        if freeze and self.protocol.frozen_fast_path:
+            callbacks.append(FrozenInnerTables())
+        maybe_compile(model.net, self.protocol.compile)
+        trainer = self._trainer(session, callbacks)
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=self._resume_path(session))
         if stop.stopped_epoch and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")

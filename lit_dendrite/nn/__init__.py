@@ -1,10 +1,12 @@
 """Pure-torch building blocks: neurons, dendritic layers, the paper's outer networks."""
 
+from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner import InnerNet
 from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import count_parameters, match_width
 from lit_dendrite.nn.nets import DendriticCNN, DendriticMLP, Normalize, OuterNet
 from lit_dendrite.nn.neurons import NEURONS, Neuron, build_neuron, neuron_spec
+from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
 
 __all__ = [
     "NEURONS",
@@ -18,6 +20,11 @@ __all__ = [
     "OuterNet",
     "build_neuron",
     "count_parameters",
+    "exact_inner",
     "match_width",
+    "maybe_compile",
     "neuron_spec",
+    "tabulate_inner",
+    "tabulation_report",
+    "use_exact_inner",
 ]

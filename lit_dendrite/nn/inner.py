@@ -7,12 +7,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, lean_inner, plain_inner
+
 
 class InnerNet(nn.Module):
     """MLP ``arity -> hidden... -> 1`` with ReLU, Xavier-uniform weights and zero biases.
 
     ``forward`` maps a tensor whose last dimension is ``arity`` to one value per row (the last
-    dimension is dropped).
+    dimension is dropped); ``evaluate`` does the same along any dimension. Both are exact; the attributes
+    ``impl`` (``"auto"``, ``"plain"`` or ``"lean"``, see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`)
+    and ``chunk_rows`` (``None``: the device's tuned value) pick how, and are not part of the state dict.
     """
 
     def __init__(self, arity: int = 2, hidden: Sequence[int] = (64, 64)) -> None:
@@ -25,6 +29,8 @@ class InnerNet(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         widths = (arity, *self.hidden, 1)
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.impl = "auto"
+        self.chunk_rows: int | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -34,10 +40,18 @@ class InnerNet(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.arity:
-            raise ValueError(
-                f"InnerNet expects a last dimension of size arity={self.arity}, got shape {tuple(x.shape)}"
-            )
-        for linear in self.linears[:-1]:
-            x = torch.relu(linear(x))
-        return self.linears[-1](x).squeeze(-1)
+        return self.evaluate(x, -1)
+
+    def evaluate(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """The inner net applied along ``dim`` (size ``arity``, removed from the output), without moving it."""
+        if x.dim() == 0 or x.shape[dim] != self.arity:
+            raise ValueError(f"InnerNet expects size arity={self.arity} along dim {dim}, got shape {tuple(x.shape)}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"InnerNet.impl must be one of {IMPLS}, got {self.impl!r}")
+        impl = choose_impl(x.numel() // self.arity, x.device) if self.impl == "auto" else self.impl
+        if impl == "plain":
+            return plain_inner(x.movedim(dim, -1), self.linears)
+        return lean_inner(x, dim, self.linears, self.chunk_rows or default_chunk_rows(x.device))
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}, chunk_rows={self.chunk_rows}"

@@ -30,16 +30,23 @@ class Neuron(nn.Module):
 
 
 class LearnedNeuron(Neuron):
-    """A learned activation: the shared inner net applied to each group of ``arity`` inputs."""
+    """A learned activation: the shared inner net applied to each group of ``arity`` inputs.
+
+    ``table`` is ``None`` (exact inner net) or this layer's frozen lookup table, set by
+    :func:`lit_dendrite.nn.tabulated.tabulate_inner`.
+    """
 
     def __init__(self, inner: InnerNet) -> None:
         super().__init__()
         self.inner = inner
         self.arity = inner.arity
+        self.table: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         self._check(x, dim)
-        return self.inner(x.movedim(dim, -1))
+        if self.table is not None:
+            return self.table(x, dim, self.inner)
+        return self.inner.evaluate(x, dim)
 
 
 class ElementwiseNeuron(Neuron):
@@ -117,3 +124,8 @@ def build_neuron(name: str, inner: InnerNet | None = None) -> Neuron:
             raise ValueError(f"neuron {name!r} needs a shared InnerNet of arity {spec.arity}, got {got}")
         return spec.build(inner)
     return spec.build(None)
+
+
+def learned_neurons(net: nn.Module) -> dict[str, LearnedNeuron]:
+    """The net's learned neurons by module name (one per dendritic layer), in forward order."""
+    return {name: module for name, module in net.named_modules() if isinstance(module, LearnedNeuron)}

@@ -1,0 +1,359 @@
+"""Speed and memory of two-argument neurons against the ReLU control and a plain vectorised reference.
+
+    python benchmarks/neurons.py [--quick] [--gpu] [--threads N] [--compile] [--out PATH]
+
+For the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50 on CPU, 200 on GPU) it
+measures, in one process, the training step time (forward, backward, Adam step) and inference images/s
+of the 2-arg net along each path (``reference``: the plain vectorised implementation kept below;
+``plain`` and ``lean``: the library's two exact implementations; ``table``: the frozen fast path, whose
+training step is session III's, outer net only), the ReLU control at matched parameters, the analytic
+forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner net's achieved training
+GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per model and
+path (RSS high-water mark minus RSS after building the model; CUDA allocator peak on GPU). Prints a
+table and writes JSON atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
+from lit_dendrite.nn.neurons import LearnedNeuron
+from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
+
+PATHS = ("reference", "plain", "lean", "table")
+MODELS = {
+    "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": {"cpu": 200, "cuda": 200}},
+    "cnn": {"build": DendriticCNN, "in_shape": (3, 32, 32), "batch": {"cpu": 50, "cuda": 200}},
+}
+
+
+class ReferenceNeuron(nn.Module):
+    """The plain vectorised implementation: channels-last copy, one MLP call on (rows, arity), copy back."""
+
+    def __init__(self, inner: InnerNet) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        moved = x.movedim(dim, -1).contiguous()
+        rows = moved.reshape(-1, moved.shape[-1])
+        for linear in self.inner.linears[:-1]:
+            rows = F.relu(linear(rows))
+        return self.inner.linears[-1](rows).view(moved.shape[:-1])
+
+
+def build(model: str, neuron: str, device: torch.device) -> nn.Module:
+    """The paper's net (2-arg) or its parameter-matched control, with dropout as in the paper."""
+    torch.manual_seed(0)
+    spec = MODELS[model]
+    kwargs = {"neuron": neuron} if neuron == "2arg" else {"neuron": neuron, "match_neuron": "2arg"}
+    return spec["build"](**kwargs).to(device)
+
+
+def set_path(net: nn.Module, path: str, calibration: torch.Tensor | None) -> None:
+    """Switch a 2-arg net to one evaluation path (``table`` freezes the inner net and tabulates it)."""
+    if path == "reference":
+        for module in list(net.modules()):
+            if isinstance(getattr(module, "neuron", None), LearnedNeuron):
+                module.neuron = ReferenceNeuron(module.neuron.inner)
+    elif path in ("plain", "lean"):
+        net.inner.impl = path
+    elif path == "table":
+        tabulate_inner(net, calibration=[calibration])
+    else:
+        raise ValueError(f"unknown path {path!r}; choose one of {PATHS}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` calls (the minimum is the figure least
+    disturbed by other processes on a shared machine)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def train_step_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool):
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def data(model: str, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *MODELS[model]["in_shape"], generator=generator)
+    return x.to(device), (torch.arange(batch) % 10).to(device)
+
+
+def forward_flops(net: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Analytic multiply-add FLOPs (x2) per image of convolutions, linears and inner nets (elementwise ops excluded)."""
+    counts = {"outer": 0.0, "inner": 0.0}
+
+    def count(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            counts["outer"] += 2 * out.numel() * per_output
+        elif isinstance(module, nn.Linear):
+            counts["outer"] += 2 * out.numel() * module.in_features
+        elif isinstance(module, LearnedNeuron):
+            macs = sum(lin.in_features * lin.out_features for lin in module.inner.linears)
+            counts["inner"] += 2 * out.numel() * macs
+
+    inner_linears = {id(lin) for m in net.modules() if isinstance(m, InnerNet) for lin in m.linears}
+    handles = [
+        m.register_forward_hook(count)
+        for m in net.modules()
+        if isinstance(m, nn.Conv2d | LearnedNeuron) or (isinstance(m, nn.Linear) and id(m) not in inner_linears)
+    ]
+    with torch.no_grad():
+        net(x[:1])
+    for handle in handles:
+        handle.remove()
+    return {**counts, "total": counts["outer"] + counts["inner"]}
+
+
+def matmul_gflops(device: torch.device, size: int) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    seconds = timed(lambda: a @ b, device, warmup=2, repeats=5)
+    return 2 * size**3 / seconds / 1e9
+
+
+def inner_gflops(device: torch.device, batch: int, quick: bool) -> dict[str, float]:
+    """Achieved training GFLOP/s (3x forward FLOPs per fwd+bwd) of the inner net on the CNN's first layer."""
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2).to(device)
+    x = torch.randn(batch, 60, 2, 30, 30, device=device, requires_grad=True)
+    rows = x.numel() // 2
+    flops = 3 * 2 * rows * sum(lin.in_features * lin.out_features for lin in inner.linears)
+    reference = ReferenceNeuron(inner)
+    result = {}
+    for name in ("reference", "plain", "lean"):
+        inner.impl = "plain" if name == "reference" else name
+        neuron = reference if name == "reference" else inner.evaluate
+        seconds = timed(lambda neuron=neuron: neuron(x, 2).sum().backward(), device, 1, 3 if quick else 5)
+        result[name] = flops / seconds / 1e9
+    return result
+
+
+def peak_memory_child(model: str, path: str, device: str) -> int:
+    """Run one training-step measurement in a fresh process; returns peak bytes above the built model."""
+    spec = json.dumps({"model": model, "path": path, "device": device})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--memory-child", spec, "--threads", str(torch.get_num_threads())],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child for {model}/{path} failed:\n{proc.stderr[-2000:]}")
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_child(spec: dict[str, str]) -> None:
+    """Child process body: build, then two training steps; print the peak above the built model."""
+    device = torch.device(spec["device"])
+    model, path = spec["model"], spec["path"]
+    batch = MODELS[model]["batch"][device.type]
+    net = build(model, "relu" if path == "relu" else "2arg", device).train()
+    x, y = data(model, batch, device)
+    if path != "relu":
+        set_path(net, path, x)
+    step = train_step_fn(net, x, y, autocast=False)
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _status_kib("VmRSS") * 1024
+    for _ in range(2):
+        step()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kib("VmHWM") * 1024
+    print(json.dumps({"peak_bytes": peak - base}))
+
+
+def benchmark_model(model: str, device: torch.device, quick: bool, compile_: bool) -> dict[str, object]:
+    batch = MODELS[model]["batch"][device.type]
+    warmup, repeats = (1, 3) if quick else (2, 7)
+    x, y = data(model, batch, device)
+    x_eval, _ = data(model, batch, device, seed=1)
+    variants = ["relu", *PATHS] + (["compiled"] if compile_ else []) + (["bf16"] if device.type == "cuda" else [])
+    rows: dict[str, dict[str, float]] = {}
+    for variant in variants:
+        net = build(model, "relu" if variant == "relu" else "2arg", device)
+        if variant in PATHS:
+            set_path(net, variant, x)
+        maybe_compile(net, variant == "compiled")
+        net.train()
+        step = train_step_fn(net, x, y, autocast=variant == "bf16")
+        row = {"train_step_s": timed(step, device, warmup, repeats)}
+        net.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
+            seconds = timed(lambda net=net: net(x_eval), device, warmup, repeats)
+        row["inference_images_per_s"] = batch / seconds
+        if variant in ("relu", *PATHS):
+            row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
+        if variant in ("table", "bf16"):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
+                fast = net(x_eval).float()
+            with torch.no_grad(), exact_inner(net):
+                exact = net(x_eval)
+            row["prediction_disagreement_pp"] = 100 * float((fast.argmax(1) != exact.argmax(1)).float().mean())
+            row["max_logit_error"] = float((fast - exact).abs().max())
+        rows[variant] = row
+        print(f"  {model} {variant}: {row}", file=sys.stderr, flush=True)
+    flops = {
+        "2arg": forward_flops(build(model, "2arg", device).eval(), x),
+        "relu": forward_flops(build(model, "relu", device).eval(), x),
+    }
+    return {"batch": batch, "rows": rows, "forward_flops_per_image": flops}
+
+
+def ratios(models: dict[str, dict[str, object]], matmul: float, inner: dict[str, float]) -> dict[str, float]:
+    """The issue's target figures: 2-arg over ReLU control, and the inner net's fraction of dense matmul."""
+    out = {}
+    for model, result in models.items():
+        rows, relu = result["rows"], result["rows"]["relu"]
+        flops = result["forward_flops_per_image"]
+        out[f"{model}_flop_ratio"] = flops["2arg"]["total"] / flops["relu"]["total"]
+        for path in (*PATHS, "compiled", "bf16"):
+            if path not in rows:
+                continue
+            out[f"{model}_{path}_train_step_ratio"] = rows[path]["train_step_s"] / relu["train_step_s"]
+            out[f"{model}_{path}_inference_speed_ratio"] = (
+                rows[path]["inference_images_per_s"] / relu["inference_images_per_s"]
+            )
+            if "peak_train_memory_mib" in rows[path]:
+                out[f"{model}_{path}_peak_memory_ratio"] = (
+                    rows[path]["peak_train_memory_mib"] / relu["peak_train_memory_mib"]
+                )
+    for path, gflops in inner.items():
+        out[f"inner_{path}_fraction_of_matmul"] = gflops / matmul
+    return out
+
+
+def print_table(result: dict[str, object]) -> None:
+    print(
+        f"\nmachine: {result['machine']}  threads: {result['threads']}  dense fp32 matmul: "
+        f"{result['matmul_gflops']:.1f} GFLOP/s"
+    )
+    header = f"{'model':5} {'variant':10} {'train step s':>12} {'x ReLU':>7} {'infer img/s':>12} {'x ReLU':>7} "
+    print(header + f"{'peak MiB':>9} {'x ReLU':>7} {'disagree pp':>11}")
+    for model, res in result["models"].items():
+        relu = res["rows"]["relu"]
+        for variant, row in res["rows"].items():
+            mem = row.get("peak_train_memory_mib")
+            print(
+                f"{model:5} {variant:10} {row['train_step_s']:12.4f} {row['train_step_s'] / relu['train_step_s']:7.2f} "
+                f"{row['inference_images_per_s']:12.1f} "
+                f"{row['inference_images_per_s'] / relu['inference_images_per_s']:7.3f} "
+                + (
+                    f"{mem:9.1f} {mem / relu['peak_train_memory_mib']:7.2f} "
+                    if mem is not None
+                    else f"{'-':>9} {'-':>7} "
+                )
+                + f"{row.get('prediction_disagreement_pp', float('nan')):11.2f}"
+            )
+        flops = res["forward_flops_per_image"]
+        print(
+            f"{model:5} forward MFLOP/image: 2arg {flops['2arg']['total'] / 1e6:.1f} "
+            f"(inner {flops['2arg']['inner'] / 1e6:.1f}), relu {flops['relu']['total'] / 1e6:.1f}"
+        )
+    print(
+        "inner net training GFLOP/s on the CNN's first layer: "
+        + ", ".join(
+            f"{k} {v:.1f} ({v / result['matmul_gflops']:.3f} of matmul)" for k, v in result["inner_gflops"].items()
+        )
+    )
+    print("ratios:")
+    for key, value in result["ratios"].items():
+        print(f"  {key}: {value:.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (numbers are noisier)")
+    parser.add_argument("--gpu", action="store_true", help="run on CUDA (batch 200 for the CNN)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the plain path")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/neurons_<device>.json)"
+    )
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        memory_child(json.loads(args.memory_child))
+        return
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu needs a CUDA device; run without --gpu for the CPU figures")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    out = args.out or Path(__file__).parent / "results" / f"neurons_{device.type}.json"
+    machine = (
+        torch.cuda.get_device_name()
+        if args.gpu
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    matmul = matmul_gflops(device, 1024 if args.quick else 2048)
+    models = {name: benchmark_model(name, device, args.quick, args.compile) for name in MODELS}
+    inner = inner_gflops(device, MODELS["cnn"]["batch"][device.type], args.quick)
+    result = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine,
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+        "matmul_gflops": matmul,
+        "inner_gflops": inner,
+        "models": models,
+    }
+    result["ratios"] = ratios(models, matmul, inner)
+    print_table(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

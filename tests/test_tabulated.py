@@ -1,0 +1,131 @@
+"""The frozen fast path: a tabulated inner net gives the same model, exact outside its box, trainable outer net."""
+
+import pytest
+import torch
+
+from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet
+from lit_dendrite.nn.neurons import LearnedNeuron
+from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
+
+
+def _mlp(neuron="2arg"):
+    torch.manual_seed(0)
+    return DendriticMLP(neuron=neuron, dropout=0.0).eval()
+
+
+def _images(n=64, seed=1, shape=(1, 28, 28)):
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
+def test_model_evaluated_both_ways_gives_near_identical_logits(build):
+    torch.manual_seed(0)
+    net = build(dropout=0.0).eval()
+    shape = net.in_shape
+    reports = tabulate_inner(net, calibration=[_images(8, seed=0, shape=shape)])
+    x = _images(8, seed=1, shape=shape)
+    with torch.no_grad():
+        fast = net(x)
+        with exact_inner(net):
+            exact = net(x)
+    assert torch.equal(fast.argmax(1), exact.argmax(1))
+    assert (fast - exact).abs().max() < 1e-2 * exact.abs().max()
+    for report in reports.values():
+        assert report["max_abs_error_box"] < 5e-3 * report["output_range"]
+        assert report["max_abs_error_inputs"] <= report["max_abs_error_box"] * 2
+
+
+def test_inputs_outside_the_box_are_evaluated_exactly():
+    inner = InnerNet(arity=2)
+    neuron = LearnedNeuron(inner)
+    net = torch.nn.Sequential(neuron)
+    tabulate_inner(net, input_range=(-0.5, 0.5))
+    x = torch.tensor([[0.1, 0.2], [3.0, 0.0], [0.0, -7.0], [float("nan"), 0.0]])
+    with torch.no_grad():
+        out = neuron(x)
+        exact = inner(x)
+    torch.testing.assert_close(out[1:3], exact[1:3])
+    assert out[3].isnan()
+    assert abs(out[0] - exact[0]) < 1e-3
+    assert tabulation_report(net)["0"]["exact_fraction"] == 0.75
+
+
+def test_gradients_reach_the_outer_net_through_the_table_and_the_inner_net_stays_frozen():
+    net = _mlp().train()
+    tabulate_inner(net, calibration=[(_images(32), torch.zeros(32))])
+    inner_before = [p.clone() for p in net.inner.parameters()]
+    optimizer = torch.optim.SGD(net.outer_parameters(), lr=0.1)
+    x, y = _images(32, seed=2), torch.arange(32) % 10
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.outer_parameters())
+    assert all(not p.requires_grad and p.grad is None for p in net.inner.parameters())
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(inner_before, net.inner.parameters()))
+    with torch.no_grad():
+        assert torch.nn.functional.cross_entropy(net(x), y) < loss
+
+
+def test_table_input_gradient_approximates_the_exact_gradient():
+    inner = InnerNet(arity=2)
+    net = torch.nn.Sequential(LearnedNeuron(inner))
+    tabulate_inner(net, input_range=(-3, 3))
+    x = torch.rand(2000, 2) * 5 - 2.5
+    grads = []
+    for context in (torch.enable_grad, lambda: exact_inner(net)):
+        with context():
+            xr = x.clone().requires_grad_(True)
+            net(xr).sum().backward()
+            grads.append(xr.grad)
+    cosine = torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0)
+    assert cosine > 0.99
+
+
+def test_exact_inner_restores_the_tables_and_use_exact_inner_drops_them():
+    net = _mlp()
+    tabulate_inner(net, input_range=(-6, 6))
+    names = set(tabulation_report(net))
+    assert len(names) == 3
+    with exact_inner(net):
+        assert tabulation_report(net) == {}
+    assert set(tabulation_report(net)) == names
+    use_exact_inner(net)
+    assert tabulation_report(net) == {}
+
+
+def test_a_stale_or_unfrozen_table_refuses_to_run():
+    net = _mlp()
+    state_keys = list(net.state_dict())
+    tabulate_inner(net, input_range=(-6, 6))
+    assert list(net.state_dict()) == state_keys
+    with torch.no_grad():
+        net.inner.linears[1].bias.add_(0.1)
+    with pytest.raises(RuntimeError, match="changed after it was tabulated"):
+        net(_images(2))
+    tabulate_inner(net, input_range=(-6, 6))
+    net.inner.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="trainable but tabulated"):
+        net(_images(2))
+
+
+@pytest.mark.parametrize(("neuron", "grid", "tolerance"), [("1arg", None, 1e-3), ("3arg", 33, 5e-2)])
+def test_one_and_three_argument_tables(neuron, grid, tolerance):
+    net = _mlp(neuron)
+    reports = tabulate_inner(net, calibration=[_images(32)], grid=grid)
+    assert all(r["max_abs_error_box"] < tolerance * r["output_range"] for r in reports.values())
+    x = _images(16, seed=3)
+    with torch.no_grad():
+        fast = net(x)
+        with exact_inner(net):
+            exact = net(x)
+    assert (fast - exact).abs().max() < tolerance * exact.abs().max()
+
+
+def test_bad_arguments_are_refused():
+    net = _mlp()
+    with pytest.raises(ValueError, match="exactly one of"):
+        tabulate_inner(net)
+    with pytest.raises(ValueError, match="no batches"):
+        tabulate_inner(net, calibration=[])
+    with pytest.raises(ValueError, match="no learned neurons"):
+        tabulate_inner(DendriticMLP(neuron="relu"), input_range=(-1, 1))
