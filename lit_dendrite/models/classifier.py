@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_accuracy
 
 
 class Diverged(RuntimeError):
@@ -30,7 +31,7 @@ class Classifier(L.LightningModule):
         if num_classes is None:
             raise ValueError(f"net {type(net).__name__} must expose num_classes")
         self.accuracy = nn.ModuleDict(
-            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val", "test")}
+            {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val")}
         )
 
     @property
@@ -66,10 +67,16 @@ class Classifier(L.LightningModule):
         images, labels = batch
         logits = self.net(images)
         loss = F.cross_entropy(logits, labels)
-        self.accuracy[f"{stage}_acc"](logits, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
+        if stage == "test":
+            # Several test dataloaders (one per corruption and severity) share this hook: a batch-size-weighted
+            # mean of per-batch accuracies is exact per dataloader, where one metric object would mix them.
+            accuracy = multiclass_accuracy(logits, labels, self.net.num_classes, average="micro")
+            self.log("test/acc", accuracy, on_epoch=True, batch_size=len(labels), sync_dist=True)
+        else:
+            self.accuracy[f"{stage}_acc"](logits, labels)
+            self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -84,7 +91,7 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -1,0 +1,1 @@
+"""Robustness: corruption metrics (mCE), adversarial evaluation behind an engine adapter, run evaluation."""

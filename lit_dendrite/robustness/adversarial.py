@@ -1,0 +1,426 @@
+"""Adversarial robustness: named attacks behind a small engine adapter, robust accuracy per epsilon, checks.
+
+Every evaluation runs the model in ``eval()`` mode on pixels in [0,1] (normalisation is the model's first
+layer) with the exact inner net, never a tabulated fast path. Reported robust accuracy follows the standard
+worst case over epsilons: a point broken at some eps' <= eps counts as broken at eps (attacks run
+separately per epsilon are not nested); the raw per-epsilon numbers are kept beside it. The sanity checks
+of :func:`evaluate_attack` raise :class:`SanityCheckError` instead of returning numbers nobody can trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lit_dendrite.nn.tabulated import exact_inner
+
+NORMS = ("linf", "l2")
+
+_EPSILONS = {
+    "mnist": {"linf": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3), "l2": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)},
+    "cifar": {"linf": tuple(e / 255 for e in (0, 1, 2, 4, 6, 8, 12, 16)), "l2": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)},
+}
+_REPORTED_EPSILON = {"mnist": {"linf": 0.3, "l2": 2.0}, "cifar": {"linf": 8 / 255, "l2": 0.5}}
+_FAMILY = {"digits": "mnist", "mnist": "mnist", "fashion_mnist": "mnist", "cifar10": "cifar", "cifar100": "cifar"}
+
+NORM_TOLERANCE = 1e-5
+"""Slack (relative to eps, plus the same absolute) when re-checking a perturbation's size."""
+BOX_TOLERANCE = 1e-6
+"""Slack when re-checking that an adversarial example lies inside [0,1]."""
+DETERMINISM_TOLERANCE = 1e-5
+"""Largest logit difference allowed between two identical evaluation passes."""
+
+
+class SanityCheckError(RuntimeError):
+    """An evaluation produced numbers that cannot be trusted (randomness, wrong input range, a bad attack)."""
+
+
+def _family(dataset: str) -> str:
+    try:
+        return _FAMILY[dataset]
+    except KeyError:
+        raise ValueError(f"no epsilon list for dataset {dataset!r}; known: {sorted(_FAMILY)}") from None
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+
+
+def epsilons_for(dataset: str, norm: str) -> list[float]:
+    """The epsilon grid (pixels in [0,1]) for a data set and norm: MNIST-like L-inf 0..0.3, CIFAR 0..16/255."""
+    _check_norm(norm)
+    return list(_EPSILONS[_family(dataset)][norm])
+
+
+def reported_epsilon(dataset: str, norm: str) -> float:
+    """The epsilon whose robust accuracy is the headline number (MNIST L-inf 0.3, CIFAR L-inf 8/255)."""
+    _check_norm(norm)
+    return _REPORTED_EPSILON[_family(dataset)][norm]
+
+
+@contextlib.contextmanager
+def exact_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in ``eval()`` mode, computing with its exact inner net (no lookup tables) inside the block."""
+    model.eval()
+    with exact_inner(model):
+        yield model
+
+
+class AttackEngine(Protocol):
+    """Attacks one batch at several epsilons; foolbox and AutoAttack implement it, others can be added."""
+
+    def run(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adversarial candidates ``(E, N, C, H, W)`` and the engine's own success flags ``(E, N)``."""
+        ...
+
+
+class FoolboxEngine:
+    """A foolbox 3 attack on ``PyTorchModel(bounds=(0, 1), preprocessing=None)``, repeated ``restarts`` times.
+
+    A point counts as broken at an epsilon if any restart breaks it there.
+    """
+
+    def __init__(self, attack_class: str, params: dict[str, Any], restarts: int = 1) -> None:
+        import foolbox as fb
+
+        if restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        if restarts > 1 and not params.get("random_start", False):
+            raise ValueError(f"restarts={restarts} repeats {attack_class} identically; set random_start=True")
+        try:
+            attack = getattr(fb.attacks, attack_class)(**params)
+        except TypeError as error:
+            raise ValueError(f"foolbox {attack_class} does not accept parameters {params}: {error}") from None
+        self.attack = attack.repeat(restarts) if restarts > 1 else attack
+
+    def run(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), preprocessing=None, device=images.device)
+        _, clipped, success = self.attack(fmodel, images, labels, epsilons=list(epsilons))
+        return torch.stack(clipped).detach(), success
+
+
+class AutoAttackEngine:
+    """AutoAttack (Croce & Hein 2020) from the ``pyautoattack`` package, run once per epsilon (eps 0 is the
+    clean prediction: all four of its attacks would only spend time there)."""
+
+    def __init__(self, norm: str, version: str = "standard", seed: int = 0) -> None:
+        try:
+            import pyautoattack  # noqa: F401
+        except ImportError:
+            raise ValueError("the autoattack engine needs the optional package: pip install pyautoattack") from None
+        self.norm = {"linf": "Linf", "l2": "L2"}[norm]
+        self.version, self.seed = version, seed
+
+    def run(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from pyautoattack import AutoAttack
+
+        adversarials, successes = [], []
+        for eps in epsilons:
+            if eps == 0:
+                x_adv, y_adv = images, predict(model, images)
+            else:
+                autoattack = AutoAttack(
+                    model, norm=self.norm, eps=eps, version=self.version, device=images.device, seed=self.seed
+                )
+                x_adv, y_adv = autoattack.run_standard_evaluation(images, labels, batch_size=len(images))
+            adversarials.append(x_adv.detach())
+            successes.append(y_adv != labels)
+        return torch.stack(adversarials), torch.stack(successes)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What an attack name means: its norm, engine, method and default parameters."""
+
+    norm: str
+    engine: str
+    method: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    opt_in: bool = False
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "linf_pgd": AttackSpec(
+        "linf", "foolbox", "LinfPGD", dict(steps=40, rel_stepsize=2.5 / 40, abs_stepsize=None, random_start=True)
+    ),
+    "l2_pgd": AttackSpec(
+        "l2", "foolbox", "L2PGD", dict(steps=50, rel_stepsize=2.5 / 50, abs_stepsize=None, random_start=True)
+    ),
+    "fgsm": AttackSpec("linf", "foolbox", "FGSM", dict(random_start=False)),
+    "linf_deepfool": AttackSpec(
+        "linf", "foolbox", "LinfDeepFoolAttack", dict(steps=50, candidates=10, overshoot=0.02, loss="logits")
+    ),
+    "l2_cw": AttackSpec(
+        "l2",
+        "foolbox",
+        "L2CarliniWagnerAttack",
+        dict(binary_search_steps=9, steps=1000, stepsize=0.01, confidence=0.0, initial_const=0.001, abort_early=True),
+    ),
+    "boundary": AttackSpec(
+        "l2",
+        "foolbox",
+        "BoundaryAttack",
+        dict(steps=5000, spherical_step=0.01, source_step=0.01, step_adaptation=1.5),
+        opt_in=True,
+    ),
+    "autoattack_linf": AttackSpec("linf", "autoattack", "standard", dict(seed=0), opt_in=True),
+    "autoattack_l2": AttackSpec("l2", "autoattack", "standard", dict(seed=0), opt_in=True),
+}
+"""Attacks by name. ``opt_in`` ones are slow and run only when named explicitly. PGD steps follow Madry et al.
+(2018): step size 2.5 * eps / steps, so the steps can cross the eps-ball from a random start."""
+
+DEFAULT_ATTACKS = tuple(name for name, spec in ATTACKS.items() if not spec.opt_in)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A named attack ready to run: its norm, engine, and every parameter that shapes it."""
+
+    name: str
+    norm: str
+    engine: AttackEngine
+    params: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        """What the results record about the attack."""
+        spec = ATTACKS[self.name]
+        return {"name": self.name, "norm": self.norm, "engine": spec.engine, "method": spec.method, **self.params}
+
+
+def build_attack(name: str, **overrides: Any) -> Attack:
+    """The attack ``name`` with its default parameters, some replaced by ``overrides`` (e.g. ``steps=100``).
+
+    Foolbox attacks also take ``restarts`` (default 1; needs ``random_start=True`` to differ).
+    """
+    try:
+        spec = ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}") from None
+    params = {**spec.defaults, **overrides}
+    if spec.engine == "foolbox":
+        params.setdefault("restarts", 1)
+        attack_params = {k: v for k, v in params.items() if k != "restarts"}
+        engine: AttackEngine = FoolboxEngine(spec.method, attack_params, params["restarts"])
+    else:
+        unknown = set(params) - {"seed"}
+        if unknown:
+            raise ValueError(f"attack {name!r} accepts only 'seed', got {sorted(unknown)}")
+        engine = AutoAttackEngine(spec.norm, spec.method, **params)
+    return Attack(name, spec.norm, engine, params)
+
+
+def check_pixels(images: torch.Tensor) -> None:
+    """Raise unless ``images`` are float pixels in [0,1] of shape (N, C, H, W)."""
+    if not images.is_floating_point() or images.dim() != 4:
+        raise ValueError(f"expected float images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    low, high = images.min().item(), images.max().item()
+    if low < 0 or high > 1:
+        raise SanityCheckError(
+            f"images span [{low:.3f}, {high:.3f}], not pixels in [0,1]: attacks use the box [0,1] and epsilons "
+            "in pixel units, so give raw pixels and keep the normalisation inside the model"
+        )
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Raise if any submodule is still in training mode (dropout would randomise the attack)."""
+    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    if training:
+        raise SanityCheckError(
+            f"modules in training mode during evaluation: {', '.join(training[:5])}"
+            f"{' ...' if len(training) > 5 else ''}; something overrides eval()"
+        )
+
+
+def check_deterministic(model: nn.Module, images: torch.Tensor) -> None:
+    """Raise unless two passes over the same images give the same logits (no dropout, no randomness)."""
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    difference = (first - second).abs().max().item()
+    if difference > DETERMINISM_TOLERANCE:
+        raise SanityCheckError(
+            f"two evaluation passes over the same images differ by up to {difference:.3g} in the logits: the model "
+            "is random in eval mode (dropout left on?), so attacks and accuracies would be noise"
+        )
+
+
+def check_clean_accuracy(measured: float, recorded: float, tolerance: float = 0.005) -> None:
+    """Raise if the accuracy measured now differs from the one recorded at training time by over ``tolerance``.
+
+    A model that expects normalised inputs but is given pixels (normalisation outside the model) fails here.
+    """
+    if abs(measured - recorded) > tolerance:
+        raise SanityCheckError(
+            f"clean accuracy measured now ({measured:.4f}) differs from the accuracy recorded by the run "
+            f"({recorded:.4f}) by more than {tolerance}: the evaluated model or its inputs are not those of "
+            "training (normalisation outside the model? wrong test set? wrong checkpoint?)"
+        )
+
+
+def perturbation_norms(adversarials: torch.Tensor, images: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-example size of ``adversarials - images`` in ``norm``."""
+    delta = (adversarials - images).flatten(1)
+    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes of ``images``, batch by batch, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+def check_successes(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    adversarials: torch.Tensor,
+    success: torch.Tensor,
+    epsilons: Sequence[float],
+    norm: str,
+) -> None:
+    """Re-check every example an engine counts as a success: within eps, inside [0,1], misclassified now."""
+    for k, eps in enumerate(epsilons):
+        broken = success[k]
+        if not broken.any():
+            continue
+        x, y, adv = images[broken], labels[broken], adversarials[k][broken]
+        low, high = adv.min().item(), adv.max().item()
+        if low < -BOX_TOLERANCE or high > 1 + BOX_TOLERANCE:
+            raise SanityCheckError(
+                f"adversarial examples at eps={eps:g} leave [0,1]: they span [{low:.6g}, {high:.6g}]"
+            )
+        size = perturbation_norms(adv, x, norm).max().item()
+        if size > eps * (1 + NORM_TOLERANCE) + NORM_TOLERANCE:
+            raise SanityCheckError(f"an adversarial example at {norm} eps={eps:g} is {size:.6g} from its original")
+        still_correct = int((predict(model, adv) == y).sum())
+        if still_correct:
+            raise SanityCheckError(
+                f"{still_correct} adversarial examples counted as successes at eps={eps:g} are classified correctly "
+                "by the model in eval mode: the attack saw a different (random or train-mode) model"
+            )
+
+
+def _check_epsilons(epsilons: Sequence[float]) -> list[float]:
+    values = sorted({0.0, *(float(e) for e in epsilons)})
+    if values[0] < 0 or not all(math.isfinite(e) for e in values):
+        raise ValueError(f"epsilons must be finite and >= 0, got {list(epsilons)}")
+    return values
+
+
+def check_curves(
+    correct: torch.Tensor, success: torch.Tensor, epsilons: Sequence[float], rise_tolerance: float
+) -> None:
+    """Raise unless the attack at eps 0 breaks exactly the misclassified examples and its raw robust
+    accuracy never rises with eps by more than ``rise_tolerance`` (a fraction of the examples)."""
+    disagree = int((success[0] == correct).sum())
+    if disagree:
+        raise SanityCheckError(
+            f"at eps 0 the attack's robust accuracy ({(~success[0]).float().mean().item():.4f}) differs from the "
+            f"clean accuracy ({correct.float().mean().item():.4f}) on {disagree} examples: the attack sees a "
+            "different or random model"
+        )
+    raw = (~success).float().mean(1)
+    for k in range(1, len(raw)):
+        rise = (raw[k] - raw[:k].min()).item()
+        if rise > rise_tolerance:
+            raise SanityCheckError(
+                f"raw robust accuracy rises by {rise:.4f} (> {rise_tolerance:.4f}) between a smaller eps and "
+                f"eps={epsilons[k]:g}: the attack is unreliable (step size, too few steps, or a random model)"
+            )
+
+
+def evaluate_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attack: Attack,
+    epsilons: Sequence[float],
+    batch_size: int = 500,
+    rise_tolerance: float = 0.02,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Robust accuracy of ``model`` under ``attack`` at each epsilon (0 is always included), with every check.
+
+    ``rise_tolerance`` is the largest rise of the raw (per-epsilon) curve accepted before raising, as a
+    fraction of the examples but at least one example.
+    """
+    check_pixels(images)
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need one label per image and at least one image, got {len(images)} and {len(labels)}")
+    epsilons = _check_epsilons(epsilons)
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    started = time.perf_counter()
+    with exact_model(model):
+        check_eval_mode(model)
+        check_deterministic(model, images[:batch_size])
+        correct = predict(model, images) == labels
+        success = torch.zeros(len(epsilons), len(images), dtype=torch.bool, device=device)
+        batches = range(0, len(images), batch_size)
+        for start in tqdm(batches, desc=attack.name, unit="batch", disable=not progress, leave=False):
+            x, y = images[start : start + batch_size], labels[start : start + batch_size]
+            adversarials, batch_success = attack.engine.run(model, x, y, epsilons)
+            batch_success = torch.as_tensor(batch_success, device=device).bool()
+            check_successes(model, x, y, adversarials, batch_success, epsilons, attack.norm)
+            success[:, start : start + batch_size] = batch_success
+    check_curves(correct, success, epsilons, max(rise_tolerance, 1 / len(images)))
+    raw = (~success).float().mean(1).tolist()
+    worst = (correct & ~success.cummax(0).values).float().mean(1).tolist()
+    return {
+        "attack": attack.describe(),
+        "n": len(images),
+        "epsilons": epsilons,
+        "clean_accuracy": correct.float().mean().item(),
+        "robust_accuracy": worst,
+        "robust_accuracy_raw": raw,
+        "convention": "robust_accuracy: worst case over eps' <= eps; robust_accuracy_raw: each eps on its own",
+        "wall_time_s": time.perf_counter() - started,
+    }
+
+
+def evaluate_attacks(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dataset: str,
+    attacks: Sequence[str] = DEFAULT_ATTACKS,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    epsilons: dict[str, Sequence[float]] | None = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_attack` for each named attack, with its headline number.
+
+    ``overrides`` maps attack names to parameter overrides; ``epsilons`` maps norms to epsilon grids
+    (default: :func:`epsilons_for` the data set).
+    """
+    overrides, epsilons = overrides or {}, epsilons or {}
+    built = [build_attack(name, **overrides.get(name, {})) for name in attacks]
+    results = {}
+    for attack in built:
+        result = evaluate_attack(
+            model, images, labels, attack, epsilons.get(attack.norm) or epsilons_for(dataset, attack.norm), **kwargs
+        )
+        eps = reported_epsilon(dataset, attack.norm)
+        if eps in result["epsilons"]:
+            result["reported"] = {
+                "epsilon": eps,
+                "robust_accuracy": result["robust_accuracy"][result["epsilons"].index(eps)],
+            }
+        results[attack.name] = result
+    return results

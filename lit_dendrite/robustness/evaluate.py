@@ -1,0 +1,371 @@
+"""Evaluate a trained run's robustness in one call: clean, corrupted and adversarial accuracy.
+
+Writes ``<run_dir>/robustness.json`` (atomically), PNG plots and TensorBoard figures under
+``<run_dir>/robustness/``. The mCE baseline is another run: by default the sweep's ReLU control of the same
+data set and network (a sibling run directory), or an explicit one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lit_dendrite.data.corrupted import CorruptedDataModule
+from lit_dendrite.data.datasets import load_arrays
+from lit_dendrite.models import load_net, load_result
+from lit_dendrite.models.protocol import write_json_atomic
+from lit_dendrite.robustness.adversarial import (
+    DEFAULT_ATTACKS,
+    build_attack,
+    check_clean_accuracy,
+    check_deterministic,
+    check_eval_mode,
+    evaluate_attacks,
+    exact_model,
+    predict,
+)
+from lit_dendrite.robustness.corruption import corruption_report
+
+ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_DIR = "robustness"
+BASELINE_NEURON = "relu"
+
+
+def pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) images as float pixels in [0,1] of shape (N, C, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+
+
+def find_baseline(run_dir: str | Path) -> Path | None:
+    """The sweep's ReLU control of a run: a finished sibling run (up to two levels up) with the same data set
+    and network class and neuron ``relu``, preferring the same seed; None if there is none."""
+    run_dir = Path(run_dir).resolve()
+    own = load_result(run_dir)
+    candidates = []
+    for path in sorted(run_dir.parent.parent.glob("*/*/result.json")) + sorted(run_dir.parent.glob("*/result.json")):
+        try:
+            other = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (
+            other.get("status") == "done"
+            and other.get("neuron") == BASELINE_NEURON
+            and other.get("dataset") == own["dataset"]
+            and other.get("net") == own["net"]
+        ):
+            candidates.append((other.get("seed") != own.get("seed"), str(path.parent)))
+    return Path(min(candidates)[1]) if candidates else None
+
+
+def corruption_accuracies(
+    net: nn.Module, datamodule: CorruptedDataModule, device: torch.device, progress: bool = True
+) -> dict[str, dict[int, float]]:
+    """Accuracy of ``net`` on every (corruption, severity) test set of ``datamodule``."""
+    table: dict[str, dict[int, float]] = {}
+    loaders = datamodule.test_dataloader()
+    with exact_model(net):
+        for name, loader in tqdm(
+            list(zip(datamodule.names, loaders)), desc="corruptions", unit="set", disable=not progress
+        ):
+            correct = total = 0
+            for images, labels in loader:
+                predicted = predict(net, images.to(device))
+                correct += int((predicted.cpu() == labels).sum())
+                total += len(labels)
+            corruption, _, severity = name.rpartition("/")
+            table.setdefault(corruption, {})[int(severity)] = correct / total
+    return table
+
+
+def _load_checked(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
+    result = load_result(run_dir)
+    if result.get("status") != "done":
+        raise ValueError(f"{run_dir} has status {result.get('status')!r}; only finished ('done') runs can be evaluated")
+    return result, load_net(run_dir).to(device)
+
+
+def _test_set(result: dict[str, Any], data_root: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    root = data_root if data_root is not None else result["config"]["data"].get("root", "data")
+    images, labels = load_arrays(result["dataset"], root, train=False)
+    return pixels(images), torch.from_numpy(labels)
+
+
+def _baseline_corruptions(
+    baseline_dir: Path, spec: str, datamodule: CorruptedDataModule, n: int | None, device: torch.device, progress: bool
+) -> tuple[dict[str, dict[int, float]], float]:
+    """The baseline's corruption accuracies and clean accuracy, reused from its robustness.json when that
+    was computed on the same corrupted set, otherwise measured now."""
+    saved = baseline_dir / ROBUSTNESS_FILE
+    if saved.is_file():
+        corruptions = json.loads(saved.read_text()).get("corruptions") or {}
+        if (
+            corruptions.get("spec") == spec
+            and corruptions.get("n") == n
+            and corruptions.get("sets") == datamodule.names
+        ):
+            return corruptions["accuracy"], corruptions["clean_accuracy"]
+    result, net = _load_checked(baseline_dir, device)
+    images, labels = _test_set(result, None)
+    with exact_model(net):
+        clean = (predict(net, images.to(device)).cpu() == labels).float().mean().item()
+    return corruption_accuracies(net, datamodule, device, progress), clean
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    corruptions: str | None = None,
+    corruption_root: str | Path = "data",
+    attacks: Sequence[str] = DEFAULT_ATTACKS,
+    n: int | None = None,
+    baseline: str | Path | None = None,
+    data_root: str | Path | None = None,
+    attack_overrides: dict[str, dict[str, Any]] | None = None,
+    batch_size: int = 500,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Clean, corrupted and adversarial accuracy of a run's best checkpoint; writes robustness.json and plots.
+
+    ``corruptions``: ``cifar10_c``, ``cifar100_c``, ``mnist_c`` (under ``corruption_root``) or ``generated:DIR``;
+    ``n``: evaluate the first ``n`` test images only (clean accuracy is always measured on the whole test set
+    and compared with the accuracy the run recorded); ``baseline``: the mCE baseline run (default: the sweep's
+    ReLU control, see :func:`find_baseline`).
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1 (or None for the whole test set), got {n}")
+    built = [build_attack(name, **(attack_overrides or {}).get(name, {})) for name in attacks]
+    datamodule = (
+        CorruptedDataModule.from_spec(corruptions, corruption_root, batch_size=batch_size, n=n) if corruptions else None
+    )
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    result, net = _load_checked(run_dir, torch_device)
+    if datamodule is not None:
+        datamodule.setup("test")
+    images, labels = _test_set(result, data_root)
+
+    with exact_model(net):
+        check_eval_mode(net)
+        check_deterministic(net, images[:batch_size].to(torch_device))
+        clean_accuracy = (predict(net, images.to(torch_device)).cpu() == labels).float().mean().item()
+    check_clean_accuracy(clean_accuracy, result["test_acc"])
+    report: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "experiment": result.get("experiment"),
+        "dataset": result["dataset"],
+        "net": result.get("net"),
+        "neuron": result.get("neuron"),
+        "checkpoint": result["best_checkpoint"],
+        "device": str(torch_device),
+        "clean": {"accuracy": clean_accuracy, "recorded_test_acc": result["test_acc"], "n": len(labels)},
+    }
+
+    if datamodule is not None:
+        report["corruptions"] = _corruption_section(
+            run_dir, net, clean_accuracy, corruptions, corruption_root, datamodule, n, baseline, torch_device, progress
+        )
+
+    subset = slice(None) if n is None else slice(0, n)
+    report["adversarial"] = evaluate_attacks(
+        net,
+        images[subset],
+        labels[subset],
+        result["dataset"],
+        [attack.name for attack in built],
+        overrides=attack_overrides,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    report["wall_time_s"] = time.perf_counter() - started
+    write_json_atomic(run_dir / ROBUSTNESS_FILE, report)
+    write_figures(report, run_dir / ROBUSTNESS_DIR)
+    return report
+
+
+def _corruption_section(
+    run_dir: Path,
+    net: nn.Module,
+    clean_accuracy: float,
+    spec: str,
+    root: str | Path,
+    datamodule: CorruptedDataModule,
+    n: int | None,
+    baseline: str | Path | None,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    accuracies = corruption_accuracies(net, datamodule, device, progress)
+    baseline_dir = Path(baseline) if baseline is not None else find_baseline(run_dir)
+    section: dict[str, Any] = {"spec": spec, "root": str(root), "n": n, "sets": datamodule.names}
+    if baseline_dir is None:
+        section["baseline"] = None
+        section["note"] = "no baseline run found (no ReLU control among sibling runs; pass --baseline): accuracies only"
+        return section | corruption_report(accuracies, clean_accuracy)
+    base_accuracies, base_clean = _baseline_corruptions(baseline_dir, spec, datamodule, n, device, progress)
+    section["baseline"] = {
+        "run_dir": str(baseline_dir),
+        "chosen": "explicit" if baseline is not None else "sweep ReLU control",
+        "clean_accuracy": base_clean,
+        "accuracy": {c: {str(s): a for s, a in by.items()} for c, by in base_accuracies.items()},
+    }
+    return section | corruption_report(accuracies, clean_accuracy, base_accuracies, base_clean)
+
+
+def _save_png(figure: Any, path: Path) -> None:
+    """Save a matplotlib figure atomically as PNG."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(handle)
+    os.chmod(tmp, 0o644)
+    figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def corruption_figure(corruptions: dict[str, Any]) -> Any:
+    """Accuracy vs severity, one panel per corruption (the baseline dashed)."""
+    import matplotlib.pyplot as plt
+
+    names = list(corruptions["accuracy"])
+    columns = min(5, len(names))
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.4 * rows), squeeze=False, sharey=True)
+    baseline = (corruptions.get("baseline") or {}).get("accuracy", {})
+    for ax, name in zip(axes.flat, names):
+        for table, style, label in ((corruptions["accuracy"], "-o", "run"), (baseline, "--s", "baseline")):
+            if name in table:
+                severities = sorted(table[name], key=int)
+                ax.plot([int(s) for s in severities], [table[name][s] for s in severities], style, label=label, ms=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    figure.supxlabel("severity")
+    figure.supylabel("accuracy")
+    figure.tight_layout()
+    return figure
+
+
+def adversarial_figure(adversarial: dict[str, Any]) -> Any:
+    """Robust accuracy vs epsilon, one panel per attack (worst case over smaller eps solid, raw dotted)."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(adversarial), figsize=(3.2 * len(adversarial), 2.8), squeeze=False)
+    for ax, (name, result) in zip(axes.flat, adversarial.items()):
+        ax.plot(result["epsilons"], result["robust_accuracy"], "-o", ms=3, label="worst case")
+        ax.plot(result["epsilons"], result["robust_accuracy_raw"], ":", label="raw")
+        ax.set_title(f"{name} ({result['attack']['norm']})", fontsize=9)
+        ax.set_xlabel("epsilon")
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("robust accuracy")
+    axes[0, 0].legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def write_figures(report: dict[str, Any], directory: Path) -> list[Path]:
+    """PNG plots of a robustness report in ``directory``, also logged to TensorBoard there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    if report.get("corruptions"):
+        figures["corruptions"] = corruption_figure(report["corruptions"])
+    if report.get("adversarial"):
+        figures["adversarial"] = adversarial_figure(report["adversarial"])
+    written = []
+    with SummaryWriter(log_dir=str(directory)) as writer:
+        writer.add_scalar("robustness/clean_acc", report["clean"]["accuracy"])
+        for key in ("mean_corruption_accuracy", "mCE", "relative_mCE"):
+            value = (report.get("corruptions") or {}).get(key)
+            if value is not None:
+                writer.add_scalar(f"robustness/{key}", value)
+        for name, result in (report.get("adversarial") or {}).items():
+            if "reported" in result:
+                writer.add_scalar(f"robustness/{name}_acc", result["reported"]["robust_accuracy"])
+        for name, figure in figures.items():
+            path = directory / f"{name}.png"
+            _save_png(figure, path)
+            written.append(path)
+            writer.add_figure(f"robustness/{name}", figure, close=False)
+            plt.close(figure)
+    return written
+
+
+def _attack_list(text: str) -> list[str]:
+    return [] if text.strip().lower() == "none" else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command line of :func:`evaluate_run` (``python launch/evaluate.py RUN_DIR ...``); prints a summary."""
+    import argparse
+
+    from lit_dendrite.robustness.adversarial import ATTACKS
+
+    parser = argparse.ArgumentParser(
+        prog="launch/evaluate.py", description="Clean, corrupted and adversarial accuracy of a trained run."
+    )
+    parser.add_argument("run_dir", help="run directory holding result.json")
+    parser.add_argument("--corruptions", help="cifar10_c | cifar100_c | mnist_c | generated:DIR (default: none)")
+    parser.add_argument(
+        "--corruption-root", default="data", help="folder holding CIFAR-10-C/, mnist_c/ (default: data)"
+    )
+    parser.add_argument(
+        "--attacks",
+        type=_attack_list,
+        default=list(DEFAULT_ATTACKS),
+        help=f"comma-separated attacks or 'none' (default: {','.join(DEFAULT_ATTACKS)}; all: {','.join(ATTACKS)})",
+    )
+    parser.add_argument("--n", type=int, help="evaluate the first N test images only (default: all)")
+    parser.add_argument("--baseline", help="mCE baseline run directory (default: the sweep's ReLU control)")
+    parser.add_argument("--data-root", help="clean data root (default: the run's data.root)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    args = parser.parse_args(argv)
+    report = evaluate_run(
+        args.run_dir,
+        corruptions=args.corruptions,
+        corruption_root=args.corruption_root,
+        attacks=args.attacks,
+        n=args.n,
+        baseline=args.baseline,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(format_summary(report))
+    return report
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A few lines with the headline numbers of a robustness report."""
+    lines = [f"{report['run_dir']}: clean accuracy {report['clean']['accuracy']:.4f} (n={report['clean']['n']})"]
+    corruptions = report.get("corruptions")
+    if corruptions:
+        line = f"  corruptions {corruptions['spec']}: mean accuracy {corruptions['mean_corruption_accuracy']:.4f}"
+        if corruptions.get("mCE") is not None:
+            relative = corruptions.get("relative_mCE")
+            line += f", mCE {corruptions['mCE']:.3f}, relative mCE {'n/a' if relative is None else f'{relative:.3f}'}"
+            line += f" vs {corruptions['baseline']['run_dir']}"
+        else:
+            line += f" ({corruptions['note']})"
+        lines.append(line)
+    for name, result in (report.get("adversarial") or {}).items():
+        curve = ", ".join(f"{e:.3g}:{a:.3f}" for e, a in zip(result["epsilons"], result["robust_accuracy"]))
+        lines.append(f"  {name} (n={result['n']}): {curve}")
+    lines.append(f"  written: {Path(report['run_dir']) / ROBUSTNESS_FILE}, {Path(report['run_dir']) / ROBUSTNESS_DIR}/")
+    return "\n".join(lines)
