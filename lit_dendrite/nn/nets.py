@@ -13,6 +13,9 @@ from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import match_width
 from lit_dendrite.nn.neurons import build_neuron, neuron_spec
 
+NOT_ARCHITECTURE = ("self", "__class__", "widths", "match_neuron")
+"""Constructor arguments that a width-matched reference does not share with the net being built."""
+
 
 class Normalize(nn.Module):
     """Per-channel input normalisation, the network's first layer (data arrive as pixels in [0,1])."""
@@ -63,6 +66,25 @@ class OuterNet(nn.Module):
                 f"got {tuple(x.shape)}; check the data set against the net's in_shape"
             )
 
+    def matched_widths(
+        self, widths: Sequence[int], match_neuron: str | None, architecture: dict[str, object]
+    ) -> tuple[int, ...]:
+        """``widths``, or with ``match_neuron`` the widths scaled so this net has as many parameters as the same
+        architecture built with ``match_neuron`` and ``widths`` (see :func:`match_width`)."""
+        if match_neuron is not None:
+            reference = {"neuron": match_neuron, "widths": widths}
+            widths = match_width(type(self), architecture, reference=reference)
+        return tuple(int(w) for w in widths)
+
+    def add_dense_layers(self, width_in: int, widths: Sequence[int], dropout: float) -> None:
+        """Dense dendritic hidden layers (``self.hidden``) and the Linear readout to classes (``self.head``)."""
+        layers = []
+        for units in widths:
+            layers.append(DendriticLinear(width_in, units, self.make_neuron(), dropout))
+            width_in = units
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(width_in, self.num_classes)
+
     def outer_parameters(self) -> list[nn.Parameter]:
         """All parameters except the shared inner net's."""
         inner = {id(p) for p in self.inner.parameters()} if self.inner is not None else set()
@@ -84,27 +106,10 @@ class DendriticMLP(OuterNet):
         std: Sequence[float] = (0.3081,),
         match_neuron: str | None = None,
     ) -> None:
+        architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE}
         super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std)
-        if match_neuron is not None:
-            widths = match_width(
-                DendriticMLP,
-                dict(
-                    in_shape=in_shape,
-                    num_classes=num_classes,
-                    neuron=neuron,
-                    inner_hidden=inner_hidden,
-                    mean=mean,
-                    std=std,
-                ),
-                reference=dict(neuron=match_neuron, widths=widths),
-            )
-        self.widths = tuple(int(w) for w in widths)
-        layers, width_in = [], math.prod(self.in_shape)
-        for units in self.widths:
-            layers.append(DendriticLinear(width_in, units, self.make_neuron(), dropout))
-            width_in = units
-        self.hidden = nn.Sequential(*layers)
-        self.head = nn.Linear(width_in, num_classes)
+        self.widths = self.matched_widths(widths, match_neuron, architecture)
+        self.add_dense_layers(math.prod(self.in_shape), self.widths, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -133,25 +138,11 @@ class DendriticCNN(OuterNet):
         std: Sequence[float] = (0.2470, 0.2435, 0.2616),
         match_neuron: str | None = None,
     ) -> None:
+        architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE}
         super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std)
         if len(widths) < len(kernels):
             raise ValueError(f"need at least one width per conv kernel, got widths={widths}, kernels={kernels}")
-        if match_neuron is not None:
-            widths = match_width(
-                DendriticCNN,
-                dict(
-                    in_shape=in_shape,
-                    num_classes=num_classes,
-                    kernels=kernels,
-                    pool=pool,
-                    neuron=neuron,
-                    inner_hidden=inner_hidden,
-                    mean=mean,
-                    std=std,
-                ),
-                reference=dict(neuron=match_neuron, widths=widths),
-            )
-        self.widths = tuple(int(w) for w in widths)
+        self.widths = self.matched_widths(widths, match_neuron, architecture)
         channels, height, width = self.in_shape
         convs = []
         for units, kernel in zip(self.widths, kernels):
@@ -161,12 +152,7 @@ class DendriticCNN(OuterNet):
                 raise ValueError(f"input {list(in_shape)} is too small for kernels {list(kernels)} with pool {pool}")
             channels = units
         self.features = nn.Sequential(*convs)
-        dense, width_in = [], channels * height * width
-        for units in self.widths[len(kernels) :]:
-            dense.append(DendriticLinear(width_in, units, self.make_neuron(), dropout))
-            width_in = units
-        self.hidden = nn.Sequential(*dense)
-        self.head = nn.Linear(width_in, num_classes)
+        self.add_dense_layers(channels * height * width, self.widths[len(kernels) :], dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
