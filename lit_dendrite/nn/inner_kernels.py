@@ -22,10 +22,11 @@ IMPLS = ("auto", "plain", "lean")
 # the CPU preferred ~16k. On a GPU a chunk only has to fill the device; it bounds the extra memory
 # (untuned: no GPU was available).
 DEFAULT_CHUNK_ROWS = {"cpu": 4096, "cuda": 1 << 20}
-# Below this many rows the plain implementation is used: its memory is small and it skips the recompute
-# (CPU, batch 50/200: the paper MLP, 12.8k-row layers, trained 1.8x faster plain; the CNN, whose conv layers
-# have 96k to 2.7M rows, 3x faster lean).
-LEAN_MIN_ROWS = {"cpu": 1 << 15, "cuda": 1 << 22}
+# Below this many rows the plain implementation is used: its memory is small and it skips the recompute.
+# CPU, 1 thread, quiet machine (benchmarks/neurons.py): the paper MLP at batch 200 (12.8k-row layers) trained
+# in 0.030 s lean vs 0.037 s plain, and the CNN (96k to 2.7M rows per conv layer) 3x faster lean. (A run on
+# a heavily loaded machine had the MLP 1.8x faster plain; the quiet figure is the one kept.)
+LEAN_MIN_ROWS = {"cpu": 1 << 13, "cuda": 1 << 22}
 
 
 def default_chunk_rows(device: torch.device) -> int:
