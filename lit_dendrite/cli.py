@@ -143,6 +143,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
             return previous
     init = build(cli)
     init.data.check_available()
+    net = init.model.net
     callbacks = list(init.trainer.get("callbacks") or [])
     user_options = trainer_options(init)
     user_options.pop("callbacks", None)
@@ -154,6 +155,15 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
         run_dir=run_dir,
         seed=seed,
         callbacks=lambda: [*callbacks, *extra_callbacks],
+        hparams={
+            "experiment": experiment,
+            "dataset": init.data.dataset,
+            "net": type(net).__name__,
+            "neuron": net.neuron_name,
+            "widths": str(list(net.widths)),
+            "lr": init.model.lr,
+            "batch_size": init.data.batch_size,
+        },
     )
     start = time.time()
     status, error, sessions = "done", None, {}
@@ -161,7 +171,6 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
         sessions = runner.run()
     except Diverged as diverged:
         status, error = "diverged", str(diverged)
-    net = init.model.net
     final = sessions[list(sessions)[-1]] if sessions else {}
     config_data = resolved_config(cli)
     identity = {k: v for k, v in config_data.items() if k not in ("run_dir", "experiment")}

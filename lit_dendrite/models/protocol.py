@@ -101,7 +101,8 @@ def last_checkpoint(session: Session) -> ModelCheckpoint:
 
 
 class RunProtocol:
-    """Runs the sessions of one experiment into ``run_dir``; ``build_model(seed)`` gives a fresh Classifier."""
+    """Runs the sessions of one experiment into ``run_dir``; ``build_model()`` gives a fresh Classifier and
+    ``hparams`` describe the condition in TensorBoard's HParams tab (with each session's final metrics)."""
 
     def __init__(
         self,
@@ -112,6 +113,7 @@ class RunProtocol:
         run_dir: Path,
         seed: int,
         callbacks: Callable[[], list[Callback]] = list,
+        hparams: dict[str, Any] | None = None,
     ) -> None:
         self.build_model = build_model
         self.datamodule = datamodule
@@ -120,6 +122,7 @@ class RunProtocol:
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.callbacks = callbacks
+        self.hparams = hparams or {}
 
     def _trainer(self, session: Session, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
         logger = TensorBoardLogger(save_dir=str(self.run_dir), name="", version=session.name, default_hp_metric=False)
@@ -192,7 +195,7 @@ class RunProtocol:
             "frozen_inner": freeze,
         }
         trainer.logger.log_hyperparams(
-            {"session": name, "seed": self.seed},
+            {**self.hparams, "session": name, "seed": self.seed},
             metrics={"hp/test_acc": summary["test_acc"], "hp/best_val_loss": summary["best_val_loss"]},
         )
         tensors = (
