@@ -23,9 +23,9 @@ IMPLS = ("auto", "plain", "lean")
 # (untuned: no GPU was available).
 DEFAULT_CHUNK_ROWS = {"cpu": 4096, "cuda": 1 << 20}
 # Below this many rows the plain implementation is used: its memory is small and it skips the recompute.
-# CPU, 1 thread, quiet machine (benchmarks/neurons.py): the paper MLP at batch 200 (12.8k-row layers) trained
-# in 0.030 s lean vs 0.037 s plain, and the CNN (96k to 2.7M rows per conv layer) 3x faster lean. (A run on
-# a heavily loaded machine had the MLP 1.8x faster plain; the quiet figure is the one kept.)
+# CPU, 1 thread, quiet machine: the paper MLP at batch 200 (12.8k-row layers), 40 interleaved rounds of 5
+# training steps, median 0.0286 s lean vs 0.0325 s plain (single --quick benchmark runs disagreed either way);
+# the CNN (96k to 2.7M rows per conv layer) trains about 3x faster lean.
 LEAN_MIN_ROWS = {"cpu": 1 << 13, "cuda": 1 << 22}
 
 
