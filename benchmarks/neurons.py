@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
@@ -348,10 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     result["ratios"] = ratios(models, matmul, inner)
     print_table(result)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     print(f"wrote {out}")
 
 

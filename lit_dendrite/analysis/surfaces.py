@@ -14,6 +14,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+from lit_dendrite.data.datasets import pixels
 from lit_dendrite.nn.inner import InnerNet
 from lit_dendrite.nn.neurons import LearnedNeuron, learned_neurons
 
@@ -127,7 +128,7 @@ def pixel_batches(images: np.ndarray, batch_size: int = 250) -> Iterable[torch.T
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, H, W, C) as load_arrays returns, got {images.dtype} {images.shape}")
     for start in range(0, len(images), batch_size):
-        yield torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 255
+        yield pixels(images[start : start + batch_size])
 
 
 @torch.no_grad()

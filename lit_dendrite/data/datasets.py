@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ def load_arrays(name: str, root: str | Path, train: bool, download: bool = False
     return _load_cifar(name, Path(root), train, download)
 
 
+def pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) images as float pixels in [0,1] of shape (N, C, H, W), the networks' input."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+
+
 def data_files(name: str, root: str | Path, train: bool) -> list[Path]:
     """The files one split of ``name`` is read from (none for the embedded digits)."""
     root = Path(root)
@@ -83,7 +89,6 @@ def check_available(name: str, root: str | Path) -> None:
 
 def _load_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits (0..16), bilinearly resized to 28x28 and scaled to 0..255."""
-    import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
 

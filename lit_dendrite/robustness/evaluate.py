@@ -8,22 +8,20 @@ data set and network (a sibling run directory), or an explicit one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lit_dendrite.analysis.plots import save_figure
 from lit_dendrite.data.corrupted import CorruptedDataModule
-from lit_dendrite.data.datasets import load_arrays
+from lit_dendrite.data.datasets import load_arrays, pixels
+from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models import load_net, load_result
-from lit_dendrite.models.protocol import write_json_atomic
 from lit_dendrite.robustness.adversarial import (
     DEFAULT_ATTACKS,
     build_attack,
@@ -39,11 +37,6 @@ from lit_dendrite.robustness.corruption import corruption_report
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_DIR = "robustness"
 BASELINE_NEURON = "relu"
-
-
-def pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) images as float pixels in [0,1] of shape (N, C, H, W)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
 
 
 def find_baseline(run_dir: str | Path) -> Path | None:
@@ -222,15 +215,6 @@ def _corruption_section(
     return section | corruption_report(accuracies, clean_accuracy, base_accuracies, base_clean)
 
 
-def _save_png(figure: Any, path: Path) -> None:
-    """Save a matplotlib figure atomically as PNG."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    os.chmod(tmp, 0o644)
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def corruption_figure(corruptions: dict[str, Any]) -> Any:
     """Accuracy vs severity, one panel per corruption (the baseline dashed)."""
     import matplotlib.pyplot as plt
@@ -299,7 +283,7 @@ def write_figures(report: dict[str, Any], directory: Path) -> list[Path]:
                 writer.add_scalar(f"robustness/{name}_acc", result["reported"]["robust_accuracy"])
         for name, figure in figures.items():
             path = directory / f"{name}.png"
-            _save_png(figure, path)
+            save_figure(figure, path, dpi=120)
             written.append(path)
             writer.add_figure(f"robustness/{name}", figure, close=False)
             plt.close(figure)
