@@ -34,6 +34,21 @@ def test_lean_matches_plain_values_and_gradients(shape, dim, chunk_rows):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("hidden", [(5,), (4, 6, 3), (64, 64)])
+@pytest.mark.parametrize("arity", [1, 2, 3])
+def test_lean_matches_plain_for_any_inner_depth(hidden, arity):
+    torch.manual_seed(1)
+    inner = InnerNet(arity=arity, hidden=hidden).double()
+    for linear in inner.linears:  # nonzero biases, so that every bias gradient is tested
+        torch.nn.init.uniform_(linear.bias, -0.5, 0.5)
+    x = torch.randn(37, arity, dtype=torch.double)
+    y_plain, g_plain = _value_and_grads(inner, x, -1, "plain")
+    y_lean, g_lean = _value_and_grads(inner, x, -1, "lean", 10)
+    torch.testing.assert_close(y_lean, y_plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_lean, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_lean_float32_gradients_within_float_tolerance():
     torch.manual_seed(0)
     inner = InnerNet(arity=2)
@@ -68,6 +83,18 @@ def test_frozen_inner_net_gets_no_gradient_but_inputs_do():
     lean_inner(x, 2, inner.linears, 16).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in inner.parameters())
+
+
+def test_inputs_without_gradient_still_train_the_inner_net():
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2).double()
+    x = torch.randn(50, 2, dtype=torch.double)
+    grads = {}
+    for impl in ("plain", "lean"):
+        y = plain_inner(x, inner.linears) if impl == "plain" else lean_inner(x, -1, inner.linears, 16)
+        grads[impl] = torch.autograd.grad(y.square().sum(), list(inner.parameters()))
+    for a, b in zip(grads["lean"], grads["plain"]):
+        torch.testing.assert_close(a, b)
 
 
 def test_auto_rule_picks_by_size_and_falls_back_to_plain_under_autocast():

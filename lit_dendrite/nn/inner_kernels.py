@@ -2,14 +2,13 @@
 
 The lean function keeps only the ``(rows, arity)`` inputs for backward and recomputes the hidden
 activations there, one cache-sized chunk of rows at a time, so no ``(rows, 64)`` tensor of the whole
-layer ever exists. It reads the inputs in place along any ``dim`` (conv maps ``(N, units, arity, H, W)``
-need no permuted copy: only each chunk is gathered into rows). ``choose_impl`` documents the rule that
-picks between the two.
+layer ever exists. Its inputs are rows of ``arity`` adjacent values: the dendritic layers lay their
+pre-activations out that way (conv maps channels-last), so nothing is copied; any other layout costs one
+copy of the inputs. ``choose_impl`` documents the rule that picks between the two.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -17,16 +16,15 @@ from torch import nn
 
 IMPLS = ("auto", "plain", "lean")
 
-# Rows per chunk: a chunk's (rows, 64) hidden activations should stay in the CPU's L2 cache. On our 2-core
-# Xeon (1 thread, CNN first layer) 2k..8k rows (0.5..2 MiB per activation) trained 30% faster than 16k..32k;
-# the issue's CPU preferred ~16k. On a GPU a chunk only has to fill the device; it bounds the extra memory
-# (untuned: no GPU was available).
-DEFAULT_CHUNK_ROWS = {"cpu": 4096, "cuda": 1 << 20}
-# Below this many rows the plain implementation is used: its memory is small and it skips the recompute.
-# CPU, 1 thread, quiet machine: the paper MLP at batch 200 (12.8k-row layers), 40 interleaved rounds of 5
-# training steps, median 0.0286 s lean vs 0.0325 s plain (single --quick benchmark runs disagreed either way);
-# the CNN (96k to 2.7M rows per conv layer) trains about 3x faster lean.
-LEAN_MIN_ROWS = {"cpu": 1 << 13, "cuda": 1 << 22}
+# Rows per chunk: a chunk's (rows, 64) buffers should stay in the CPU's L2 cache. On our 2-core Xeon (1 thread,
+# the CNN's first layer, fwd+bwd) 2048 rows took 385-395 ns/row, 1024 and 4096 400-480, 8192 420-440; the issue's
+# CPU preferred ~16k. On a GPU a chunk only has to fill the device; it bounds the extra memory (untuned: no GPU
+# was available).
+DEFAULT_CHUNK_ROWS = {"cpu": 2048, "cuda": 1 << 20}
+# Below this many rows the plain implementation is used: it skips the recompute and the per-chunk Python work.
+# CPU, 1 thread, fwd+bwd of one InnerNet(2) call, median of 15x5: lean/plain time 1.30 at 2048 rows, 0.74 at
+# 8192, 0.51 at 32768; the paper MLP (12.8k-row layers) trains 5.4-5.9x its ReLU control lean, 7.9-8.3x plain.
+LEAN_MIN_ROWS = {"cpu": 1 << 12, "cuda": 1 << 22}
 
 
 def default_chunk_rows(device: torch.device) -> int:
@@ -58,94 +56,124 @@ def lean_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], chunk_ro
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     params = [t for linear in linears for t in (linear.weight, linear.bias)]
-    return _LeanInner.apply(x, dim % x.dim(), chunk_rows, *params)
+    rows = x.movedim(dim, -1)
+    out = _LeanInner.apply(rows.reshape(-1, rows.shape[-1]), chunk_rows, *params)
+    return out.view(rows.shape[:-1])
 
 
-def _blocks(batch: int, length: int, chunk_rows: int) -> Iterator[tuple[slice, slice]]:
-    """Chunks of a ``(batch, length)`` grid of rows: whole rows of ``length`` when they fit, else pieces."""
-    if length >= chunk_rows:
-        for b in range(batch):
-            for start in range(0, length, chunk_rows):
-                yield slice(b, b + 1), slice(start, min(start + chunk_rows, length))
-    else:
-        step = chunk_rows // length
-        for start in range(0, batch, step):
-            yield slice(start, min(start + step, batch)), slice(0, length)
+def _chunks(rows: int, chunk_rows: int) -> Iterator[slice]:
+    for start in range(0, rows, chunk_rows):
+        yield slice(start, min(start + chunk_rows, rows))
 
 
-def _rows(x3: torch.Tensor, bs: slice, ls: slice) -> torch.Tensor:
-    """Gather one chunk of a ``(batch, arity, length)`` view into ``(rows, arity)`` rows (a small copy)."""
-    return x3[bs, :, ls].transpose(1, 2).reshape(-1, x3.shape[1])
+class _Chunk:
+    """Buffers for one chunk of rows, allocated once per call and reused for every chunk (a fresh 1 MiB tensor
+    per op and chunk costs more in page faults than the op on CPU), and the layer inputs with their biases folded
+    in: each layer's input buffer carries a trailing column of ones and its weight matrix the bias as a last row,
+    so one matmul adds the bias (``addmm`` would copy it into the output first)."""
+
+    def __init__(self, rows: torch.Tensor, chunk_rows: int, weights: Sequence[torch.Tensor]) -> None:
+        widths = [rows.shape[1], *(w.shape[0] for w in weights[:-1])]
+        # Inputs of every layer but the output (with a ones column), then the last hidden pre-activations.
+        self.inputs = [rows.new_ones(chunk_rows, width + 1) for width in widths[:-1]]
+        self.last = rows.new_empty(chunk_rows, widths[-1])
+        self.grads = [rows.new_empty(chunk_rows, width) for width in widths[1:]]
+        self.rows = 0
+
+    def forward(self, rows: torch.Tensor, weights_aug: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Layer inputs of one chunk ``[rows, relu(layer1), ...]`` (views without the ones column) and, last, the
+        pre-activations of the last hidden layer (backward needs only their sign)."""
+        n = self.rows = len(rows)
+        self.inputs[0][:n, :-1].copy_(rows)
+        for i, weight_aug in enumerate(weights_aug):
+            target = self.inputs[i + 1][:n, :-1] if i + 1 < len(self.inputs) else self.last[:n]
+            torch.mm(self.inputs[i][:n], weight_aug, out=target)
+            if i + 1 < len(self.inputs):
+                target.relu_()
+        return [x[:n, :-1] for x in self.inputs] + [self.last[:n]]
+
+    def input_with_ones(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s input of the current chunk with its ones column."""
+        return self.inputs[layer][: self.rows]
 
 
-def _hidden(
-    rows: torch.Tensor, weights_t: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
-    """Hidden activations of one chunk, inputs first: ``[rows, relu(layer1), relu(layer2), ...]``.
-
-    ``weights_t`` are the transposed weights made contiguous: with a (K=arity)-deep first layer, BLAS is
-    about 2.5x faster on a contiguous right operand than on a transposed view.
-    """
-    acts = [rows]
-    for weight_t, bias in zip(weights_t[:-1], biases[:-1]):
-        acts.append(torch.addmm(bias, acts[-1], weight_t).relu_())
-    return acts
-
-
-def _transposed(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [w.t().contiguous() for w in weights]
+def _augmented(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``[W^T; b]`` per layer: the right operand that adds the bias to an input with a ones column."""
+    return [torch.cat([w.t(), b.unsqueeze(0)]) for w, b in zip(weights, biases)]
 
 
 class _LeanInner(torch.autograd.Function):
-    """``(x, dim, chunk_rows, w1, b1, ..., wL, bL) -> inner(x)`` saving only ``x`` for backward."""
+    """``(rows, chunk_rows, w1, b1, ..., wL, bL) -> inner(rows)`` saving only ``rows`` for backward.
+
+    Backward recomputes the hidden layers but needs neither the ReLU output of the last one nor its product
+    with the output weights: with ``G = g * [h_L > 0]`` (``h_L`` its pre-activations, ``g`` the output
+    gradient, ``w`` the output weights), ``dW_L = w * (G^T a_{L-1})``, ``db_L = w * sum(G)``,
+    ``dw = rowsum(W_L * (G^T a_{L-1})) + b_L * sum(G)`` and the gradient below is ``G @ (w * W_L)``, which saves
+    three elementwise passes per chunk. The first layer's thin products (``arity`` columns) run transposed,
+    which BLAS does 3-4x faster here.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dim: int, chunk_rows: int, *params: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        batch, arity, length = math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
-        x3 = x.reshape(batch, arity, length)
+    def forward(ctx, rows: torch.Tensor, chunk_rows: int, *params: torch.Tensor) -> torch.Tensor:
         weights, biases = params[0::2], params[1::2]
-        out = x.new_empty(batch, length)
-        weights_t = _transposed(weights)
+        chunk_rows = min(chunk_rows, len(rows)) or 1
+        chunk = _Chunk(rows, chunk_rows, weights)
+        weights_aug = _augmented(weights[:-1], biases[:-1])
+        out = rows.new_empty(len(rows))
         with torch.no_grad():
-            for bs, ls in _blocks(batch, length, chunk_rows):
-                hidden = _hidden(_rows(x3, bs, ls), weights_t, biases)[-1]
-                out[bs, ls] = torch.addmv(biases[-1], hidden, weights[-1][0]).view(out[bs, ls].shape)
-        ctx.save_for_backward(x, *params)
-        ctx.dim, ctx.chunk_rows = dim, chunk_rows
-        return out.view(*shape[:dim], *shape[dim + 1 :])
+            for part in _chunks(len(rows), chunk_rows):
+                hidden = chunk.forward(rows[part], weights_aug)[-1].relu_()
+                torch.addmv(biases[-1], hidden, weights[-1][0], out=out[part])
+        ctx.save_for_backward(rows, *params)
+        ctx.chunk_rows = chunk_rows
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, *params = ctx.saved_tensors
+        rows, *params = ctx.saved_tensors
         weights, biases = params[0::2], params[1::2]
-        shape, dim = x.shape, ctx.dim
-        batch, arity, length = math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
-        x3 = x.reshape(batch, arity, length)
-        g_out = grad_out.reshape(batch, length)
+        hidden, out_weight = weights[:-1], weights[-1][0]
         need_x = ctx.needs_input_grad[0]
-        need_params = any(ctx.needs_input_grad[3:])
-        grad_x = x.new_empty(batch, arity, length) if need_x else None
-        grad_w = [torch.zeros_like(w) for w in weights] if need_params else None
-        grad_b = [torch.zeros_like(b) for b in biases] if need_params else None
-        weights_t = _transposed(weights)
-        for bs, ls in _blocks(batch, length, ctx.chunk_rows):
-            acts = _hidden(_rows(x3, bs, ls), weights_t, biases)
-            g = g_out[bs, ls].reshape(-1)
-            if need_params:
-                grad_w[-1][0].addmv_(acts[-1].t(), g)
-                grad_b[-1].add_(g.sum())
-            g_act = torch.outer(g, weights[-1][0])
-            for i in range(len(weights) - 2, -1, -1):
-                g_pre = torch.ops.aten.threshold_backward(g_act, acts[i + 1], 0)
-                if need_params:
-                    grad_w[i].addmm_(g_pre.t(), acts[i])
-                    grad_b[i].add_(g_pre.sum(0))
-                if i > 0 or need_x:
-                    g_act = g_pre @ weights[i]
-            if need_x:
-                grad_x[bs, :, ls] = g_act.view(bs.stop - bs.start, ls.stop - ls.start, arity).transpose(1, 2)
-        grad_params = [t for pair in zip(grad_w, grad_b) for t in pair] if need_params else [None] * len(params)
-        grad_x = grad_x.view(shape) if need_x else None
-        return (grad_x, None, None, *grad_params)
+        need_params = any(ctx.needs_input_grad[2:])
+        depth = len(hidden)
+        chunk = _Chunk(rows, ctx.chunk_rows, weights)
+        weights_aug = _augmented(hidden, biases[:-1])
+        # Products the backward multiplies by: the output weight folded into the last hidden layer (G @ that is
+        # the gradient below it), and the first layer transposed for the thin input gradient.
+        below = [*hidden[:-1], out_weight.unsqueeze(1) * hidden[-1]]
+        first_t = below[0].t().contiguous()
+        grad_x_t = rows.new_empty(rows.shape[1], len(rows)) if need_x else None
+        # First layer: [dW^T; db^T] accumulated transposed, from the input with its ones column.
+        grad_first = torch.zeros_like(weights_aug[0]) if need_params else None
+        grad_w = [torch.zeros_like(w) for w in hidden[1:]] if need_params else None
+        grad_b = [torch.zeros_like(b) for b in biases[1:-1]] if need_params else None
+        for part in _chunks(len(rows), ctx.chunk_rows):
+            n = part.stop - part.start
+            acts = chunk.forward(rows[part], weights_aug)
+            g = grad_out[part].unsqueeze(1).expand(n, hidden[-1].shape[0])
+            g_pre = torch.ops.aten.threshold_backward.grad_input(g, acts[-1], 0, grad_input=chunk.grads[-1][:n])
+            for i in range(depth - 1, -1, -1):
+                if need_params and i == 0:
+                    grad_first.addmm_(chunk.input_with_ones(0).t(), g_pre)
+                elif need_params:
+                    grad_w[i - 1].addmm_(g_pre.t(), acts[i])
+                    grad_b[i - 1].add_(g_pre.sum(0))
+                if i == 0:
+                    if need_x:
+                        torch.mm(first_t, g_pre.t(), out=grad_x_t[:, part])
+                    break
+                g_pre = torch.mm(g_pre, below[i], out=chunk.grads[i - 1][:n])
+                torch.ops.aten.threshold_backward.grad_input(g_pre, acts[i], 0, grad_input=g_pre)
+        grad_x = grad_x_t.t() if need_x else None
+        if not need_params:
+            return (grad_x, None, *[None] * len(params))
+        grad_w.insert(0, grad_first[:-1].t())
+        grad_b.insert(0, grad_first[-1])
+        # The last hidden layer's sums were taken with G, not with the output weight folded in (see above).
+        product, gated_sum = grad_w[-1], grad_b[-1]
+        grad_w[-1] = out_weight.unsqueeze(1) * product
+        grad_b[-1] = out_weight * gated_sum
+        grad_out_weight = ((hidden[-1] * product).sum(1) + biases[-2] * gated_sum).unsqueeze(0)
+        grad_params = [t for pair in zip(grad_w, grad_b) for t in pair]
+        return (grad_x, None, *grad_params, grad_out_weight, grad_out.sum().reshape(1))
