@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit_dendrite.cli import train
 from lit_dendrite.data.corrupt import write_corrupted_set
 from lit_dendrite.data.datasets import load_arrays
+from lit_dendrite.robustness import evaluate
 from lit_dendrite.robustness.adversarial import SanityCheckError
-from lit_dendrite.robustness.evaluate import ROBUSTNESS_FILE, find_baseline, main
+from lit_dendrite.robustness.evaluate import (
+    PARTIAL_FILE,
+    ROBUSTNESS_DIR,
+    ROBUSTNESS_FILE,
+    find_baseline,
+    main,
+)
 
 TINY = ["--trainer.max_epochs", "2", "--protocol.pretrain_epochs", "1", "--model.net.init_args.widths", "[16, 16]"]
 
@@ -96,3 +105,138 @@ def test_bad_arguments_fail_before_loading(tmp_path):
         main([str(tmp_path), "--attacks", "pgd"])
     with pytest.raises(ValueError, match="corruption spec"):
         main([str(tmp_path), "--corruptions", "imagenet_c", "--attacks", "none"])
+
+
+class Preempted(Exception):
+    """Stands for the Slurm preemption or Ctrl-C that stops an evaluation halfway."""
+
+
+def _count_calls(monkeypatch, name: str, fail_at: int | None = None) -> list[int]:
+    """Count the calls of ``evaluate.<name>`` (one per unit of work); the ``fail_at``-th call raises Preempted."""
+    real = getattr(evaluate, name)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(len(calls) + 1)
+        if len(calls) == fail_at:
+            raise Preempted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, name, counted)
+    return calls
+
+
+def _copy_sweep(runs: dict[str, Path], destination: Path) -> Path:
+    """A copy of the tiny sweep (the run and its ReLU control, no robustness results); the copied 2-argument run."""
+    results = shutil.ignore_patterns(ROBUSTNESS_FILE, ROBUSTNESS_DIR)
+    for run_dir in runs.values():
+        shutil.copytree(run_dir, destination / run_dir.parent.name / run_dir.name, ignore=results)
+    return destination / runs["2arg"].parent.name / runs["2arg"].name
+
+
+def _without_wall_times(report: dict) -> dict:
+    report = {key: value for key, value in report.items() if key != "wall_time_s"}
+    report["adversarial"] = {
+        name: {key: value for key, value in result.items() if key != "wall_time_s"}
+        for name, result in report["adversarial"].items()
+    }
+    return report
+
+
+SETS = 10
+"""Corrupted test sets of the sweep fixture (2 corruptions x 5 severities), evaluated for the run and its baseline."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("interrupted_in", "fail_at", "finished_sets", "finished_attacks"),
+    [("loader_accuracy", 4, 3, []), ("evaluate_attacks", 2, 2 * SETS, ["fgsm"])],
+    ids=["in_corruptions", "in_attacks"],
+)
+def test_interrupted_evaluation_resumes_where_it_stopped(
+    sweep, tmp_path, monkeypatch, capsys, interrupted_in, fail_at, finished_sets, finished_attacks
+):
+    runs, corrupted = sweep
+    run_dir = _copy_sweep(runs, tmp_path)
+    args = [str(run_dir), "--corruptions", f"generated:{corrupted}", "--attacks", "fgsm,linf_pgd", "--n", "20"]
+    main(args)
+    uninterrupted = json.loads((run_dir / ROBUSTNESS_FILE).read_text())
+    (run_dir / ROBUSTNESS_FILE).unlink()
+
+    with monkeypatch.context() as patch:
+        _count_calls(patch, interrupted_in, fail_at=fail_at)
+        with pytest.raises(Preempted):
+            main(args)
+    partial_file = run_dir / ROBUSTNESS_DIR / PARTIAL_FILE
+    units = json.loads(partial_file.read_text())["units"]
+    assert (
+        sum(len(units.get(section, {})) for section in ("corrupted_sets", "baseline_corrupted_sets")) == finished_sets
+    )
+    assert list(units.get("attacks", {})) == finished_attacks
+    assert not (run_dir / ROBUSTNESS_FILE).exists()
+
+    set_calls = _count_calls(monkeypatch, "loader_accuracy")
+    attack_calls = _count_calls(monkeypatch, "evaluate_attacks")
+    capsys.readouterr()
+    main(args)
+    assert len(set_calls) == 2 * SETS - finished_sets
+    assert len(attack_calls) == 2 - len(finished_attacks)
+    reused = finished_sets + len(finished_attacks)
+    assert f"reusing {reused} finished units" in capsys.readouterr().out
+    resumed = json.loads((run_dir / ROBUSTNESS_FILE).read_text())
+    assert _without_wall_times(resumed) == _without_wall_times(uninterrupted)
+    assert not partial_file.exists()
+
+
+IGNORED_BECAUSE = {"n": "(changed: n)", "checkpoint": "(changed: checkpoint)", "fresh": "a fresh start was asked for"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", list(IGNORED_BECAUSE))
+def test_partial_results_of_another_evaluation_are_ignored(sweep, tmp_path, monkeypatch, capsys, change):
+    runs, corrupted = sweep
+    run_dir = _copy_sweep(runs, tmp_path)
+    args = [str(run_dir), "--corruptions", f"generated:{corrupted}", "--attacks", "none", "--n", "20"]
+    with monkeypatch.context() as patch:
+        _count_calls(patch, "loader_accuracy", fail_at=SETS + 1)
+        with pytest.raises(Preempted):
+            main(args)
+    assert (run_dir / ROBUSTNESS_DIR / PARTIAL_FILE).exists()
+
+    if change == "n":
+        args[-1] = "10"
+    elif change == "checkpoint":
+        checkpoint = run_dir / json.loads((run_dir / "result.json").read_text())["best_checkpoint"]
+        os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
+    else:
+        args.append("--fresh")
+    set_calls = _count_calls(monkeypatch, "loader_accuracy")
+    capsys.readouterr()
+    report = main(args)
+    assert len(set_calls) == 2 * SETS
+    output = capsys.readouterr().out
+    assert "reusing" not in output
+    assert IGNORED_BECAUSE[change] in output
+    assert report["corruptions"]["n"] == (10 if change == "n" else 20)
+
+
+@pytest.mark.slow
+def test_each_attack_starts_from_the_seed(sweep, tmp_path, monkeypatch):
+    """So that a resumed evaluation's attacks are those of an uninterrupted one: none depends on what ran before."""
+    runs, _ = sweep
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["2arg"], run_dir)
+    first_draws = []
+    real = evaluate.evaluate_attacks
+
+    def drawing(*args, **kwargs):
+        first_draws.append(torch.rand(1).item())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_attacks", drawing)
+    for seed in ("0", "1"):
+        main([str(run_dir), "--attacks", "fgsm,linf_pgd", "--n", "10", "--seed", seed])
+    torch.manual_seed(0)
+    from_seed_0 = torch.rand(1).item()
+    assert first_draws[:2] == [from_seed_0, from_seed_0]
+    assert first_draws[2] == first_draws[3] != from_seed_0

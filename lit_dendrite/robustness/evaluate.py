@@ -3,13 +3,21 @@
 Writes ``<run_dir>/robustness.json`` (atomically), PNG plots and TensorBoard figures under
 ``<run_dir>/robustness/``. The mCE baseline is another run: by default the sweep's ReLU control of the same
 data set and network (a sibling run directory), or an explicit one.
+
+An interrupted evaluation resumes: each finished unit (one corrupted test set of the run or of its baseline, one
+attack at all its epsilons) is saved at once to ``<run_dir>/robustness/partial.json`` with the evaluation's
+identity (settings, checkpoint size and modification time, package versions). A rerun with the same identity
+reuses those units, one with another identity (or ``fresh``) starts over; the partial file is removed once
+``robustness.json`` is written, and that file is the same as an uninterrupted evaluation's (wall times aside).
+Each attack starts from torch seed ``seed``, so its random starts do not depend on what ran before it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +26,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lit_dendrite.analysis.plots import save_figure
+from lit_dendrite.cli import versions
 from lit_dendrite.data.corrupted import CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
-from lit_dendrite.io import write_json_atomic
+from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.models import load_net, load_result
 from lit_dendrite.robustness.adversarial import (
     DEFAULT_ATTACKS,
+    Attack,
+    SanityCheckError,
     build_attack,
     check_clean_accuracy,
     check_deterministic,
     check_eval_mode,
+    epsilons_for,
     evaluate_attacks,
     exact_model,
     predict,
@@ -36,7 +48,56 @@ from lit_dendrite.robustness.corruption import corruption_report
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_DIR = "robustness"
+PARTIAL_FILE = "partial.json"
 BASELINE_NEURON = "relu"
+# Sections of the partial file, each holding finished units by name ("gaussian_noise/3", "linf_pgd").
+CORRUPTED_SETS = "corrupted_sets"
+BASELINE_CORRUPTED_SETS = "baseline_corrupted_sets"
+ATTACKS = "attacks"
+
+
+class PartialResults:
+    """The finished units of one evaluation, saved atomically after each unit with the evaluation's identity, so
+    that an interrupted evaluation with the same identity resumes where it stopped."""
+
+    def __init__(self, path: Path, identity: dict[str, Any], units: dict[str, dict[str, Any]] | None = None) -> None:
+        self.path, self.identity, self.units = path, identity, units or {}
+
+    @classmethod
+    def resume(cls, path: Path, identity: dict[str, Any], fresh: bool = False) -> PartialResults:
+        """The units saved in ``path`` if they belong to an evaluation with this ``identity`` (and not ``fresh``),
+        else none and the file removed; prints one line about an existing file."""
+        identity = json.loads(json.dumps(identity, default=str))  # as it reads back from the file
+        saved = read_json(path)
+        if saved is None:
+            return cls(path, identity)
+        if fresh:
+            reason = "a fresh start was asked for"
+        elif saved.get("identity") != identity:
+            old = saved.get("identity") or {}
+            changed = sorted(key for key in identity.keys() | old.keys() if identity.get(key) != old.get(key))
+            reason = f"it belongs to another evaluation (changed: {', '.join(changed)})"
+        else:
+            units = saved.get("units", {})
+            counts = ", ".join(f"{len(finished)} {section.replace('_', ' ')}" for section, finished in units.items())
+            print(f"resuming from {path}: reusing {sum(map(len, units.values()))} finished units ({counts})")
+            return cls(path, identity, units)
+        print(f"ignoring {path}: {reason}; starting afresh")
+        path.unlink()
+        return cls(path, identity)
+
+    def get(self, section: str, name: str) -> Any | None:
+        """The saved result of unit ``name`` of ``section``, or None if it has not finished."""
+        return self.units.get(section, {}).get(name)
+
+    def record(self, section: str, name: str, result: Any) -> None:
+        """Save the result of a finished unit (the whole file is rewritten atomically)."""
+        self.units.setdefault(section, {})[name] = result
+        write_json_atomic(self.path, {"identity": self.identity, "units": self.units})
+
+    def remove(self) -> None:
+        """Delete the file (once the final results are written)."""
+        self.path.unlink(missing_ok=True)
 
 
 def find_baseline(run_dir: str | Path) -> Path | None:
@@ -60,23 +121,44 @@ def find_baseline(run_dir: str | Path) -> Path | None:
     return Path(min(candidates)[1]) if candidates else None
 
 
+def checkpoint_identity(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """What tells a run's best checkpoint apart from a retrained or replaced one: its path, size and mtime."""
+    stat = (run_dir / result["best_checkpoint"]).stat()
+    return {"file": result["best_checkpoint"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def loader_accuracy(net: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    """Fraction of the images of ``loader`` that ``net`` classifies correctly."""
+    correct = total = 0
+    for images, labels in loader:
+        predicted = predict(net, images.to(device))
+        correct += int((predicted.cpu() == labels).sum())
+        total += len(labels)
+    return correct / total
+
+
 def corruption_accuracies(
-    net: nn.Module, datamodule: CorruptedDataModule, device: torch.device, progress: bool = True
+    net: nn.Module,
+    datamodule: CorruptedDataModule,
+    device: torch.device,
+    partial: PartialResults,
+    section: str = CORRUPTED_SETS,
+    progress: bool = True,
 ) -> dict[str, dict[int, float]]:
-    """Accuracy of ``net`` on every (corruption, severity) test set of ``datamodule``."""
+    """Accuracy of ``net`` on every (corruption, severity) test set of ``datamodule``; sets finished in ``section``
+    of ``partial`` are reused, the others saved there as they finish."""
     table: dict[str, dict[int, float]] = {}
     loaders = datamodule.test_dataloader()
     with exact_model(net):
         for name, loader in tqdm(
             list(zip(datamodule.names, loaders)), desc="corruptions", unit="set", disable=not progress
         ):
-            correct = total = 0
-            for images, labels in loader:
-                predicted = predict(net, images.to(device))
-                correct += int((predicted.cpu() == labels).sum())
-                total += len(labels)
+            accuracy = partial.get(section, name)
+            if accuracy is None:
+                accuracy = loader_accuracy(net, loader, device)
+                partial.record(section, name, accuracy)
             corruption, _, severity = name.rpartition("/")
-            table.setdefault(corruption, {})[int(severity)] = correct / total
+            table.setdefault(corruption, {})[int(severity)] = accuracy
     return table
 
 
@@ -87,17 +169,48 @@ def _load_checked(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], 
     return result, load_net(run_dir).to(device)
 
 
-def _test_set(result: dict[str, Any], data_root: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    root = data_root if data_root is not None else result["config"]["data"].get("root", "data")
+def _data_root(result: dict[str, Any], data_root: str | Path | None) -> Path:
+    return Path(data_root if data_root is not None else result["config"]["data"].get("root", "data"))
+
+
+def _test_set(result: dict[str, Any], root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_arrays(result["dataset"], root, train=False)
     return pixels(images), torch.from_numpy(labels)
 
 
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's random numbers start from ``seed`` inside the block; the caller's generators are restored after."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_attacks_start_clean(adversarial: dict[str, dict[str, Any]], correct: torch.Tensor) -> None:
+    """Raise unless every attack's robust accuracy at eps 0 (computed now or reused from an interrupted run) is the
+    clean accuracy of the model now on the same images, ``correct`` telling which it classifies correctly."""
+    n, clean = len(correct), int(correct.sum())
+    for name, result in adversarial.items():
+        at_zero = (result["robust_accuracy"][0], result["robust_accuracy_raw"][0])
+        if any(round(accuracy * n) != clean for accuracy in at_zero):
+            raise SanityCheckError(
+                f"{name}: robust accuracy at eps 0 ({at_zero[0]:.4f}) differs from the clean accuracy of the model "
+                f"now ({clean / n:.4f}) on the same {n} images: the results come from another model or other data "
+                "(rerun with --fresh)"
+            )
+
+
 def _baseline_corruptions(
-    baseline_dir: Path, spec: str, datamodule: CorruptedDataModule, n: int | None, device: torch.device, progress: bool
+    baseline_dir: Path,
+    spec: str,
+    datamodule: CorruptedDataModule,
+    n: int | None,
+    device: torch.device,
+    partial: PartialResults,
+    progress: bool,
 ) -> tuple[dict[str, dict[int, float]], float]:
     """The baseline's corruption accuracies and clean accuracy, reused from its robustness.json when that
-    was computed on the same corrupted set, otherwise measured now."""
+    was computed on the same corrupted set, otherwise measured now (resuming from ``partial``)."""
     saved = baseline_dir / ROBUSTNESS_FILE
     if saved.is_file():
         corruptions = json.loads(saved.read_text()).get("corruptions") or {}
@@ -108,10 +221,10 @@ def _baseline_corruptions(
         ):
             return corruptions["accuracy"], corruptions["clean_accuracy"]
     result, net = _load_checked(baseline_dir, device)
-    images, labels = _test_set(result, None)
+    images, labels = _test_set(result, _data_root(result, None))
     with exact_model(net):
         clean = (predict(net, images.to(device)).cpu() == labels).float().mean().item()
-    return corruption_accuracies(net, datamodule, device, progress), clean
+    return corruption_accuracies(net, datamodule, device, partial, BASELINE_CORRUPTED_SETS, progress), clean
 
 
 def evaluate_run(
@@ -125,6 +238,8 @@ def evaluate_run(
     attack_overrides: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 500,
     device: str | None = None,
+    seed: int = 0,
+    fresh: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Clean, corrupted and adversarial accuracy of a run's best checkpoint; writes robustness.json and plots.
@@ -132,7 +247,8 @@ def evaluate_run(
     ``corruptions``: ``cifar10_c``, ``cifar100_c``, ``mnist_c`` (under ``corruption_root``) or ``generated:DIR``;
     ``n``: evaluate the first ``n`` test images only (clean accuracy is always measured on the whole test set
     and compared with the accuracy the run recorded); ``baseline``: the mCE baseline run (default: the sweep's
-    ReLU control, see :func:`find_baseline`).
+    ReLU control, see :func:`find_baseline`); ``seed``: torch seed each attack starts from; ``fresh``: ignore
+    the units saved by an interrupted evaluation with the same settings and compute everything again.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -144,15 +260,23 @@ def evaluate_run(
     )
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     result, net = _load_checked(run_dir, torch_device)
+    baseline_dir = None
     if datamodule is not None:
         datamodule.setup("test")
-    images, labels = _test_set(result, data_root)
+        baseline_dir = Path(baseline) if baseline is not None else find_baseline(run_dir)
+    root = _data_root(result, data_root)
+    images, labels = _test_set(result, root)
+    subset = slice(None) if n is None else slice(0, n)
 
     with exact_model(net):
         check_eval_mode(net)
         check_deterministic(net, images[:batch_size].to(torch_device))
         clean_accuracy = (predict(net, images.to(torch_device)).cpu() == labels).float().mean().item()
+        correct_in_subset = predict(net, images[subset].to(torch_device)).cpu() == labels[subset]
     check_clean_accuracy(clean_accuracy, result["test_acc"])
+    settings = {"n": n, "batch_size": batch_size, "seed": seed, "device": str(torch_device)}
+    identity = _evaluation_identity(run_dir, result, root, settings, corruptions, datamodule, baseline_dir, built)
+    partial = PartialResults.resume(run_dir / ROBUSTNESS_DIR / PARTIAL_FILE, identity, fresh)
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "experiment": result.get("experiment"),
@@ -161,54 +285,106 @@ def evaluate_run(
         "neuron": result.get("neuron"),
         "checkpoint": result["best_checkpoint"],
         "device": str(torch_device),
+        "seed": seed,
         "clean": {"accuracy": clean_accuracy, "recorded_test_acc": result["test_acc"], "n": len(labels)},
     }
 
     if datamodule is not None:
         report["corruptions"] = _corruption_section(
-            run_dir, net, clean_accuracy, corruptions, corruption_root, datamodule, n, baseline, torch_device, progress
+            net,
+            clean_accuracy,
+            corruptions,
+            corruption_root,
+            datamodule,
+            n,
+            baseline_dir,
+            baseline is not None,
+            torch_device,
+            partial,
+            progress,
         )
 
-    subset = slice(None) if n is None else slice(0, n)
-    report["adversarial"] = evaluate_attacks(
-        net,
-        images[subset],
-        labels[subset],
-        result["dataset"],
-        [attack.name for attack in built],
-        overrides=attack_overrides,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    report["adversarial"] = {}
+    for attack in built:
+        attack_result = partial.get(ATTACKS, attack.name)
+        if attack_result is None:
+            with _seeded(seed, torch_device):
+                attack_result = evaluate_attacks(
+                    net,
+                    images[subset],
+                    labels[subset],
+                    result["dataset"],
+                    [attack.name],
+                    overrides=attack_overrides,
+                    batch_size=batch_size,
+                    progress=progress,
+                )[attack.name]
+            partial.record(ATTACKS, attack.name, attack_result)
+        report["adversarial"][attack.name] = attack_result
+    check_attacks_start_clean(report["adversarial"], correct_in_subset)
     report["wall_time_s"] = time.perf_counter() - started
     write_json_atomic(run_dir / ROBUSTNESS_FILE, report)
     write_figures(report, run_dir / ROBUSTNESS_DIR)
+    partial.remove()
     return report
 
 
-def _corruption_section(
+def _evaluation_identity(
     run_dir: Path,
+    result: dict[str, Any],
+    data_root: Path,
+    settings: dict[str, Any],
+    spec: str | None,
+    datamodule: CorruptedDataModule | None,
+    baseline_dir: Path | None,
+    attacks: Sequence[Attack],
+) -> dict[str, Any]:
+    """Everything the numbers of an evaluation depend on: partial results saved under another identity are not
+    reused."""
+    corruptions = baseline = None
+    if datamodule is not None:
+        directory = datamodule.source.directory.resolve()
+        corruptions = {"spec": spec, "directory": str(directory), "sets": datamodule.names}
+    if baseline_dir is not None:
+        baseline_checkpoint = checkpoint_identity(baseline_dir, load_result(baseline_dir))
+        baseline = {"run_dir": str(baseline_dir.resolve()), "checkpoint": baseline_checkpoint}
+    return {
+        "checkpoint": checkpoint_identity(run_dir, result),
+        "dataset": result["dataset"],
+        "data_root": str(data_root.resolve()),
+        **settings,
+        "corruptions": corruptions,
+        "baseline": baseline,
+        "attacks": [
+            attack.describe() | {"epsilons": epsilons_for(result["dataset"], attack.norm)} for attack in attacks
+        ],
+        "versions": versions(),
+    }
+
+
+def _corruption_section(
     net: nn.Module,
     clean_accuracy: float,
     spec: str,
     root: str | Path,
     datamodule: CorruptedDataModule,
     n: int | None,
-    baseline: str | Path | None,
+    baseline_dir: Path | None,
+    explicit_baseline: bool,
     device: torch.device,
+    partial: PartialResults,
     progress: bool,
 ) -> dict[str, Any]:
-    accuracies = corruption_accuracies(net, datamodule, device, progress)
-    baseline_dir = Path(baseline) if baseline is not None else find_baseline(run_dir)
+    accuracies = corruption_accuracies(net, datamodule, device, partial, CORRUPTED_SETS, progress)
     section: dict[str, Any] = {"spec": spec, "root": str(root), "n": n, "sets": datamodule.names}
     if baseline_dir is None:
         section["baseline"] = None
         section["note"] = "no baseline run found (no ReLU control among sibling runs; pass --baseline): accuracies only"
         return section | corruption_report(accuracies, clean_accuracy)
-    base_accuracies, base_clean = _baseline_corruptions(baseline_dir, spec, datamodule, n, device, progress)
+    base_accuracies, base_clean = _baseline_corruptions(baseline_dir, spec, datamodule, n, device, partial, progress)
     section["baseline"] = {
         "run_dir": str(baseline_dir),
-        "chosen": "explicit" if baseline is not None else "sweep ReLU control",
+        "chosen": "explicit" if explicit_baseline else "sweep ReLU control",
         "clean_accuracy": base_clean,
         "accuracy": {c: {str(s): a for s, a in by.items()} for c, by in base_accuracies.items()},
     }
@@ -319,6 +495,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-root", help="clean data root (default: the run's data.root)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed each attack starts from (default: 0)")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help=f"compute everything again, ignoring the units an interrupted evaluation saved in {PARTIAL_FILE}",
+    )
     args = parser.parse_args(argv)
     report = evaluate_run(
         args.run_dir,
@@ -330,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data_root=args.data_root,
         batch_size=args.batch_size,
         device=args.device,
+        seed=args.seed,
+        fresh=args.fresh,
     )
     print(format_summary(report))
     return report
