@@ -50,6 +50,27 @@ def test_inputs_outside_the_box_are_evaluated_exactly():
     assert tabulation_report(net)["0"]["exact_fraction"] == 0.75
 
 
+@pytest.mark.parametrize("layout", ["rows", "channels_first"])
+def test_stray_rows_anywhere_in_a_large_input_are_evaluated_exactly(layout):
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2)
+    neuron = LearnedNeuron(inner)
+    tabulate_inner(torch.nn.Sequential(neuron), input_range=(-1.0, 1.0))
+    rows = torch.rand(6 * 512 + 37, 2) - 0.5
+    stray = [3, 1700, 1701, 2600, len(rows) - 1]
+    rows[stray] = torch.tensor([[1.5, 0.0], [0.0, -1.2], [9.0, 9.0], [float("nan"), 0.0], [0.3, -4.0]])
+    x, dim = (rows, -1) if layout == "rows" else (rows.t().reshape(1, 2, -1), 1)
+    with torch.no_grad():
+        out = neuron(x, dim).reshape(-1)
+        exact = inner(rows)
+    torch.testing.assert_close(out[stray], exact[stray], equal_nan=True)
+    assert out[2600].isnan()
+    inside = torch.ones(len(rows), dtype=torch.bool)
+    inside[stray] = False
+    assert (out[inside] - exact[inside]).abs().max() < 1e-3
+    assert neuron.table.rows_exact == len(stray)
+
+
 def test_gradients_reach_the_outer_net_through_the_table_and_the_inner_net_stays_frozen():
     net = _mlp().train()
     tabulate_inner(net, calibration=[(_images(32), torch.zeros(32))])
