@@ -18,9 +18,9 @@ IMPLS = ("auto", "plain", "lean")
 
 # Rows per chunk: a chunk's (rows, 64) buffers should stay in the CPU's L2 cache. On our 2-core Xeon (1 thread,
 # the CNN's first layer, fwd+bwd) 2048 rows took 385-395 ns/row, 1024 and 4096 400-480, 8192 420-440; the issue's
-# CPU preferred ~16k. On a GPU a chunk only has to fill the device; it bounds the extra memory (untuned: no GPU
-# was available).
-DEFAULT_CHUNK_ROWS = {"cpu": 2048, "cuda": 1 << 20}
+# CPU preferred ~16k. On a GPU a chunk only has to fill the device (256k rows: 1 GFLOP per 64x64 matmul) and bounds
+# the extra memory, about 1 KiB per row of chunk buffers: 256 MiB (untuned: no GPU was available).
+DEFAULT_CHUNK_ROWS = {"cpu": 2048, "cuda": 1 << 18}
 # Below this many rows the plain implementation is used: it skips the recompute and the per-chunk Python work.
 # CPU, 1 thread, fwd+bwd of one InnerNet(2) call, median of 15x5: lean/plain time 1.30 at 2048 rows, 0.74 at
 # 8192, 0.51 at 32768; the paper MLP (12.8k-row layers) trains 5.4-5.9x its ReLU control lean, 7.9-8.3x plain.
