@@ -66,35 +66,47 @@ def _chunks(rows: int, chunk_rows: int) -> Iterator[slice]:
         yield slice(start, min(start + chunk_rows, rows))
 
 
+class _ChunkViews:
+    """Views of the chunk buffers for ``n`` rows: ``with_ones`` (layer inputs with their ones column),
+    ``inputs`` (the same without it), ``last`` (pre-activations of the last hidden layer), ``grads``."""
+
+    def __init__(self, inputs: list[torch.Tensor], last: torch.Tensor, grads: list[torch.Tensor], n: int) -> None:
+        self.with_ones = [x[:n] for x in inputs]
+        self.inputs = [x[:, :-1] for x in self.with_ones]
+        self.first_with_ones_t = self.with_ones[0].t()
+        self.last = last[:n]
+        self.grads = [g[:n] for g in grads]
+
+
 class _Chunk:
     """Buffers for one chunk of rows, allocated once per call and reused for every chunk (a fresh 1 MiB tensor
     per op and chunk costs more in page faults than the op on CPU), and the layer inputs with their biases folded
     in: each layer's input buffer carries a trailing column of ones and its weight matrix the bias as a last row,
-    so one matmul adds the bias (``addmm`` would copy it into the output first)."""
+    so one matmul adds the bias (``addmm`` would copy it into the output first). Views are made once per chunk
+    size, not per chunk."""
 
     def __init__(self, rows: torch.Tensor, chunk_rows: int, weights: Sequence[torch.Tensor]) -> None:
         widths = [rows.shape[1], *(w.shape[0] for w in weights[:-1])]
         # Inputs of every layer but the output (with a ones column), then the last hidden pre-activations.
-        self.inputs = [rows.new_ones(chunk_rows, width + 1) for width in widths[:-1]]
-        self.last = rows.new_empty(chunk_rows, widths[-1])
-        self.grads = [rows.new_empty(chunk_rows, width) for width in widths[1:]]
-        self.rows = 0
+        self._inputs = [rows.new_ones(chunk_rows, width + 1) for width in widths[:-1]]
+        self._last = rows.new_empty(chunk_rows, widths[-1])
+        self._grads = [rows.new_empty(chunk_rows, width) for width in widths[1:]]
+        self._views: dict[int, _ChunkViews] = {}
 
-    def forward(self, rows: torch.Tensor, weights_aug: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Layer inputs of one chunk ``[rows, relu(layer1), ...]`` (views without the ones column) and, last, the
-        pre-activations of the last hidden layer (backward needs only their sign)."""
-        n = self.rows = len(rows)
-        self.inputs[0][:n, :-1].copy_(rows)
+    def forward(self, rows: torch.Tensor, weights_aug: Sequence[torch.Tensor]) -> _ChunkViews:
+        """The hidden layers on one chunk of rows; the returned views hold the layer inputs
+        ``[rows, relu(layer1), ...]`` and the last hidden layer's pre-activations (backward needs their sign)."""
+        n = len(rows)
+        if n not in self._views:
+            self._views[n] = _ChunkViews(self._inputs, self._last, self._grads, n)
+        views = self._views[n]
+        views.inputs[0].copy_(rows)
         for i, weight_aug in enumerate(weights_aug):
-            target = self.inputs[i + 1][:n, :-1] if i + 1 < len(self.inputs) else self.last[:n]
-            torch.mm(self.inputs[i][:n], weight_aug, out=target)
-            if i + 1 < len(self.inputs):
+            target = views.inputs[i + 1] if i + 1 < len(views.inputs) else views.last
+            torch.mm(views.with_ones[i], weight_aug, out=target)
+            if i + 1 < len(views.inputs):
                 target.relu_()
-        return [x[:n, :-1] for x in self.inputs] + [self.last[:n]]
-
-    def input_with_ones(self, layer: int) -> torch.Tensor:
-        """Layer ``layer``'s input of the current chunk with its ones column."""
-        return self.inputs[layer][: self.rows]
+        return views
 
 
 def _augmented(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -122,7 +134,7 @@ class _LeanInner(torch.autograd.Function):
         out = rows.new_empty(len(rows))
         with torch.no_grad():
             for part in _chunks(len(rows), chunk_rows):
-                hidden = chunk.forward(rows[part], weights_aug)[-1].relu_()
+                hidden = chunk.forward(rows[part], weights_aug).last.relu_()
                 torch.addmv(biases[-1], hidden, weights[-1][0], out=out[part])
         ctx.save_for_backward(rows, *params)
         ctx.chunk_rows = chunk_rows
@@ -150,21 +162,21 @@ class _LeanInner(torch.autograd.Function):
         grad_b = [torch.zeros_like(b) for b in biases[1:-1]] if need_params else None
         for part in _chunks(len(rows), ctx.chunk_rows):
             n = part.stop - part.start
-            acts = chunk.forward(rows[part], weights_aug)
+            views = chunk.forward(rows[part], weights_aug)
             g = grad_out[part].unsqueeze(1).expand(n, hidden[-1].shape[0])
-            g_pre = torch.ops.aten.threshold_backward.grad_input(g, acts[-1], 0, grad_input=chunk.grads[-1][:n])
+            g_pre = torch.ops.aten.threshold_backward.grad_input(g, views.last, 0, grad_input=views.grads[-1])
             for i in range(depth - 1, -1, -1):
                 if need_params and i == 0:
-                    grad_first.addmm_(chunk.input_with_ones(0).t(), g_pre)
+                    grad_first.addmm_(views.first_with_ones_t, g_pre)
                 elif need_params:
-                    grad_w[i - 1].addmm_(g_pre.t(), acts[i])
+                    grad_w[i - 1].addmm_(g_pre.t(), views.inputs[i])
                     grad_b[i - 1].add_(g_pre.sum(0))
                 if i == 0:
                     if need_x:
                         torch.mm(first_t, g_pre.t(), out=grad_x_t[:, part])
                     break
-                g_pre = torch.mm(g_pre, below[i], out=chunk.grads[i - 1][:n])
-                torch.ops.aten.threshold_backward.grad_input(g_pre, acts[i], 0, grad_input=g_pre)
+                g_pre = torch.mm(g_pre, below[i], out=views.grads[i - 1])
+                torch.ops.aten.threshold_backward.grad_input(g_pre, views.inputs[i], 0, grad_input=g_pre)
         grad_x = grad_x_t.t() if need_x else None
         if not need_params:
             return (grad_x, None, *[None] * len(params))
