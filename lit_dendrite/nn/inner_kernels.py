@@ -9,7 +9,7 @@ copy of the inputs. ``choose_impl`` documents the rule that picks between the tw
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -61,14 +61,10 @@ def lean_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], chunk_ro
     return out.view(rows.shape[:-1])
 
 
-def _chunks(rows: int, chunk_rows: int) -> Iterator[slice]:
-    for start in range(0, rows, chunk_rows):
-        yield slice(start, min(start + chunk_rows, rows))
-
-
 class _ChunkViews:
     """Views of the chunk buffers for ``n`` rows: ``with_ones`` (layer inputs with their ones column),
-    ``inputs`` (the same without it), ``last`` (pre-activations of the last hidden layer), ``grads``."""
+    ``inputs`` (the same without it), ``last`` (pre-activations of the last hidden layer), ``grads`` (and the
+    transposed views that the weight gradients multiply by)."""
 
     def __init__(self, inputs: list[torch.Tensor], last: torch.Tensor, grads: list[torch.Tensor], n: int) -> None:
         self.with_ones = [x[:n] for x in inputs]
@@ -76,6 +72,7 @@ class _ChunkViews:
         self.first_with_ones_t = self.with_ones[0].t()
         self.last = last[:n]
         self.grads = [g[:n] for g in grads]
+        self.grads_t = [g.t() for g in self.grads]
 
 
 class _Chunk:
@@ -133,9 +130,9 @@ class _LeanInner(torch.autograd.Function):
         weights_aug = _augmented(weights[:-1], biases[:-1])
         out = rows.new_empty(len(rows))
         with torch.no_grad():
-            for part in _chunks(len(rows), chunk_rows):
-                hidden = chunk.forward(rows[part], weights_aug).last.relu_()
-                torch.addmv(biases[-1], hidden, weights[-1][0], out=out[part])
+            for rows_part, out_part in zip(rows.split(chunk_rows), out.split(chunk_rows)):
+                hidden = chunk.forward(rows_part, weights_aug).last.relu_()
+                torch.addmv(biases[-1], hidden, weights[-1][0], out=out_part)
         ctx.save_for_backward(rows, *params)
         ctx.chunk_rows = chunk_rows
         return out
@@ -160,22 +157,24 @@ class _LeanInner(torch.autograd.Function):
         grad_first = torch.zeros_like(weights_aug[0]) if need_params else None
         grad_w = [torch.zeros_like(w) for w in hidden[1:]] if need_params else None
         grad_b = [torch.zeros_like(b) for b in biases[1:-1]] if need_params else None
-        for part in _chunks(len(rows), ctx.chunk_rows):
-            n = part.stop - part.start
-            views = chunk.forward(rows[part], weights_aug)
-            g = grad_out[part].unsqueeze(1).expand(n, hidden[-1].shape[0])
-            g_pre = torch.ops.aten.threshold_backward.grad_input(g, views.last, 0, grad_input=views.grads[-1])
+        # Per-chunk pieces made in one call each; grad_out as a column broadcasts over the last hidden layer.
+        grad_parts = grad_out.unsqueeze(1).split(ctx.chunk_rows)
+        grad_x_parts = grad_x_t.split(ctx.chunk_rows, dim=1) if need_x else [None] * len(grad_parts)
+        for rows_part, grad_part, grad_x_part in zip(rows.split(ctx.chunk_rows), grad_parts, grad_x_parts):
+            views = chunk.forward(rows_part, weights_aug)
+            g_pre = torch.ops.aten.threshold_backward.grad_input(grad_part, views.last, 0, grad_input=views.grads[-1])
+            g_pre_t = views.grads_t[-1]
             for i in range(depth - 1, -1, -1):
                 if need_params and i == 0:
                     grad_first.addmm_(views.first_with_ones_t, g_pre)
                 elif need_params:
-                    grad_w[i - 1].addmm_(g_pre.t(), views.inputs[i])
+                    grad_w[i - 1].addmm_(g_pre_t, views.inputs[i])
                     grad_b[i - 1].add_(g_pre.sum(0))
                 if i == 0:
                     if need_x:
-                        torch.mm(first_t, g_pre.t(), out=grad_x_t[:, part])
+                        torch.mm(first_t, g_pre_t, out=grad_x_part)
                     break
-                g_pre = torch.mm(g_pre, below[i], out=views.grads[i - 1])
+                g_pre, g_pre_t = torch.mm(g_pre, below[i], out=views.grads[i - 1]), views.grads_t[i - 1]
                 torch.ops.aten.threshold_backward.grad_input(g_pre, views.inputs[i], 0, grad_input=g_pre)
         grad_x = grad_x_t.t() if need_x else None
         if not need_params:
