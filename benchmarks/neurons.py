@@ -9,16 +9,19 @@ of the 2-arg net along each path (``reference``: the plain vectorised implementa
 training step is session III's, outer net only), the ReLU control at matched parameters, the analytic
 forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner net's achieved training
 GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per model and
-path (RSS high-water mark minus RSS after building the model; CUDA allocator peak on GPU). Prints a
-table and writes JSON atomically.
+path (RSS high-water mark minus RSS after building the model; CUDA allocator peak on GPU). Step and
+inference times are medians over rounds that time every variant in turn, so that load coming and going on a
+shared machine hits them alike. Prints a table and writes JSON atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +37,7 @@ from lit_dendrite.nn.neurons import LearnedNeuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
 
 PATHS = ("reference", "plain", "lean", "table")
+MIN_MEASURE_S = 0.05
 MODELS = {
     "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": {"cpu": 200, "cuda": 200}},
     "cnn": {"build": DendriticCNN, "in_shape": (3, 32, 32), "batch": {"cpu": 50, "cuda": 200}},
@@ -110,6 +114,14 @@ def train_step_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bo
         optimizer.step()
 
     return step
+
+
+def inference_fn(net: nn.Module, x: torch.Tensor, autocast: bool):
+    def infer() -> None:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            net(x)
+
+    return infer
 
 
 def data(model: str, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,25 +224,52 @@ def memory_child(spec: dict[str, str]) -> None:
     print(json.dumps({"peak_bytes": peak - base}))
 
 
+def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds (every function once per round,
+    repeated so that one measurement lasts at least ``MIN_MEASURE_S``): load that comes and goes on a shared
+    machine then hits every variant alike instead of whichever ran at the time."""
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        calls[name] = max(1, math.ceil(MIN_MEASURE_S / (time.perf_counter() - start)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 def benchmark_model(model: str, device: torch.device, quick: bool, compile_: bool) -> dict[str, object]:
     batch = MODELS[model]["batch"][device.type]
-    warmup, repeats = (1, 3) if quick else (2, 7)
+    warmup, rounds = (1, 3) if quick else (2, 7)
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
     variants = ["relu", *PATHS] + (["compiled"] if compile_ else []) + (["bf16"] if device.type == "cuda" else [])
-    rows: dict[str, dict[str, float]] = {}
+    nets, steps, inferences = {}, {}, {}
     for variant in variants:
-        net = build(model, "relu" if variant == "relu" else "2arg", device)
+        net = nets[variant] = build(model, "relu" if variant == "relu" else "2arg", device)
         if variant in PATHS:
             set_path(net, variant, x)
         maybe_compile(net, variant == "compiled")
-        net.train()
-        step = train_step_fn(net, x, y, autocast=variant == "bf16")
-        row = {"train_step_s": timed(step, device, warmup, repeats)}
+        steps[variant] = train_step_fn(net.train(), x, y, autocast=variant == "bf16")
+        inferences[variant] = inference_fn(net, x_eval, autocast=variant == "bf16")
+    train_s = interleaved_medians(steps, device, warmup, rounds)
+    for net in nets.values():
         net.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
-            seconds = timed(lambda net=net: net(x_eval), device, warmup, repeats)
-        row["inference_images_per_s"] = batch / seconds
+    inference_s = interleaved_medians(inferences, device, warmup, rounds)
+    rows: dict[str, dict[str, float]] = {}
+    for variant, net in nets.items():
+        row = {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
         if variant in ("relu", *PATHS):
             row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
         if variant in ("table", "bf16"):
