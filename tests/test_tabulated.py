@@ -71,6 +71,19 @@ def test_stray_rows_anywhere_in_a_large_input_are_evaluated_exactly(layout):
     assert neuron.table.rows_exact == len(stray)
 
 
+def test_table_with_stray_rows_runs_under_bf16_autocast():
+    inner = InnerNet(arity=2)
+    neuron = LearnedNeuron(inner)
+    tabulate_inner(torch.nn.Sequential(neuron), input_range=(-1.0, 1.0))
+    rows = torch.rand(100, 2) - 0.5
+    rows[7] = torch.tensor([3.0, 0.0])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = neuron(rows)
+    exact = inner(rows).detach()
+    assert torch.isfinite(out).all()
+    assert (out.float() - exact).abs().max() < 0.05 * exact.abs().max()
+
+
 def test_gradients_reach_the_outer_net_through_the_table_and_the_inner_net_stays_frozen():
     net = _mlp().train()
     tabulate_inner(net, calibration=[(_images(32), torch.zeros(32))])

@@ -73,6 +73,12 @@ def test_short_relu_run_beats_chance(tmp_path):
     assert result["test_acc"] > 0.5, result["test_acc"]
 
 
+def test_bf16_mixed_precision_runs_every_session(tmp_path):
+    result = quick_train("mlp_digits_2arg", tmp_path / "run", 4, 2, "--trainer.precision", "bf16-mixed")
+    assert result["status"] == "done"
+    assert result["test_acc"] > 0.4, result["test_acc"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "epochs"),

@@ -86,7 +86,7 @@ class InnerTable(nn.Module):
         if outside is None:
             return values.view(out_shape)
         self.rows_exact += len(outside)
-        exact = inner.evaluate(rows[outside], -1)
+        exact = inner.evaluate(rows[outside], -1).to(values.dtype)  # autocast may run the inner net in bf16
         return values.index_put_((outside,), exact).view(out_shape)
 
     def coordinates(self, rows: torch.Tensor) -> torch.Tensor:
