@@ -80,14 +80,16 @@ class _Chunk:
     per op and chunk costs more in page faults than the op on CPU), and the layer inputs with their biases folded
     in: each layer's input buffer carries a trailing column of ones and its weight matrix the bias as a last row,
     so one matmul adds the bias (``addmm`` would copy it into the output first). Views are made once per chunk
-    size, not per chunk."""
+    size, not per chunk; the gradient buffers only exist for backward (``gradients``)."""
 
-    def __init__(self, rows: torch.Tensor, chunk_rows: int, weights: Sequence[torch.Tensor]) -> None:
+    def __init__(
+        self, rows: torch.Tensor, chunk_rows: int, weights: Sequence[torch.Tensor], gradients: bool = False
+    ) -> None:
         widths = [rows.shape[1], *(w.shape[0] for w in weights[:-1])]
         # Inputs of every layer but the output (with a ones column), then the last hidden pre-activations.
         self._inputs = [rows.new_ones(chunk_rows, width + 1) for width in widths[:-1]]
         self._last = rows.new_empty(chunk_rows, widths[-1])
-        self._grads = [rows.new_empty(chunk_rows, width) for width in widths[1:]]
+        self._grads = [rows.new_empty(chunk_rows, width) for width in widths[1:]] if gradients else []
         self._views: dict[int, _ChunkViews] = {}
 
     def forward(self, rows: torch.Tensor, weights_aug: Sequence[torch.Tensor]) -> _ChunkViews:
@@ -146,7 +148,7 @@ class _LeanInner(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         need_params = any(ctx.needs_input_grad[2:])
         depth = len(hidden)
-        chunk = _Chunk(rows, ctx.chunk_rows, weights)
+        chunk = _Chunk(rows, ctx.chunk_rows, weights, gradients=True)
         weights_aug = _augmented(hidden, biases[:-1])
         # Products the backward multiplies by: the output weight folded into the last hidden layer (G @ that is
         # the gradient below it), and the first layer transposed for the thin input gradient.
