@@ -271,8 +271,9 @@ def evaluate_run(
     with exact_model(net):
         check_eval_mode(net)
         check_deterministic(net, images[:batch_size].to(torch_device))
-        clean_accuracy = (predict(net, images.to(torch_device)).cpu() == labels).float().mean().item()
-        correct_in_subset = predict(net, images[subset].to(torch_device)).cpu() == labels[subset]
+        correct = predict(net, images.to(torch_device)).cpu() == labels
+    clean_accuracy = correct.float().mean().item()
+    correct_in_subset = correct[subset]
     check_clean_accuracy(clean_accuracy, result["test_acc"])
     settings = {"n": n, "batch_size": batch_size, "seed": seed, "device": str(torch_device)}
     identity = _evaluation_identity(run_dir, result, root, settings, corruptions, datamodule, baseline_dir, built)
