@@ -33,7 +33,7 @@ from torch import nn
 
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
-from lit_dendrite.nn.neurons import LearnedNeuron
+from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
 
 PATHS = ("reference", "plain", "lean", "table")
@@ -44,13 +44,14 @@ MODELS = {
 }
 
 
-class ReferenceNeuron(nn.Module):
+class ReferenceNeuron(Neuron):
     """The plain vectorised implementation: rows made contiguous, one MLP call on (rows, arity), reshaped back
     (the permute copies it needed on NCHW maps are free on the channels-last maps the conv layers now give)."""
 
     def __init__(self, inner: InnerNet) -> None:
         super().__init__()
         self.inner = inner
+        self.arity = inner.arity
 
     def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         moved = x.movedim(dim, -1).contiguous()

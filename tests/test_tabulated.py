@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet
+from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, native
 from lit_dendrite.nn.neurons import LearnedNeuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
 
@@ -136,6 +136,8 @@ def test_a_stale_or_unfrozen_table_refuses_to_run():
         net.inner.linears[1].bias.add_(0.1)
     with pytest.raises(RuntimeError, match="changed after it was tabulated"):
         net(_images(2))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="changed after it was tabulated"):
+        net(_images(2))  # the native path checks too
     tabulate_inner(net, input_range=(-6, 6))
     net.inner.requires_grad_(True)
     with pytest.raises(RuntimeError, match="trainable but tabulated"):
@@ -163,3 +165,89 @@ def test_bad_arguments_are_refused():
         tabulate_inner(net, calibration=[])
     with pytest.raises(ValueError, match="no learned neurons"):
         tabulate_inner(DendriticMLP(neuron="relu"), input_range=(-1, 1))
+
+
+def test_the_native_kernel_builds_on_this_machine():
+    """The fused CPU path is what the fast-path figures measure; a silent fallback to pure torch would hide a break."""
+    assert native.native_available()
+
+
+def _fused_and_torch_outputs(net, x, monkeypatch):
+    with torch.no_grad():
+        fused = net(x)
+        exact_fused = sum(t["exact_fraction"] for t in tabulation_report(net).values())
+        with monkeypatch.context() as patch:
+            patch.setenv("LIT_DENDRITE_NATIVE", "0")
+            use_torch = net(x)
+    return fused, use_torch, exact_fused
+
+
+@pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
+def test_fused_layer_norm_and_lookup_match_the_torch_path(build, monkeypatch):
+    torch.manual_seed(0)
+    net = build(dropout=0.0).eval()
+    tabulate_inner(net, calibration=[_images(4, seed=0, shape=net.in_shape)], margin=0.0)
+    x = _images(9, seed=1, shape=net.in_shape)  # other images than calibration: some pairs fall outside the boxes
+    fused, use_torch, exact_fraction = _fused_and_torch_outputs(net, x, monkeypatch)
+    assert exact_fraction > 0
+    assert not torch.equal(fused, use_torch)  # the native path ran: it rounds differently from the torch path
+    torch.testing.assert_close(fused, use_torch, rtol=1e-4, atol=1e-4 * use_torch.abs().max().item())
+    with torch.no_grad(), exact_inner(net):
+        exact = net(x)
+    assert torch.equal(fused.argmax(1), exact.argmax(1))
+
+
+def test_fused_path_evaluates_pairs_outside_the_box_exactly_including_nan():
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2)
+    neuron = LearnedNeuron(inner)
+    tabulate_inner(torch.nn.Sequential(neuron), input_range=(-2.0, 2.0))
+    z = torch.rand(3, 5, 2 * 4101) * 2 - 1  # 3 samples of (5, 4101 pairs): blocks, a tail and rows not a multiple of 16
+    stray = [(0, 0, 0), (0, 4, 8000), (1, 2, 4097), (2, 4, 8201)]
+    for sample, row, feature in stray:
+        z[sample, row, feature] = 40.0
+    z[2, 0, 3] = float("nan")
+    with torch.no_grad():
+        fused = neuron.normalized(z, 2)
+        normalized = torch.nn.functional.layer_norm(z, z.shape[1:]).unflatten(-1, (-1, 2))
+        exact = inner(normalized)
+    assert fused.shape == (3, 5, 4101)
+    assert fused[2].isnan().all()  # a NaN anywhere makes its sample's LayerNorm NaN
+    outside = (normalized.abs() > 2.0).any(-1)
+    assert outside[:2].sum() == 3
+    torch.testing.assert_close(fused[:2][outside[:2]], exact[:2][outside[:2]])
+    inside = ~outside[:2]
+    assert (fused[:2][inside] - exact[:2][inside]).abs().max() < 2e-3
+    assert neuron.table.rows_exact == 3 + 5 * 4101
+
+
+def test_fused_path_gives_the_same_values_on_one_and_two_threads():
+    neuron = LearnedNeuron(InnerNet(arity=2))
+    tabulate_inner(torch.nn.Sequential(neuron), input_range=(-2.0, 2.0))
+    z = torch.randn(7, 3 * 4096 + 10, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outputs.append(neuron.normalized(z, 1))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_kernel_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, monkeypatch):
+    library = native.build_kernel(tmp_path)
+    built_at = library.stat().st_mtime_ns
+    assert native.build_kernel(tmp_path) == library
+    assert library.stat().st_mtime_ns == built_at
+    assert native.load_kernel(library).layer_norm_table_lookup is not None
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(RuntimeError, match="could not build"):
+        native.build_kernel(tmp_path / "other")
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        native.build_kernel(tmp_path / "other")
+    monkeypatch.setenv("LIT_DENDRITE_NATIVE", "0")
+    assert not native.native_available()

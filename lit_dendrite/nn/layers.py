@@ -26,10 +26,7 @@ class DendriticLinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.linear(x)
-        z = F.layer_norm(z, z.shape[-1:])
-        z = z.unflatten(-1, (self.units, self.arity))
-        return self.dropout(self.neuron(z, dim=-1))
+        return self.dropout(self.neuron.normalized(self.linear(x), 1))
 
 
 class DendriticConv2d(nn.Module):
@@ -61,9 +58,8 @@ class DendriticConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.conv(x.contiguous(memory_format=torch.channels_last))
         z = z.permute(0, 2, 3, 1)  # (N, H, W, C): a free view of the channels-last map
-        z = F.layer_norm(z, z.shape[-3:])  # the same per-image statistics as over (C, H, W)
-        z = z.unflatten(-1, (self.units, self.arity))
-        y = self.neuron(z, dim=-1).permute(0, 3, 1, 2)
+        # LayerNorm over (H, W, C): the same per-image statistics as over (C, H, W)
+        y = self.neuron.normalized(z, 3).permute(0, 3, 1, 2)
         if self.pool > 1:
             y = F.max_pool2d(y, self.pool)
         return self.dropout(y)

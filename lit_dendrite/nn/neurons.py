@@ -22,6 +22,12 @@ class Neuron(nn.Module):
 
     arity: int = 1
 
+    def normalized(self, z: torch.Tensor, normalized_ndim: int) -> torch.Tensor:
+        """LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, then this neuron on each group of
+        ``arity`` adjacent features of the last dim (which shrinks by ``arity``): a dendritic layer's nonlinearity."""
+        z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :])
+        return self(z.unflatten(-1, (-1, self.arity)), dim=-1)
+
     def _check(self, x: torch.Tensor, dim: int) -> None:
         if x.dim() == 0 or x.shape[dim] != self.arity:
             raise ValueError(
@@ -47,6 +53,12 @@ class LearnedNeuron(Neuron):
         if self.table is not None:
             return self.table(x, dim, self.inner)
         return self.inner.evaluate(x, dim)
+
+    def normalized(self, z: torch.Tensor, normalized_ndim: int) -> torch.Tensor:
+        """As :meth:`Neuron.normalized`; a table fuses the LayerNorm into its lookup where it can (see ``fuses``)."""
+        if self.table is not None and self.table.fuses(z):
+            return self.table.normalized(z, normalized_ndim, self.inner)
+        return super().normalized(z, normalized_ndim)
 
 
 class ElementwiseNeuron(Neuron):

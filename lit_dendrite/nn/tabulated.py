@@ -5,7 +5,8 @@ found by a calibration pass (per-coordinate min/max over the calibration batches
 ``margin`` of the range on each side) or given explicitly. Inputs outside the box are evaluated exactly
 by the inner net, never clamped. Arity 1 uses a 1-D table, arity 2 a 2-D table (default 257 points per
 axis), arity 3 a 3-D table (default 129 points per axis, 8.6 MB per layer: 257^3 would take 68 MB); the
-interpolation error is measured when tabulating and reported. Tables are not part of the state dict;
+interpolation error is measured when tabulating and reported. On CPU in inference, a 2-D table and the
+LayerNorm before it run as one native pass (:mod:`lit_dendrite.nn.native`). Tables are not part of the state dict;
 a table refuses to run once the inner net has changed or is trainable again. Adversarial evaluation
 must wrap the model in :func:`exact_inner`.
 """
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_dendrite.nn import native
 from lit_dendrite.nn.inner import InnerNet
 from lit_dendrite.nn.neurons import LearnedNeuron, learned_neurons
 
@@ -65,6 +67,16 @@ class InnerTable(nn.Module):
         # tensor, viewed as (-1, lanes), vectorises; broadcast over (rows, arity) it ran 4x slower.
         self.register_buffer("scale_lanes", scale.repeat(AFFINE_LANES), persistent=False)
         self.register_buffer("offset_lanes", self.offset.repeat(AFFINE_LANES), persistent=False)
+        if arity == 2:
+            # The native kernel's form: per cell (c0, c1, c2, c3) with value c0 + fu c1 + fv (c2 + fu c3), and the map
+            # of normalised inputs to grid index units.
+            t = self.values[0, 0]
+            corner = t[:-1, :-1]
+            step_u, step_v = t[:-1, 1:] - corner, t[1:, :-1] - corner
+            twist = t[1:, 1:] - t[1:, :-1] - t[:-1, 1:] + corner
+            self.register_buffer("cells", torch.stack([corner, step_u, step_v, twist], -1).contiguous(), False)
+            self.register_buffer("index_scale", scale * (grid - 1) / 2, persistent=False)
+            self.register_buffer("index_offset", (self.offset + 1) * (grid - 1) / 2, persistent=False)
         self.register_buffer("snapshot", _flat_parameters(inner), persistent=False)
         self._fingerprint = _fingerprint(inner)
         self.rows_total = 0
@@ -88,6 +100,34 @@ class InnerTable(nn.Module):
         self.rows_exact += len(outside)
         exact = inner.evaluate(rows[outside], -1).to(values.dtype)  # autocast may run the inner net in bf16
         return values.index_put_((outside,), exact).view(out_shape)
+
+    def fuses(self, z: torch.Tensor) -> bool:
+        """Whether :meth:`normalized` takes the native path for ``z``: a 2-D table on CPU float32 inputs that need no
+        gradient, with the native kernel built."""
+        return (
+            self.arity == 2
+            and z.device.type == "cpu"
+            and z.dtype == torch.float32
+            and not (z.requires_grad and torch.is_grad_enabled())
+            and native.native_available()
+        )
+
+    def normalized(self, z: torch.Tensor, normalized_ndim: int, inner: InnerNet) -> torch.Tensor:
+        """LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, then the table on each adjacent pair
+        of the last dim, in one native pass (see :meth:`fuses`); pairs outside the box go through ``inner`` exactly."""
+        self._check_unchanged(inner)
+        z = z.contiguous()
+        values, mean, rstd, outside = native.normalized_table_lookup(
+            z, normalized_ndim, self.cells, self.index_scale, self.index_offset
+        )
+        self.rows_total += values.numel()
+        if not len(outside):
+            return values
+        self.rows_exact += len(outside)
+        sample = outside // (values.numel() // len(mean))
+        normalized_rows = (z.view(-1, 2)[outside] - mean[sample, None]) * rstd[sample, None]
+        values.view(-1)[outside] = inner.evaluate(normalized_rows, -1).to(values.dtype)
+        return values
 
     def coordinates(self, rows: torch.Tensor) -> torch.Tensor:
         """Box coordinates of ``(rows, arity)`` inputs: the box maps to [-1, 1] on every axis."""

@@ -1,0 +1,157 @@
+"""Native CPU kernel of the frozen fast path, compiled on first use with the system C compiler.
+
+``table_kernel.c`` fuses a dendritic layer's LayerNorm with the table lookup of its 2-argument neurons (see
+:meth:`lit_dendrite.nn.tabulated.InnerTable.normalized`). It is built with ``$CC`` (default ``cc``) and
+``-O3 -march=native -fopenmp`` into a per-user cache, ``$LIT_DENDRITE_CACHE`` or ``~/.cache/lit_dendrite``,
+named by a hash of the source, the flags, the compiler and the CPU, so that nodes of a cluster sharing a
+home directory each get their own build. The library is written to a temporary name and renamed, so
+concurrent jobs never load a half-written file. Without a working compiler (a warning says so), or with
+``LIT_DENDRITE_NATIVE=0``, tables use the pure-torch path, which gives the same values more slowly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("table_kernel.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-shared", "-fPIC")
+LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the dendritic layers use
+LOOKUP_BLOCK = 4096  # pairs outside the box are searched for only in blocks of this many pairs that have some
+
+
+def native_enabled() -> bool:
+    """Whether the native kernel may be used (``LIT_DENDRITE_NATIVE=0`` turns it off)."""
+    return os.environ.get("LIT_DENDRITE_NATIVE", "1") != "0"
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept."""
+    return Path(os.environ.get("LIT_DENDRITE_CACHE", Path.home() / ".cache" / "lit_dendrite"))
+
+
+def build_kernel(directory: Path) -> Path:
+    """Compile ``table_kernel.c`` into ``directory`` unless an identical build is there; returns the library path.
+
+    Raises ``RuntimeError`` with the compiler's message when it cannot be built.
+    """
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler {compiler!r} on PATH; install gcc or set CC")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _cpu_description().encode()):
+        key.update(part)
+    target = directory / f"table_kernel-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        built = Path(scratch) / target.name
+        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} could not build {SOURCE.name}:\n{result.stderr.strip()}")
+        os.replace(built, target)
+    return target
+
+
+def load_kernel(path: Path) -> ctypes.CDLL:
+    """Load a built kernel library and declare its functions' signatures."""
+    library = ctypes.CDLL(str(path))
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    function = library.layer_norm_table_lookup
+    function.restype = None
+    tensors, table, statistics = [pointer] * 2, [pointer] * 3, [pointer] * 3
+    function.argtypes = [*tensors, size, size, ctypes.c_double, *table, size, size, *statistics, ctypes.c_int]
+    return library
+
+
+@functools.cache
+def table_kernel() -> ctypes.CDLL | None:
+    """The compiled kernel, built on the first call of a process; None (with a warning) when it cannot be built."""
+    try:
+        return load_kernel(build_kernel(cache_dir()))
+    except (RuntimeError, OSError) as error:
+        warnings.warn(
+            f"the frozen table's native CPU kernel is unavailable, tables use the slower pure-torch path: {error}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def normalized_table_lookup(
+    z: torch.Tensor, normalized_ndim: int, cells: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNorm of contiguous float32 CPU ``z`` over its last ``normalized_ndim`` dims, then the 2-D table lookup of
+    each adjacent pair of the last dim. Returns (values, mean, rstd, outside): values has the shape of ``z`` with
+    the last dim halved, mean and rstd one entry per sample, outside the flat indices of the pairs outside the box
+    (or NaN), whose values are NaN.
+    """
+    library = table_kernel()
+    if library is None:
+        raise RuntimeError("the native table kernel is unavailable; check native_available() first")
+    if z.dtype != torch.float32 or z.device.type != "cpu" or not z.is_contiguous() or z.shape[-1] % 2:
+        raise ValueError(
+            f"the native table kernel needs a contiguous float32 CPU tensor with pairs in the last dim, "
+            f"got {z.dtype} on {z.device}, shape {tuple(z.shape)}, contiguous={z.is_contiguous()}"
+        )
+    samples = z.shape[: z.dim() - normalized_ndim].numel()
+    features = z.shape[z.dim() - normalized_ndim :].numel()
+    mean = torch.empty(samples)
+    rstd = torch.empty(samples)
+    values = torch.empty(*z.shape[:-1], z.shape[-1] // 2)
+    pairs = features // 2
+    blocks = -(-pairs // LOOKUP_BLOCK)
+    outside_per_block = torch.empty(samples * blocks, dtype=torch.int64)
+    library.layer_norm_table_lookup(
+        z.data_ptr(),
+        values.data_ptr(),
+        samples,
+        features,
+        LAYER_NORM_EPS,
+        scale.data_ptr(),
+        offset.data_ptr(),
+        cells.data_ptr(),
+        cells.shape[0] + 1,
+        LOOKUP_BLOCK,
+        mean.data_ptr(),
+        rstd.data_ptr(),
+        outside_per_block.data_ptr(),
+        torch.get_num_threads(),
+    )
+    suspect = outside_per_block.nonzero().squeeze(1)
+    if not len(suspect):
+        return values, mean, rstd, suspect
+    first = (suspect // blocks) * pairs + (suspect % blocks) * LOOKUP_BLOCK
+    end = (suspect // blocks + 1) * pairs
+    candidates = (first.unsqueeze(1) + torch.arange(LOOKUP_BLOCK)).view(-1)
+    candidates = candidates[candidates < end.repeat_interleave(LOOKUP_BLOCK)]
+    return values, mean, rstd, candidates[values.view(-1)[candidates].isnan()]
+
+
+def native_available() -> bool:
+    """Whether the native kernel is enabled and built (builds it on the first call)."""
+    return native_enabled() and table_kernel() is not None
+
+
+def _cpu_description() -> str:
+    """The CPU model and features, so that a cached ``-march=native`` build is only reused on the same kind of CPU."""
+    lines = []
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith(("model name", "flags", "Features")) and line not in lines:
+                lines.append(line)
+    return platform.machine() + "\n" + "\n".join(lines)
