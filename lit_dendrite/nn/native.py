@@ -134,10 +134,9 @@ def normalized_table_lookup(
     suspect = outside_per_block.nonzero().squeeze(1)
     if not len(suspect):
         return values, mean, rstd, suspect
-    first = (suspect // blocks) * pairs + (suspect % blocks) * LOOKUP_BLOCK
-    end = (suspect // blocks + 1) * pairs
-    candidates = (first.unsqueeze(1) + torch.arange(LOOKUP_BLOCK)).view(-1)
-    candidates = candidates[candidates < end.repeat_interleave(LOOKUP_BLOCK)]
+    local = (suspect % blocks * LOOKUP_BLOCK).unsqueeze(1) + torch.arange(min(LOOKUP_BLOCK, pairs))
+    candidates = ((suspect // blocks) * pairs).unsqueeze(1) + local
+    candidates = candidates[local < pairs]
     return values, mean, rstd, candidates[values.view(-1)[candidates].isnan()]
 
 
