@@ -251,3 +251,20 @@ def test_kernel_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, mon
         native.build_kernel(tmp_path / "other")
     monkeypatch.setenv("LIT_DENDRITE_NATIVE", "0")
     assert not native.native_available()
+
+
+def test_the_portable_build_for_cpus_without_avx512_gives_the_same_values(tmp_path):
+    neuron = LearnedNeuron(InnerNet(arity=2))
+    tabulate_inner(torch.nn.Sequential(neuron), input_range=(-2.0, 2.0))
+    table = neuron.table
+    portable = native.load_kernel(native.build_kernel(tmp_path, (*native.FLAGS, "-mno-avx512f")))
+    z = torch.randn(4, 2 * 1003, generator=torch.Generator().manual_seed(0)) * 1.2
+    z[1, 10] = 50.0
+    (values, mean, rstd, outside), portable_result = (
+        native.normalized_table_lookup(z, 1, table.cells, table.index_scale, table.index_offset, library)
+        for library in (native.table_kernel(), portable)
+    )
+    assert len(outside) > 1
+    assert torch.equal(portable_result[3], outside)
+    torch.testing.assert_close(portable_result[0], values, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(portable_result[1:3], (mean, rstd))

@@ -40,8 +40,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LIT_DENDRITE_CACHE", Path.home() / ".cache" / "lit_dendrite"))
 
 
-def build_kernel(directory: Path) -> Path:
-    """Compile ``table_kernel.c`` into ``directory`` unless an identical build is there; returns the library path.
+def build_kernel(directory: Path, flags: tuple[str, ...] = FLAGS) -> Path:
+    """Compile ``table_kernel.c`` with ``flags`` into ``directory`` unless the same build is there; returns its path.
 
     Raises ``RuntimeError`` with the compiler's message when it cannot be built.
     """
@@ -50,7 +50,7 @@ def build_kernel(directory: Path) -> Path:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH; install gcc or set CC")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _cpu_description().encode()):
+    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), version.encode(), _cpu_description().encode()):
         key.update(part)
     target = directory / f"table_kernel-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -58,7 +58,7 @@ def build_kernel(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         built = Path(scratch) / target.name
-        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"]
+        command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} could not build {SOURCE.name}:\n{result.stderr.strip()}")
@@ -92,14 +92,19 @@ def table_kernel() -> ctypes.CDLL | None:
 
 
 def normalized_table_lookup(
-    z: torch.Tensor, normalized_ndim: int, cells: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+    z: torch.Tensor,
+    normalized_ndim: int,
+    cells: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm of contiguous float32 CPU ``z`` over its last ``normalized_ndim`` dims, then the 2-D table lookup of
     each adjacent pair of the last dim. Returns (values, mean, rstd, outside): values has the shape of ``z`` with
     the last dim halved, mean and rstd one entry per sample, outside the flat indices of the pairs outside the box
-    (or NaN), whose values are NaN.
+    (or NaN), whose values are NaN. ``library`` defaults to :func:`table_kernel`.
     """
-    library = table_kernel()
+    library = library if library is not None else table_kernel()
     if library is None:
         raise RuntimeError("the native table kernel is unavailable; check native_available() first")
     if z.dtype != torch.float32 or z.device.type != "cpu" or not z.is_contiguous() or z.shape[-1] % 2:
@@ -107,6 +112,11 @@ def normalized_table_lookup(
             f"the native table kernel needs a contiguous float32 CPU tensor with pairs in the last dim, "
             f"got {z.dtype} on {z.device}, shape {tuple(z.shape)}, contiguous={z.is_contiguous()}"
         )
+    for name, table_part in (("cells", cells), ("scale", scale), ("offset", offset)):
+        if table_part.dtype != torch.float32 or table_part.device.type != "cpu" or not table_part.is_contiguous():
+            raise ValueError(f"the table's {name} must be a contiguous float32 CPU tensor, got {table_part.dtype}")
+    if cells.shape[:2] != (cells.shape[0], cells.shape[0]) or cells.shape[2:] != (4,) or scale.numel() != 2:
+        raise ValueError(f"cells must be (grid - 1, grid - 1, 4) and scale/offset 2 values, got {tuple(cells.shape)}")
     samples = z.shape[: z.dim() - normalized_ndim].numel()
     features = z.shape[z.dim() - normalized_ndim :].numel()
     mean = torch.empty(samples)
