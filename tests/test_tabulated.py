@@ -261,10 +261,29 @@ def test_the_portable_build_for_cpus_without_avx512_gives_the_same_values(tmp_pa
     z = torch.randn(4, 2 * 1003, generator=torch.Generator().manual_seed(0)) * 1.2
     z[1, 10] = 50.0
     (values, mean, rstd, outside), portable_result = (
-        native.normalized_table_lookup(z, 1, table.cells, table.index_scale, table.index_offset, library)
+        native.normalized_table_lookup(z, 1, table.cells, table.index_scale, table.index_offset, library=library)
         for library in (native.table_kernel(), portable)
     )
     assert len(outside) > 1
     assert torch.equal(portable_result[3], outside)
     torch.testing.assert_close(portable_result[0], values, atol=1e-5, rtol=0, equal_nan=True)
     torch.testing.assert_close(portable_result[1:3], (mean, rstd))
+
+
+def test_fused_pooling_recomputes_windows_with_a_pair_outside_the_box_exactly():
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2)
+    neuron = LearnedNeuron(inner)
+    tabulate_inner(torch.nn.Sequential(neuron), input_range=(-2.0, 2.0))
+    z = torch.rand(3, 7, 9, 2 * 21) * 2 - 1  # odd H and W: the last row and column are dropped, as by max_pool2d
+    z[0, 2, 5, 7] = 40.0  # unit 3's pair, in the window of output (0, 1, 2)
+    z[2, 6, 8, 0] = 40.0  # in the dropped row: no exact work, but it still counts in the LayerNorm
+    with torch.no_grad():
+        fused = neuron.normalized(z, 3, pool=2)
+        normalized = torch.nn.functional.layer_norm(z, z.shape[1:]).unflatten(-1, (-1, 2))
+        exact = torch.nn.functional.max_pool2d(inner(normalized).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    assert fused.shape == (3, 3, 4, 21)
+    torch.testing.assert_close(fused[0, 1, 2, 3], exact[0, 1, 2, 3])
+    assert (fused - exact).abs().max() < 2e-3
+    assert neuron.table.rows_exact == 4
+    assert neuron.table.rows_total == fused.numel() * 4

@@ -8,7 +8,6 @@ channels in the convolutional layer).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_dendrite.nn.neurons import Neuron
@@ -58,8 +57,6 @@ class DendriticConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.conv(x.contiguous(memory_format=torch.channels_last))
         z = z.permute(0, 2, 3, 1)  # (N, H, W, C): a free view of the channels-last map
-        # LayerNorm over (H, W, C): the same per-image statistics as over (C, H, W)
-        y = self.neuron.normalized(z, 3).permute(0, 3, 1, 2)
-        if self.pool > 1:
-            y = F.max_pool2d(y, self.pool)
+        # LayerNorm over (H, W, C): the same per-image statistics as over (C, H, W); then the neuron and the pool
+        y = self.neuron.normalized(z, 3, self.pool).permute(0, 3, 1, 2)
         return self.dropout(y)

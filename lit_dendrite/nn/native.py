@@ -27,7 +27,6 @@ import torch
 SOURCE = Path(__file__).with_name("table_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-shared", "-fPIC")
 LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the dendritic layers use
-LOOKUP_BLOCK = 4096  # pairs outside the box are searched for only in blocks of this many pairs that have some
 
 
 def native_enabled() -> bool:
@@ -72,8 +71,8 @@ def load_kernel(path: Path) -> ctypes.CDLL:
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     function = library.layer_norm_table_lookup
     function.restype = None
-    tensors, table, statistics = [pointer] * 2, [pointer] * 3, [pointer] * 3
-    function.argtypes = [*tensors, size, size, ctypes.c_double, *table, size, size, *statistics, ctypes.c_int]
+    shape, table, outputs = [size] * 5, [pointer] * 3, [pointer] * 4
+    function.argtypes = [pointer, pointer, *shape, ctypes.c_double, *table, size, *outputs, ctypes.c_int]
     return library
 
 
@@ -97,12 +96,15 @@ def normalized_table_lookup(
     cells: torch.Tensor,
     scale: torch.Tensor,
     offset: torch.Tensor,
+    pool: int = 1,
     library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LayerNorm of contiguous float32 CPU ``z`` over its last ``normalized_ndim`` dims, then the 2-D table lookup of
-    each adjacent pair of the last dim. Returns (values, mean, rstd, outside): values has the shape of ``z`` with
-    the last dim halved, mean and rstd one entry per sample, outside the flat indices of the pairs outside the box
-    (or NaN), whose values are NaN. ``library`` defaults to :func:`table_kernel`.
+    """LayerNorm of contiguous float32 CPU ``z`` over its last ``normalized_ndim`` dims, the 2-D table lookup of each
+    adjacent pair of the last dim, then with ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps over H and W.
+
+    Returns (values, mean, rstd, outside): values has the shape of ``z`` with the last dim halved (and H, W
+    pooled), mean and rstd one entry per sample, outside the flat indices of the values that involve a pair outside
+    the box (or NaN): those values are NaN. ``library`` defaults to :func:`table_kernel`.
     """
     library = library if library is not None else table_kernel()
     if library is None:
@@ -112,41 +114,46 @@ def normalized_table_lookup(
             f"the native table kernel needs a contiguous float32 CPU tensor with pairs in the last dim, "
             f"got {z.dtype} on {z.device}, shape {tuple(z.shape)}, contiguous={z.is_contiguous()}"
         )
+    if pool > 1 and (z.dim() != 4 or normalized_ndim != 3):
+        raise ValueError(f"pooling needs (N, H, W, C) maps normalised over (H, W, C), got shape {tuple(z.shape)}")
     for name, table_part in (("cells", cells), ("scale", scale), ("offset", offset)):
         if table_part.dtype != torch.float32 or table_part.device.type != "cpu" or not table_part.is_contiguous():
             raise ValueError(f"the table's {name} must be a contiguous float32 CPU tensor, got {table_part.dtype}")
     if cells.shape[:2] != (cells.shape[0], cells.shape[0]) or cells.shape[2:] != (4,) or scale.numel() != 2:
         raise ValueError(f"cells must be (grid - 1, grid - 1, 4) and scale/offset 2 values, got {tuple(cells.shape)}")
-    samples = z.shape[: z.dim() - normalized_ndim].numel()
-    features = z.shape[z.dim() - normalized_ndim :].numel()
+    batch, normalized = z.shape[: z.dim() - normalized_ndim], z.shape[z.dim() - normalized_ndim :]
+    samples, units = batch.numel(), z.shape[-1] // 2
+    height, width = (z.shape[1], z.shape[2]) if pool > 1 else (normalized[:-1].numel(), 1)
+    values_shape = (*batch, height // pool, width // pool, units) if pool > 1 else (*z.shape[:-1], units)
+    values = torch.empty(values_shape)
     mean = torch.empty(samples)
     rstd = torch.empty(samples)
-    values = torch.empty(*z.shape[:-1], z.shape[-1] // 2)
-    pairs = features // 2
-    blocks = -(-pairs // LOOKUP_BLOCK)
-    outside_per_block = torch.empty(samples * blocks, dtype=torch.int64)
+    out_rows = samples * (height // pool)
+    outside_per_row = torch.empty(out_rows, dtype=torch.int64)
+    threads = torch.get_num_threads()
+    scratch = torch.empty(threads * (width // pool) * pool * units if pool > 1 else 1)
     library.layer_norm_table_lookup(
         z.data_ptr(),
         values.data_ptr(),
         samples,
-        features,
+        height,
+        width,
+        units,
+        pool,
         LAYER_NORM_EPS,
         scale.data_ptr(),
         offset.data_ptr(),
         cells.data_ptr(),
         cells.shape[0] + 1,
-        LOOKUP_BLOCK,
         mean.data_ptr(),
         rstd.data_ptr(),
-        outside_per_block.data_ptr(),
-        torch.get_num_threads(),
+        outside_per_row.data_ptr(),
+        scratch.data_ptr(),
+        threads,
     )
-    suspect = outside_per_block.nonzero().squeeze(1)
-    if not len(suspect):
-        return values, mean, rstd, suspect
-    local = (suspect % blocks * LOOKUP_BLOCK).unsqueeze(1) + torch.arange(min(LOOKUP_BLOCK, pairs))
-    candidates = ((suspect // blocks) * pairs).unsqueeze(1) + local
-    candidates = candidates[local < pairs]
+    suspect = outside_per_row.nonzero()
+    row_length = values.numel() // max(out_rows, 1)
+    candidates = (suspect * row_length + torch.arange(row_length)).view(-1)
     return values, mean, rstd, candidates[values.view(-1)[candidates].isnan()]
 
 

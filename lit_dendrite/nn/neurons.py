@@ -22,11 +22,15 @@ class Neuron(nn.Module):
 
     arity: int = 1
 
-    def normalized(self, z: torch.Tensor, normalized_ndim: int) -> torch.Tensor:
-        """LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, then this neuron on each group of
-        ``arity`` adjacent features of the last dim (which shrinks by ``arity``): a dendritic layer's nonlinearity."""
+    def normalized(self, z: torch.Tensor, normalized_ndim: int, pool: int = 1) -> torch.Tensor:
+        """A dendritic layer's nonlinearity: LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, this
+        neuron on each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), then with
+        ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps over H and W."""
         z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :])
-        return self(z.unflatten(-1, (-1, self.arity)), dim=-1)
+        y = self(z.unflatten(-1, (-1, self.arity)), dim=-1)
+        if pool > 1:
+            y = F.max_pool2d(y.permute(0, 3, 1, 2), pool).permute(0, 2, 3, 1)
+        return y
 
     def _check(self, x: torch.Tensor, dim: int) -> None:
         if x.dim() == 0 or x.shape[dim] != self.arity:
@@ -54,11 +58,11 @@ class LearnedNeuron(Neuron):
             return self.table(x, dim, self.inner)
         return self.inner.evaluate(x, dim)
 
-    def normalized(self, z: torch.Tensor, normalized_ndim: int) -> torch.Tensor:
-        """As :meth:`Neuron.normalized`; a table fuses the LayerNorm into its lookup where it can (see ``fuses``)."""
+    def normalized(self, z: torch.Tensor, normalized_ndim: int, pool: int = 1) -> torch.Tensor:
+        """As :meth:`Neuron.normalized`; a table fuses LayerNorm, lookup and pool where it can (see ``fuses``)."""
         if self.table is not None and self.table.fuses(z):
-            return self.table.normalized(z, normalized_ndim, self.inner)
-        return super().normalized(z, normalized_ndim)
+            return self.table.normalized(z, normalized_ndim, self.inner, pool)
+        return super().normalized(z, normalized_ndim, pool)
 
 
 class ElementwiseNeuron(Neuron):

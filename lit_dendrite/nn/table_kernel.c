@@ -1,12 +1,13 @@
-/* The frozen table's CPU kernel: LayerNorm statistics, then normalise + box map + bilinear lookup + range check in
- * one pass over a dendritic layer's pre-activations. Built and loaded by lit_dendrite/nn/native.py.
+/* The frozen table's CPU kernel: LayerNorm statistics, then normalise + box map + bilinear lookup + range check +
+ * max-pool in one pass over a dendritic layer's pre-activations. Built and loaded by lit_dendrite/nn/native.py.
  *
- * Layout: `samples` rows of `features` floats (one LayerNorm each); features = 2 * units, unit r reading the
- * pair (2r, 2r + 1). Grid coordinates of a pair: u = (x0 - mean) * rstd * scale[0] + offset[0], the same for v
- * with index 1, in [0, grid - 1] inside the box. `cells` holds (grid - 1)^2 cells, v-major, of 4 coefficients:
- * value = c0 + fu * c1 + fv * (c2 + fu * c3) with fu, fv the position inside the cell. A pair outside the box
- * (or NaN) gets NaN and is counted in its block of `block` pairs: the caller evaluates those exactly. */
+ * Layout: `samples` maps of (height, width, units, 2) floats, one LayerNorm each; unit u of a pixel reads its
+ * pair. Grid coordinates of a pair: u = (x0 - mean) * rstd * scale[0] + offset[0], the same for v with index 1,
+ * in [0, grid - 1] inside the box. `cells` holds (grid - 1)^2 cells, v-major, of 4 coefficients:
+ * value = c0 + fu * c1 + fv * (c2 + fu * c3) with fu, fv the position inside the cell. A pair outside the box (or
+ * NaN) gets NaN, which the pool propagates, and is counted per output row: the caller evaluates those exactly. */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -15,13 +16,13 @@
 #define BLOCK 4096 /* LayerNorm statistics: floats summed in single precision before a double */
 #define LANES 16
 
-static int64_t lookup_pairs(const float *restrict x, float *restrict out, int n, float a0, float b0, float a1,
+static int64_t lookup_pairs(const float *restrict x, float *restrict out, int64_t n, float a0, float b0, float a1,
                             float b1, const float *restrict cells, int grid)
 {
     const float top = (float)(grid - 1);
     const int last = grid - 2, stride = grid - 1;
     int64_t outside = 0;
-    int r = 0;
+    int64_t r = 0;
 #ifdef __AVX512F__
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -122,24 +123,52 @@ static void layer_norm_stats(const float *x, int64_t n, double eps, float *mean,
     *rstd = (float)(1.0 / sqrt((variance > 0.0 ? variance : 0.0) + eps));
 }
 
-/* LayerNorm of each sample's `features` floats, then the table lookup of its pairs, one sample per task (its second
- * read then comes from cache). The pairs of each block of `block` that were outside the box (NaN in out) are
- * counted in outside[s * blocks + b]; mean and rstd receive each sample's statistics. */
-void layer_norm_table_lookup(const float *x, float *out, int64_t samples, int64_t features, double eps,
-                             const float *scale, const float *offset, const float *cells, int64_t grid, int64_t block,
-                             float *mean, float *rstd, int64_t *outside, int threads)
+/* dst = max(dst, row) over a row of out_width * pool pixels of `units` values pooled by `pool` along the width
+ * (dst is set from the first column when `first`); NaN propagates, as in torch's max-pool. */
+static void pool_row(const float *restrict row, float *restrict dst, int64_t out_width, int64_t units, int64_t pool,
+                     int first)
 {
-    const int64_t pairs = features / 2, blocks = (pairs + block - 1) / block;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t s = 0; s < samples; ++s) {
-        const float *xs = x + s * features;
-        layer_norm_stats(xs, features, eps, mean + s, rstd + s);
-        const float a0 = rstd[s] * scale[0], b0 = offset[0] - mean[s] * a0;
-        const float a1 = rstd[s] * scale[1], b1 = offset[1] - mean[s] * a1;
-        for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t start = b * block, n = start + block < pairs ? block : pairs - start;
-            outside[s * blocks + b] = lookup_pairs(xs + 2 * start, out + s * pairs + start, (int)n, a0, b0, a1, b1,
-                                                   cells, (int)grid);
+    for (int64_t pw = 0; pw < out_width; ++pw)
+        for (int64_t dx = 0; dx < pool; ++dx) {
+            const float *src = row + (pw * pool + dx) * units;
+            float *d = dst + pw * units;
+            if (first && dx == 0)
+                for (int64_t u = 0; u < units; ++u) d[u] = src[u];
+            else
+                for (int64_t u = 0; u < units; ++u) d[u] = (src[u] > d[u]) | (src[u] != src[u]) ? src[u] : d[u];
+        }
+}
+
+/* Per sample: LayerNorm statistics, then each output row (`pool` input rows looked up, then max-pooled by pool x
+ * pool; pool 1 writes the values themselves). Rows and columns past a multiple of `pool` are dropped, as by
+ * torch's max-pool. outside[s * (height / pool) + r] counts the pairs outside the box behind output row r.
+ * `scratch` holds one row of (width / pool) * pool * units floats per thread. */
+void layer_norm_table_lookup(const float *x, float *out, int64_t samples, int64_t height, int64_t width,
+                             int64_t units, int64_t pool, double eps, const float *scale, const float *offset,
+                             const float *cells, int64_t grid, float *mean, float *rstd, int64_t *outside,
+                             float *scratch, int threads)
+{
+    const int64_t features = height * width * units * 2, out_height = height / pool, out_width = width / pool;
+    const int64_t pooled_pairs = out_width * pool * units, out_row = out_width * units;
+#pragma omp parallel num_threads(threads)
+    {
+        float *row = scratch + omp_get_thread_num() * pooled_pairs;
+#pragma omp for schedule(static)
+        for (int64_t s = 0; s < samples; ++s) {
+            const float *xs = x + s * features;
+            layer_norm_stats(xs, features, eps, mean + s, rstd + s);
+            const float a0 = rstd[s] * scale[0], b0 = offset[0] - mean[s] * a0;
+            const float a1 = rstd[s] * scale[1], b1 = offset[1] - mean[s] * a1;
+            for (int64_t r = 0; r < out_height; ++r) {
+                float *dst = out + (s * out_height + r) * out_row;
+                int64_t count = 0;
+                for (int64_t dy = 0; dy < pool; ++dy) {
+                    const float *src = xs + 2 * (r * pool + dy) * width * units;
+                    count += lookup_pairs(src, pool > 1 ? row : dst, pooled_pairs, a0, b0, a1, b1, cells, (int)grid);
+                    if (pool > 1) pool_row(row, dst, out_width, units, pool, dy == 0);
+                }
+                outside[s * out_height + r] = count;
+            }
         }
     }
 }

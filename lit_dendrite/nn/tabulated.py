@@ -112,21 +112,24 @@ class InnerTable(nn.Module):
             and native.native_available()
         )
 
-    def normalized(self, z: torch.Tensor, normalized_ndim: int, inner: InnerNet) -> torch.Tensor:
-        """LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, then the table on each adjacent pair
-        of the last dim, in one native pass (see :meth:`fuses`); pairs outside the box go through ``inner`` exactly."""
+    def normalized(self, z: torch.Tensor, normalized_ndim: int, inner: InnerNet, pool: int = 1) -> torch.Tensor:
+        """LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, the table on each adjacent pair of the
+        last dim, then with ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps, in one native pass (see
+        :meth:`fuses`). A pooled value with a pair outside the box is recomputed from its pairs exactly by ``inner``."""
         self._check_unchanged(inner)
         z = z.contiguous()
         values, mean, rstd, outside = native.normalized_table_lookup(
-            z, normalized_ndim, self.cells, self.index_scale, self.index_offset
+            z, normalized_ndim, self.cells, self.index_scale, self.index_offset, pool
         )
-        self.rows_total += values.numel()
+        window = pool * pool
+        self.rows_total += values.numel() * window
         if not len(outside):
             return values
-        self.rows_exact += len(outside)
+        self.rows_exact += len(outside) * window
         sample = outside // (values.numel() // len(mean))
-        normalized_rows = (z.view(-1, 2)[outside] - mean[sample, None]) * rstd[sample, None]
-        values.view(-1)[outside] = inner.evaluate(normalized_rows, -1).to(values.dtype)
+        pairs = _window_pairs(outside, values.shape, z.shape, pool)
+        normalized_pairs = (z.view(-1, 2)[pairs] - mean[sample, None, None]) * rstd[sample, None, None]
+        values.view(-1)[outside] = inner.evaluate(normalized_pairs, -1).amax(1).to(values.dtype)
         return values
 
     def coordinates(self, rows: torch.Tensor) -> torch.Tensor:
@@ -220,6 +223,19 @@ class InnerTable(nn.Module):
 
     def extra_repr(self) -> str:
         return f"arity={self.arity}, grid={self.grid}, low={self.low.tolist()}, high={self.high.tolist()}"
+
+
+def _window_pairs(outputs: torch.Tensor, values_shape: torch.Size, z_shape: torch.Size, pool: int) -> torch.Tensor:
+    """Flat pair indices of ``z`` (k, pool * pool) behind flat ``outputs`` of pooled (N, H', W', U) values (pool 1:
+    the pair behind each value of any shape)."""
+    if pool == 1:
+        return outputs.unsqueeze(1)
+    n, row, column, unit = torch.unravel_index(outputs, tuple(values_shape))
+    offsets = torch.arange(pool)
+    rows = (row * pool).unsqueeze(1) + offsets.repeat_interleave(pool)
+    columns = (column * pool).unsqueeze(1) + offsets.repeat(pool)
+    _, height, width, channels = z_shape
+    return ((n.unsqueeze(1) * height + rows) * width + columns) * (channels // 2) + unit.unsqueeze(1)
 
 
 def _flat_parameters(inner: InnerNet) -> torch.Tensor:
