@@ -287,3 +287,20 @@ def test_fused_pooling_recomputes_windows_with_a_pair_outside_the_box_exactly():
     assert (fused - exact).abs().max() < 2e-3
     assert neuron.table.rows_exact == 4
     assert neuron.table.rows_total == fused.numel() * 4
+
+
+def test_without_a_compiler_tables_warn_and_use_the_torch_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setenv("LIT_DENDRITE_CACHE", str(tmp_path))
+    native.table_kernel.cache_clear()
+    try:
+        net = _mlp()
+        tabulate_inner(net, calibration=[_images(8)])
+        x = _images(4, seed=2)
+        with pytest.warns(RuntimeWarning, match="native CPU kernel is unavailable"), torch.no_grad():
+            out = net(x)
+        with exact_inner(net), torch.no_grad():
+            exact = net(x)
+        assert (out - exact).abs().max() < 1e-2 * exact.abs().max()
+    finally:
+        native.table_kernel.cache_clear()

@@ -83,7 +83,8 @@ def table_kernel() -> ctypes.CDLL | None:
         return load_kernel(build_kernel(cache_dir()))
     except (RuntimeError, OSError) as error:
         warnings.warn(
-            f"the frozen table's native CPU kernel is unavailable, tables use the slower pure-torch path: {error}",
+            f"the frozen table's native CPU kernel is unavailable, tables use the slower pure-torch path: {error} "
+            "(a C compiler and a writable $LIT_DENDRITE_CACHE build it; LIT_DENDRITE_NATIVE=0 skips it)",
             RuntimeWarning,
             stacklevel=2,
         )
