@@ -2,16 +2,16 @@
 
     python benchmarks/neurons.py [--quick] [--gpu] [--threads N] [--compile] [--out PATH]
 
-For the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50 on CPU, 200 on GPU) it
-measures, in one process, the training step time (forward, backward, Adam step) and inference images/s
-of the 2-arg net along each path (``reference``: the plain vectorised implementation kept below;
-``plain`` and ``lean``: the library's two exact implementations; ``table``: the frozen fast path, whose
-training step is session III's, outer net only), the ReLU control at matched parameters, the analytic
-forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner net's achieved training
-GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per model and
-path (RSS high-water mark minus RSS after building the model; CUDA allocator peak on GPU). Step and
-inference times are medians over rounds that time every variant in turn, so that load coming and going on a
-shared machine hits them alike. Prints a table and writes JSON atomically.
+For the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50 on CPU, 200 on GPU) it measures, in
+one process, the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along
+each path (``reference``: the plain vectorised implementation kept below; ``plain`` and ``lean``: the library's two
+exact implementations; ``table``: the frozen fast path, whose training step is session III's, outer net only, and
+whose CPU inference runs the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the
+pure-torch one), the ReLU control at matched parameters, the analytic forward FLOPs per image, the machine's dense
+fp32 matmul GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is
+measured in a child process per model and path (RSS high-water mark minus RSS after building the model; CUDA
+allocator peak on GPU). Step and inference times are medians over rounds that time every variant in turn, so that
+load coming and going on a shared machine hits them alike. Prints a table and writes JSON atomically.
 """
 
 from __future__ import annotations

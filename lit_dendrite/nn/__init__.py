@@ -1,4 +1,5 @@
-"""Pure-torch building blocks: neurons, dendritic layers, the paper's outer networks."""
+"""Plain-torch building blocks (neurons, dendritic layers, the paper's outer networks) and the frozen tables' native
+CPU kernel."""
 
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner import InnerNet

@@ -1,11 +1,11 @@
 """Native CPU kernel of the frozen fast path, compiled on first use with the system C compiler.
 
-``table_kernel.c`` fuses a dendritic layer's LayerNorm with the table lookup of its 2-argument neurons (see
-:meth:`lit_dendrite.nn.tabulated.InnerTable.normalized`). It is built with ``$CC`` (default ``cc``) and
-``-O3 -march=native -fopenmp`` into a per-user cache, ``$LIT_DENDRITE_CACHE`` or ``~/.cache/lit_dendrite``,
-named by a hash of the source, the flags, the compiler and the CPU, so that nodes of a cluster sharing a
-home directory each get their own build. The library is written to a temporary name and renamed, so
-concurrent jobs never load a half-written file. Without a working compiler (a warning says so), or with
+``table_kernel.c`` fuses a dendritic layer's LayerNorm, the table lookup of its 2-argument neurons and the conv
+layer's max-pool (see :meth:`lit_dendrite.nn.tabulated.InnerTable.normalized`). It is built with ``$CC`` (default
+``cc``) and ``-O3 -march=native -fopenmp`` into a per-user cache, ``$LIT_DENDRITE_CACHE`` or
+``~/.cache/lit_dendrite``, named by a hash of the source, the flags, the compiler and the CPU, so that nodes of a
+cluster sharing a home directory each get their own build. The library is written to a temporary name and renamed,
+so concurrent jobs never load a half-written file. Without a working compiler (a warning says so), or with
 ``LIT_DENDRITE_NATIVE=0``, tables use the pure-torch path, which gives the same values more slowly.
 """
 
