@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS
+
 SOURCE = Path(__file__).with_name("table_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-shared", "-fPIC")
-LAYER_NORM_EPS = 1e-5  # F.layer_norm's default, which the dendritic layers use
 
 
 def native_enabled() -> bool:

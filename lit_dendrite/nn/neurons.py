@@ -16,6 +16,9 @@ from torch import nn
 
 from lit_dendrite.nn.inner import InnerNet
 
+LAYER_NORM_EPS = 1e-5
+"""The epsilon of the dendritic layers' LayerNorm (``F.layer_norm``'s default); the native table pass uses it too."""
+
 
 class Neuron(nn.Module):
     """Base class: ``arity`` inputs along ``dim`` -> one output."""
@@ -26,7 +29,7 @@ class Neuron(nn.Module):
         """A dendritic layer's nonlinearity: LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, this
         neuron on each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), then with
         ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps over H and W."""
-        z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :])
+        z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :], eps=LAYER_NORM_EPS)
         y = self(z.unflatten(-1, (-1, self.arity)), dim=-1)
         if pool > 1:
             y = F.max_pool2d(y.permute(0, 3, 1, 2), pool).permute(0, 2, 3, 1)

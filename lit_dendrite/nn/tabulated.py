@@ -5,10 +5,10 @@ found by a calibration pass (per-coordinate min/max over the calibration batches
 ``margin`` of the range on each side) or given explicitly. Inputs outside the box are evaluated exactly
 by the inner net, never clamped. Arity 1 uses a 1-D table, arity 2 a 2-D table (default 257 points per
 axis), arity 3 a 3-D table (default 129 points per axis, 8.6 MB per layer: 257^3 would take 68 MB); the
-interpolation error is measured when tabulating and reported. On CPU in inference, a 2-D table and the
-LayerNorm before it run as one native pass (:mod:`lit_dendrite.nn.native`). Tables are not part of the state dict;
-a table refuses to run once the inner net has changed or is trainable again. Adversarial evaluation
-must wrap the model in :func:`exact_inner`.
+interpolation error is measured when tabulating and reported. On CPU in inference, a 2-D table runs in one
+native pass with the LayerNorm before it and the max-pool after it (:mod:`lit_dendrite.nn.native`). Tables are
+not part of the state dict; a table refuses to run once the inner net has changed or is trainable again.
+Adversarial evaluation must wrap the model in :func:`exact_inner`.
 """
 
 from __future__ import annotations
