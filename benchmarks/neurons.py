@@ -4,14 +4,15 @@
 
 For the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50 on CPU, 200 on GPU) it measures, in
 one process, the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along
-each path (``reference``: the plain vectorised implementation kept below; ``plain`` and ``lean``: the library's two
-exact implementations; ``table``: the frozen fast path, whose training step is session III's, outer net only, and
-whose CPU inference runs the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the
-pure-torch one), the ReLU control at matched parameters, the analytic forward FLOPs per image, the machine's dense
-fp32 matmul GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is
-measured in a child process per model and path (RSS high-water mark minus RSS after building the model; CUDA
-allocator peak on GPU). Step and inference times are medians over rounds that time every variant in turn, so that
-load coming and going on a shared machine hits them alike. Prints a table and writes JSON atomically.
+each path (``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``native``: the
+library's exact implementations, ``native`` (CPU only) being the one that ``impl="auto"`` picks on CPU; ``table``:
+the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs the native
+pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU control at
+matched parameters, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner
+net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per
+model and path (RSS high-water mark minus RSS after building the model; CUDA allocator peak on GPU). Step and
+inference times are medians over rounds that time every variant in turn, so that load coming and going on a shared
+machine hits them alike. Prints a table and writes JSON atomically.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
 
-PATHS = ("reference", "plain", "lean", "table")
+PATHS = ("reference", "plain", "lean", "native", "table")
+CPU_ONLY_PATHS = ("native",)
 MIN_MEASURE_S = 0.05
 MODELS = {
     "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": {"cpu": 200, "cuda": 200}},
@@ -75,7 +77,7 @@ def set_path(net: nn.Module, path: str, calibration: torch.Tensor | None) -> Non
         for module in list(net.modules()):
             if isinstance(getattr(module, "neuron", None), LearnedNeuron):
                 module.neuron = ReferenceNeuron(module.neuron.inner)
-    elif path in ("plain", "lean"):
+    elif path in ("plain", "lean", "native"):
         net.inner.impl = path
     elif path == "table":
         tabulate_inner(net, calibration=[calibration])
@@ -173,7 +175,7 @@ def inner_gflops(device: torch.device, batch: int, quick: bool) -> dict[str, flo
     flops = 3 * 2 * rows * sum(lin.in_features * lin.out_features for lin in inner.linears)
     reference = ReferenceNeuron(inner)
     result = {}
-    for name in ("reference", "plain", "lean"):
+    for name in ("reference", "plain", "lean", *(CPU_ONLY_PATHS if device.type == "cpu" else ())):
         inner.impl = "plain" if name == "reference" else name
         neuron = reference if name == "reference" else inner.evaluate
         seconds = timed(lambda neuron=neuron: neuron(x, -1).sum().backward(), device, 1, 3 if quick else 5)
@@ -250,16 +252,22 @@ def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: in
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
+def device_paths(device: torch.device) -> tuple[str, ...]:
+    """The 2-arg net's paths that run on ``device``."""
+    return tuple(path for path in PATHS if device.type == "cpu" or path not in CPU_ONLY_PATHS)
+
+
 def benchmark_model(model: str, device: torch.device, quick: bool, compile_: bool) -> dict[str, object]:
     batch = MODELS[model]["batch"][device.type]
     warmup, rounds = (1, 3) if quick else (2, 7)
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
-    variants = ["relu", *PATHS] + (["compiled"] if compile_ else []) + (["bf16"] if device.type == "cuda" else [])
+    paths = device_paths(device)
+    variants = ["relu", *paths] + (["compiled"] if compile_ else []) + (["bf16"] if device.type == "cuda" else [])
     nets, steps, inferences = {}, {}, {}
     for variant in variants:
         net = nets[variant] = build(model, "relu" if variant == "relu" else "2arg", device)
-        if variant in PATHS:
+        if variant in paths:
             set_path(net, variant, x)
         maybe_compile(net, variant == "compiled")
         steps[variant] = train_step_fn(net.train(), x, y, autocast=variant == "bf16")
@@ -271,7 +279,7 @@ def benchmark_model(model: str, device: torch.device, quick: bool, compile_: boo
     rows: dict[str, dict[str, float]] = {}
     for variant, net in nets.items():
         row = {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
-        if variant in ("relu", *PATHS):
+        if variant in ("relu", *paths):
             row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
         if variant in ("table", "bf16"):
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):

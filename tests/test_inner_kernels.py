@@ -1,21 +1,22 @@
-"""The memory-lean inner-net evaluation computes exactly what plain autograd computes."""
+"""The memory-lean inner-net evaluations (torch and native) compute what plain autograd computes."""
 
 import pytest
 import torch
 
-from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
-from lit_dendrite.nn.inner_kernels import LEAN_MIN_ROWS, choose_impl, lean_inner, plain_inner
+from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile, native
+from lit_dendrite.nn.inner_kernels import LEAN_MIN_ROWS, choose_impl, lean_inner, native_inner, plain_inner
 
 LAYOUTS = [((6, 5, 2), -1), ((3, 4, 2, 5, 6), 2), ((2, 3, 2, 9, 11), 2), ((4, 3, 1, 7), 2)]
 
 
 def _value_and_grads(inner, x, dim, impl, chunk_rows=None):
     x = x.detach().requires_grad_(True)
-    y = (
-        plain_inner(x.movedim(dim, -1), inner.linears)
-        if impl == "plain"
-        else lean_inner(x, dim, inner.linears, chunk_rows)
-    )
+    if impl == "plain":
+        y = plain_inner(x.movedim(dim, -1), inner.linears)
+    elif impl == "native":
+        y = native_inner(x, dim, inner.linears)
+    else:
+        y = lean_inner(x, dim, inner.linears, chunk_rows)
     upstream = torch.linspace(-0.5, 1, y.numel(), dtype=y.dtype).view(y.shape)
     grads = torch.autograd.grad(y, [x, *inner.parameters()], upstream)
     return y, grads
@@ -60,6 +61,87 @@ def test_lean_float32_gradients_within_float_tolerance():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
 
 
+def _with_random_biases(inner):
+    for linear in inner.linears:  # nonzero biases, so that every bias gradient is tested
+        torch.nn.init.uniform_(linear.bias, -0.5, 0.5)
+    return inner
+
+
+@pytest.mark.parametrize(("shape", "dim"), [*LAYOUTS, ((1000 + 5, 2), -1), ((96, 3), -1)])
+@pytest.mark.parametrize("hidden", [(64, 64), (16, 32), (48, 80)])
+def test_native_float32_matches_plain_float64(shape, dim, hidden):
+    """Rows that are not a multiple of the kernel's blocks and tiles, widths of 1 to 5 vectors, any arity."""
+    torch.manual_seed(2)
+    inner = _with_random_biases(InnerNet(arity=shape[dim], hidden=hidden))
+    x = torch.randn(shape) * 2
+    y_native, g_native = _value_and_grads(inner, x, dim, "native")
+    y_plain, g_plain = _value_and_grads(inner.double(), x.double(), dim, "plain")
+    torch.testing.assert_close(y_native, y_plain.float(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_native, g_plain):
+        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_native_propagates_nan_as_plain_does():
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2)
+    x = torch.randn(200, 2)
+    x[7, 1] = float("nan")
+    y_native, g_native = _value_and_grads(inner, x, -1, "native")
+    y_plain, g_plain = _value_and_grads(inner, x, -1, "plain")
+    torch.testing.assert_close(y_native, y_plain, equal_nan=True)
+    assert y_native.isnan().nonzero().tolist() == [[7]]
+    torch.testing.assert_close(g_native[0], g_plain[0], equal_nan=True)
+
+
+def test_native_gives_the_same_values_on_one_and_two_threads():
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2)
+    x = torch.randn(5000, 2)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_value_and_grads(inner, x, -1, "native"))
+    finally:
+        torch.set_num_threads(threads)
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2) and torch.equal(g1[0], g2[0])  # row by row: no sum depends on the thread count
+    for a, b in zip(g1[1:], g2[1:]):  # sums over rows, added in another order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+
+
+def test_portable_native_build_gives_the_same_values(tmp_path):
+    torch.manual_seed(0)
+    inner = _with_random_biases(InnerNet(arity=2, hidden=(48, 64)))
+    params = [p.detach() for p in inner.parameters()]
+    portable = native.load_kernel(native.build_kernel(tmp_path, (*native.FLAGS, "-mno-avx512f")))
+    rows, grad_out = torch.randn(1001, 2), torch.randn(1001)
+    for library in (None, portable):
+        out = native.inner_forward(rows, params, library=library)
+        grad_rows, sums = native.inner_backward(rows, grad_out, params, True, True, library=library)
+        if library is None:
+            expected = (out, grad_rows, sums)
+    torch.testing.assert_close((out, grad_rows, sums), expected)
+
+
+@pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
+def test_native_network_gradients_match_plain(build):
+    torch.manual_seed(0)
+    net = build(dropout=0.0)
+    x = torch.rand(3, *net.in_shape)
+    results = {}
+    for impl in ("plain", "native"):
+        net.inner.impl = impl
+        net.zero_grad()
+        logits = net(x)
+        logits.square().sum().backward()
+        results[impl] = (logits.detach(), [p.grad.clone() for p in net.parameters()])
+    torch.testing.assert_close(results["native"][0], results["plain"][0])
+    for a, b in zip(results["native"][1], results["plain"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
 @pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
 def test_whole_network_gradients_equal_between_implementations(build):
     torch.manual_seed(0)
@@ -77,32 +159,47 @@ def test_whole_network_gradients_equal_between_implementations(build):
         torch.testing.assert_close(a, b)
 
 
-def test_frozen_inner_net_gets_no_gradient_but_inputs_do():
-    inner = InnerNet(arity=2).requires_grad_(False)
-    x = torch.randn(3, 5, 2, 4, 4, requires_grad=True)
-    lean_inner(x, 2, inner.linears, 16).sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+@pytest.mark.parametrize("impl", ["lean", "native"])
+def test_frozen_inner_net_gets_no_gradient_but_inputs_do(impl):
+    torch.manual_seed(0)
+    inner = InnerNet(arity=2)
+    x = torch.randn(3, 5, 2, 4, 4)
+    _, expected = _value_and_grads(inner, x, 2, "plain")
+    inner.requires_grad_(False)
+    x.requires_grad_(True)
+    out = lean_inner(x, 2, inner.linears, 16) if impl == "lean" else native_inner(x, 2, inner.linears)
+    out.backward(torch.linspace(-0.5, 1, out.numel()).view(out.shape))
+    torch.testing.assert_close(x.grad, expected[0])
     assert all(p.grad is None for p in inner.parameters())
 
 
-def test_inputs_without_gradient_still_train_the_inner_net():
+@pytest.mark.parametrize("impl", ["lean", "native"])
+def test_inputs_without_gradient_still_train_the_inner_net(impl):
     torch.manual_seed(0)
-    inner = InnerNet(arity=2).double()
-    x = torch.randn(50, 2, dtype=torch.double)
+    inner = InnerNet(arity=2)
+    x = torch.randn(50, 2)
     grads = {}
-    for impl in ("plain", "lean"):
-        y = plain_inner(x, inner.linears) if impl == "plain" else lean_inner(x, -1, inner.linears, 16)
-        grads[impl] = torch.autograd.grad(y.square().sum(), list(inner.parameters()))
-    for a, b in zip(grads["lean"], grads["plain"]):
-        torch.testing.assert_close(a, b)
+    for name in ("plain", impl):
+        if name == "plain":
+            y = plain_inner(x, inner.linears)
+        else:
+            y = lean_inner(x, -1, inner.linears, 16) if impl == "lean" else native_inner(x, -1, inner.linears)
+        grads[name] = torch.autograd.grad(y.square().sum(), list(inner.parameters()))
+    for a, b in zip(grads[impl], grads["plain"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
 
 
-def test_auto_rule_picks_by_size_and_falls_back_to_plain_under_autocast():
-    cpu = torch.device("cpu")
-    assert choose_impl(10, cpu) == "plain"
-    assert choose_impl(LEAN_MIN_ROWS["cpu"], cpu) == "lean"
+def test_auto_rule_picks_by_size_dtype_and_falls_back_to_plain_under_autocast(monkeypatch):
+    linears = InnerNet(arity=2).linears
+    large, small = torch.zeros(LEAN_MIN_ROWS["cpu"], 2), torch.zeros(10, 2)
+    assert choose_impl(small, linears) == "plain"
+    assert choose_impl(large, linears) == "native"
+    assert choose_impl(large.double(), InnerNet(arity=2).double().linears) == "lean"
+    assert choose_impl(large, InnerNet(arity=2, hidden=(20, 64)).linears) == "lean"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert choose_impl(LEAN_MIN_ROWS["cpu"], cpu) == "plain"
+        assert choose_impl(large, linears) == "plain"
+    monkeypatch.setenv("LIT_DENDRITE_NATIVE", "0")
+    assert choose_impl(large, linears) == "lean"
 
 
 def test_bad_settings_are_refused_with_a_clear_error():
@@ -112,6 +209,13 @@ def test_bad_settings_are_refused_with_a_clear_error():
         inner(torch.randn(3, 2))
     with pytest.raises(ValueError, match="chunk_rows"):
         lean_inner(torch.randn(3, 2), -1, inner.linears, 0)
+    inner.impl = "native"
+    with pytest.raises(ValueError, match="needs float32 CPU inputs.*use impl='auto'"):
+        inner.double()(torch.randn(3, 2, dtype=torch.double))
+    with pytest.raises(ValueError, match="multiples of 16, got \\[5, 7\\]"):
+        native_inner(torch.randn(3, 2), -1, InnerNet(arity=2, hidden=(5, 7)).linears)
+    with pytest.raises(ValueError, match="2 hidden layers"):
+        native_inner(torch.randn(3, 2), -1, InnerNet(arity=2, hidden=(16,)).linears)
 
 
 def test_implementation_settings_are_not_in_the_state_dict():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, native
-from lit_dendrite.nn.neurons import LearnedNeuron
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
 
 
@@ -242,7 +242,8 @@ def test_kernel_build_is_cached_and_a_failing_compiler_is_reported(tmp_path, mon
     built_at = library.stat().st_mtime_ns
     assert native.build_kernel(tmp_path) == library
     assert library.stat().st_mtime_ns == built_at
-    assert native.load_kernel(library).layer_norm_table_lookup is not None
+    loaded = native.load_kernel(library)
+    assert loaded.layer_norm_table_lookup is not None and loaded.inner_backward is not None
     monkeypatch.setenv("CC", "false")
     with pytest.raises(RuntimeError, match="could not build"):
         native.build_kernel(tmp_path / "other")
@@ -261,8 +262,10 @@ def test_the_portable_build_for_cpus_without_avx512_gives_the_same_values(tmp_pa
     z = torch.randn(4, 2 * 1003, generator=torch.Generator().manual_seed(0)) * 1.2
     z[1, 10] = 50.0
     (values, mean, rstd, outside), portable_result = (
-        native.normalized_table_lookup(z, 1, table.cells, table.index_scale, table.index_offset, library=library)
-        for library in (native.table_kernel(), portable)
+        native.normalized_table_lookup(
+            z, 1, table.cells, table.index_scale, table.index_offset, LAYER_NORM_EPS, library=library
+        )
+        for library in (native.kernel_library(), portable)
     )
     assert len(outside) > 1
     assert torch.equal(portable_result[3], outside)
@@ -292,15 +295,17 @@ def test_fused_pooling_recomputes_windows_with_a_pair_outside_the_box_exactly():
 def test_without_a_compiler_tables_warn_and_use_the_torch_path(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     monkeypatch.setenv("LIT_DENDRITE_CACHE", str(tmp_path))
-    native.table_kernel.cache_clear()
+    native.kernel_library.cache_clear()
     try:
         net = _mlp()
-        tabulate_inner(net, calibration=[_images(8)])
+        with pytest.warns(RuntimeWarning, match="native CPU kernels are unavailable.*install gcc"):
+            tabulate_inner(net, calibration=[_images(8)])
+        assert not native.native_available()
         x = _images(4, seed=2)
-        with pytest.warns(RuntimeWarning, match="native CPU kernel is unavailable"), torch.no_grad():
+        with torch.no_grad():
             out = net(x)
         with exact_inner(net), torch.no_grad():
             exact = net(x)
         assert (out - exact).abs().max() < 1e-2 * exact.abs().max()
     finally:
-        native.table_kernel.cache_clear()
+        native.kernel_library.cache_clear()

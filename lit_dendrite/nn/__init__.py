@@ -1,5 +1,5 @@
-"""Plain-torch building blocks (neurons, dendritic layers, the paper's outer networks) and the frozen tables' native
-CPU kernel."""
+"""Plain-torch building blocks (neurons, dendritic layers, the paper's outer networks) and the native CPU kernels of
+the inner net and the frozen tables."""
 
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner import InnerNet

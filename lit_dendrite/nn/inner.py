@@ -7,16 +7,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, lean_inner, plain_inner
+from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, lean_inner, native_inner, plain_inner
 
 
 class InnerNet(nn.Module):
     """MLP ``arity -> hidden... -> 1`` with ReLU, Xavier-uniform weights and zero biases.
 
     ``forward`` maps a tensor whose last dimension is ``arity`` to one value per row (the last
-    dimension is dropped); ``evaluate`` does the same along any dimension. Both are exact; the attributes
-    ``impl`` (``"auto"``, ``"plain"`` or ``"lean"``, see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`)
-    and ``chunk_rows`` (``None``: the device's tuned value) pick how, and are not part of the state dict.
+    dimension is dropped); ``evaluate`` does the same along any dimension. Both are exact; the attributes ``impl``
+    (``"auto"``, ``"plain"``, ``"lean"`` or ``"native"``, see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`) and
+    ``chunk_rows`` (``None``: the device's tuned value; ``lean`` only) pick how, and are not part of the state dict.
     """
 
     def __init__(self, arity: int = 2, hidden: Sequence[int] = (64, 64)) -> None:
@@ -48,9 +48,11 @@ class InnerNet(nn.Module):
             raise ValueError(f"InnerNet expects size arity={self.arity} along dim {dim}, got shape {tuple(x.shape)}")
         if self.impl not in IMPLS:
             raise ValueError(f"InnerNet.impl must be one of {IMPLS}, got {self.impl!r}")
-        impl = choose_impl(x.numel() // self.arity, x.device) if self.impl == "auto" else self.impl
+        impl = choose_impl(x, self.linears) if self.impl == "auto" else self.impl
         if impl == "plain":
             return plain_inner(x.movedim(dim, -1), self.linears)
+        if impl == "native":
+            return native_inner(x, dim, self.linears)
         return lean_inner(x, dim, self.linears, self.chunk_rows or default_chunk_rows(x.device))
 
     def extra_repr(self) -> str:

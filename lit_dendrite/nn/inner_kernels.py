@@ -1,10 +1,12 @@
-"""Exact evaluation of the inner net: a plain reference and a memory-lean chunked autograd function.
+"""Exact evaluation of the inner net: a plain reference and two memory-lean autograd functions.
 
-The lean function keeps only the ``(rows, arity)`` inputs for backward and recomputes the hidden
-activations there, one cache-sized chunk of rows at a time, so no ``(rows, 64)`` tensor of the whole
-layer ever exists. Its inputs are rows of ``arity`` adjacent values: the dendritic layers lay their
-pre-activations out that way (conv maps channels-last), so nothing is copied; any other layout costs one
-copy of the inputs. ``choose_impl`` documents the rule that picks between the two.
+The lean functions keep only the ``(rows, arity)`` inputs for backward and recompute the hidden activations there,
+one cache-sized chunk of rows at a time, so no ``(rows, 64)`` tensor of the whole layer ever exists: ``lean`` in
+torch ops (any device, dtype and depth), ``native`` in one C call per pass (:mod:`lit_dendrite.nn.native`; float32
+CPU, two hidden layers), which also fuses the elementwise work into the matrix products. Their inputs are rows of
+``arity`` adjacent values: the dendritic layers lay their pre-activations out that way (conv maps channels-last),
+so nothing is copied; any other layout costs one copy of the inputs. ``choose_impl`` documents the rule that picks
+an implementation.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-IMPLS = ("auto", "plain", "lean")
+from lit_dendrite.nn import native
+
+IMPLS = ("auto", "plain", "lean", "native")
 
 # Rows per chunk: a chunk's (rows, 64) buffers should stay in the CPU's L2 cache. On our 2-core Xeon (1 thread,
 # the CNN's first layer, fwd+bwd) 2048 rows took 385-395 ns/row, 1024 and 4096 400-480, 8192 420-440; the issue's
@@ -24,6 +28,8 @@ DEFAULT_CHUNK_ROWS = {"cpu": 2048, "cuda": 1 << 18}
 # Below this many rows the plain implementation is used: it skips the recompute and the per-chunk Python work.
 # CPU, 1 thread, fwd+bwd of one InnerNet(2) call, median of 15x5: lean/plain time 1.30 at 2048 rows, 0.74 at
 # 8192, 0.51 at 32768; the paper MLP (12.8k-row layers) trains 5.4-5.9x its ReLU control lean, 7.9-8.3x plain.
+# The native kernel breaks even with plain around 1000-4096 rows (1.6x plain's time at 64, 0.94 at 4096, 0.52 at
+# 12800) and takes the same threshold.
 LEAN_MIN_ROWS = {"cpu": 1 << 12, "cuda": 1 << 22}
 
 
@@ -32,16 +38,20 @@ def default_chunk_rows(device: torch.device) -> int:
     return DEFAULT_CHUNK_ROWS.get(device.type, DEFAULT_CHUNK_ROWS["cpu"])
 
 
-def choose_impl(rows: int, device: torch.device) -> str:
-    """The rule behind ``impl="auto"``: ``plain`` under autocast, torch.compile or for small problems,
-    otherwise ``lean``.
+def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
+    """The rule behind ``impl="auto"`` for inputs ``x`` (rows of ``arity`` along some dim): ``plain`` under autocast,
+    torch.compile or for small problems; otherwise ``native`` where its kernel can run
+    (:func:`~lit_dendrite.nn.native.inner_kernel_mismatch`) and ``lean`` elsewhere.
 
     Autocast and compiled graphs get the plain layers because both rewrite ordinary ops (bf16 casts,
     fusion) but not the hand-written backward; small problems get them because their activations are small.
     """
+    device = x.device
     if torch.compiler.is_compiling() or torch.is_autocast_enabled(device.type):
         return "plain"
-    return "lean" if rows >= LEAN_MIN_ROWS.get(device.type, LEAN_MIN_ROWS["cpu"]) else "plain"
+    if x.numel() // linears[0].in_features < LEAN_MIN_ROWS.get(device.type, LEAN_MIN_ROWS["cpu"]):
+        return "plain"
+    return "native" if native.inner_kernel_mismatch(x, _params(linears)) is None else "lean"
 
 
 def plain_inner(x: torch.Tensor, linears: Sequence[nn.Linear]) -> torch.Tensor:
@@ -55,10 +65,33 @@ def lean_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], chunk_ro
     """Memory-lean exact evaluation along ``dim`` (removed from the output), ``chunk_rows`` rows at a time."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    params = [t for linear in linears for t in (linear.weight, linear.bias)]
     rows = x.movedim(dim, -1)
-    out = _LeanInner.apply(rows.reshape(-1, rows.shape[-1]), chunk_rows, *params)
+    out = _LeanInner.apply(rows.reshape(-1, rows.shape[-1]), chunk_rows, *_params(linears))
     return out.view(rows.shape[:-1])
+
+
+def native_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear]) -> torch.Tensor:
+    """The lean evaluation along ``dim`` by the native CPU kernel; a clear error where it cannot run."""
+    params = _params(linears)
+    mismatch = native.inner_kernel_mismatch(x, params)
+    if mismatch is not None:
+        raise ValueError(f"InnerNet.impl='native' cannot run here: {mismatch}; use impl='auto'")
+    rows = x.movedim(dim, -1)
+    out = _NativeInner.apply(rows.reshape(-1, rows.shape[-1]).contiguous(), *params)
+    return out.view(rows.shape[:-1])
+
+
+def _params(linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
+    return [t for linear in linears for t in (linear.weight, linear.bias)]
+
+
+def _output_layer_grads(
+    weight: torch.Tensor, bias: torch.Tensor, out_weight: torch.Tensor, product: torch.Tensor, gated_sum: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the last hidden layer (``weight``, ``bias``) and of the output weights from ``product`` = G^T a
+    and ``gated_sum`` = colsum(G), G the output gradient gated by the last hidden layer's ReLU (see _LeanInner)."""
+    grad_out_weight = ((weight * product).sum(1) + bias * gated_sum).unsqueeze(0)
+    return out_weight.unsqueeze(1) * product, out_weight * gated_sum, grad_out_weight
 
 
 class _ChunkViews:
@@ -184,9 +217,30 @@ class _LeanInner(torch.autograd.Function):
         grad_w.insert(0, grad_first[:-1].t())
         grad_b.insert(0, grad_first[-1])
         # The last hidden layer's sums were taken with G, not with the output weight folded in (see above).
-        product, gated_sum = grad_w[-1], grad_b[-1]
-        grad_w[-1] = out_weight.unsqueeze(1) * product
-        grad_b[-1] = out_weight * gated_sum
-        grad_out_weight = ((hidden[-1] * product).sum(1) + biases[-2] * gated_sum).unsqueeze(0)
+        grad_w[-1], grad_b[-1], grad_out_weight = _output_layer_grads(
+            hidden[-1], biases[-2], out_weight, grad_w[-1], grad_b[-1]
+        )
         grad_params = [t for pair in zip(grad_w, grad_b) for t in pair]
         return (grad_x, None, *grad_params, grad_out_weight, grad_out.sum().reshape(1))
+
+
+class _NativeInner(torch.autograd.Function):
+    """``(rows, w1, b1, w2, b2, w3, b3) -> inner(rows)`` by ``inner_kernel.c``, saving only ``rows`` for backward;
+    the gradients are :class:`_LeanInner`'s, with every elementwise step fused into the kernel's matrix products."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, *params)
+        return native.inner_forward(rows, params)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, *params = ctx.saved_tensors
+        need_params = any(ctx.needs_input_grad[1:])
+        grad_x, sums = native.inner_backward(rows, grad_out.contiguous(), params, ctx.needs_input_grad[0], need_params)
+        if sums is None:
+            return (grad_x, *[None] * len(params))
+        product, gated_sum, first_weight_t, first_bias, grad_sum = sums
+        hidden_grads = _output_layer_grads(params[2], params[3], params[4][0], product, gated_sum)
+        return (grad_x, first_weight_t.t(), first_bias, *hidden_grads, grad_sum)

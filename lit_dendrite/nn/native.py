@@ -1,12 +1,14 @@
-"""Native CPU kernel of the frozen fast path, compiled on first use with the system C compiler.
+"""Native CPU kernels, compiled on first use with the system C compiler into one library.
 
-``table_kernel.c`` fuses a dendritic layer's LayerNorm, the table lookup of its 2-argument neurons and the conv
-layer's max-pool (see :meth:`lit_dendrite.nn.tabulated.InnerTable.normalized`). It is built with ``$CC`` (default
-``cc``) and ``-O3 -march=native -fopenmp`` into a per-user cache, ``$LIT_DENDRITE_CACHE`` or
-``~/.cache/lit_dendrite``, named by a hash of the source, the flags, the compiler and the CPU, so that nodes of a
-cluster sharing a home directory each get their own build. The library is written to a temporary name and renamed,
-so concurrent jobs never load a half-written file. Without a working compiler (a warning says so), or with
-``LIT_DENDRITE_NATIVE=0``, tables use the pure-torch path, which gives the same values more slowly.
+``inner_kernel.c`` evaluates the exact inner net, forward and backward, block by block in the cache (the ``native``
+implementation of :mod:`lit_dendrite.nn.inner_kernels`); ``table_kernel.c`` fuses a dendritic layer's LayerNorm, the
+table lookup of its 2-argument neurons and the conv layer's max-pool (see
+:meth:`lit_dendrite.nn.tabulated.InnerTable.normalized`). The library is built with ``$CC`` (default ``cc``) and
+``-O3 -march=native -fopenmp`` into a per-user cache, ``$LIT_DENDRITE_CACHE`` or ``~/.cache/lit_dendrite``, named by
+a hash of the sources, the flags, the compiler and the CPU, so that nodes of a cluster sharing a home directory each
+get their own build. It is written to a temporary name and renamed, so concurrent jobs never load a half-written
+file. Without a working compiler (a warning says so), or with ``LIT_DENDRITE_NATIVE=0``, the pure-torch paths run:
+the same values, more slowly.
 """
 
 from __future__ import annotations
@@ -20,18 +22,17 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from lit_dendrite.nn.neurons import LAYER_NORM_EPS
-
-SOURCE = Path(__file__).with_name("table_kernel.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("inner_kernel.c", "table_kernel.c"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-shared", "-fPIC")
 
 
 def native_enabled() -> bool:
-    """Whether the native kernel may be used (``LIT_DENDRITE_NATIVE=0`` turns it off)."""
+    """Whether the native kernels may be used (``LIT_DENDRITE_NATIVE=0`` turns it off)."""
     return os.environ.get("LIT_DENDRITE_NATIVE", "1") != "0"
 
 
@@ -41,7 +42,7 @@ def cache_dir() -> Path:
 
 
 def build_kernel(directory: Path, flags: tuple[str, ...] = FLAGS) -> Path:
-    """Compile ``table_kernel.c`` with ``flags`` into ``directory`` unless the same build is there; returns its path.
+    """Compile the kernels' sources with ``flags`` into ``directory`` unless the same build is there; returns its path.
 
     Raises ``RuntimeError`` with the compiler's message when it cannot be built.
     """
@@ -50,18 +51,20 @@ def build_kernel(directory: Path, flags: tuple[str, ...] = FLAGS) -> Path:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH; install gcc or set CC")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), version.encode(), _cpu_description().encode()):
+    for part in (*(source.read_bytes() for source in SOURCES), " ".join(flags).encode(), version.encode()):
         key.update(part)
-    target = directory / f"table_kernel-{key.hexdigest()[:16]}.so"
+    key.update(_cpu_description().encode())
+    target = directory / f"lit_dendrite_kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         built = Path(scratch) / target.name
-        command = [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"]
+        command = [compiler, *flags, *map(str, SOURCES), "-o", str(built), "-lm"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} could not build {SOURCE.name}:\n{result.stderr.strip()}")
+            names = " and ".join(source.name for source in SOURCES)
+            raise RuntimeError(f"{compiler} could not build {names}:\n{result.stderr.strip()}")
         os.replace(built, target)
     return target
 
@@ -69,22 +72,29 @@ def build_kernel(directory: Path, flags: tuple[str, ...] = FLAGS) -> Path:
 def load_kernel(path: Path) -> ctypes.CDLL:
     """Load a built kernel library and declare its functions' signatures."""
     library = ctypes.CDLL(str(path))
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function = library.layer_norm_table_lookup
-    function.restype = None
+    pointer, size, integer = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     shape, table, outputs = [size] * 5, [pointer] * 3, [pointer] * 4
-    function.argtypes = [pointer, pointer, *shape, ctypes.c_double, *table, size, *outputs, ctypes.c_int]
+    net_shape, weights = [size, integer, integer, integer], [pointer] * 4
+    signatures = {
+        "layer_norm_table_lookup": [pointer, pointer, *shape, ctypes.c_double, *table, size, *outputs, integer],
+        "inner_forward": [pointer, pointer, *net_shape, *weights, pointer, ctypes.c_double, integer],
+        "inner_backward": [pointer, pointer, *net_shape, *weights, pointer, pointer, pointer, integer],
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(library, name)
+        function.restype = None if name == "layer_norm_table_lookup" else integer  # inner_*: 1 if out of memory
+        function.argtypes = argtypes
     return library
 
 
 @functools.cache
-def table_kernel() -> ctypes.CDLL | None:
-    """The compiled kernel, built on the first call of a process; None (with a warning) when it cannot be built."""
+def kernel_library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on the first call of a process; None (with a warning) when they cannot be built."""
     try:
         return load_kernel(build_kernel(cache_dir()))
     except (RuntimeError, OSError) as error:
         warnings.warn(
-            f"the frozen table's native CPU kernel is unavailable, tables use the slower pure-torch path: {error} "
+            f"the native CPU kernels are unavailable, inner nets and tables use the slower pure-torch paths: {error} "
             "(a C compiler and a writable $LIT_DENDRITE_CACHE build it; LIT_DENDRITE_NATIVE=0 skips it)",
             RuntimeWarning,
             stacklevel=2,
@@ -98,19 +108,19 @@ def normalized_table_lookup(
     cells: torch.Tensor,
     scale: torch.Tensor,
     offset: torch.Tensor,
+    eps: float,
     pool: int = 1,
     library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LayerNorm of contiguous float32 CPU ``z`` over its last ``normalized_ndim`` dims, the 2-D table lookup of each
-    adjacent pair of the last dim, then with ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps over H and W.
+    """LayerNorm (epsilon ``eps``) of contiguous float32 CPU ``z`` over its last ``normalized_ndim`` dims, the 2-D table
+    lookup of each adjacent pair of the last dim, then with ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps
+    over H and W.
 
     Returns (values, mean, rstd, outside): values has the shape of ``z`` with the last dim halved (and H, W
     pooled), mean and rstd one entry per sample, outside the flat indices of the values that involve a pair outside
-    the box (or NaN): those values are NaN. ``library`` defaults to :func:`table_kernel`.
+    the box (or NaN): those values are NaN. ``library`` defaults to :func:`kernel_library`.
     """
-    library = library if library is not None else table_kernel()
-    if library is None:
-        raise RuntimeError("the native table kernel is unavailable; check native_available() first")
+    library = _library(library)
     if z.dtype != torch.float32 or z.device.type != "cpu" or not z.is_contiguous() or z.shape[-1] % 2:
         raise ValueError(
             f"the native table kernel needs a contiguous float32 CPU tensor with pairs in the last dim, "
@@ -142,7 +152,7 @@ def normalized_table_lookup(
         width,
         units,
         pool,
-        LAYER_NORM_EPS,
+        eps,
         scale.data_ptr(),
         offset.data_ptr(),
         cells.data_ptr(),
@@ -159,9 +169,97 @@ def normalized_table_lookup(
     return values, mean, rstd, candidates[values.view(-1)[candidates].isnan()]
 
 
+def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
+    """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (x, *params)):
+        return f"it needs float32 CPU inputs and weights, got {x.dtype} inputs on {x.device}"
+    if len(params) != 6 or params[-2].shape[0] != 1:
+        return f"it needs an inner net of 2 hidden layers and 1 output, got {len(params) // 2 - 1} hidden layers"
+    widths = [params[0].shape[0], params[2].shape[0]]
+    if any(width % 16 for width in widths):
+        return f"it needs hidden widths that are multiples of 16, got {widths}"
+    if not native_available():
+        return "the native kernels are unavailable (LIT_DENDRITE_NATIVE=0, or no C compiler: see the warning)"
+    return None
+
+
+def inner_forward(
+    rows: torch.Tensor, params: Sequence[torch.Tensor], library: ctypes.CDLL | None = None
+) -> torch.Tensor:
+    """The inner net ``params`` (W1, b1, W2, b2, w3, b3) on each row of contiguous float32 CPU ``rows`` (n, arity)."""
+    library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, b3) = _inner_call(rows, params, library)
+    out = rows.new_empty(len(rows))
+    failed = library.inner_forward(
+        rows.data_ptr(), out.data_ptr(), len(rows), arity, h1, h2, w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(),
+        b2.data_ptr(), w3.data_ptr(), b3.item(), torch.get_num_threads(),
+    )  # fmt: skip
+    _check_allocated(failed)
+    return out
+
+
+def inner_backward(
+    rows: torch.Tensor,
+    grad_out: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    input_grad: bool,
+    param_sums: bool,
+    library: ctypes.CDLL | None = None,
+) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+    """Backward of :func:`inner_forward` for the output gradient ``grad_out``: the rows' gradient (``input_grad``) and
+    (``param_sums``) the sums the weight gradients are made of: ``[P, s, dW1^T, db1, sum(grad_out)]`` with
+    ``G = grad_out * [h2 > 0]``, ``P = G^T relu(h1)`` and ``s = colsum(G)`` (see ``inner_kernel.c``)."""
+    library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, _) = _inner_call(rows, params, library)
+    if grad_out.shape != rows.shape[:1] or grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
+        raise ValueError(f"grad_out must be a contiguous float32 vector of {len(rows)} values, got {grad_out.shape}")
+    w2out = (w3.unsqueeze(1) * params[2]).contiguous()
+    grad_rows = torch.empty_like(rows) if input_grad else None
+    sizes = [h2 * h1, h2, arity * h1, h1, 1]
+    sums = rows.new_zeros(sum(sizes)) if param_sums else None
+    failed = library.inner_backward(
+        rows.data_ptr(), grad_out.data_ptr(), len(rows), arity, h1, h2, w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(),
+        b2.data_ptr(), w2out.data_ptr(), 0 if grad_rows is None else grad_rows.data_ptr(),
+        0 if sums is None else sums.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _check_allocated(failed)
+    if sums is None:
+        return grad_rows, None
+    product, gated_sum, first_weight_t, first_bias, grad_sum = sums.split(sizes)
+    return grad_rows, [product.view(h2, h1), gated_sum, first_weight_t.view(arity, h1), first_bias, grad_sum]
+
+
+def _inner_call(
+    rows: torch.Tensor, params: Sequence[torch.Tensor], library: ctypes.CDLL | None
+) -> tuple[ctypes.CDLL, tuple[int, int, int], list[torch.Tensor]]:
+    """The library, (arity, h1, h2) and the weights as the kernel takes them, after checking what C will read."""
+    library = _library(library)
+    mismatch = inner_kernel_mismatch(rows, params)
+    if mismatch is not None:
+        raise ValueError(f"the native inner kernel cannot run: {mismatch}")
+    if rows.dim() != 2 or not rows.is_contiguous() or params[0].shape[1] != rows.shape[1]:
+        raise ValueError(f"rows must be contiguous (n, {params[0].shape[1]}), got {tuple(rows.shape)}")
+    w1, b1, w2, b2, w3, b3 = (t.detach() for t in params)
+    if w2.shape[1] != w1.shape[0] or w3.shape[1] != w2.shape[0]:
+        raise ValueError(f"inconsistent inner-net weights: {[tuple(t.shape) for t in params]}")
+    shape = (w1.shape[1], w1.shape[0], w2.shape[0])
+    prepared = [w1.t().contiguous(), b1.contiguous(), w2.t().contiguous(), b2.contiguous(), w3[0].contiguous(), b3]
+    return library, shape, prepared
+
+
+def _check_allocated(failed: int) -> None:
+    if failed:
+        raise MemoryError("the native inner kernel could not allocate its per-thread buffers")
+
+
 def native_available() -> bool:
-    """Whether the native kernel is enabled and built (builds it on the first call)."""
-    return native_enabled() and table_kernel() is not None
+    """Whether the native kernels are enabled and built (builds them on the first call)."""
+    return native_enabled() and kernel_library() is not None
+
+
+def _library(library: ctypes.CDLL | None) -> ctypes.CDLL:
+    library = library if library is not None else kernel_library()
+    if library is None:
+        raise RuntimeError("the native kernels are unavailable; check native_available() first")
+    return library
 
 
 def _cpu_description() -> str:

@@ -22,7 +22,7 @@ from torch import nn
 
 from lit_dendrite.nn import native
 from lit_dendrite.nn.inner import InnerNet
-from lit_dendrite.nn.neurons import LearnedNeuron, learned_neurons
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron, learned_neurons
 
 DEFAULT_GRID = {1: 4097, 2: 257, 3: 129}
 ERROR_SAMPLES = 1 << 14
@@ -119,7 +119,7 @@ class InnerTable(nn.Module):
         self._check_unchanged(inner)
         z = z.contiguous()
         values, mean, rstd, outside = native.normalized_table_lookup(
-            z, normalized_ndim, self.cells, self.index_scale, self.index_offset, pool
+            z, normalized_ndim, self.cells, self.index_scale, self.index_offset, LAYER_NORM_EPS, pool
         )
         window = pool * pool
         self.rows_total += values.numel() * window
