@@ -89,6 +89,17 @@ static void first_layer(const net_t *net, const float *x, int64_t n, float *h)
         }
 }
 
+/* call(nv) for each block of up to TILE_VECS vectors of columns c of a layer of `width` units */
+#define BY_COLUMN_BLOCKS(width, call)                                                                                  \
+    for (int c = 0; c < (width); c += TILE_VECS * LANES) {                                                            \
+        switch (((width) - c) / LANES) {                                                                               \
+        case 1: call(1); break;                                                                                        \
+        case 2: call(2); break;                                                                                        \
+        case 3: call(3); break;                                                                                        \
+        default: call(4); break;                                                                                       \
+        }                                                                                                              \
+    }
+
 /* Second layer on a block: out[r] += relu(h2[r]) . w3 (forward), or G[r] = g[r] * [h2[r] > 0] (g non-null) */
 INLINE void second_layer_cols(const net_t *net, const float *h, int c, const float *g, float *out, float *G,
                               const int nv)
@@ -113,22 +124,16 @@ INLINE void second_layer_cols(const net_t *net, const float *h, int c, const flo
 
 static void second_layer(const net_t *net, const float *h, const float *g, float *out, float *G)
 {
-    for (int c = 0; c < net->h2; c += TILE_VECS * LANES) {
-        switch ((net->h2 - c) / LANES) {
-        case 1: second_layer_cols(net, h, c, g, out, G, 1); break;
-        case 2: second_layer_cols(net, h, c, g, out, G, 2); break;
-        case 3: second_layer_cols(net, h, c, g, out, G, 3); break;
-        default: second_layer_cols(net, h, c, g, out, G, 4); break;
-        }
-    }
+#define SECOND_CALL(nv) second_layer_cols(net, h, c, g, out, G, nv)
+    BY_COLUMN_BLOCKS(net->h2, SECOND_CALL)
 }
 
-/* P += G^T h over the block (P is h2 x h1) */
-INLINE void accumulate_p_cols(const net_t *net, const float *G, const float *h, float *P, int c, const int nv)
+/* P = G^T h over the block (P is h2 x h1) */
+INLINE void block_p_cols(const net_t *net, const float *G, const float *h, float *P, int c, const int nv)
 {
     vec acc[P_TILE_ROWS][TILE_VECS];
     for (int j0 = 0; j0 < net->h2; j0 += P_TILE_ROWS) {
-        tile(acc, G + j0, 1, net->h2, h + c, net->h1, BLOCK_ROWS, P + j0 * net->h1 + c, net->h1, P_TILE_ROWS, nv);
+        tile(acc, G + j0, 1, net->h2, h + c, net->h1, BLOCK_ROWS, NULL, 0, P_TILE_ROWS, nv);
         for (int r = 0; r < P_TILE_ROWS; ++r)
             for (int v = 0; v < nv; ++v)
                 store(P + (j0 + r) * net->h1 + c + v * LANES, acc[r][v]);
@@ -149,23 +154,16 @@ INLINE void below_cols(const net_t *net, const float *G, const float *h, float *
     }
 }
 
-#define BY_COLUMN_BLOCKS(width, call)                                                                                  \
-    for (int c = 0; c < (width); c += TILE_VECS * LANES) {                                                            \
-        switch (((width) - c) / LANES) {                                                                               \
-        case 1: call(1); break;                                                                                        \
-        case 2: call(2); break;                                                                                        \
-        case 3: call(3); break;                                                                                        \
-        default: call(4); break;                                                                                       \
-        }                                                                                                              \
-    }
-
+/* A thread's buffers: a block's h1, G and G1, its sums (float, laid out as `sums` below) and the thread's totals of
+ * them (double, so that sums over millions of rows lose no more than torch's) */
 typedef struct {
-    float *h, *G, *G1, *P, *s, *w1, *b1, g_sum;
+    float *h, *G, *G1, *block;
+    double *total;
 } scratch_t;
 
-/* One block of backward: the thread's sums (P, s, dW1^T, db1, sum g) and the block's input gradient */
+/* One block of backward: its input gradient and, with need_params, its sums added to the thread's totals */
 static void backward_block(const net_t *net, const float *x, const float *g_in, int64_t n, float *grad_x,
-                           int need_params, scratch_t *t)
+                           int64_t sum_size, scratch_t *t)
 {
     float g[BLOCK_ROWS];
     for (int r = 0; r < BLOCK_ROWS; ++r)
@@ -173,33 +171,38 @@ static void backward_block(const net_t *net, const float *x, const float *g_in, 
     first_layer(net, x, n, t->h);
     second_layer(net, t->h, g, NULL, t->G);
     const int h1 = net->h1, h2 = net->h2, arity = net->arity;
-    if (need_params) {
-#define P_CALL(nv) accumulate_p_cols(net, t->G, t->h, t->P, c, nv)
+    float *P = t->block, *s = P + (int64_t)h2 * h1, *w1 = s + h2, *b1 = w1 + (int64_t)arity * h1, *g_sum = b1 + h1;
+    if (sum_size) {
+#define P_CALL(nv) block_p_cols(net, t->G, t->h, P, c, nv)
         BY_COLUMN_BLOCKS(h1, P_CALL)
         for (int j = 0; j < h2; j += LANES) {
-            vec acc = load(t->s + j);
+            vec acc = splat(0.0f);
             for (int r = 0; r < BLOCK_ROWS; ++r)
                 acc += load(t->G + r * h2 + j);
-            store(t->s + j, acc);
+            store(s + j, acc);
         }
+        *g_sum = 0.0f;
         for (int r = 0; r < n; ++r)
-            t->g_sum += g[r];
+            *g_sum += g[r];
     }
 #define BELOW_CALL(nv) below_cols(net, t->G, t->h, t->G1, c, nv)
     BY_COLUMN_BLOCKS(h1, BELOW_CALL)
-    if (need_params)
+    if (sum_size) {
         for (int c = 0; c < h1; c += LANES) {
-            vec db = load(t->b1 + c);
+            vec db = splat(0.0f);
             for (int r = 0; r < n; ++r)
                 db += load(t->G1 + r * h1 + c);
-            store(t->b1 + c, db);
+            store(b1 + c, db);
             for (int a = 0; a < arity; ++a) {
-                vec dw = load(t->w1 + a * h1 + c);
+                vec dw = splat(0.0f);
                 for (int r = 0; r < n; ++r)
                     dw += splat(x[r * arity + a]) * load(t->G1 + r * h1 + c);
-                store(t->w1 + a * h1 + c, dw);
+                store(w1 + a * h1 + c, dw);
             }
         }
+        for (int64_t i = 0; i < sum_size; ++i)
+            t->total[i] += t->block[i];
+    }
     if (grad_x)
         for (int r = 0; r < n; ++r)
             for (int a = 0; a < arity; ++a) {
@@ -244,20 +247,21 @@ int inner_forward(const float *x, float *out, int64_t rows, int arity, int h1, i
     return failed;
 }
 
-/* sums: P (h2 x h1), s (h2), dW1^T (arity x h1), db1 (h1), sum g (1), zeroed by the caller; null to skip them */
+/* sums (double): P (h2 x h1), s (h2), dW1^T (arity x h1), db1 (h1), sum g (1), zeroed by the caller; null to skip */
 int inner_backward(const float *x, const float *grad_out, int64_t rows, int arity, int h1, int h2, const float *w1t,
-                   const float *b1, const float *w2t, const float *b2, const float *w2out, float *grad_x, float *sums,
+                   const float *b1, const float *w2t, const float *b2, const float *w2out, float *grad_x, double *sums,
                    int threads)
 {
     const net_t net = {arity, h1, h2, w1t, b1, w2t, b2, NULL, w2out, 0.0f};
     const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
-    const int64_t sum_size = (int64_t)h2 * h1 + h2 + (int64_t)arity * h1 + h1 + 1;
+    const int64_t sum_size = sums ? (int64_t)h2 * h1 + h2 + (int64_t)arity * h1 + h1 + 1 : 0;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        const int64_t buffer = sizeof(float) * ((int64_t)BLOCK_ROWS * (2 * h1 + h2) + sum_size + LANES);
-        float *memory = aligned_alloc(64, (buffer + 63) / 64 * 64);
-        if (!memory) {
+        const int64_t floats = (int64_t)BLOCK_ROWS * (2 * h1 + h2) + sum_size + LANES;
+        float *memory = aligned_alloc(64, (sizeof(float) * floats + 63) / 64 * 64);
+        double *total = calloc(sum_size + 1, sizeof(double));
+        if (!memory || !total) {
 #pragma omp atomic write
             failed = 1;
         }
@@ -266,29 +270,20 @@ int inner_backward(const float *x, const float *grad_out, int64_t rows, int arit
 #pragma omp atomic read
         stop = failed;
         if (!stop) {
-            memset(memory, 0, buffer);
-            scratch_t t = {0};
-            t.h = memory;
-            t.G = t.h + BLOCK_ROWS * h1;
-            t.G1 = t.G + BLOCK_ROWS * h2;
-            t.P = t.G1 + BLOCK_ROWS * h1;
-            t.s = t.P + (int64_t)h2 * h1;
-            t.w1 = t.s + h2;
-            t.b1 = t.w1 + (int64_t)arity * h1;
+            scratch_t t = {memory, memory + BLOCK_ROWS * h1, memory + BLOCK_ROWS * (h1 + h2),
+                           memory + BLOCK_ROWS * (2 * h1 + h2), total};
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
-                backward_block(&net, x + r0 * arity, grad_out + r0, n, grad_x ? grad_x + r0 * arity : NULL,
-                               sums != NULL, &t);
+                backward_block(&net, x + r0 * arity, grad_out + r0, n, grad_x ? grad_x + r0 * arity : NULL, sum_size,
+                               &t);
             }
-            if (sums) {
-                t.b1[h1] = t.g_sum;
 #pragma omp critical
-                for (int64_t i = 0; i < sum_size; ++i)
-                    sums[i] += t.P[i];
-            }
+            for (int64_t i = 0; i < sum_size; ++i)
+                sums[i] += total[i];
         }
         free(memory);
+        free(total);
     }
     return failed;
 }

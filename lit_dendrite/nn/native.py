@@ -214,7 +214,7 @@ def inner_backward(
     w2out = (w3.unsqueeze(1) * params[2]).contiguous()
     grad_rows = torch.empty_like(rows) if input_grad else None
     sizes = [h2 * h1, h2, arity * h1, h1, 1]
-    sums = rows.new_zeros(sum(sizes)) if param_sums else None
+    sums = rows.new_zeros(sum(sizes), dtype=torch.float64) if param_sums else None
     failed = library.inner_backward(
         rows.data_ptr(), grad_out.data_ptr(), len(rows), arity, h1, h2, w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(),
         b2.data_ptr(), w2out.data_ptr(), 0 if grad_rows is None else grad_rows.data_ptr(),
@@ -223,7 +223,7 @@ def inner_backward(
     _check_allocated(failed)
     if sums is None:
         return grad_rows, None
-    product, gated_sum, first_weight_t, first_bias, grad_sum = sums.split(sizes)
+    product, gated_sum, first_weight_t, first_bias, grad_sum = sums.float().split(sizes)
     return grad_rows, [product.view(h2, h1), gated_sum, first_weight_t.view(arity, h1), first_bias, grad_sum]
 
 
