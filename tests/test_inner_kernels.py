@@ -139,37 +139,22 @@ def test_portable_native_build_gives_the_same_values(tmp_path):
 
 
 @pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
-def test_native_network_gradients_match_plain(build):
+@pytest.mark.parametrize(("impl", "dtype"), [("lean", torch.double), ("native", torch.float)])
+def test_whole_network_gradients_equal_between_implementations(build, impl, dtype):
     torch.manual_seed(0)
-    net = build(dropout=0.0)
-    x = torch.rand(3, *net.in_shape)
+    net = build(dropout=0.0).to(dtype)
+    x = torch.rand(3, *net.in_shape, dtype=dtype)
     results = {}
-    for impl in ("plain", "native"):
-        net.inner.impl = impl
+    for name in ("plain", impl):
+        net.inner.impl, net.inner.chunk_rows = name, 500
         net.zero_grad()
         logits = net(x)
         logits.square().sum().backward()
-        results[impl] = (logits.detach(), [p.grad.clone() for p in net.parameters()])
-    torch.testing.assert_close(results["native"][0], results["plain"][0])
-    for a, b in zip(results["native"][1], results["plain"][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
-
-
-@pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
-def test_whole_network_gradients_equal_between_implementations(build):
-    torch.manual_seed(0)
-    net = build(dropout=0.0).double()
-    x = torch.rand(3, *net.in_shape, dtype=torch.double)
-    results = {}
-    for impl in ("plain", "lean"):
-        net.inner.impl, net.inner.chunk_rows = impl, 500
-        net.zero_grad()
-        logits = net(x)
-        logits.square().sum().backward()
-        results[impl] = (logits.detach(), [p.grad.clone() for p in net.parameters()])
-    torch.testing.assert_close(results["lean"][0], results["plain"][0])
-    for a, b in zip(results["lean"][1], results["plain"][1]):
-        torch.testing.assert_close(a, b)
+        results[name] = (logits.detach(), [p.grad.clone() for p in net.parameters()])
+    torch.testing.assert_close(results[impl][0], results["plain"][0])
+    for a, b in zip(results[impl][1], results["plain"][1]):
+        float_tolerance = {"rtol": 1e-4, "atol": 1e-5 * float(b.abs().max())}
+        torch.testing.assert_close(a, b, **({} if dtype == torch.double else float_tolerance))
 
 
 @pytest.mark.parametrize("impl", ["lean", "native"])

@@ -213,6 +213,20 @@ static void backward_block(const net_t *net, const float *x, const float *g_in, 
             }
 }
 
+/* Whether every thread of the team got its buffers; called by all of them, it records a failure in `failed` */
+static int team_allocated(int allocated, int *failed)
+{
+    if (!allocated) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+#pragma omp barrier
+    int any_failed;
+#pragma omp atomic read
+    any_failed = *failed;
+    return !any_failed;
+}
+
 /* Both functions return 0, or 1 when a thread's buffers could not be allocated (then nothing was computed) */
 int inner_forward(const float *x, float *out, int64_t rows, int arity, int h1, int h2, const float *w1t,
                   const float *b1, const float *w2t, const float *b2, const float *w3, double b3, int threads)
@@ -224,15 +238,7 @@ int inner_forward(const float *x, float *out, int64_t rows, int arity, int h1, i
     {
         float *h = aligned_alloc(64, sizeof(float) * BLOCK_ROWS * h1);
         float block_out[BLOCK_ROWS];
-        if (!h) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        int stop;
-#pragma omp atomic read
-        stop = failed;
-        if (!stop)
+        if (team_allocated(h != NULL, &failed))
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
@@ -261,15 +267,7 @@ int inner_backward(const float *x, const float *grad_out, int64_t rows, int arit
         const int64_t floats = (int64_t)BLOCK_ROWS * (2 * h1 + h2) + sum_size + LANES;
         float *memory = aligned_alloc(64, (sizeof(float) * floats + 63) / 64 * 64);
         double *total = calloc(sum_size + 1, sizeof(double));
-        if (!memory || !total) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        int stop;
-#pragma omp atomic read
-        stop = failed;
-        if (!stop) {
+        if (team_allocated(memory && total, &failed)) {
             scratch_t t = {memory, memory + BLOCK_ROWS * h1, memory + BLOCK_ROWS * (h1 + h2),
                            memory + BLOCK_ROWS * (2 * h1 + h2), total};
 #pragma omp for schedule(static)
