@@ -5,6 +5,7 @@ import torch
 
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile, native
 from lit_dendrite.nn.inner_kernels import LEAN_MIN_ROWS, choose_impl, lean_inner, native_inner, plain_inner
+from lit_dendrite.nn.neurons import learned_neurons
 
 LAYOUTS = [((6, 5, 2), -1), ((3, 4, 2, 5, 6), 2), ((2, 3, 2, 9, 11), 2), ((4, 3, 1, 7), 2)]
 
@@ -130,12 +131,15 @@ def test_portable_native_build_gives_the_same_values(tmp_path):
     params = [p.detach() for p in inner.parameters()]
     portable = native.load_kernel(native.build_kernel(tmp_path, (*native.FLAGS, "-mno-avx512f")))
     rows, grad_out = torch.randn(1001, 2), torch.randn(1001)
+    results = []
     for library in (None, portable):
-        out = native.inner_forward(rows, params, library=library)
-        grad_rows, sums = native.inner_backward(rows, grad_out, params, True, True, library=library)
-        if library is None:
-            expected = (out, grad_rows, sums)
-    torch.testing.assert_close((out, grad_rows, sums), expected)
+        out, signs = native.inner_forward(rows, params, keep_signs=True, library=library)
+        kept = native.inner_backward(rows, grad_out, params, True, True, signs=signs, library=library)
+        recomputed = native.inner_backward(rows, grad_out, params, True, True, library=library)
+        results.append((out, signs, kept, recomputed))
+    assert torch.equal(results[0][1], results[1][1])  # the same sign bits from both ways of packing them
+    torch.testing.assert_close(results[1], results[0])
+    torch.testing.assert_close(results[0][2], results[0][3])  # kept signs give what recomputing h2 gives
 
 
 @pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
@@ -155,6 +159,31 @@ def test_whole_network_gradients_equal_between_implementations(build, impl, dtyp
     for a, b in zip(results[impl][1], results["plain"][1]):
         float_tolerance = {"rtol": 1e-4, "atol": 1e-5 * float(b.abs().max())}
         torch.testing.assert_close(a, b, **({} if dtype == torch.double else float_tolerance))
+
+
+def test_native_layers_give_the_same_gradients_twice_through_a_retained_graph():
+    """The first backward uses the signs kept by the forward pass and frees them; a second one recomputes them."""
+    torch.manual_seed(0)
+    net = DendriticCNN(dropout=0.0)
+    loss = net(torch.rand(2, *net.in_shape)).square().sum()
+    first = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(net.parameters()))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+
+
+def test_hooks_on_a_neuron_see_its_inputs_on_the_fused_paths():
+    """The native layers fuse LayerNorm and the inner net, bypassing the neuron's forward, unless it has hooks."""
+    torch.manual_seed(0)
+    net = DendriticCNN(dropout=0.0)
+    x = torch.rand(2, *net.in_shape)
+    neuron = learned_neurons(net)["features.0.neuron"]
+    expected = net(x)
+    seen = []
+    neuron.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    net(x).sum().backward()
+    assert seen == [(2, 30, 30, 60, 2)]
+    torch.testing.assert_close(net(x), expected)
 
 
 @pytest.mark.parametrize("impl", ["lean", "native"])

@@ -46,14 +46,18 @@ class InnerNet(nn.Module):
         """The inner net applied along ``dim`` (size ``arity``, removed from the output), without moving it."""
         if x.dim() == 0 or x.shape[dim] != self.arity:
             raise ValueError(f"InnerNet expects size arity={self.arity} along dim {dim}, got shape {tuple(x.shape)}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"InnerNet.impl must be one of {IMPLS}, got {self.impl!r}")
-        impl = choose_impl(x, self.linears) if self.impl == "auto" else self.impl
+        impl = self.implementation(x)
         if impl == "plain":
             return plain_inner(x.movedim(dim, -1), self.linears)
         if impl == "native":
             return native_inner(x, dim, self.linears)
         return lean_inner(x, dim, self.linears, self.chunk_rows or default_chunk_rows(x.device))
+
+    def implementation(self, x: torch.Tensor) -> str:
+        """The implementation that evaluates inputs like ``x``: ``impl``, or the automatic choice for ``x``."""
+        if self.impl not in IMPLS:
+            raise ValueError(f"InnerNet.impl must be one of {IMPLS}, got {self.impl!r}")
+        return choose_impl(x, self.linears) if self.impl == "auto" else self.impl
 
     def extra_repr(self) -> str:
         return f"impl={self.impl!r}, chunk_rows={self.chunk_rows}"

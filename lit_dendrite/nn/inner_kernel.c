@@ -1,5 +1,6 @@
 /* The exact inner net's CPU kernel: forward and backward of `arity -> h1 -> h2 -> 1` (ReLU) over rows of `arity`
- * floats, fused block by block so that no (rows, h) tensor ever leaves the cache. Built and loaded by
+ * floats, fused block by block so that no (rows, h) tensor ever leaves the cache. Backward recomputes h1, and either
+ * recomputes h2 or reads its signs, kept by the forward pass at 1 bit per unit. Built and loaded by
  * lit_dendrite/nn/native.py; the autograd function around it is in lit_dendrite/nn/inner_kernels.py.
  *
  * Weights come prepared by the caller: w1t (arity, h1) = W1^T, w2t (h1, h2) = W2^T and, for backward,
@@ -12,6 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #define LANES 16
 /* Register tiles of TILE_ROWS rows by TILE_VECS vectors: 24 accumulators, 4 weight vectors and a broadcast fit the
@@ -37,6 +41,25 @@ INLINE vec keep(vec v, ivec mask) { return (vec)((ivec)v & mask); }
 /* lanes not <= 0: positive or NaN, so that NaN propagates as through torch.relu and its backward */
 INLINE ivec active(vec v) { return ~(v <= 0); }
 INLINE vec relu(vec v) { return keep(v, active(v)); }
+
+/* a mask of LANES lanes as LANES bits, lane i in bit i, and back */
+INLINE uint16_t pack(ivec mask)
+{
+#ifdef __AVX512F__
+    return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask);
+#else
+    uint16_t bits = 0;
+    for (int i = 0; i < LANES; ++i)
+        bits |= (uint16_t)((mask[i] & 1) << i);
+    return bits;
+#endif
+}
+
+INLINE ivec unpack(uint16_t bits)
+{
+    const ivec lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    return ((int32_t)bits & lane) != 0;
+}
 
 INLINE float hsum(vec v)
 {
@@ -100,9 +123,10 @@ static void first_layer(const net_t *net, const float *x, int64_t n, float *h)
         }                                                                                                              \
     }
 
-/* Second layer on a block: out[r] += relu(h2[r]) . w3 (forward), or G[r] = g[r] * [h2[r] > 0] (g non-null) */
+/* Second layer on a block: out[r] += relu(h2[r]) . w3 and, with `signs`, the bits of [h2[r] > 0] (forward), or
+ * G[r] = g[r] * [h2[r] > 0] (g non-null) */
 INLINE void second_layer_cols(const net_t *net, const float *h, int c, const float *g, float *out, float *G,
-                              const int nv)
+                              uint16_t *signs, const int nv)
 {
     vec acc[TILE_ROWS][TILE_VECS];
     for (int r0 = 0; r0 < BLOCK_ROWS; r0 += TILE_ROWS) {
@@ -117,14 +141,17 @@ INLINE void second_layer_cols(const net_t *net, const float *h, int c, const flo
                 for (int v = 1; v < nv; ++v)
                     part += relu(acc[r][v]) * load(net->w3 + c + v * LANES);
                 out[r0 + r] += hsum(part);
+                if (signs)
+                    for (int v = 0; v < nv; ++v)
+                        signs[(r0 + r) * (net->h2 / LANES) + c / LANES + v] = pack(active(acc[r][v]));
             }
         }
     }
 }
 
-static void second_layer(const net_t *net, const float *h, const float *g, float *out, float *G)
+static void second_layer(const net_t *net, const float *h, const float *g, float *out, float *G, uint16_t *signs)
 {
-#define SECOND_CALL(nv) second_layer_cols(net, h, c, g, out, G, nv)
+#define SECOND_CALL(nv) second_layer_cols(net, h, c, g, out, G, signs, nv)
     BY_COLUMN_BLOCKS(net->h2, SECOND_CALL)
 }
 
@@ -161,15 +188,28 @@ typedef struct {
     double *total;
 } scratch_t;
 
-/* One block of backward: its input gradient and, with need_params, its sums added to the thread's totals */
-static void backward_block(const net_t *net, const float *x, const float *g_in, int64_t n, float *grad_x,
-                           int64_t sum_size, scratch_t *t)
+/* G[r] = g[r] * [h2[r] > 0] from the signs the forward pass kept */
+static void gate_by_signs(const net_t *net, const uint16_t *signs, const float *g, int64_t n, float *G)
+{
+    const int words = net->h2 / LANES;
+    for (int r = 0; r < BLOCK_ROWS; ++r)
+        for (int w = 0; w < words; ++w)
+            store(G + r * net->h2 + w * LANES, keep(splat(g[r]), unpack(r < n ? signs[r * words + w] : 0)));
+}
+
+/* One block of backward: its input gradient and, with sum_size, its sums added to the thread's totals; the signs of
+ * h2 are read from `signs` or, when it is null, recomputed */
+static void backward_block(const net_t *net, const float *x, const float *g_in, const uint16_t *signs, int64_t n,
+                           float *grad_x, int64_t sum_size, scratch_t *t)
 {
     float g[BLOCK_ROWS];
     for (int r = 0; r < BLOCK_ROWS; ++r)
         g[r] = r < n ? g_in[r] : 0.0f;
     first_layer(net, x, n, t->h);
-    second_layer(net, t->h, g, NULL, t->G);
+    if (signs)
+        gate_by_signs(net, signs, g, n, t->G);
+    else
+        second_layer(net, t->h, g, NULL, t->G, NULL);
     const int h1 = net->h1, h2 = net->h2, arity = net->arity;
     float *P = t->block, *s = P + (int64_t)h2 * h1, *w1 = s + h2, *b1 = w1 + (int64_t)arity * h1, *g_sum = b1 + h1;
     if (sum_size) {
@@ -227,36 +267,43 @@ static int team_allocated(int allocated, int *failed)
     return !any_failed;
 }
 
-/* Both functions return 0, or 1 when a thread's buffers could not be allocated (then nothing was computed) */
-int inner_forward(const float *x, float *out, int64_t rows, int arity, int h1, int h2, const float *w1t,
-                  const float *b1, const float *w2t, const float *b2, const float *w3, double b3, int threads)
+/* Both functions return 0, or 1 when a thread's buffers could not be allocated (then nothing was computed).
+ * signs: (rows, h2 / 16) words of bits [h2 > 0], written by the forward pass when non-null, and read by the
+ * backward pass instead of recomputing h2 when non-null. */
+int inner_forward(const float *x, float *out, uint16_t *signs, int64_t rows, int arity, int h1, int h2,
+                  const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w3, double b3,
+                  int threads)
 {
     const net_t net = {arity, h1, h2, w1t, b1, w2t, b2, w3, NULL, (float)b3};
-    const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS, words = h2 / LANES;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         float *h = aligned_alloc(64, sizeof(float) * BLOCK_ROWS * h1);
+        uint16_t *block_signs = signs ? malloc(sizeof(uint16_t) * BLOCK_ROWS * words) : NULL;
         float block_out[BLOCK_ROWS];
-        if (team_allocated(h != NULL, &failed))
+        if (team_allocated(h && (block_signs || !signs), &failed))
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
                 for (int r = 0; r < BLOCK_ROWS; ++r)
                     block_out[r] = net.b3;
                 first_layer(&net, x + r0 * arity, n, h);
-                second_layer(&net, h, NULL, block_out, NULL);
+                second_layer(&net, h, NULL, block_out, NULL, block_signs);
                 memcpy(out + r0, block_out, sizeof(float) * n);
+                if (signs)
+                    memcpy(signs + r0 * words, block_signs, sizeof(uint16_t) * n * words);
             }
         free(h);
+        free(block_signs);
     }
     return failed;
 }
 
 /* sums (double): P (h2 x h1), s (h2), dW1^T (arity x h1), db1 (h1), sum g (1), zeroed by the caller; null to skip */
-int inner_backward(const float *x, const float *grad_out, int64_t rows, int arity, int h1, int h2, const float *w1t,
-                   const float *b1, const float *w2t, const float *b2, const float *w2out, float *grad_x, double *sums,
-                   int threads)
+int inner_backward(const float *x, const float *grad_out, const uint16_t *signs, int64_t rows, int arity, int h1,
+                   int h2, const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w2out,
+                   float *grad_x, double *sums, int threads)
 {
     const net_t net = {arity, h1, h2, w1t, b1, w2t, b2, NULL, w2out, 0.0f};
     const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
@@ -273,8 +320,8 @@ int inner_backward(const float *x, const float *grad_out, int64_t rows, int arit
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
-                backward_block(&net, x + r0 * arity, grad_out + r0, n, grad_x ? grad_x + r0 * arity : NULL, sum_size,
-                               &t);
+                backward_block(&net, x + r0 * arity, grad_out + r0, signs ? signs + r0 * (h2 / LANES) : NULL, n,
+                               grad_x ? grad_x + r0 * arity : NULL, sum_size, &t);
             }
 #pragma omp critical
             for (int64_t i = 0; i < sum_size; ++i)

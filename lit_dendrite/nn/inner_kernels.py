@@ -72,13 +72,33 @@ def lean_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], chunk_ro
 
 def native_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear]) -> torch.Tensor:
     """The lean evaluation along ``dim`` by the native CPU kernel; a clear error where it cannot run."""
+    params = _native_params(x, linears)
+    rows = x.movedim(dim, -1)
+    out = _NativeInner.apply(rows.reshape(-1, rows.shape[-1]).contiguous(), 0, 0.0, *params)
+    return out.view(rows.shape[:-1])
+
+
+def native_normalized_inner(
+    z: torch.Tensor, normalized_ndim: int, linears: Sequence[nn.Linear], eps: float
+) -> torch.Tensor:
+    """LayerNorm (no affine, epsilon ``eps``) of ``z`` over its last ``normalized_ndim`` dims, then the inner net on
+    each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), by the native CPU kernel.
+
+    Backward recomputes the LayerNorm, so a layer keeps only ``z`` (which its LayerNorm would keep anyway), the
+    statistics and the signs of the inner net's last hidden layer.
+    """
+    params = _native_params(z, linears)
+    if z.shape[-1] % params[0].shape[1]:
+        raise ValueError(f"the last dim of {tuple(z.shape)} is not a multiple of arity {params[0].shape[1]}")
+    return _NativeInner.apply(z.contiguous(), normalized_ndim, eps, *params)
+
+
+def _native_params(x: torch.Tensor, linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
     params = _params(linears)
     mismatch = native.inner_kernel_mismatch(x, params)
     if mismatch is not None:
         raise ValueError(f"InnerNet.impl='native' cannot run here: {mismatch}; use impl='auto'")
-    rows = x.movedim(dim, -1)
-    out = _NativeInner.apply(rows.reshape(-1, rows.shape[-1]).contiguous(), *params)
-    return out.view(rows.shape[:-1])
+    return params
 
 
 def _params(linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
@@ -225,22 +245,64 @@ class _LeanInner(torch.autograd.Function):
 
 
 class _NativeInner(torch.autograd.Function):
-    """``(rows, w1, b1, w2, b2, w3, b3) -> inner(rows)`` by ``inner_kernel.c``, saving only ``rows`` for backward;
-    the gradients are :class:`_LeanInner`'s, with every elementwise step fused into the kernel's matrix products."""
+    """``(z, normalized_ndim, eps, w1, b1, w2, b2, w3, b3) -> inner(LayerNorm(z))`` by ``inner_kernel.c``, on each group
+    of ``arity`` adjacent features of ``z``'s last dim; ``normalized_ndim`` 0 skips the LayerNorm.
+
+    For backward it keeps ``z``, the LayerNorm statistics and the forward pass's signs of the last hidden layer (1 bit
+    per unit), and recomputes the LayerNorm and the first hidden layer: three matrix products per row in all, against
+    four when the last hidden layer is recomputed too. The gradients are :class:`_LeanInner`'s, with every elementwise
+    step fused into the kernel's matrix products.
+    """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows, *params)
-        return native.inner_forward(rows, params)
+    def forward(ctx, z: torch.Tensor, normalized_ndim: int, eps: float, *params: torch.Tensor) -> torch.Tensor:
+        arity = params[0].shape[1]
+        rows, statistics = _normalized_rows(z, normalized_ndim, eps, arity)
+        need_grad = any(ctx.needs_input_grad)
+        out, signs = native.inner_forward(rows, params, keep_signs=need_grad)
+        if need_grad:
+            ctx.save_for_backward(z, *statistics, *params)
+            ctx.normalized_ndim, ctx.eps, ctx.statistics = normalized_ndim, eps, len(statistics)
+            ctx.signs = signs  # not saved with the inputs: backward frees it as soon as it is used
+        return out.view(*z.shape[:-1], z.shape[-1] // arity)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, *params = ctx.saved_tensors
-        need_params = any(ctx.needs_input_grad[1:])
-        grad_x, sums = native.inner_backward(rows, grad_out.contiguous(), params, ctx.needs_input_grad[0], need_params)
+        z, *saved = ctx.saved_tensors
+        statistics, params = saved[: ctx.statistics], saved[ctx.statistics :]
+        # The signs are used once, then freed before the LayerNorm's backward; a second backward through a retained
+        # graph recomputes them (signs None).
+        signs, ctx.signs = ctx.signs, None
+        rows, _ = _normalized_rows(z, ctx.normalized_ndim, ctx.eps, params[0].shape[1])
+        need_z, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
+        # The recomputed LayerNorm output is a fresh tensor: its gradient may overwrite it
+        grad_out = grad_out.contiguous().view(-1)
+        overwrite = bool(statistics)
+        grad_rows, sums = native.inner_backward(rows, grad_out, params, need_z, need_params, signs, overwrite)
+        del signs, rows
+        grad_z = None
+        if need_z and statistics:
+            shape = z.shape[z.dim() - ctx.normalized_ndim :]
+            mask = [True, False, False]
+            grad_z = torch.ops.aten.native_layer_norm_backward(
+                grad_rows.view(z.shape), z, shape, *statistics, None, None, mask
+            )[0]
+        elif need_z:
+            grad_z = grad_rows.view(z.shape)
         if sums is None:
-            return (grad_x, *[None] * len(params))
+            return (grad_z, None, None, *[None] * len(params))
         product, gated_sum, first_weight_t, first_bias, grad_sum = sums
         hidden_grads = _output_layer_grads(params[2], params[3], params[4][0], product, gated_sum)
-        return (grad_x, first_weight_t.t(), first_bias, *hidden_grads, grad_sum)
+        return (grad_z, None, None, first_weight_t.t(), first_bias, *hidden_grads, grad_sum)
+
+
+def _normalized_rows(
+    z: torch.Tensor, normalized_ndim: int, eps: float, arity: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``z`` as rows of ``arity`` after LayerNorm over its last ``normalized_ndim`` dims (none for 0), and the
+    LayerNorm's mean and rstd: the same values in forward and in backward's recomputation."""
+    if not normalized_ndim:
+        return z.view(-1, arity), []
+    normalized, mean, rstd = torch.native_layer_norm(z, z.shape[z.dim() - normalized_ndim :], None, None, eps)
+    return normalized.view(-1, arity), [mean, rstd]

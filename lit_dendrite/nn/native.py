@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("inner_kernel.c", "table_kernel.c"))
+SIGN_BITS = 16
+"""Signs of the inner net's last hidden layer per int16 word (see :func:`inner_forward`)."""
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-shared", "-fPIC")
 
 
@@ -77,8 +79,8 @@ def load_kernel(path: Path) -> ctypes.CDLL:
     net_shape, weights = [size, integer, integer, integer], [pointer] * 4
     signatures = {
         "layer_norm_table_lookup": [pointer, pointer, *shape, ctypes.c_double, *table, size, *outputs, integer],
-        "inner_forward": [pointer, pointer, *net_shape, *weights, pointer, ctypes.c_double, integer],
-        "inner_backward": [pointer, pointer, *net_shape, *weights, pointer, pointer, pointer, integer],
+        "inner_forward": [pointer, pointer, pointer, *net_shape, *weights, pointer, ctypes.c_double, integer],
+        "inner_backward": [pointer, pointer, pointer, *net_shape, *weights, pointer, pointer, pointer, integer],
     }
     for name, argtypes in signatures.items():
         function = getattr(library, name)
@@ -184,17 +186,21 @@ def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor]) -> st
 
 
 def inner_forward(
-    rows: torch.Tensor, params: Sequence[torch.Tensor], library: ctypes.CDLL | None = None
-) -> torch.Tensor:
-    """The inner net ``params`` (W1, b1, W2, b2, w3, b3) on each row of contiguous float32 CPU ``rows`` (n, arity)."""
+    rows: torch.Tensor, params: Sequence[torch.Tensor], keep_signs: bool = False, library: ctypes.CDLL | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The inner net ``params`` (W1, b1, W2, b2, w3, b3) on each row of contiguous float32 CPU ``rows`` (n, arity),
+    and with ``keep_signs`` the signs of its last hidden layer for :func:`inner_backward`: 1 bit per unit, as
+    (n, h2 / 16) int16 words (otherwise None)."""
     library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, b3) = _inner_call(rows, params, library)
     out = rows.new_empty(len(rows))
+    signs = torch.empty(len(rows), h2 // SIGN_BITS, dtype=torch.int16) if keep_signs else None
     failed = library.inner_forward(
-        rows.data_ptr(), out.data_ptr(), len(rows), arity, h1, h2, w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(),
-        b2.data_ptr(), w3.data_ptr(), b3.item(), torch.get_num_threads(),
+        rows.data_ptr(), out.data_ptr(), 0 if signs is None else signs.data_ptr(), len(rows), arity, h1, h2,
+        w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), w3.data_ptr(), b3.item(),
+        torch.get_num_threads(),
     )  # fmt: skip
     _check_allocated(failed)
-    return out
+    return out, signs
 
 
 def inner_backward(
@@ -203,22 +209,30 @@ def inner_backward(
     params: Sequence[torch.Tensor],
     input_grad: bool,
     param_sums: bool,
+    signs: torch.Tensor | None = None,
+    overwrite_rows: bool = False,
     library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
     """Backward of :func:`inner_forward` for the output gradient ``grad_out``: the rows' gradient (``input_grad``) and
     (``param_sums``) the sums the weight gradients are made of: ``[P, s, dW1^T, db1, sum(grad_out)]`` with
-    ``G = grad_out * [h2 > 0]``, ``P = G^T relu(h1)`` and ``s = colsum(G)`` (see ``inner_kernel.c``)."""
+    ``G = grad_out * [h2 > 0]``, ``P = G^T relu(h1)`` and ``s = colsum(G)`` (see ``inner_kernel.c``). With the forward
+    pass's ``signs``, h2 is not recomputed: one matrix product per row fewer. With ``overwrite_rows`` the rows'
+    gradient is written over ``rows`` (each block is read before its gradient is written), saving a buffer."""
     library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, _) = _inner_call(rows, params, library)
     if grad_out.shape != rows.shape[:1] or grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
         raise ValueError(f"grad_out must be a contiguous float32 vector of {len(rows)} values, got {grad_out.shape}")
+    words = (len(rows), h2 // SIGN_BITS)
+    if signs is not None and (signs.shape != words or signs.dtype != torch.int16 or not signs.is_contiguous()):
+        raise ValueError(f"signs must be contiguous int16 words of shape {words}, got {tuple(signs.shape)}")
     w2out = (w3.unsqueeze(1) * params[2]).contiguous()
-    grad_rows = torch.empty_like(rows) if input_grad else None
+    grad_rows = (rows if overwrite_rows else torch.empty_like(rows)) if input_grad else None
     sizes = [h2 * h1, h2, arity * h1, h1, 1]
     sums = rows.new_zeros(sum(sizes), dtype=torch.float64) if param_sums else None
     failed = library.inner_backward(
-        rows.data_ptr(), grad_out.data_ptr(), len(rows), arity, h1, h2, w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(),
-        b2.data_ptr(), w2out.data_ptr(), 0 if grad_rows is None else grad_rows.data_ptr(),
-        0 if sums is None else sums.data_ptr(), torch.get_num_threads(),
+        rows.data_ptr(), grad_out.data_ptr(), 0 if signs is None else signs.data_ptr(), len(rows), arity, h1, h2,
+        w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), w2out.data_ptr(),
+        0 if grad_rows is None else grad_rows.data_ptr(), 0 if sums is None else sums.data_ptr(),
+        torch.get_num_threads(),
     )  # fmt: skip
     _check_allocated(failed)
     if sums is None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_dendrite.nn.inner import InnerNet
+from lit_dendrite.nn.inner_kernels import native_normalized_inner
 
 LAYER_NORM_EPS = 1e-5
 """The epsilon of the dendritic layers' LayerNorm (``F.layer_norm``'s default); the native table pass uses it too."""
@@ -30,10 +31,7 @@ class Neuron(nn.Module):
         neuron on each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), then with
         ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps over H and W."""
         z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :], eps=LAYER_NORM_EPS)
-        y = self(z.unflatten(-1, (-1, self.arity)), dim=-1)
-        if pool > 1:
-            y = F.max_pool2d(y.permute(0, 3, 1, 2), pool).permute(0, 2, 3, 1)
-        return y
+        return _max_pool(self(z.unflatten(-1, (-1, self.arity)), dim=-1), pool)
 
     def _check(self, x: torch.Tensor, dim: int) -> None:
         if x.dim() == 0 or x.shape[dim] != self.arity:
@@ -62,10 +60,21 @@ class LearnedNeuron(Neuron):
         return self.inner.evaluate(x, dim)
 
     def normalized(self, z: torch.Tensor, normalized_ndim: int, pool: int = 1) -> torch.Tensor:
-        """As :meth:`Neuron.normalized`; a table fuses LayerNorm, lookup and pool where it can (see ``fuses``)."""
+        """As :meth:`Neuron.normalized`; a table fuses LayerNorm, lookup and pool where it can (see ``fuses``), and the
+        native inner net takes the LayerNorm into its autograd function (see ``native_normalized_inner``). A neuron
+        with forward hooks runs unfused, so that its hooks see its inputs."""
+        if self._forward_pre_hooks or self._forward_hooks:
+            return super().normalized(z, normalized_ndim, pool)
         if self.table is not None and self.table.fuses(z):
             return self.table.normalized(z, normalized_ndim, self.inner, pool)
+        if self.table is None and self.inner.implementation(z) == "native":
+            return _max_pool(native_normalized_inner(z, normalized_ndim, self.inner.linears, LAYER_NORM_EPS), pool)
         return super().normalized(z, normalized_ndim, pool)
+
+
+def _max_pool(y: torch.Tensor, pool: int) -> torch.Tensor:
+    """A pool x pool max-pool of (N, H, W, C) maps over H and W (``y`` itself for ``pool`` 1)."""
+    return F.max_pool2d(y.permute(0, 3, 1, 2), pool).permute(0, 2, 3, 1) if pool > 1 else y
 
 
 class ElementwiseNeuron(Neuron):
