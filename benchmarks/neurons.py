@@ -10,7 +10,8 @@ the frozen fast path, whose training step is session III's, outer net only, and 
 pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU control at
 matched parameters, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner
 net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per
-model and path (RSS high-water mark minus RSS after building the model; CUDA allocator peak on GPU). Step and
+model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold fixed so that
+the mark follows live memory; CUDA allocator peak on GPU). Step and
 inference times are medians over rounds that time every variant in turn, so that load coming and going on a shared
 machine hits them alike. Prints a table and writes JSON atomically.
 """
@@ -183,6 +184,13 @@ def inner_gflops(device: torch.device, batch: int, quick: bool) -> dict[str, flo
     return result
 
 
+# glibc malloc raises its mmap threshold as large blocks are freed, after which freed tensors stay in the heap and the
+# RSS high-water mark depends on allocation history: the same ReLU CNN step peaked 140-154 MiB above its model in
+# three runs, the 2-arg step 144-168. With the threshold fixed at 1 MiB, freed tensors go back to the OS and the
+# three runs agreed within 2% (ReLU 94.0-95.9 MiB, 2-arg native 121.3-125.1).
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
 def peak_memory_child(model: str, path: str, device: str) -> int:
     """Run one training-step measurement in a fresh process; returns peak bytes above the built model."""
     spec = json.dumps({"model": model, "path": path, "device": device})
@@ -191,6 +199,7 @@ def peak_memory_child(model: str, path: str, device: str) -> int:
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **CHILD_ENV},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory child for {model}/{path} failed:\n{proc.stderr[-2000:]}")

@@ -1,12 +1,14 @@
 """Exact evaluation of the inner net: a plain reference and two memory-lean autograd functions.
 
-The lean functions keep only the ``(rows, arity)`` inputs for backward and recompute the hidden activations there,
-one cache-sized chunk of rows at a time, so no ``(rows, 64)`` tensor of the whole layer ever exists: ``lean`` in
-torch ops (any device, dtype and depth), ``native`` in one C call per pass (:mod:`lit_dendrite.nn.native`; float32
-CPU, two hidden layers), which also fuses the elementwise work into the matrix products. Their inputs are rows of
-``arity`` adjacent values: the dendritic layers lay their pre-activations out that way (conv maps channels-last),
-so nothing is copied; any other layout costs one copy of the inputs. ``choose_impl`` documents the rule that picks
-an implementation.
+The lean functions keep the ``(rows, arity)`` inputs for backward and recompute the hidden activations there, one
+cache-sized chunk of rows at a time, so no ``(rows, 64)`` tensor of the whole layer ever exists: ``lean`` in torch
+ops (any device, dtype and depth), ``native`` in one C call per pass (:mod:`lit_dendrite.nn.native`; float32 CPU,
+two hidden layers), which also fuses the elementwise work into the matrix products and keeps the signs of the last
+hidden layer (1 bit per unit) instead of recomputing it; in the dendritic layers it also takes over their
+LayerNorm, so that it keeps the LayerNorm's input instead of its output (:func:`native_normalized_inner`). Their
+inputs are rows of ``arity`` adjacent values: the dendritic layers lay their pre-activations out that way (conv maps
+channels-last), so nothing is copied; any other layout costs one copy of the inputs. ``choose_impl`` documents the
+rule that picks an implementation.
 """
 
 from __future__ import annotations
