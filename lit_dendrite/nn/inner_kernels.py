@@ -278,20 +278,15 @@ class _NativeInner(torch.autograd.Function):
         signs, ctx.signs = ctx.signs, None
         rows, _ = _normalized_rows(z, ctx.normalized_ndim, ctx.eps, params[0].shape[1])
         need_z, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
-        # The recomputed LayerNorm output is a fresh tensor: its gradient may overwrite it
         grad_out = grad_out.contiguous().view(-1)
-        overwrite = bool(statistics)
+        overwrite = bool(statistics)  # the recomputed LayerNorm output is a fresh tensor: its gradient may replace it
         grad_rows, sums = native.inner_backward(rows, grad_out, params, need_z, need_params, signs, overwrite)
         del signs, rows
-        grad_z = None
+        grad_z = grad_rows.view(z.shape) if need_z else None
         if need_z and statistics:
             shape = z.shape[z.dim() - ctx.normalized_ndim :]
-            mask = [True, False, False]
-            grad_z = torch.ops.aten.native_layer_norm_backward(
-                grad_rows.view(z.shape), z, shape, *statistics, None, None, mask
-            )[0]
-        elif need_z:
-            grad_z = grad_rows.view(z.shape)
+            layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+            grad_z = layer_norm_backward(grad_z, z, shape, *statistics, None, None, [True, False, False])[0]
         if sums is None:
             return (grad_z, None, None, *[None] * len(params))
         product, gated_sum, first_weight_t, first_bias, grad_sum = sums
