@@ -11,9 +11,9 @@ pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-
 matched parameters, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner
 net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per
 model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold fixed so that
-the mark follows live memory; CUDA allocator peak on GPU). Step and
-inference times are medians over rounds that time every variant in turn, so that load coming and going on a shared
-machine hits them alike. Prints a table and writes JSON atomically.
+the mark follows live memory; CUDA allocator peak on GPU). Step and inference times are medians over rounds that
+time every variant in turn, so that load coming and going on a shared machine hits them alike. Prints a table and
+writes JSON atomically.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def inner_gflops(device: torch.device, batch: int, quick: bool) -> dict[str, flo
     flops = 3 * 2 * rows * sum(lin.in_features * lin.out_features for lin in inner.linears)
     reference = ReferenceNeuron(inner)
     result = {}
-    for name in ("reference", "plain", "lean", *(CPU_ONLY_PATHS if device.type == "cpu" else ())):
+    for name in (path for path in device_paths(device) if path != "table"):
         inner.impl = "plain" if name == "reference" else name
         neuron = reference if name == "reference" else inner.evaluate
         seconds = timed(lambda neuron=neuron: neuron(x, -1).sum().backward(), device, 1, 3 if quick else 5)

@@ -173,6 +173,14 @@ def normalized_table_lookup(
 
 def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
     """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None."""
+    unsupported = _unsupported(x, params)
+    if unsupported is None and not native_available():
+        return "the native kernels are unavailable (LIT_DENDRITE_NATIVE=0, or no C compiler: see the warning)"
+    return unsupported
+
+
+def _unsupported(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
+    """What of ``x`` and ``params`` the inner kernel does not support (dtype, device, depth, widths), or None."""
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (x, *params)):
         return f"it needs float32 CPU inputs and weights, got {x.dtype} inputs on {x.device}"
     if len(params) != 6 or params[-2].shape[0] != 1:
@@ -180,8 +188,6 @@ def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor]) -> st
     widths = [params[0].shape[0], params[2].shape[0]]
     if any(width % 16 for width in widths):
         return f"it needs hidden widths that are multiples of 16, got {widths}"
-    if not native_available():
-        return "the native kernels are unavailable (LIT_DENDRITE_NATIVE=0, or no C compiler: see the warning)"
     return None
 
 
@@ -246,9 +252,9 @@ def _inner_call(
 ) -> tuple[ctypes.CDLL, tuple[int, int, int], list[torch.Tensor]]:
     """The library, (arity, h1, h2) and the weights as the kernel takes them, after checking what C will read."""
     library = _library(library)
-    mismatch = inner_kernel_mismatch(rows, params)
-    if mismatch is not None:
-        raise ValueError(f"the native inner kernel cannot run: {mismatch}")
+    unsupported = _unsupported(rows, params)
+    if unsupported is not None:
+        raise ValueError(f"the native inner kernel cannot run: {unsupported}")
     if rows.dim() != 2 or not rows.is_contiguous() or params[0].shape[1] != rows.shape[1]:
         raise ValueError(f"rows must be contiguous (n, {params[0].shape[1]}), got {tuple(rows.shape)}")
     w1, b1, w2, b2, w3, b3 = (t.detach() for t in params)

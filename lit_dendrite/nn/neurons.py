@@ -18,7 +18,7 @@ from lit_dendrite.nn.inner import InnerNet
 from lit_dendrite.nn.inner_kernels import native_normalized_inner
 
 LAYER_NORM_EPS = 1e-5
-"""The epsilon of the dendritic layers' LayerNorm (``F.layer_norm``'s default); the native table pass uses it too."""
+"""The epsilon of the dendritic layers' LayerNorm (``F.layer_norm``'s default); the native paths use it too."""
 
 
 class Neuron(nn.Module):
