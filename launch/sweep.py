@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from lit_dendrite.analysis.report import accuracy_section, write_report
+from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.cluster import CLUSTERS, ClusterError, load_cluster_config
 from lit_dendrite.sweeps.launch import submit_sweep, wait_for
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
@@ -53,7 +54,7 @@ def submit_main(argv: list[str]) -> int:
 
 
 def collect_main(sweep_dir: Path) -> int:
-    """Write summary.csv of every result.json and the analysis report; print the report's accuracy table."""
+    """Write summary.csv of every run record and the analysis report; print the report's accuracy table."""
     print(f"wrote {collect(sweep_dir)}")
     report = write_report(sweep_dir)
     print(f"report: {report}")
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> int:
                 print(format_status(sweep_dir))
                 return 0
             return collect_main(sweep_dir)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, UntrustedRecord) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return submit_main(argv)

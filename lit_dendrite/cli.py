@@ -6,14 +6,10 @@ arguments (``--config FILE`` and LightningCLI / jsonargparse overrides).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +24,8 @@ from lit_dendrite.data.datamodule import ImageDataModule
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, protocol_dict
+from lit_dendrite.runs import RunDir, RunRecord, config_hash, default_run_dir, provenance
 
-PACKAGES = ("lit_dendrite", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "submitit", "foolbox")
 TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
 
 
@@ -94,28 +90,6 @@ def resolved_config(cli: TrainCLI) -> dict[str, Any]:
     return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
 
 
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages a result depends on, and Python's."""
-    found: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def trainer_options(init: Namespace) -> dict[str, Any]:
     """Trainer arguments from the config, minus those the protocol owns, plus Slurm's environment plugin."""
     options = {k: v for k, v in dict(init.trainer).items() if k not in TRAINER_KEYS_OWNED_BY_PROTOCOL}
@@ -125,22 +99,21 @@ def trainer_options(init: Namespace) -> dict[str, Any]:
 
 
 def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Run the experiment described by ``args`` into its run directory and return its ``result.json``.
+    """Run the experiment described by ``args`` into its run directory and return its run record's data.
 
-    A finished run (``result.json`` with status done or diverged) is not run again; an interrupted one
+    A finished run (a record with status done or diverged) is not run again; an interrupted one
     resumes from its last completed session and last checkpoint.
     """
     cli = parse(args)
     config = cli.config
     seed = int(config.seed_everything)
     experiment = experiment_name(config)
-    run_dir = Path(config.run_dir or f"runs/{experiment}/seed={seed}")
-    result_path = run_dir / "result.json"
-    if result_path.is_file():
-        previous = json.loads(result_path.read_text())
-        if previous.get("status") in ("done", "diverged"):
-            print(summary_line(previous))
-            return previous
+    run_dir = RunDir(Path(config.run_dir) if config.run_dir else default_run_dir(experiment, seed))
+    if run_dir.result.is_file():
+        previous = RunRecord.read(run_dir)
+        if previous.finished:
+            print(summary_line(previous.data))
+            return dict(previous.data)
     init = build(cli)
     init.data.check_available()
     net = init.model.net
@@ -173,12 +146,11 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
         status, error = "diverged", str(diverged)
     final = sessions[list(sessions)[-1]] if sessions else {}
     config_data = resolved_config(cli)
-    identity = {k: v for k, v in config_data.items() if k not in ("run_dir", "experiment")}
     result = {
         "status": status,
         "error": error,
         "experiment": experiment,
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.path),
         "seed": seed,
         "dataset": init.data.dataset,
         "net": type(net).__name__,
@@ -193,13 +165,12 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
         "sessions": sessions,
         "protocol": protocol_dict(init.protocol),
         "config": config_data,
-        "config_hash": hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16],
-        "versions": versions(),
-        "git_commit": git_commit(),
+        "config_hash": config_hash(config_data),
+        **provenance(),
         "wall_time_s": round(time.time() - start, 2),
     }
     if rank_zero_only.rank == 0:
-        write_json_atomic(result_path, result)
+        write_json_atomic(run_dir.result, result)
         print(summary_line(result))
     return result
 
@@ -210,7 +181,7 @@ def summary_line(result: dict[str, Any]) -> str:
     acc_text = "n/a" if acc is None else f"{acc:.4f}"
     return (
         f"[lit_dendrite] {result['experiment']} seed={result['seed']} status={result['status']} "
-        f"test_acc={acc_text} params={result['num_params']} -> {Path(result['run_dir']) / 'result.json'}"
+        f"test_acc={acc_text} params={result['num_params']} -> {RunDir(Path(result['run_dir'])).result}"
     )
 
 

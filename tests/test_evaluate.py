@@ -15,13 +15,8 @@ from lit_dendrite.data.corrupt import write_corrupted_set
 from lit_dendrite.data.datasets import load_arrays
 from lit_dendrite.robustness import evaluate
 from lit_dendrite.robustness.adversarial import SanityCheckError
-from lit_dendrite.robustness.evaluate import (
-    PARTIAL_FILE,
-    ROBUSTNESS_DIR,
-    ROBUSTNESS_FILE,
-    find_baseline,
-    main,
-)
+from lit_dendrite.robustness.evaluate import find_baseline, main
+from lit_dendrite.runs import PARTIAL_FILE, RESULT_FILE, ROBUSTNESS_DIR, ROBUSTNESS_FILE
 
 TINY = ["--trainer.max_epochs", "2", "--protocol.pretrain_epochs", "1", "--model.net.init_args.widths", "[16, 16]"]
 
@@ -93,9 +88,9 @@ def test_recorded_accuracy_mismatch_fails(sweep, tmp_path):
     runs, _ = sweep
     tampered = tmp_path / "tampered"
     shutil.copytree(runs["relu"], tampered)
-    result = json.loads((tampered / "result.json").read_text())
+    result = json.loads((tampered / RESULT_FILE).read_text())
     result["test_acc"] = result["test_acc"] - 0.2
-    (tampered / "result.json").write_text(json.dumps(result))
+    (tampered / RESULT_FILE).write_text(json.dumps(result))
     with pytest.raises(SanityCheckError, match="recorded by the run"):
         main([str(tampered), "--attacks", "none"])
 
@@ -206,7 +201,7 @@ def test_partial_results_of_another_evaluation_are_ignored(sweep, tmp_path, monk
     if change == "n":
         args[-1] = "10"
     elif change == "checkpoint":
-        checkpoint = run_dir / json.loads((run_dir / "result.json").read_text())["best_checkpoint"]
+        checkpoint = run_dir / json.loads((run_dir / RESULT_FILE).read_text())["best_checkpoint"]
         os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
     else:
         args.append("--fresh")

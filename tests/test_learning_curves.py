@@ -5,7 +5,6 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from lit_dendrite.analysis.curves import (
-    condition_of,
     epochs_to_fraction,
     learning_curves,
     read_scalars,
@@ -13,6 +12,7 @@ from lit_dendrite.analysis.curves import (
     summarise_speed,
 )
 from lit_dendrite.analysis.plots import learning_curve_figure, save_figure, speed_figure
+from lit_dendrite.runs import condition_of
 
 
 def write_session(directory, accuracies, steps_per_epoch=10, epoch_scalar=True):

@@ -44,7 +44,7 @@ def test_summary_table_per_condition(fake_sweep):
 def test_conditions_are_compared_with_the_relu_control_by_welch(fake_sweep):
     runs = load_runs(fake_sweep)
     table = summary_table(runs)
-    values = pd.DataFrame({"condition": [r.condition for r in runs], "value": [r.result["test_acc"] for r in runs]})
+    values = pd.DataFrame({"condition": [r.condition for r in runs], "value": [r.test_acc for r in runs]})
     compared = compare_conditions(values, table)
     assert compared[["condition", "versus"]].values.tolist() == [["mlp_digits_2arg", "mlp_digits_relu"]]
     a, b = (values[values["condition"] == c]["value"] for c in ("mlp_digits_2arg", "mlp_digits_relu"))

@@ -15,13 +15,9 @@ import numpy as np
 import pandas as pd
 from tbparse import SummaryReader
 
-SESSIONS = ("II_joint", "III_frozen")
+from lit_dendrite.runs import FROZEN, JOINT, condition_of
 
-
-def condition_of(experiment: str, run_name: str) -> str:
-    """The condition of a run: its experiment, plus its name's ``key=value`` parts other than the seed."""
-    axes = [part for part in run_name.split(",") if part and not part.startswith("seed=")]
-    return "/".join([experiment, ",".join(axes)]) if axes else experiment
+SESSIONS = (JOINT, FROZEN)
 
 
 def _locate(dir_name: str) -> tuple[str, str, str] | None:
@@ -68,8 +64,8 @@ def session_offsets(scalars: pd.DataFrame) -> pd.DataFrame:
     """Where each session starts on a condition's shared epoch axis (III starts after the longest II)."""
     lengths = scalars.groupby(["condition", "session"])["epoch"].max().add(1).unstack(fill_value=0)
     offsets = pd.DataFrame(0, index=lengths.index, columns=list(SESSIONS))
-    if "II_joint" in lengths:
-        offsets["III_frozen"] = lengths["II_joint"]
+    if JOINT in lengths:
+        offsets[FROZEN] = lengths[JOINT]
     return offsets.stack().rename("offset").reset_index().rename(columns={"level_1": "session"})
 
 

@@ -20,6 +20,7 @@ from matplotlib.image import AxesImage
 from lit_dendrite.analysis.surfaces import Region, Surface
 from lit_dendrite.analysis.xor import QuadraticFit, XorAnalysis
 from lit_dendrite.io import atomic_path
+from lit_dendrite.runs import FROZEN, JOINT
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -112,15 +113,15 @@ def learning_curve_figure(curves: pd.DataFrame, offsets: pd.DataFrame, tags: Seq
     for ax, tag in zip(axes, tags):
         of_tag = curves[curves["tag"] == tag]
         for condition in conditions:
-            for session, style in (("II_joint", "-"), ("III_frozen", "--")):
+            for session, style in ((JOINT, "-"), (FROZEN, "--")):
                 part = of_tag[(of_tag["condition"] == condition) & (of_tag["session"] == session)]
                 if part.empty:
                     continue
                 sd = part["sd"].fillna(0).to_numpy()
-                label = condition if session == "II_joint" else f"{condition} (III)"
+                label = condition if session == JOINT else f"{condition} (III)"
                 ax.plot(part["x"], part["mean"], style, color=colours[condition], label=label)
                 ax.fill_between(part["x"], part["mean"] - sd, part["mean"] + sd, color=colours[condition], alpha=0.2)
-                if session == "III_frozen":
+                if session == FROZEN:
                     start = offsets[(offsets["condition"] == condition) & (offsets["session"] == session)]["offset"]
                     ax.axvline(float(start.iloc[0]) - 0.5, color=colours[condition], linestyle=":", linewidth=1)
         ax.set(xlabel="epoch (session II, then III after the dotted line)", ylabel=tag, title=f"{tag}: mean ± sd")

@@ -1,7 +1,7 @@
 """The sweep report: ``<sweep_dir>/report.md`` with its PNG figures beside it.
 
 Sections: clean test accuracy per condition, comparisons between conditions (Welch's t-test), learning curves
-and learning speed, inner-net surfaces with the saddle statistics, robustness where ``robustness.json`` exists.
+and learning speed, inner-net surfaces with the saddle statistics, robustness where a run has robustness results.
 A run that cannot be analysed is listed under "Problems" instead of stopping the report.
 """
 
@@ -24,7 +24,6 @@ from scipy.stats import ttest_ind
 from lit_dendrite.analysis import plots
 from lit_dendrite.analysis.curves import (
     SESSIONS,
-    condition_of,
     epochs_to_fraction,
     learning_curves,
     read_scalars,
@@ -34,53 +33,38 @@ from lit_dendrite.analysis.curves import (
 from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid, Surface, find_inner_net
 from lit_dendrite.analysis.xor import XorAnalysis, analyse_net, angular_power, initial_surfaces, saddle_statistics
 from lit_dendrite.io import write_text_atomic
+from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, UntrustedRecord, find_records
 
 REPORT_NAME = "report.md"
 ACCURACY_HEADING = "## Clean test accuracy"
-ROBUSTNESS_NAME = "robustness.json"  # written by lit_dendrite.robustness.evaluate
 CONTROL_NEURON = "relu"
 WELCH = "Welch's two-sided t-test on per-run values (scipy.stats.ttest_ind, equal_var=False)"
 
 
-@dataclass(frozen=True)
-class Run:
-    """One run directory of the sweep and its ``result.json``."""
-
-    run_dir: Path
-    name: str
-    condition: str
-    result: dict[str, Any]
-
-    @property
-    def done(self) -> bool:
-        return self.result.get("status") == "done"
-
-
-def load_runs(sweep_dir: str | Path) -> list[Run]:
-    """Every run under ``sweep_dir`` that has a ``result.json``, with its condition (see ``condition_of``)."""
+def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
+    """Every run under ``sweep_dir`` that has a record, named by its path in the sweep; an unreadable record is
+    kept as a failed run so that the report lists it."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist; pass the --out of the sweep")
     runs = []
-    for path in sorted(sweep_dir.rglob("result.json")):
-        relative = path.parent.relative_to(sweep_dir)
+    for path in find_records(sweep_dir):
+        name = path.parent.relative_to(sweep_dir).as_posix()
         try:
-            result = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            result = {"status": "failed", "error": f"unreadable result.json: {error}"}
-        experiment = result.get("experiment") or (relative.parts[0] if relative.parts else sweep_dir.name)
-        runs.append(Run(path.parent, relative.as_posix(), condition_of(experiment, path.parent.name), result))
+            runs.append(RunRecord.read(path.parent, name))
+        except ValueError as error:
+            runs.append(RunRecord(RunDir(path.parent), {"status": "failed", "error": str(error)}, name))
     return runs
 
 
-def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
+def runs_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per run: condition, name, status, dataset, net, neuron, num_params, test_acc, test_loss, seed."""
     fields = ["status", "dataset", "net", "neuron", "num_params", "test_acc", "test_loss", "seed"]
-    rows = [{"condition": r.condition, "name": r.name, **{f: r.result.get(f) for f in fields}} for r in runs]
+    rows = [{"condition": r.condition, "name": r.name, **{f: r.get(f) for f in fields}} for r in runs]
     return pd.DataFrame(rows, columns=["condition", "name", *fields])
 
 
-def summary_table(runs: Sequence[Run]) -> pd.DataFrame:
+def summary_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
     """Per condition: dataset, net, neuron, parameter count, finished runs n, other runs, test accuracy mean/sd."""
     table = runs_table(runs)
     rows = []
@@ -181,7 +165,7 @@ def accuracy_section(report_text: str) -> str:
     return "\n".join([ACCURACY_HEADING, *table[:end]])
 
 
-def _accuracy_section(runs: Sequence[Run], conditions: pd.DataFrame) -> list[str]:
+def _accuracy_section(runs: Sequence[RunRecord], conditions: pd.DataFrame) -> list[str]:
     shown = conditions.assign(
         test_acc=[_mean_sd(m, s) for m, s in zip(conditions["test_acc_mean"], conditions["test_acc_sd"])]
     )
@@ -257,23 +241,22 @@ def _test_images(dataset: str, root: str) -> np.ndarray:
     return load_arrays(dataset, root, train=False)[0]
 
 
-def run_test_images(run: Run, n_images: int = 1000) -> np.ndarray:
+def run_test_images(run: RunRecord, n_images: int = 1000) -> np.ndarray:
     """The first ``n_images`` test images (uint8, N x H x W x C) of the run's data set, from its data root."""
-    root = str(run.result.get("config", {}).get("data", {}).get("root", "data"))
-    return _test_images(run.result["dataset"], root)[:n_images]
+    return _test_images(run.dataset, str(run.data_root))[:n_images]
 
 
 @dataclass(frozen=True)
 class RunSurface:
     """A run's XOR analysis and the mean l = 2 power share of Xavier-initialised inner nets on its region."""
 
-    run: Run
+    run: RunRecord
     analysis: XorAnalysis
     initial_l2: float
 
 
 def analyse_surfaces(
-    runs: Sequence[Run], grid: Grid = PAPER_GRID, n_images: int = 1000
+    runs: Sequence[RunRecord], grid: Grid = PAPER_GRID, n_images: int = 1000
 ) -> tuple[list[RunSurface], list[str]]:
     """Load every finished 2-arg run's net and analyse its surface on test data; failures come back as messages."""
     from lit_dendrite.models import load_net
@@ -281,11 +264,13 @@ def analyse_surfaces(
     surfaces, problems = [], []
     baselines: dict[tuple[int, ...], list[Surface]] = {}
     for run in runs:
-        if not run.done or run.result.get("neuron") != "2arg":
+        if not run.done or run.neuron != "2arg":
             continue
         try:
-            net = load_net(run.run_dir)
+            net = load_net(run.dir.path)
             analysis = analyse_net(net, run_test_images(run, n_images), grid)
+        except UntrustedRecord:  # never reported as one run's problem: the caller must stop
+            raise
         except Exception as error:  # a broken run must not hide the others
             problems.append(f"`{run.name}`: surface analysis failed: {type(error).__name__}: {error}")
             continue
@@ -326,7 +311,9 @@ def gallery(surfaces: Sequence[RunSurface], condition: str) -> Figure:
     return plots.surface_gallery(chosen)
 
 
-def _surface_section(sweep_dir: Path, runs: Sequence[Run], problems: list[str], grid: Grid, n_images: int) -> list[str]:
+def _surface_section(
+    sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str], grid: Grid, n_images: int
+) -> list[str]:
     lines = ["## Inner-net surfaces: soft XOR?", ""]
     surfaces, failures = analyse_surfaces(runs, grid, n_images)
     problems += failures
@@ -355,17 +342,17 @@ def _surface_section(sweep_dir: Path, runs: Sequence[Run], problems: list[str], 
 
 
 def _robustness_section(
-    sweep_dir: Path, runs: Sequence[Run], conditions: pd.DataFrame, problems: list[str]
+    sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.DataFrame, problems: list[str]
 ) -> list[str]:
     corruption_rows, adversarial_rows = [], []
     for run in runs:
-        path = run.run_dir / ROBUSTNESS_NAME
+        path = run.dir.robustness
         if not run.done or not path.exists():
             continue
         try:
             robustness = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            problems.append(f"`{run.name}`: unreadable robustness.json: {error}")
+            problems.append(f"`{run.name}`: unreadable {path.name}: {error}")
             continue
         corruption = robustness.get("corruptions") or {}
         for name, severities in (corruption.get("accuracy") or {}).items():
@@ -440,7 +427,7 @@ def _corruption_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataFr
         "### Corruptions",
         "",
         "Accuracy averaged over corruptions and severities; mCE and relative mCE (Hendrycks & Dietterich "
-        "2019) against the baseline recorded in each robustness.json (by default the ReLU control).",
+        "2019) against the baseline recorded in each run's robustness results (by default the ReLU control).",
         "",
         markdown_table(shown),
         "",
@@ -479,17 +466,13 @@ def _adversarial_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataF
 
 
 def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = 1000) -> Path:
-    """Write ``<sweep_dir>/report.md`` and its PNGs from the sweep's result.json, event and robustness files."""
+    """Write ``<sweep_dir>/report.md`` and its PNGs from the sweep's run records, event and robustness files."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir)
     if not runs:
-        raise FileNotFoundError(f"no result.json under {sweep_dir}; run or collect the sweep first")
+        raise FileNotFoundError(f"no {RESULT_FILE} under {sweep_dir}; run or collect the sweep first")
     conditions = summary_table(runs)
-    problems = [
-        f"`{r.name}`: status {r.result.get('status')!r}: {r.result.get('error', 'no error recorded')}"
-        for r in runs
-        if not r.done
-    ]
+    problems = [f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}" for r in runs if not r.done]
     lines = [
         f"# Sweep report: {sweep_dir.name}",
         "",

@@ -1,39 +1,75 @@
-"""Rebuild a trained network from a run directory, loading weights only (no unpickling of objects)."""
+"""Rebuild a trained network from a run directory without executing anything the run directory names.
+
+A run record is data, possibly from someone else: its ``model.net.class_path`` is looked up in
+the allow-list :data:`lit_dendrite.nn.nets.NETS` (never imported), its ``init_args`` must be plain values, and
+checkpoints are read with ``torch.load(weights_only=True)`` (tensors only, no unpickling of objects).
+"""
 
 from __future__ import annotations
 
-import importlib
-import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lit_dendrite.nn.nets import NETS
+from lit_dendrite.runs import RunDir, RunRecord, UntrustedRecord
+
+PLAIN_VALUES = (str, int, float, bool, type(None))
+
+
+def allowed_class_paths() -> dict[str, type[nn.Module]]:
+    """``{class path: class}`` of the networks a run record may name (as the CLI writes them and by module)."""
+    paths: dict[str, type[nn.Module]] = {}
+    for name, cls in NETS.items():
+        paths[f"lit_dendrite.nn.{name}"] = cls
+        paths[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return paths
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items()) and "class_path" not in value
+    return isinstance(value, PLAIN_VALUES)
+
 
 def build_net(net_config: dict[str, Any]) -> nn.Module:
-    """Instantiate ``{"class_path": "pkg.Class", "init_args": {...}}`` as saved in a run's config."""
-    class_path = net_config.get("class_path")
-    if not isinstance(class_path, str) or "." not in class_path:
-        raise ValueError(f"net config needs a class_path like 'lit_dendrite.nn.DendriticMLP', got {class_path!r}")
-    module_name, class_name = class_path.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**(net_config.get("init_args") or {}))
+    """Instantiate ``{"class_path": "lit_dendrite.nn.DendriticMLP", "init_args": {...}}`` as saved in a run's
+    config; only the allow-listed networks (:data:`~lit_dendrite.nn.nets.NETS`) with plain arguments are built."""
+    allowed = allowed_class_paths()
+    class_path = net_config.get("class_path") if isinstance(net_config, dict) else None
+    if class_path not in allowed:
+        raise UntrustedRecord(
+            f"refusing to build net class_path {class_path!r}: a run record may only name the project's networks "
+            f"({', '.join(sorted(allowed))}); this record was not written by lit_dendrite's training or was altered"
+        )
+    init_args = net_config.get("init_args") or {}
+    if not isinstance(init_args, dict) or not _is_plain(init_args):
+        raise UntrustedRecord(f"refusing to build {class_path}: init_args must be plain values, got {init_args!r}")
+    return allowed[class_path](**init_args)
 
 
-def load_result(run_dir: str | Path) -> dict[str, Any]:
-    """A run's ``result.json``, with a clear error when the run has not finished."""
-    path = Path(run_dir) / "result.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished run (train it first)")
-    return json.loads(path.read_text())
+def load_result(run_dir: str | Path) -> RunRecord:
+    """A run's record, with a clear error when the run has not finished."""
+    return RunRecord.read(RunDir(Path(run_dir)))
 
 
 def load_net(run_dir: str | Path, checkpoint: str | Path | None = None) -> nn.Module:
-    """The run's network with the weights of its final session's best checkpoint, in eval() mode."""
-    result = load_result(run_dir)
-    net = build_net(result["config"]["model"]["net"])
-    path = Path(run_dir) / (checkpoint or result["best_checkpoint"])
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    """The run's network with the weights of its final session's best checkpoint (or ``checkpoint``, relative to
+    the run directory), in eval() mode."""
+    record = load_result(run_dir)
+    try:
+        net = build_net(record.net_config)
+    except UntrustedRecord as error:
+        raise UntrustedRecord(f"{record.dir.result}: {error}") from None
+    path = record.dir.path / checkpoint if checkpoint is not None else record.best_checkpoint
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except pickle.UnpicklingError as error:
+        raise UntrustedRecord(f"{path} holds more than tensors; refusing to unpickle it ({error})") from None
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     return net.eval()

@@ -3,13 +3,12 @@
 I   pretrain the inner net to a random smooth function (learned neurons only);
 II  train inner and outer nets jointly, early stopping on validation loss, keep the best inner net;
 III freeze that inner net, re-initialise the outer net, train again, test on the best checkpoint.
-Fixed neurons (relu, product, ...) run session II only. A session that finished wrote ``session.json``
-and is skipped on a rerun; an interrupted one resumes from its ``last.ckpt``.
+Fixed neurons (relu, product, ...) run session II only. A session that finished wrote its summary and is
+skipped on a rerun; an interrupted one resumes from its last checkpoint (layout: :mod:`lit_dendrite.runs`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +24,7 @@ from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.nn.acceleration import maybe_compile
-
-PRETRAIN, JOINT, FROZEN = "I_pretrain", "II_joint", "III_frozen"
+from lit_dendrite.runs import BEST_CHECKPOINT, FROZEN, JOINT, LAST_CHECKPOINT, PRETRAIN, RunDir, SessionDir
 
 
 @dataclass
@@ -72,32 +70,9 @@ def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
     return inner
 
 
-@dataclass
-class Session:
-    """Where one session writes, and whether it already finished."""
-
-    name: str
-    run_dir: Path
-
-    @property
-    def dir(self) -> Path:
-        return self.run_dir / self.name
-
-    @property
-    def summary_path(self) -> Path:
-        return self.dir / "session.json"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.dir / "checkpoints" / "last.ckpt"
-
-    def summary(self) -> dict[str, Any] | None:
-        return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None
-
-
-def last_checkpoint(session: Session) -> ModelCheckpoint:
-    """``last.ckpt`` rewritten at the end of every epoch (``save_last`` alone only writes it with a new best)."""
-    return ModelCheckpoint(dirpath=session.dir / "checkpoints", filename="last", enable_version_counter=False)
+def last_checkpoint(session: SessionDir) -> ModelCheckpoint:
+    """The last checkpoint, rewritten at the end of every epoch (``save_last`` alone only writes it with a new best)."""
+    return ModelCheckpoint(dirpath=session.checkpoints, filename=LAST_CHECKPOINT, enable_version_counter=False)
 
 
 class RunProtocol:
@@ -110,7 +85,7 @@ class RunProtocol:
         datamodule: L.LightningDataModule,
         trainer_kwargs: dict[str, Any],
         protocol: Protocol,
-        run_dir: Path,
+        run_dir: RunDir,
         seed: int,
         callbacks: Callable[[], list[Callback]] = list,
         hparams: dict[str, Any] | None = None,
@@ -119,16 +94,18 @@ class RunProtocol:
         self.datamodule = datamodule
         self.trainer_kwargs = trainer_kwargs
         self.protocol = protocol
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_dir
         self.seed = seed
         self.callbacks = callbacks
         self.hparams = hparams or {}
 
-    def _trainer(self, session: Session, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
-        logger = TensorBoardLogger(save_dir=str(self.run_dir), name="", version=session.name, default_hp_metric=False)
+    def _trainer(self, session: SessionDir, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
+        logger = TensorBoardLogger(
+            save_dir=str(self.run_dir.path), name="", version=session.name, default_hp_metric=False
+        )
         kwargs = {**self.trainer_kwargs, **overrides}
         return L.Trainer(
-            logger=logger, callbacks=[*callbacks, *self.callbacks()], default_root_dir=str(session.dir), **kwargs
+            logger=logger, callbacks=[*callbacks, *self.callbacks()], default_root_dir=str(session.path), **kwargs
         )
 
     def _fresh_model(self, offset: int) -> Classifier:
@@ -136,9 +113,9 @@ class RunProtocol:
         return self.build_model()
 
     def pretrain(self) -> dict[str, Any]:
-        """Session I: the inner net fitted to this seed's random smooth function, saved as ``inner.pt``."""
-        session = Session(PRETRAIN, self.run_dir)
-        if (done := session.summary()) is not None:
+        """Session I: the inner net fitted to this seed's random smooth function, saved beside its summary."""
+        session = self.run_dir.session(PRETRAIN)
+        if (done := session.read_summary()) is not None:
             return done
         model = self._fresh_model(0)
         module = InnerPretrain(model.inner, self.seed, self.protocol.pretrain_lr, self.protocol.pretrain_batch_size)
@@ -151,15 +128,15 @@ class RunProtocol:
         summary = {
             "epochs": trainer.current_epoch,
             "explained_variance": module.explained_variance(),
-            "inner": "inner.pt",
+            "inner": self.run_dir.relative(self.run_dir.pretrained_inner),
         }
-        self._finish(trainer, session, summary, {"inner.pt": model.inner.state_dict()})
+        self._finish(trainer, session, summary, {self.run_dir.pretrained_inner: model.inner.state_dict()})
         return summary
 
     def train(self, name: str, inner_state: dict[str, torch.Tensor] | None, freeze: bool) -> dict[str, Any]:
         """Session II (``freeze=False``) or III: fit with early stopping, then test the best checkpoint."""
-        session = Session(name, self.run_dir)
-        if (done := session.summary()) is not None:
+        session = self.run_dir.session(name)
+        if (done := session.read_summary()) is not None:
             return done
         model = self._fresh_model(1 if name == JOINT else 2)
         if inner_state is not None:
@@ -168,8 +145,8 @@ class RunProtocol:
             else:
                 model.inner.load_state_dict(inner_state)
         best = ModelCheckpoint(
-            dirpath=session.dir / "checkpoints",
-            filename="best",
+            dirpath=session.checkpoints,
+            filename=BEST_CHECKPOINT,
             monitor="val/loss",
             mode="min",
             enable_version_counter=False,
@@ -189,7 +166,7 @@ class RunProtocol:
             "epochs": trainer.current_epoch,
             "stopped_early": bool(stop.stopped_epoch),
             "best_val_loss": float(best.best_model_score),
-            "best_checkpoint": str(best_path.relative_to(self.run_dir)),
+            "best_checkpoint": self.run_dir.relative(best_path),
             "test_acc": tested["test/acc"],
             "test_loss": tested["test/loss"],
             "frozen_inner": freeze,
@@ -199,7 +176,7 @@ class RunProtocol:
             metrics={"hp/test_acc": summary["test_acc"], "hp/best_val_loss": summary["best_val_loss"]},
         )
         tensors = (
-            {"inner_best.pt": inner_state_from_checkpoint(best_path)}
+            {self.run_dir.best_inner: inner_state_from_checkpoint(best_path)}
             if name == JOINT and model.inner is not None
             else {}
         )
@@ -208,17 +185,17 @@ class RunProtocol:
 
     @staticmethod
     def _finish(
-        trainer: L.Trainer, session: Session, summary: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]
+        trainer: L.Trainer, session: SessionDir, summary: dict[str, Any], tensors: dict[Path, dict[str, torch.Tensor]]
     ) -> None:
-        """Rank 0 writes the session's files (tensors first, ``session.json`` last); all ranks then wait."""
+        """Rank 0 writes the session's files (tensors first, the summary last); all ranks then wait."""
         if trainer.is_global_zero:
-            for filename, state in tensors.items():
-                save_torch_atomic(state, session.dir / filename)
-            write_json_atomic(session.summary_path, summary)
+            for path, state in tensors.items():
+                save_torch_atomic(state, path)
+            write_json_atomic(session.summary, summary)
         trainer.strategy.barrier("session-finished")
 
     @staticmethod
-    def _resume_path(session: Session) -> str | None:
+    def _resume_path(session: SessionDir) -> str | None:
         return str(session.last_checkpoint) if session.last_checkpoint.is_file() else None
 
     def run(self) -> dict[str, dict[str, Any]]:
@@ -228,10 +205,10 @@ class RunProtocol:
         inner_state = None
         if learned and PRETRAIN in self.protocol.sessions:
             sessions[PRETRAIN] = self.pretrain()
-            inner_state = torch.load(self.run_dir / PRETRAIN / "inner.pt", map_location="cpu", weights_only=True)
+            inner_state = torch.load(self.run_dir.pretrained_inner, map_location="cpu", weights_only=True)
         sessions[JOINT] = self.train(JOINT, inner_state, freeze=False)
         if learned and FROZEN in self.protocol.sessions:
-            best_inner = torch.load(self.run_dir / JOINT / "inner_best.pt", map_location="cpu", weights_only=True)
+            best_inner = torch.load(self.run_dir.best_inner, map_location="cpu", weights_only=True)
             sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True)
         return sessions
 

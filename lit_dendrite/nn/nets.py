@@ -157,3 +157,7 @@ class DendriticCNN(OuterNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.head(self.hidden(self.features(self.normalize(x)).flatten(1)))
+
+
+NETS: dict[str, type[OuterNet]] = {"DendriticMLP": DendriticMLP, "DendriticCNN": DendriticCNN}
+"""The networks a run record may name: loading a run builds only these (a new net adds its entry here)."""

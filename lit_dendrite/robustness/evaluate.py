@@ -1,14 +1,14 @@
 """Evaluate a trained run's robustness in one call: clean, corrupted and adversarial accuracy.
 
-Writes ``<run_dir>/robustness.json`` (atomically), PNG plots and TensorBoard figures under
-``<run_dir>/robustness/``. The mCE baseline is another run: by default the sweep's ReLU control of the same
+Writes the run directory's robustness record (atomically), PNG plots and TensorBoard figures beside it (paths:
+:class:`lit_dendrite.runs.RunDir`). The mCE baseline is another run: by default the sweep's ReLU control of the same
 data set and network (a sibling run directory), or an explicit one.
 
 An interrupted evaluation resumes: each finished unit (one corrupted test set of the run or of its baseline, one
-attack at all its epsilons) is saved at once to ``<run_dir>/robustness/partial.json`` with the evaluation's
+attack at all its epsilons) is saved at once to the run directory's partial store with the evaluation's
 identity (settings, checkpoint size and modification time, package versions). A rerun with the same identity
 reuses those units, one with another identity (or ``fresh``) starts over; the partial file is removed once
-``robustness.json`` is written, and that file is the same as an uninterrupted evaluation's (wall times aside).
+the robustness record is written, and that file is the same as an uninterrupted evaluation's (wall times aside).
 Each attack starts from torch seed ``seed``, so its random starts do not depend on what ran before it.
 """
 
@@ -26,7 +26,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lit_dendrite.analysis.plots import save_figure
-from lit_dendrite.cli import versions
 from lit_dendrite.data.corrupted import CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
 from lit_dendrite.io import read_json, write_json_atomic
@@ -45,10 +44,8 @@ from lit_dendrite.robustness.adversarial import (
     predict,
 )
 from lit_dendrite.robustness.corruption import corruption_report
+from lit_dendrite.runs import PARTIAL_FILE, RunDir, RunRecord, find_records, versions
 
-ROBUSTNESS_FILE = "robustness.json"
-ROBUSTNESS_DIR = "robustness"
-PARTIAL_FILE = "partial.json"
 BASELINE_NEURON = "relu"
 # Sections of the partial file, each holding finished units by name ("gaussian_noise/3", "linf_pgd").
 CORRUPTED_SETS = "corrupted_sets"
@@ -103,28 +100,24 @@ class PartialResults:
 def find_baseline(run_dir: str | Path) -> Path | None:
     """The sweep's ReLU control of a run: a finished sibling run (up to two levels up) with the same data set
     and network class and neuron ``relu``, preferring the same seed; None if there is none."""
-    run_dir = Path(run_dir).resolve()
     own = load_result(run_dir)
     candidates = []
-    for path in sorted(run_dir.parent.parent.glob("*/*/result.json")) + sorted(run_dir.parent.glob("*/result.json")):
+    parent = own.dir.path.parent
+    siblings = {path.parent for path in find_records(parent.parent, depth=2) + find_records(parent, depth=1)}
+    for directory in sorted(siblings):
         try:
-            other = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            other = RunRecord.read(directory)
+        except (OSError, ValueError):
             continue
-        if (
-            other.get("status") == "done"
-            and other.get("neuron") == BASELINE_NEURON
-            and other.get("dataset") == own["dataset"]
-            and other.get("net") == own["net"]
-        ):
-            candidates.append((other.get("seed") != own.get("seed"), str(path.parent)))
+        if other.done and other.neuron == BASELINE_NEURON and other.dataset == own.dataset and other.net == own.net:
+            candidates.append((other.seed != own.seed, str(directory)))
     return Path(min(candidates)[1]) if candidates else None
 
 
-def checkpoint_identity(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_identity(result: RunRecord) -> dict[str, Any]:
     """What tells a run's best checkpoint apart from a retrained or replaced one: its path, size and mtime."""
-    stat = (run_dir / result["best_checkpoint"]).stat()
-    return {"file": result["best_checkpoint"], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    stat = result.best_checkpoint.stat()
+    return {"file": result.best_checkpoint_name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def loader_accuracy(net: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
@@ -162,19 +155,19 @@ def corruption_accuracies(
     return table
 
 
-def _load_checked(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
+def _load_checked(run_dir: Path, device: torch.device) -> tuple[RunRecord, nn.Module]:
     result = load_result(run_dir)
-    if result.get("status") != "done":
-        raise ValueError(f"{run_dir} has status {result.get('status')!r}; only finished ('done') runs can be evaluated")
+    if not result.done:
+        raise ValueError(f"{run_dir} has status {result.status!r}; only finished ('done') runs can be evaluated")
     return result, load_net(run_dir).to(device)
 
 
-def _data_root(result: dict[str, Any], data_root: str | Path | None) -> Path:
-    return Path(data_root if data_root is not None else result["config"]["data"].get("root", "data"))
+def _data_root(result: RunRecord, data_root: str | Path | None) -> Path:
+    return Path(data_root) if data_root is not None else result.data_root
 
 
-def _test_set(result: dict[str, Any], root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = load_arrays(result["dataset"], root, train=False)
+def _test_set(result: RunRecord, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_arrays(result.dataset, root, train=False)
     return pixels(images), torch.from_numpy(labels)
 
 
@@ -209,9 +202,9 @@ def _baseline_corruptions(
     partial: PartialResults,
     progress: bool,
 ) -> tuple[dict[str, dict[int, float]], float]:
-    """The baseline's corruption accuracies and clean accuracy, reused from its robustness.json when that
+    """The baseline's corruption accuracies and clean accuracy, reused from its robustness record when that
     was computed on the same corrupted set, otherwise measured now (resuming from ``partial``)."""
-    saved = baseline_dir / ROBUSTNESS_FILE
+    saved = RunDir(baseline_dir).robustness
     if saved.is_file():
         corruptions = json.loads(saved.read_text()).get("corruptions") or {}
         if (
@@ -242,7 +235,7 @@ def evaluate_run(
     fresh: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Clean, corrupted and adversarial accuracy of a run's best checkpoint; writes robustness.json and plots.
+    """Clean, corrupted and adversarial accuracy of a run's best checkpoint; writes the robustness record and plots.
 
     ``corruptions``: ``cifar10_c``, ``cifar100_c``, ``mnist_c`` (under ``corruption_root``) or ``generated:DIR``;
     ``n``: evaluate the first ``n`` test images only (clean accuracy is always measured on the whole test set
@@ -251,7 +244,7 @@ def evaluate_run(
     the units saved by an interrupted evaluation with the same settings and compute everything again.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = RunDir(Path(run_dir)).path
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1 (or None for the whole test set), got {n}")
     built = [build_attack(name, **(attack_overrides or {}).get(name, {})) for name in attacks]
@@ -274,20 +267,20 @@ def evaluate_run(
         correct = predict(net, images.to(torch_device)).cpu() == labels
     clean_accuracy = correct.float().mean().item()
     correct_in_subset = correct[subset]
-    check_clean_accuracy(clean_accuracy, result["test_acc"])
+    check_clean_accuracy(clean_accuracy, result.test_acc)
     settings = {"n": n, "batch_size": batch_size, "seed": seed, "device": str(torch_device)}
     identity = _evaluation_identity(run_dir, result, root, settings, corruptions, datamodule, baseline_dir, built)
-    partial = PartialResults.resume(run_dir / ROBUSTNESS_DIR / PARTIAL_FILE, identity, fresh)
+    partial = PartialResults.resume(result.dir.robustness_partial, identity, fresh)
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "experiment": result.get("experiment"),
-        "dataset": result["dataset"],
-        "net": result.get("net"),
-        "neuron": result.get("neuron"),
-        "checkpoint": result["best_checkpoint"],
+        "experiment": result.experiment,
+        "dataset": result.dataset,
+        "net": result.net,
+        "neuron": result.neuron,
+        "checkpoint": result.best_checkpoint_name,
         "device": str(torch_device),
         "seed": seed,
-        "clean": {"accuracy": clean_accuracy, "recorded_test_acc": result["test_acc"], "n": len(labels)},
+        "clean": {"accuracy": clean_accuracy, "recorded_test_acc": result.test_acc, "n": len(labels)},
     }
 
     if datamodule is not None:
@@ -314,7 +307,7 @@ def evaluate_run(
                     net,
                     images[subset],
                     labels[subset],
-                    result["dataset"],
+                    result.dataset,
                     [attack.name],
                     overrides=attack_overrides,
                     batch_size=batch_size,
@@ -324,15 +317,15 @@ def evaluate_run(
         report["adversarial"][attack.name] = attack_result
     check_attacks_start_clean(report["adversarial"], correct_in_subset)
     report["wall_time_s"] = time.perf_counter() - started
-    write_json_atomic(run_dir / ROBUSTNESS_FILE, report)
-    write_figures(report, run_dir / ROBUSTNESS_DIR)
+    write_json_atomic(result.dir.robustness, report)
+    write_figures(report, result.dir.robustness_dir)
     partial.remove()
     return report
 
 
 def _evaluation_identity(
     run_dir: Path,
-    result: dict[str, Any],
+    result: RunRecord,
     data_root: Path,
     settings: dict[str, Any],
     spec: str | None,
@@ -347,18 +340,16 @@ def _evaluation_identity(
         directory = datamodule.source.directory.resolve()
         corruptions = {"spec": spec, "directory": str(directory), "sets": datamodule.names}
     if baseline_dir is not None:
-        baseline_checkpoint = checkpoint_identity(baseline_dir, load_result(baseline_dir))
+        baseline_checkpoint = checkpoint_identity(load_result(baseline_dir))
         baseline = {"run_dir": str(baseline_dir.resolve()), "checkpoint": baseline_checkpoint}
     return {
-        "checkpoint": checkpoint_identity(run_dir, result),
-        "dataset": result["dataset"],
+        "checkpoint": checkpoint_identity(result),
+        "dataset": result.dataset,
         "data_root": str(data_root.resolve()),
         **settings,
         "corruptions": corruptions,
         "baseline": baseline,
-        "attacks": [
-            attack.describe() | {"epsilons": epsilons_for(result["dataset"], attack.norm)} for attack in attacks
-        ],
+        "attacks": [attack.describe() | {"epsilons": epsilons_for(result.dataset, attack.norm)} for attack in attacks],
         "versions": versions(),
     }
 
@@ -480,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="launch/evaluate.py", description="Clean, corrupted and adversarial accuracy of a trained run."
     )
-    parser.add_argument("run_dir", help="run directory holding result.json")
+    parser.add_argument("run_dir", help="a finished run's directory")
     parser.add_argument("--corruptions", help="cifar10_c | cifar100_c | mnist_c | generated:DIR (default: none)")
     parser.add_argument(
         "--corruption-root", default="data", help="folder holding CIFAR-10-C/, mnist_c/ (default: data)"
@@ -536,5 +527,6 @@ def format_summary(report: dict[str, Any]) -> str:
     for name, result in (report.get("adversarial") or {}).items():
         curve = ", ".join(f"{e:.3g}:{a:.3f}" for e, a in zip(result["epsilons"], result["robust_accuracy"]))
         lines.append(f"  {name} (n={result['n']}): {curve}")
-    lines.append(f"  written: {Path(report['run_dir']) / ROBUSTNESS_FILE}, {Path(report['run_dir']) / ROBUSTNESS_DIR}/")
+    written = RunDir(Path(report["run_dir"]))
+    lines.append(f"  written: {written.robustness}, {written.robustness_dir}/")
     return "\n".join(lines)

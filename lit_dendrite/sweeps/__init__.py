@@ -6,13 +6,13 @@ Trainer additions for Slurm live in :mod:`lit_dendrite.sweeps.preemption`.
 
 from lit_dendrite.sweeps.cluster import ClusterConfig, ClusterError, load_cluster_config
 from lit_dendrite.sweeps.job import TrainRun
-from lit_dendrite.sweeps.spec import Run, Sweep, SweepError, load_sweep
+from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import collect, format_status
 
 __all__ = [
     "ClusterConfig",
     "ClusterError",
-    "Run",
+    "PlannedRun",
     "Sweep",
     "SweepError",
     "TrainRun",

@@ -11,7 +11,7 @@ from typing import Any
 import submitit
 
 from lit_dendrite.io import write_json_atomic
-from lit_dendrite.sweeps.state import RESULT
+from lit_dendrite.runs import RunDir
 
 TRAIN_ENTRY = "lit_dendrite.cli"
 
@@ -35,9 +35,9 @@ class TrainRun(submitit.helpers.Checkpointable):
 
     Requeueing never depends on state kept here: ``scontrol requeue`` reruns the original pickled callable and
     submitit's time-limit/preemption path reruns what ``checkpoint()`` returns, ``DelayedSubmission(self)``;
-    both call ``train`` again, which resumes from ``last.ckpt``. Nothing is saved in ``checkpoint()`` (a
+    both call ``train`` again, which resumes from the last checkpoint. Nothing is saved in ``checkpoint()`` (a
     ``trainer.save_checkpoint`` there would be a collective only rank 0 enters under DDP).
-    A run that raises writes ``{"status": "failed", "error", "log"}`` to its ``result.json`` and returns it, so
+    A run that raises writes ``{"status": "failed", "error", "log"}`` to its run record and returns it, so
     one failing run never affects another; an error raised after ``checkpoint()`` (submitit failing to requeue a
     job that Slurm is already requeueing or cancelling) is an interruption, not a failure, and is not recorded.
     """
@@ -65,7 +65,7 @@ class TrainRun(submitit.helpers.Checkpointable):
                 "args": self.args,
             }
             if _is_rank_zero():
-                write_json_atomic(self.run_dir / RESULT, result)
+                write_json_atomic(RunDir(self.run_dir).result, result)
             return result
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:

@@ -13,12 +13,12 @@ from typing import Any
 import submitit
 
 from lit_dendrite.io import read_json, write_json_atomic
+from lit_dendrite.runs import RunDir
 from lit_dendrite.sweeps.cluster import ClusterConfig, check_slurm, make_executor, sbatch_script
 from lit_dendrite.sweeps.job import TrainRun
-from lit_dendrite.sweeps.spec import Run, Sweep, SweepError
+from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError
 from lit_dendrite.sweeps.state import (
     MANIFEST,
-    RESULT,
     format_status,
     record_jobs,
     run_states,
@@ -39,7 +39,7 @@ class Submission:
     jobs: list[submitit.Job]
 
 
-def run_args(run: Run, sweep_dir: Path, cluster: str, config: ClusterConfig) -> list[str]:
+def run_args(run: PlannedRun, sweep_dir: Path, cluster: str, config: ClusterConfig) -> list[str]:
     """The full ``train`` arguments of a run: the cluster decides devices, nodes and strategy (not debug)."""
     return run.train_args(sweep_dir, extra=[] if cluster == "debug" else config.trainer_args())
 
@@ -134,9 +134,9 @@ def submit_sweep(
         return Submission(sweep_dir, [], skipped, [], [])
     write_json_atomic(sweep_dir / MANIFEST, _manifest(sweep, sweep_dir, cluster, config))
     for run in to_submit:
-        result_path = sweep_dir / run / RESULT
-        if (read_json(result_path) or {}).get("status") == "failed":
-            result_path.replace(result_path.with_name("result.failed.json"))
+        run_dir = RunDir(sweep_dir / run)
+        if (read_json(run_dir.result) or {}).get("status") == "failed":
+            run_dir.result.replace(run_dir.failed_result)
     jobs, job_of_run = _submit(cluster, config, sweep, sweep_dir, to_submit, args)
     record_jobs(sweep_dir, cluster, job_of_run)
     job_ids = list(dict.fromkeys(job_of_run.values()))

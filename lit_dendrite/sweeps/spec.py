@@ -34,11 +34,12 @@ from typing import Any
 
 import yaml
 
+from lit_dendrite.runs import NAME_SIGNIFICANT_DIGITS, SEED_AXIS, name_value, run_name
+
 SWEEP_KEYS = ("name", "description", "experiments", "seeds", "overrides", "grid", "zip", "random", "short_names")
 RANDOM_KEYS = ("trials", "seed", "axes")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 SEED_KEY = "seed_everything"
-SIGNIFICANT_DIGITS = 4
 
 
 class SweepError(ValueError):
@@ -46,8 +47,8 @@ class SweepError(ValueError):
 
 
 @dataclass(frozen=True)
-class Run:
-    """One training run of a sweep: which config, which overrides, where it writes."""
+class PlannedRun:
+    """One training run a sweep asks for: which config, which overrides, where it writes."""
 
     experiment: str
     config: Path
@@ -57,7 +58,7 @@ class Run:
     @property
     def name(self) -> str:
         """The run's stable name from its axis values with short keys, e.g. ``lr=0.001,seed=1``."""
-        return ",".join(f"{key}={value}" for key, value in self.axes)
+        return run_name(self.axes)
 
     @property
     def relative_dir(self) -> str:
@@ -78,7 +79,7 @@ class Sweep:
 
     name: str
     path: Path
-    runs: tuple[Run, ...]
+    runs: tuple[PlannedRun, ...]
 
 
 def cli_value(value: Any) -> str:
@@ -92,17 +93,6 @@ def cli_value(value: Any) -> str:
             text = f"{mantissa}.0e{exponent}"
         return text
     return str(value)
-
-
-def name_value(value: Any) -> str:
-    """Format an axis value for a run name: compact, no path separators."""
-    if isinstance(value, (list, tuple)):
-        return "-".join(name_value(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.{SIGNIFICANT_DIGITS}g}"
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return str(value).replace("/", "_").replace(",", "_").replace("=", "_")
 
 
 def _fail(path: Path, message: str) -> SweepError:
@@ -150,7 +140,7 @@ def _sample(path: Path, rng: random.Random, key: str, distribution: Any) -> Any:
     if not low < high or (kind == "loguniform" and low <= 0):
         raise _fail(path, f"random.axes.{key}.{kind} needs 0 < low < high (low > 0 for loguniform), got {arg!r}")
     value = math.exp(rng.uniform(math.log(low), math.log(high))) if kind == "loguniform" else rng.uniform(low, high)
-    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return float(f"{value:.{NAME_SIGNIFICANT_DIGITS}g}")
 
 
 def _random_points(path: Path, spec: Any) -> list[dict[str, Any]]:
@@ -214,7 +204,7 @@ def _short_names(path: Path, keys: list[str], given: Any) -> dict[str, str]:
     unknown = sorted(set(given) - set(keys))
     if unknown:
         raise _fail(path, f"short_names for {unknown}, which are not axes; axes are {keys}")
-    short = {key: str(given.get(key, "seed" if key == SEED_KEY else key.rsplit(".", 1)[-1])) for key in keys}
+    short = {key: str(given.get(key, SEED_AXIS if key == SEED_KEY else key.rsplit(".", 1)[-1])) for key in keys}
     clashes = sorted({s for s in short.values() if list(short.values()).count(s) > 1})
     if clashes:
         raise _fail(path, f"axes share the short name(s) {clashes}; set distinct ones under short_names")
@@ -266,7 +256,7 @@ def load_sweep(path: str | Path) -> Sweep:
             for seed in seeds:
                 values = {**point, SEED_KEY: seed}
                 axes = tuple((short[k], name_value(v)) for k, v in values.items())
-                run = Run(config.stem, config, (*overrides.items(), *values.items()), axes)
+                run = PlannedRun(config.stem, config, (*overrides.items(), *values.items()), axes)
                 if run.relative_dir in seen:
                     raise _fail(
                         path,

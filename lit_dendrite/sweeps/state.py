@@ -1,12 +1,12 @@
 """Sweep directories on disk: the manifest of runs, submitted jobs, each run's state, and summary.csv.
 
 A run's state, from the most to the least definite evidence:
-- ``done`` / ``diverged``: its ``result.json`` says so (written by train);
+- ``done`` / ``diverged``: its run record says so (written by train);
 - ``running`` / ``pending``: its last job is still known to the scheduler (squeue for Slurm, the process for
   local): running if it runs, pending if it is queued or being requeued (even after a failure: it is retried);
-- ``failed``: its ``result.json`` says so (written by the job wrapper) and no job of it is left;
+- ``failed``: its run record says so (written by the job wrapper) and no job of it is left;
 - ``running``: no result and no scheduler knows its job (no record, or status read on another machine), but
-  a ``last.ckpt`` was written in the last ``RECENT_CHECKPOINT_S`` seconds;
+  a session's last checkpoint was written in the last ``RECENT_CHECKPOINT_S`` seconds;
 - ``pending``: everything else (never submitted, or its job ended without a result: it will be resubmitted).
 """
 
@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
+from lit_dendrite.runs import FINISHED, RunDir, find_records
 
 MANIFEST = "sweep.json"
 JOBS = "jobs.json"
-RESULT = "result.json"
 SUMMARY = "summary.csv"
 STATES = ("pending", "running", "done", "failed", "diverged")
-FINISHED = ("done", "diverged")
 RUNNING_JOB_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")
 RECENT_CHECKPOINT_S = 15 * 60
 SUMMARY_SKIPPED = ("config", "sessions", "versions")
@@ -94,7 +93,7 @@ def job_states(records: dict[str, dict[str, str]]) -> dict[str, str | None]:
 
 
 def _recent_checkpoint(run_dir: Path, now: float) -> bool:
-    return any(now - ckpt.stat().st_mtime < RECENT_CHECKPOINT_S for ckpt in run_dir.glob("*/checkpoints/last.ckpt"))
+    return any(now - ckpt.stat().st_mtime < RECENT_CHECKPOINT_S for ckpt in RunDir(run_dir).last_checkpoints())
 
 
 def run_states(sweep_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
@@ -105,7 +104,7 @@ def run_states(sweep_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
     now = time.time()
     states = {}
     for run in runs:
-        result = read_json(sweep_dir / run / RESULT) or {}
+        result = read_json(RunDir(sweep_dir / run).result) or {}
         job_state = scheduler.get(run)
         live = job_state not in (None, "ENDED")
         if result.get("status") in FINISHED:
@@ -158,13 +157,13 @@ def _flatten(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect(sweep_dir: Path) -> Path:
-    """Write ``summary.csv`` (one row per ``result.json`` under ``sweep_dir``, with the run's axis values)."""
+    """Write ``summary.csv`` (one row per run record under ``sweep_dir``, with the run's axis values)."""
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a directory; pass <out>/<sweep name>, e.g. runs/demo")
     manifest = read_json(sweep_dir / MANIFEST) or {"runs": []}
     axes = {run["dir"]: run.get("axes", {}) for run in manifest["runs"]}
     rows = []
-    for path in sorted(sweep_dir.rglob(RESULT)):
+    for path in find_records(sweep_dir):
         result = read_json(path)
         if not isinstance(result, dict):
             continue
