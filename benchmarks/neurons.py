@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
@@ -368,7 +369,7 @@ def print_table(result: dict[str, object]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser("benchmarks/neurons.py", __doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (numbers are noisier)")
     parser.add_argument("--gpu", action="store_true", help="run on CUDA (batch 200 for the CNN)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the plain path")

@@ -10,16 +10,16 @@ See docs/cluster.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from lit_dendrite.analysis.report import accuracy_section, write_report
+from lit_dendrite.commandline import argument_parser, positive_float, positive_int
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.cluster import CLUSTERS, ClusterError, load_cluster_config
 from lit_dendrite.sweeps.launch import submit_sweep, wait_for
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
-from lit_dendrite.sweeps.state import collect, format_status
+from lit_dendrite.sweeps.state import collect, format_status, unfinished_runs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_SWEEP = CONFIGS / "sweep" / "paper.yaml"
@@ -28,18 +28,22 @@ DEFAULT_CLUSTER_CONFIG = {"slurm": CONFIGS / "cluster" / "slurm_gpu.yaml", "loca
 
 def submit_main(argv: list[str]) -> int:
     """Validate and submit a sweep (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="launch/sweep.py", description="Submit a sweep as one job array.")
+    parser = argument_parser("launch/sweep.py", "Submit a sweep as one job array.")
     parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: paper.yaml)")
     parser.add_argument("--cluster", choices=CLUSTERS, required=True, help="where the jobs run")
     parser.add_argument("--cluster-config", type=Path, help="configs/cluster/*.yaml (default per --cluster)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="runs go to OUT/<sweep>/<experiment>/<run>")
     parser.add_argument("--dry-run", action="store_true", help="print runs and the sbatch script; submit nothing")
-    parser.add_argument("--max-parallel", type=int, help="runs at once (default: the config's array_parallelism)")
-    parser.add_argument("--wait", action="store_true", help="wait for the jobs to end, then print the status")
-    parser.add_argument("--wait-timeout-h", type=float, default=48.0, help="give up waiting after this long")
+    parser.add_argument(
+        "--max-parallel", type=positive_int, help="runs at once (default: the config's array_parallelism)"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the jobs to end, print the status, and exit 1 unless every submitted run is done",
+    )
+    parser.add_argument("--wait-timeout-h", type=positive_float, default=48.0, help="give up waiting after this long")
     args = parser.parse_args(argv)
-    if args.max_parallel is not None and args.max_parallel < 1:
-        parser.error(f"--max-parallel must be at least 1, got {args.max_parallel}")
     cluster_config_path = args.cluster_config or DEFAULT_CLUSTER_CONFIG.get(args.cluster)
     try:
         sweep = load_sweep(args.sweep)
@@ -50,6 +54,15 @@ def submit_main(argv: list[str]) -> int:
         return 2
     if args.wait and submission.jobs:
         print(wait_for(submission.jobs, submission.sweep_dir, args.wait_timeout_h * 3600))
+        unfinished = unfinished_runs(submission.sweep_dir, submission.submitted)
+        if unfinished:
+            listed = "\n".join(f"  {run}: {state}" for run, state in unfinished.items())
+            print(
+                f"error: {len(unfinished)} of {len(submission.submitted)} submitted runs did not finish as done:\n"
+                f"{listed}\nsee `python launch/sweep.py status {submission.sweep_dir}` for errors and logs",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 
@@ -65,7 +78,7 @@ def collect_main(sweep_dir: Path) -> int:
 def main(argv: list[str]) -> int:
     """Dispatch to `status DIR`, `collect DIR`, or submission."""
     if argv[:1] in (["status"], ["collect"]):
-        parser = argparse.ArgumentParser(prog=f"launch/sweep.py {argv[0]}")
+        parser = argument_parser(f"launch/sweep.py {argv[0]}")
         parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")
         sweep_dir = parser.parse_args(argv[1:]).sweep_dir
         try:

@@ -20,10 +20,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from lit_dendrite.commandline import PARSER_OPTIONS
 from lit_dendrite.data.datamodule import ImageDataModule
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
-from lit_dendrite.models.protocol import Protocol, RunProtocol, protocol_dict
+from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
 from lit_dendrite.runs import RunDir, RunRecord, config_hash, default_run_dir, provenance
 
 TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
@@ -66,9 +67,9 @@ def parse(args: Sequence[str]) -> TrainCLI:
             seed_everything_default=0,
             save_config_callback=None,
             auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, **PARSER_OPTIONS},
         )
-    build(cli)
+    check_trainer_options(build(cli).trainer)
     return cli
 
 

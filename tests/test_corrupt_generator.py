@@ -2,6 +2,7 @@
 and a set that `CorruptedDataModule("generated", ...)` reads back."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -175,3 +176,15 @@ def test_named_dataset_command_line(tmp_path):
     datamodule = CorruptedDataModule("generated", tmp_path)
     assert datamodule.names == [f"shot_noise/{s}" for s in range(1, 6)]
     assert open_source("generated", tmp_path).image_shape == (28, 28, 1)
+    assert json.loads((tmp_path / "metadata.json").read_text())["dataset"] == "digits"  # checked by evaluate.py
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--n", "0"], r"--n: .*must be an integer >= 1, got 0"), (["--corr", "fog"], r"unrecognized arguments: --corr")],
+    ids=["zero_images", "abbreviated_option"],
+)
+def test_bad_numbers_and_abbreviations_are_argument_errors(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--dataset", "digits", "--out", str(tmp_path), *arguments])
+    assert stopped.value.code == 2 and re.search(message, capsys.readouterr().err)

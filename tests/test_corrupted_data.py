@@ -118,21 +118,27 @@ def test_items_are_float_chw_in_unit_range_and_first_n_are_kept(tmp_path):
     assert torch.equal(reloaded[1][0], image)
 
 
-def test_generated_layout_with_its_own_corruption_list(tmp_path):
-    directory = tmp_path / "digits_c"
-    directory.mkdir()
+def write_generated(directory, dataset="digits", image_shape=(28, 28, 1)):
+    """A small set in the layout `lit_dendrite.data.corrupt` writes (one corruption, contrast), with its metadata."""
+    directory.mkdir(parents=True)
     labels = np.tile(np.arange(PER_SEVERITY) % 10, 5)
     np.save(directory / "labels.npy", labels)
-    np.save(directory / "contrast.npy", encoded_images(labels, wrong_mask(0), (28, 28, 1)))
+    np.save(directory / "contrast.npy", encoded_images(labels, wrong_mask(0), image_shape))
     metadata = {
-        "dataset": "digits",
+        "dataset": dataset,
         "corruptions": ["contrast"],
         "severities": [1, 2, 3, 4, 5],
         "images_per_severity": PER_SEVERITY,
-        "image_shape": [28, 28, 1],
+        "image_shape": list(image_shape),
         "num_classes": 10,
     }
     (directory / "metadata.json").write_text(json.dumps(metadata))
+    return directory
+
+
+def test_generated_layout_with_its_own_corruption_list(tmp_path):
+    directory = write_generated(tmp_path / "digits_c")
+    labels = np.tile(np.arange(PER_SEVERITY) % 10, 5)
     datamodule = CorruptedDataModule.from_spec(f"generated:{directory}", batch_size=4)
     table = accuracy_table(run_test(datamodule), datamodule.names)
     assert table.keys() == {"contrast"}
@@ -207,6 +213,38 @@ def test_malformed_mnist_c_is_named(tmp_path):
         CorruptedDataModule("mnist_c", tmp_path, corruptions=["fog"]).setup("test")
     with pytest.raises(ValueError, match=r"severities \[3\] not in mnist_c; valid: \[1\]"):
         CorruptedDataModule("mnist_c", tmp_path, severities=[3])
+
+
+@pytest.mark.parametrize(
+    ("spec", "run_dataset", "message"),
+    [
+        ("generated:digits", "mnist", r"made from 'digits'.*trained on 'mnist'.*use --corruptions mnist_c"),
+        ("generated:fashion_mnist", "digits", r"made from 'fashion_mnist'.*corrupt --dataset digits --out DIR"),
+        ("cifar10_c", "mnist", r"made from 'cifar10': images \(32, 32, 3\).*'mnist': images \(28, 28, 1\)"),
+        ("cifar10_c", "cifar100", r"10 classes; the run was trained on 'cifar100'.* 100 classes.*cifar100_c"),
+        ("mnist_c", "fashion_mnist", r"made from 'mnist'.*trained on 'fashion_mnist'"),
+        ("generated:imagefolder:/photos", "mnist", r"made from 'imagefolder:/photos': images \(32, 32, 3\)"),
+    ],
+)
+def test_a_set_made_from_another_data_set_is_refused(tmp_path, spec, run_dataset, message):
+    write_cifar_c(tmp_path)
+    write_mnist_c(tmp_path)
+    kind, _, made_from = spec.partition(":")
+    if kind == "generated":
+        shape = (32, 32, 3) if made_from.startswith("imagefolder") else (28, 28, 1)
+        source = open_source(kind, write_generated(tmp_path / "generated", made_from, shape))
+    else:
+        source = open_source(kind, tmp_path)
+    with pytest.raises(ValueError, match=message):
+        source.check_made_from(run_dataset)
+
+
+def test_a_set_made_from_the_run_data_set_is_accepted(tmp_path):
+    write_cifar_c(tmp_path)
+    open_source("cifar10_c", tmp_path).check_made_from("cifar10")
+    open_source("generated", write_generated(tmp_path / "digits_c")).check_made_from("digits")
+    folder_set = write_generated(tmp_path / "folder_c", "imagefolder:/scans", (28, 28, 1))
+    open_source("generated", folder_set).check_made_from("mnist")  # no name to compare: same shape and classes
 
 
 @pytest.mark.parametrize(

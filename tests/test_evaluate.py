@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONFIGS, QUIET
 
 from lit_dendrite.cli import train
 from lit_dendrite.data.corrupt import write_corrupted_set
@@ -100,6 +102,36 @@ def test_bad_arguments_fail_before_loading(tmp_path):
         main([str(tmp_path), "--attacks", "pgd"])
     with pytest.raises(ValueError, match="corruption spec"):
         main([str(tmp_path), "--corruptions", "imagenet_c", "--attacks", "none"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--batch-size", "0"], r"--batch-size: .*must be an integer >= 1, got 0"),
+        (["--n", "-5"], r"--n: .*must be an integer >= 1, got -5"),
+        (["--batch", "5"], r"unrecognized arguments: --batch 5"),
+    ],
+    ids=["zero_batch_size", "negative_n", "abbreviated_option"],
+)
+def test_bad_numbers_and_abbreviations_are_argument_errors(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path), "--attacks", "none", *arguments])
+    assert stopped.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_corrupted_set_of_another_data_set_is_refused_before_evaluating(tmp_path):
+    run_dir = tmp_path / "mlp_digits_relu" / "seed=0"
+    train(["--config", str(CONFIGS / "mlp_digits_relu.yaml"), "--run_dir", str(run_dir), *QUIET,
+           "--trainer.max_epochs", "1", "--model.net.init_args.widths", "[16, 16]"])  # fmt: skip
+    images, labels = load_arrays("digits", "unused", train=False)
+    other = write_corrupted_set(
+        images[:4], labels[:4], tmp_path / "fashion_c", dataset="fashion_mnist", num_classes=10,
+        corruptions=["brightness"], progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"made from 'fashion_mnist'.*trained on 'digits'.*--dataset digits"):
+        main([str(run_dir), "--corruptions", f"generated:{other}", "--attacks", "none"])
+    assert not (run_dir / ROBUSTNESS_FILE).exists() and not (run_dir / ROBUSTNESS_DIR).exists()
 
 
 class Preempted(Exception):

@@ -7,6 +7,8 @@ import csv
 import importlib.util
 import json
 import os
+import re
+import shutil
 import signal
 import sys
 import types
@@ -160,6 +162,40 @@ def test_status_and_collect_commands(
     assert [f for f in os.listdir(sweep_dir) if f.endswith(".tmp")] == []
 
     assert launcher.main(["status", str(tmp_path / "nowhere")]) == 2
+
+
+def test_wait_exits_non_zero_and_names_the_runs_that_failed_or_diverged(
+    sweep_file: Path, tmp_path: Path, pipeline: FakePipeline, capsys: pytest.CaptureFixture
+) -> None:
+    pipeline.fail, pipeline.diverge = {"2"}, {"1"}
+    launcher = load_launcher()
+    submit = ["--sweep", str(sweep_file), "--cluster", "debug", "--out", str(tmp_path / "runs"), "--wait"]
+    assert launcher.main(submit) == 1
+    error = capsys.readouterr().err
+    assert "4 of 4 submitted runs did not finish as done" in error
+    for seed, state in (("1", "diverged"), ("2", "failed")):
+        for experiment in ("mlp_digits_2arg", "mlp_digits_relu"):
+            assert f"{experiment}/lr=0.01,seed={seed}: {state}" in error
+    pipeline.fail, pipeline.diverge = set(), set()
+    shutil.rmtree(tmp_path / "runs")
+    assert launcher.main(submit) == 0 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--cluster", "debug", "--max-parallel", "0"], r"--max-parallel: .*must be an integer >= 1, got 0"),
+        (["--cluster", "debug", "--wait-timeout-h", "nan"], r"--wait-timeout-h: .*finite number > 0, got nan"),
+        (["--clus", "debug"], r"the following arguments are required: --cluster"),
+    ],
+    ids=["zero_parallel", "nan_timeout", "abbreviated_option"],
+)
+def test_bad_numbers_and_abbreviations_are_argument_errors(
+    arguments: list[str], capsys: pytest.CaptureFixture, message: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        load_launcher().main(arguments)
+    assert stopped.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
 def test_config_that_does_not_parse_stops_the_sweep_before_submitting(

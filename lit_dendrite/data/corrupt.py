@@ -28,7 +28,6 @@ exact for gray images; per-channel noise is averaged by it, so its standard devi
 An interrupted run resumes: finished corruption files are kept when the arguments match those in metadata.json.
 """
 
-import argparse
 import hashlib
 import json
 import math
@@ -43,6 +42,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
+from lit_dendrite.commandline import argument_parser, positive_int
 from lit_dendrite.data.corrupted import LABELS_FILE, METADATA_FILE, SEVERITIES, read_metadata
 from lit_dendrite.io import atomic_path, write_json_atomic
 
@@ -227,7 +227,7 @@ def _load_image_folder(folder: Path, size: int | None) -> tuple[np.ndarray, np.n
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point; returns the output directory."""
-    parser = argparse.ArgumentParser(prog="python -m lit_dendrite.data.corrupt", description=__doc__.split("\n")[0])
+    parser = argument_parser("python -m lit_dendrite.data.corrupt", __doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="digits|mnist|fashion_mnist|cifar10|cifar100|imagefolder:PATH")
     parser.add_argument("--root", default="data", help="folder holding the clean data sets (default: data)")
     parser.add_argument("--out", required=True, help="output directory of the corrupted set")
@@ -235,11 +235,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument(
         "--corruptions", nargs="+", choices=CORRUPTIONS, metavar="NAME", help="default: all (without saturate if gray)"
     )
-    parser.add_argument("--n", type=int, default=None, help="corrupt only the first N test images")
-    parser.add_argument("--size", type=int, default=None, help="imagefolder only: resize and centre-crop to S x S")
+    parser.add_argument("--n", type=positive_int, default=None, help="corrupt only the first N test images")
+    parser.add_argument(
+        "--size", type=positive_int, default=None, help="imagefolder only: resize and centre-crop to S x S"
+    )
     args = parser.parse_args(argv)
-    if args.n is not None and args.n < 1:
-        parser.error(f"--n must be at least 1, got {args.n}")
     images, labels, num_classes = load_source_images(args.dataset, args.root, args.size)
     if args.n is not None:
         images, labels = images[: args.n], labels[: args.n]

@@ -14,13 +14,15 @@ On-disk layouts:
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from lit_dendrite.data.datasets import DATASETS, dataset_spec
 
 CIFAR_C_BENCHMARK = (
     "gaussian_noise",
@@ -65,6 +67,8 @@ LABELS_FILE = "labels.npy"
 METADATA_KEYS = ("dataset", "corruptions", "severities", "images_per_severity", "image_shape", "num_classes")
 
 _CIFAR_C_DIRS = {"cifar10_c": ("CIFAR-10-C", 10), "cifar100_c": ("CIFAR-100-C", 100)}
+RELEASED_FROM = {"cifar10_c": "cifar10", "cifar100_c": "cifar100", "mnist_c": "mnist"}
+"""The clean data set whose test images each released corrupted set was made from."""
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -80,6 +84,28 @@ class CorruptedSource:
     image_shape: tuple[int, int, int]
     num_classes: int
     images_per_severity: int | None = None
+    made_from: str | None = None
+
+    def check_made_from(self, dataset: str) -> None:
+        """Raise, naming both and the fix, unless this set was made from the test images of ``dataset`` (a set
+        generated from an image folder must at least match its image shape and classes)."""
+        spec = dataset_spec(dataset)
+        channels, height, width = spec.in_shape
+        same_images = self.image_shape == (height, width, channels) and self.num_classes == spec.num_classes
+        if self.made_from == dataset or (self.made_from not in DATASETS and same_images):
+            return
+        released = [kind for kind, source in RELEASED_FROM.items() if source == dataset]
+        fix = (
+            f"use --corruptions {released[0]}"
+            if released
+            else f"generate one with `python -m lit_dendrite.data.corrupt --dataset {dataset} --out DIR` and use "
+            "--corruptions generated:DIR"
+        )
+        raise ValueError(
+            f"{self.directory} ({self.kind}) was made from {self.made_from!r}: images {self.image_shape}, "
+            f"{self.num_classes} classes; the run was trained on {dataset!r}: images {(height, width, channels)}, "
+            f"{spec.num_classes} classes. Evaluate a run on a corrupted set of its own data set: {fix}"
+        )
 
     def files(self, corruption: str) -> tuple[Path, Path]:
         """The (images, labels) .npy paths of one corruption."""
@@ -120,7 +146,8 @@ def open_source(kind: str, root: str | Path) -> CorruptedSource:
         fix = f"download {name}.tar from https://zenodo.org/records/{'2535967' if kind == 'cifar10_c' else '3555552'}"
     elif kind == "mnist_c":
         corruptions = (MNIST_C_IDENTITY, *MNIST_C_CORRUPTIONS)
-        source = CorruptedSource(kind, root / "mnist_c", corruptions, MNIST_C_CORRUPTIONS, (1,), (28, 28, 1), 10)
+        shape = (28, 28, 1)
+        source = CorruptedSource(kind, root / "mnist_c", corruptions, MNIST_C_CORRUPTIONS, (1,), shape, 10)
         fix = "download mnist_c.zip from https://zenodo.org/records/3239543"
     elif kind == "generated":
         metadata = read_metadata(root)
@@ -134,12 +161,13 @@ def open_source(kind: str, root: str | Path) -> CorruptedSource:
             tuple(metadata["image_shape"]),
             int(metadata["num_classes"]),
             int(metadata["images_per_severity"]),
+            made_from=metadata["dataset"],
         )
     else:
         raise ValueError(f"unknown corrupted set kind {kind!r}; expected one of {list(KINDS)}")
     if not source.directory.is_dir():
         raise FileNotFoundError(f"{source.directory}: missing; {fix} and extract it under {root}.")
-    return source
+    return replace(source, made_from=RELEASED_FROM[kind])
 
 
 def parse_spec(spec: str, root: str | Path = "data") -> tuple[str, Path]:

@@ -84,9 +84,16 @@ class ImageDataModule(L.LightningDataModule):
         return self.spec.num_classes
 
     def check_available(self) -> None:
-        """Raise at once, with the path and the fix, when the data set is missing and ``download`` is off."""
-        if not self.download:
+        """Load and check the data set now, before any training: raise with the file and the fix when it is missing
+        (and ``download`` is off), truncated or malformed. The loaded splits are kept for training. A set still to be
+        downloaded is fetched and checked by ``prepare_data`` and ``setup`` (Lightning runs the download once)."""
+        try:
             check_available(self.dataset, self.root)
+        except FileNotFoundError:
+            if self.download:
+                return
+            raise
+        self.setup()
 
     def prepare_data(self) -> None:
         if self.download:

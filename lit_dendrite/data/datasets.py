@@ -6,7 +6,9 @@ unless ``download=True``; a missing set fails at once with the path looked in an
 
 from __future__ import annotations
 
+import math
 import pickle
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,14 +107,69 @@ def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> tupl
     from torchvision import datasets
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    if not download:
-        _require_files(name, root, data_files(name, root, train))
-    data = cls(str(root), train=train, download=download)
-    return data.data.numpy()[..., None].astype(np.uint8), data.targets.numpy().astype(np.int64)
+    files = data_files(name, root, train)
+    if download:
+        cls(str(root), train=train, download=True)
+    _require_files(name, root, files)
+    images_file, labels_file = files
+    count, *_ = _idx_shape(images_file, ndim=3)
+    (labels_count,) = _idx_shape(labels_file, ndim=1)
+    if labels_count != count:
+        raise ValueError(
+            f"{labels_file}: {labels_count} labels for the {count} images of {images_file}; the two files come from "
+            f"different downloads: delete both and fetch them again with --data.download true"
+        )
+    data = cls(str(root), train=train, download=False)
+    labels = _check_labels(labels_file, data.targets.numpy(), DATASETS[name].num_classes)
+    return data.data.numpy()[..., None].astype(np.uint8), labels
+
+
+IDX_UNSIGNED_BYTE = 0x08
+"""The type code of MNIST's idx files (unsigned bytes), the third byte of their header."""
+
+
+def _idx_shape(path: Path, ndim: int) -> tuple[int, ...]:
+    """The array shape an idx file's header declares, checked against the file's size, so that an empty or truncated
+    download is named here instead of failing in torchvision's parser (or, before, after session I)."""
+    size = path.stat().st_size
+    fix = f"delete {path} and fetch it again with --data.download true"
+    header_size = 4 + 4 * ndim
+    with open(path, "rb") as handle:
+        header = handle.read(header_size)
+    if len(header) < header_size:
+        raise ValueError(
+            f"{path}: empty or truncated idx file: expected at least {header_size} bytes (its header), found {size}; "
+            f"{fix}"
+        )
+    if header[:4] != bytes([0, 0, IDX_UNSIGNED_BYTE, ndim]):
+        raise ValueError(
+            f"{path}: not an idx file of unsigned bytes with {ndim} dimension(s) (header {header[:4].hex()}, expected "
+            f"0000{IDX_UNSIGNED_BYTE:02x}{ndim:02x}); {fix}"
+        )
+    shape = struct.unpack(f">{ndim}I", header[4:])
+    expected = header_size + math.prod(shape)
+    if size != expected:
+        raise ValueError(
+            f"{path}: truncated or corrupt idx file: expected {expected} bytes (header and {shape} bytes), "
+            f"found {size}; {fix}"
+        )
+    return shape
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``labels`` as int64, or a ValueError naming the file when one lies outside 0..num_classes-1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{path}: expected labels in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}; "
+            "the file is corrupt or belongs to another data set: delete it and fetch it again with --data.download true"
+        )
+    return labels
 
 
 def _load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
     label_key = _CIFAR_LAYOUT[name][3]
+    num_classes = DATASETS[name].num_classes
     files = data_files(name, root, train)
     if download:
         from torchvision import datasets
@@ -125,8 +182,11 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.
         data = np.asarray(batch["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise ValueError(f"{file}: expected 'data' of shape (N, 3072), found {data.shape}")
+        file_labels = _check_labels(file, batch[label_key], num_classes)
+        if len(file_labels) != len(data):
+            raise ValueError(f"{file}: {len(file_labels)} labels for {len(data)} images; delete it and fetch it again")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        labels.append(file_labels)
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -22,8 +24,8 @@ class Classifier(L.LightningModule):
 
     def __init__(self, net: nn.Module, lr: float = 1e-3) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"model.lr must be a finite number > 0 (the paper's is 1e-3), got {lr}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.lr = lr

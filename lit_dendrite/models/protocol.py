@@ -9,7 +9,8 @@ skipped on a rerun; an interrupted one resumes from its last checkpoint (layout:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,33 @@ class Protocol:
             )
         if self.pretrain_epochs < 0 or self.patience < 1:
             raise ValueError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
+        if not (math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0):
+            raise ValueError(f"protocol.pretrain_lr must be a finite number > 0, got {self.pretrain_lr}")
+        if self.pretrain_batch_size < 1:
+            raise ValueError(f"protocol.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size}")
+
+
+TRAINER_LIMITS = ("max_epochs", "max_steps", "limit_train_batches", "limit_val_batches")
+"""Trainer options that, at 0, leave a session without a validated epoch and so without a best checkpoint to test."""
+
+
+def check_trainer_options(options: Mapping[str, Any]) -> None:
+    """Raise before any session when the Trainer options cannot give each session a best checkpoint: a limit of 0
+    (``max_epochs`` and ``max_steps`` also below -1, Lightning's "no limit"), or ``fast_dev_run``, which saves none."""
+    for key in TRAINER_LIMITS:
+        value = options.get(key)
+        if value is not None and (value == 0 or (key.startswith("max_") and value < -1)):
+            raise ValueError(
+                f"trainer.{key} is {value}: every session needs at least 1 training epoch, step and validation batch "
+                f"to keep and test a best checkpoint; set --trainer.{key} to at least 1"
+                + (" (or -1 for no limit)" if key.startswith("max_") else "")
+            )
+    if options.get("fast_dev_run"):
+        raise ValueError(
+            "trainer.fast_dev_run saves no checkpoints, which the protocol tests and passes between sessions; "
+            "for a quick run set --trainer.max_epochs 1 --protocol.pretrain_epochs 1 "
+            "(and --trainer.limit_train_batches N)"
+        )
 
 
 def save_torch_atomic(obj: Any, path: Path) -> None:
@@ -160,6 +188,11 @@ class RunProtocol:
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=self._resume_path(session))
         if stop.stopped_epoch and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")
+        if not best.best_model_path:
+            raise RuntimeError(
+                f"session {name} ended without a best checkpoint (no validation epoch finished under {session.dir}); "
+                "check the trainer's epoch, step and batch limits"
+            )
         best_path = Path(best.best_model_path)
         tested = trainer.test(model, datamodule=self.datamodule, ckpt_path=str(best_path), verbose=False)[0]
         summary = {

@@ -28,6 +28,8 @@ def match_width(
     """Widths ``w = round(s * reference["widths"])`` for one factor ``s`` so that ``build(**kwargs, widths=w)``
     has the parameter count of ``build(**kwargs | reference)`` within ``tolerance`` (relative)."""
     base = [int(w) for w in reference["widths"]]
+    if not base or min(base) < 1:
+        raise ValueError(f"reference widths must be positive integers, got {list(reference['widths'])}")
     target = _count_on_meta(build, **{**kwargs, **reference})
 
     def widths_for(scale: float) -> list[int]:

@@ -15,6 +15,17 @@ from lit_dendrite.nn.neurons import build_neuron, neuron_spec
 
 NOT_ARCHITECTURE = ("self", "__class__", "widths", "match_neuron")
 """Constructor arguments that a width-matched reference does not share with the net being built."""
+CONFIG_KEY = "model.net.init_args"
+"""Where a training configuration sets a net's arguments: errors name the key to fix under it."""
+
+
+def positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    """``values`` as a non-empty tuple of ints; a ValueError naming the argument if one is not a positive integer
+    (a width of 0 would train sessions I and II and fail only in session III)."""
+    values = tuple(values)
+    if not values or any(isinstance(v, bool) or not float(v).is_integer() or v < 1 for v in values):
+        raise ValueError(f"{CONFIG_KEY}.{name} must be positive integers, got {list(values)}")
+    return tuple(int(v) for v in values)
 
 
 class Normalize(nn.Module):
@@ -42,13 +53,19 @@ class OuterNet(nn.Module):
         inner_hidden: Sequence[int],
         mean: Sequence[float],
         std: Sequence[float],
+        dropout: float,
     ) -> None:
         super().__init__()
         if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (channels, height, width), got {list(in_shape)}")
+            raise ValueError(f"{CONFIG_KEY}.in_shape must be (channels, height, width), got {list(in_shape)}")
+        self.in_shape = positive_ints("in_shape", in_shape)
         if len(mean) != in_shape[0]:
             raise ValueError(f"mean/std need {in_shape[0]} values (one per input channel), got {len(mean)}")
-        self.in_shape = tuple(int(s) for s in in_shape)
+        if num_classes < 1:
+            raise ValueError(f"{CONFIG_KEY}.num_classes must be at least 1, got {num_classes}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"{CONFIG_KEY}.dropout must be in [0, 1), got {dropout}")
+        self.dropout = dropout
         self.num_classes = num_classes
         self.neuron_name = neuron
         spec = neuron_spec(neuron)
@@ -71,16 +88,17 @@ class OuterNet(nn.Module):
     ) -> tuple[int, ...]:
         """``widths``, or with ``match_neuron`` the widths scaled so this net has as many parameters as the same
         architecture built with ``match_neuron`` and ``widths`` (see :func:`match_width`)."""
+        widths = positive_ints("widths", widths)
         if match_neuron is not None:
             reference = {"neuron": match_neuron, "widths": widths}
             widths = match_width(type(self), architecture, reference=reference)
         return tuple(int(w) for w in widths)
 
-    def add_dense_layers(self, width_in: int, widths: Sequence[int], dropout: float) -> None:
+    def add_dense_layers(self, width_in: int, widths: Sequence[int]) -> None:
         """Dense dendritic hidden layers (``self.hidden``) and the Linear readout to classes (``self.head``)."""
         layers = []
         for units in widths:
-            layers.append(DendriticLinear(width_in, units, self.make_neuron(), dropout))
+            layers.append(DendriticLinear(width_in, units, self.make_neuron(), self.dropout))
             width_in = units
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(width_in, self.num_classes)
@@ -107,9 +125,9 @@ class DendriticMLP(OuterNet):
         match_neuron: str | None = None,
     ) -> None:
         architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE}
-        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std)
+        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout)
         self.widths = self.matched_widths(widths, match_neuron, architecture)
-        self.add_dense_layers(math.prod(self.in_shape), self.widths, dropout)
+        self.add_dense_layers(math.prod(self.in_shape), self.widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -139,20 +157,21 @@ class DendriticCNN(OuterNet):
         match_neuron: str | None = None,
     ) -> None:
         architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE}
-        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std)
+        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout)
+        kernels, (pool,) = positive_ints("kernels", kernels), positive_ints("pool", [pool])
         if len(widths) < len(kernels):
             raise ValueError(f"need at least one width per conv kernel, got widths={widths}, kernels={kernels}")
         self.widths = self.matched_widths(widths, match_neuron, architecture)
         channels, height, width = self.in_shape
         convs = []
         for units, kernel in zip(self.widths, kernels):
-            convs.append(DendriticConv2d(channels, units, self.make_neuron(), dropout, kernel, pool))
+            convs.append(DendriticConv2d(channels, units, self.make_neuron(), self.dropout, kernel, pool))
             height, width = (height - kernel + 1) // pool, (width - kernel + 1) // pool
             if height < 1 or width < 1:
                 raise ValueError(f"input {list(in_shape)} is too small for kernels {list(kernels)} with pool {pool}")
             channels = units
         self.features = nn.Sequential(*convs)
-        self.add_dense_layers(channels * height * width, self.widths[len(kernels) :], dropout)
+        self.add_dense_layers(channels * height * width, self.widths[len(kernels) :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -247,6 +247,8 @@ def evaluate_run(
     run_dir = RunDir(Path(run_dir)).path
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1 (or None for the whole test set), got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     built = [build_attack(name, **(attack_overrides or {}).get(name, {})) for name in attacks]
     datamodule = (
         CorruptedDataModule.from_spec(corruptions, corruption_root, batch_size=batch_size, n=n) if corruptions else None
@@ -255,6 +257,7 @@ def evaluate_run(
     result, net = _load_checked(run_dir, torch_device)
     baseline_dir = None
     if datamodule is not None:
+        datamodule.source.check_made_from(result["dataset"])
         datamodule.setup("test")
         baseline_dir = Path(baseline) if baseline is not None else find_baseline(run_dir)
     root = _data_root(result, data_root)
@@ -464,13 +467,10 @@ def _attack_list(text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line of :func:`evaluate_run` (``python launch/evaluate.py RUN_DIR ...``); prints a summary."""
-    import argparse
-
+    from lit_dendrite.commandline import argument_parser, positive_int
     from lit_dendrite.robustness.adversarial import ATTACKS
 
-    parser = argparse.ArgumentParser(
-        prog="launch/evaluate.py", description="Clean, corrupted and adversarial accuracy of a trained run."
-    )
+    parser = argument_parser("launch/evaluate.py", "Clean, corrupted and adversarial accuracy of a trained run.")
     parser.add_argument("run_dir", help="a finished run's directory")
     parser.add_argument("--corruptions", help="cifar10_c | cifar100_c | mnist_c | generated:DIR (default: none)")
     parser.add_argument(
@@ -482,10 +482,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=list(DEFAULT_ATTACKS),
         help=f"comma-separated attacks or 'none' (default: {','.join(DEFAULT_ATTACKS)}; all: {','.join(ATTACKS)})",
     )
-    parser.add_argument("--n", type=int, help="evaluate the first N test images only (default: all)")
+    parser.add_argument("--n", type=positive_int, help="evaluate the first N test images only (default: all)")
     parser.add_argument("--baseline", help="mCE baseline run directory (default: the sweep's ReLU control)")
     parser.add_argument("--data-root", help="clean data root (default: the run's data.root)")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed each attack starts from (default: 0)")
     parser.add_argument(

@@ -122,6 +122,11 @@ def run_states(sweep_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
     return states
 
 
+def unfinished_runs(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
+    """``{run dir: state}`` of those of ``runs`` that are not done: failed, diverged, or still pending or running."""
+    return {run: info["state"] for run, info in run_states(sweep_dir, runs).items() if info["state"] != "done"}
+
+
 def format_status(sweep_dir: Path) -> str:
     """A table of every run of the sweep in ``sweep_dir`` with its state and job, then the counts per state."""
     manifest = read_manifest(sweep_dir)

@@ -1,0 +1,34 @@
+"""What every command-line parser of the project shares: no abbreviated options, and checked numbers.
+
+Without ``allow_abbrev=False`` argparse and jsonargparse take a unique prefix for an option, so a mistyped
+``--model.l 5`` silently set the learning rate and ``--batch 5`` the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+PARSER_OPTIONS: dict[str, Any] = {"allow_abbrev": False}
+"""Keyword arguments of every parser the project builds (argparse's and jsonargparse's)."""
+
+
+def argument_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with the project's options."""
+    return argparse.ArgumentParser(prog=prog, description=description, **PARSER_OPTIONS)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a batch size or image count of 0 would fail only later)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
