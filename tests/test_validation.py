@@ -67,6 +67,19 @@ def test_zero_epochs_or_steps_fail_before_session_one(tmp_path, option):
     assert_nothing_trained(tmp_path / "run")
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--trainer.limit_val_batches", "0"], r"trainer\.limit_val_batches is 0"),
+        (["--trainer.check_val_every_n_epoch", "5"], r"check_val_every_n_epoch is 5 but trainer\.max_epochs is 3"),
+        (["--trainer.fast_dev_run", "true"], r"fast_dev_run saves no checkpoints"),
+    ],
+)
+def test_trainer_options_without_a_best_checkpoint_fail_when_parsed(override, message):
+    with pytest.raises(ValueError, match=message):
+        parse(["--config", MLP_2ARG, "--trainer.max_epochs", "3", *override])
+
+
 def test_key_prefixes_are_not_accepted():
     with pytest.raises(Exception, match=r"model\.l\b"):
         parse(["--config", MLP_2ARG, "--model.l", "5"])
@@ -114,3 +127,12 @@ def test_checked_data_are_loaded_once(tmp_path):
     train = datamodule.splits["train"]
     datamodule.setup("fit")
     assert datamodule.splits["train"] is train  # the checked data are the trained data, read once
+
+
+def test_truncated_mnist_file_is_named_with_download_on(tmp_path):
+    make_mnist(tmp_path)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    _truncate(path, 100)
+    datamodule = ImageDataModule("mnist", root=str(tmp_path), download=True)
+    with pytest.raises(ValueError, match=rf"{path}: truncated .*expected 47056 bytes.*found 100; delete {path}"):
+        datamodule.check_available()  # present files are checked, never fetched again over a broken one

@@ -108,8 +108,8 @@ def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> tupl
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     files = data_files(name, root, train)
-    if download:
-        cls(str(root), train=train, download=True)
+    if download and not all(f.is_file() for f in files):
+        cls(str(root), train=train, download=True)  # torchvision skips files that exist, checked or not
     _require_files(name, root, files)
     images_file, labels_file = files
     count, *_ = _idx_shape(images_file, ndim=3)

@@ -74,6 +74,12 @@ def check_trainer_options(options: Mapping[str, Any]) -> None:
                 f"to keep and test a best checkpoint; set --trainer.{key} to at least 1"
                 + (" (or -1 for no limit)" if key.startswith("max_") else "")
             )
+    every, epochs = options.get("check_val_every_n_epoch"), options.get("max_epochs")
+    if every is not None and epochs is not None and 0 < epochs < every:
+        raise ValueError(
+            f"trainer.check_val_every_n_epoch is {every} but trainer.max_epochs is {epochs}: no session would validate "
+            "and keep a best checkpoint; set --trainer.check_val_every_n_epoch to at most the epochs"
+        )
     if options.get("fast_dev_run"):
         raise ValueError(
             "trainer.fast_dev_run saves no checkpoints, which the protocol tests and passes between sessions; "
@@ -188,11 +194,6 @@ class RunProtocol:
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=self._resume_path(session))
         if stop.stopped_epoch and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")
-        if not best.best_model_path:
-            raise RuntimeError(
-                f"session {name} ended without a best checkpoint (no validation epoch finished under {session.dir}); "
-                "check the trainer's epoch, step and batch limits"
-            )
         best_path = Path(best.best_model_path)
         tested = trainer.test(model, datamodule=self.datamodule, ckpt_path=str(best_path), verbose=False)[0]
         summary = {
