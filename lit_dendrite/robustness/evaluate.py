@@ -257,7 +257,7 @@ def evaluate_run(
     result, net = _load_checked(run_dir, torch_device)
     baseline_dir = None
     if datamodule is not None:
-        datamodule.source.check_made_from(result["dataset"])
+        datamodule.source.check_made_from(result.dataset)
         datamodule.setup("test")
         baseline_dir = Path(baseline) if baseline is not None else find_baseline(run_dir)
     root = _data_root(result, data_root)
