@@ -53,6 +53,8 @@ def test_bad_net_arguments_name_the_key(net, arguments, key):
         (["--protocol.pretrain_lr", ".nan"], "protocol.pretrain_lr"),
         (["--protocol.pretrain_batch_size", "0"], "protocol.pretrain_batch_size"),
         (["--model.net.init_args.dropout", "-0.1"], "model.net.init_args.dropout"),
+        (["--data.num_workers", "-1"], "data.num_workers"),
+        (["--data.val_fraction", ".nan"], "data.val_fraction"),
     ],
 )
 def test_bad_hyperparameters_fail_when_parsed(override, key):

@@ -68,9 +68,11 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.val_fraction = self.spec.val_fraction if val_fraction is None else val_fraction
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.split_seed = split_seed
         self.num_workers = num_workers
         self.splits: dict[str, ImageArrayDataset] = {}
