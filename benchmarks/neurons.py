@@ -4,8 +4,9 @@
 
 For the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50 on CPU, 200 on GPU) it measures, in
 one process, the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along
-each path (``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``native``: the
-library's exact implementations, ``native`` (CPU only) being the one that ``impl="auto"`` picks on CPU; ``table``:
+each path (``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``fused``: the
+library's exact implementations, ``fused`` (the custom op: native kernel on CPU, Triton on CUDA) being the one that
+``impl="auto"`` picks; ``table``:
 the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs the native
 pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU control at
 matched parameters, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner
@@ -39,8 +40,7 @@ from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
 
-PATHS = ("reference", "plain", "lean", "native", "table")
-CPU_ONLY_PATHS = ("native",)
+PATHS = ("reference", "plain", "lean", "fused", "table")
 MIN_MEASURE_S = 0.05
 MODELS = {
     "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": {"cpu": 200, "cuda": 200}},
@@ -79,7 +79,7 @@ def set_path(net: nn.Module, path: str, calibration: torch.Tensor | None) -> Non
         for module in list(net.modules()):
             if isinstance(getattr(module, "neuron", None), LearnedNeuron):
                 module.neuron = ReferenceNeuron(module.neuron.inner)
-    elif path in ("plain", "lean", "native"):
+    elif path in ("plain", "lean", "fused"):
         net.inner.impl = path
     elif path == "table":
         tabulate_inner(net, calibration=[calibration])
@@ -177,7 +177,7 @@ def inner_gflops(device: torch.device, batch: int, quick: bool) -> dict[str, flo
     flops = 3 * 2 * rows * sum(lin.in_features * lin.out_features for lin in inner.linears)
     reference = ReferenceNeuron(inner)
     result = {}
-    for name in (path for path in device_paths(device) if path != "table"):
+    for name in (path for path in PATHS if path != "table"):
         inner.impl = "plain" if name == "reference" else name
         neuron = reference if name == "reference" else inner.evaluate
         seconds = timed(lambda neuron=neuron: neuron(x, -1).sum().backward(), device, 1, 3 if quick else 5)
@@ -262,17 +262,12 @@ def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: in
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
-def device_paths(device: torch.device) -> tuple[str, ...]:
-    """The 2-arg net's paths that run on ``device``."""
-    return tuple(path for path in PATHS if device.type == "cpu" or path not in CPU_ONLY_PATHS)
-
-
 def benchmark_model(model: str, device: torch.device, quick: bool, compile_: bool) -> dict[str, object]:
     batch = MODELS[model]["batch"][device.type]
     warmup, rounds = (1, 3) if quick else (2, 7)
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
-    paths = device_paths(device)
+    paths = PATHS
     variants = ["relu", *paths] + (["compiled"] if compile_ else []) + (["bf16"] if device.type == "cuda" else [])
     nets, steps, inferences = {}, {}, {}
     for variant in variants:

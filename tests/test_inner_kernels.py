@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile, native
-from lit_dendrite.nn.inner_kernels import LEAN_MIN_ROWS, choose_impl, lean_inner, native_inner, plain_inner
+from lit_dendrite.nn.inner_kernels import LEAN_MIN_ROWS, choose_impl, fused_inner, lean_inner, plain_inner
 from lit_dendrite.nn.neurons import learned_neurons
 
 LAYOUTS = [((6, 5, 2), -1), ((3, 4, 2, 5, 6), 2), ((2, 3, 2, 9, 11), 2), ((4, 3, 1, 7), 2)]
@@ -14,8 +14,8 @@ def _value_and_grads(inner, x, dim, impl, chunk_rows=None):
     x = x.detach().requires_grad_(True)
     if impl == "plain":
         y = plain_inner(x.movedim(dim, -1), inner.linears)
-    elif impl == "native":
-        y = native_inner(x, dim, inner.linears)
+    elif impl == "fused":
+        y = fused_inner(x, dim, inner.linears)
     else:
         y = lean_inner(x, dim, inner.linears, chunk_rows)
     upstream = torch.linspace(-0.5, 1, y.numel(), dtype=y.dtype).view(y.shape)
@@ -75,7 +75,7 @@ def test_native_float32_matches_plain_float64(shape, dim, hidden):
     torch.manual_seed(2)
     inner = _with_random_biases(InnerNet(arity=shape[dim], hidden=hidden))
     x = torch.randn(shape) * 2
-    y_native, g_native = _value_and_grads(inner, x, dim, "native")
+    y_native, g_native = _value_and_grads(inner, x, dim, "fused")
     y_plain, g_plain = _value_and_grads(inner.double(), x.double(), dim, "plain")
     torch.testing.assert_close(y_native, y_plain.float(), rtol=1e-5, atol=1e-5)
     for a, b in zip(g_native, g_plain):
@@ -87,7 +87,7 @@ def test_native_weight_gradients_stay_accurate_over_many_rows():
     torch.manual_seed(0)
     inner = _with_random_biases(InnerNet(arity=2))
     x, upstream = torch.randn(400_000, 2), torch.rand(400_000)  # gradients of one sign: the sums grow with the rows
-    native_inner(x, -1, inner.linears).backward(upstream)
+    fused_inner(x, -1, inner.linears).backward(upstream)
     exact = InnerNet(arity=2).double()
     exact.load_state_dict(inner.state_dict())
     plain_inner(x.double(), exact.linears).backward(upstream.double())
@@ -100,7 +100,7 @@ def test_native_propagates_nan_as_plain_does():
     inner = InnerNet(arity=2)
     x = torch.randn(200, 2)
     x[7, 1] = float("nan")
-    y_native, g_native = _value_and_grads(inner, x, -1, "native")
+    y_native, g_native = _value_and_grads(inner, x, -1, "fused")
     y_plain, g_plain = _value_and_grads(inner, x, -1, "plain")
     torch.testing.assert_close(y_native, y_plain, equal_nan=True)
     assert y_native.isnan().nonzero().tolist() == [[7]]
@@ -116,7 +116,7 @@ def test_native_gives_the_same_values_on_one_and_two_threads():
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(_value_and_grads(inner, x, -1, "native"))
+            results.append(_value_and_grads(inner, x, -1, "fused"))
     finally:
         torch.set_num_threads(threads)
     (y1, g1), (y2, g2) = results
@@ -143,7 +143,7 @@ def test_portable_native_build_gives_the_same_values(tmp_path):
 
 
 @pytest.mark.parametrize("build", [DendriticMLP, DendriticCNN])
-@pytest.mark.parametrize(("impl", "dtype"), [("lean", torch.double), ("native", torch.float)])
+@pytest.mark.parametrize(("impl", "dtype"), [("lean", torch.double), ("fused", torch.float)])
 def test_whole_network_gradients_equal_between_implementations(build, impl, dtype):
     torch.manual_seed(0)
     net = build(dropout=0.0).to(dtype)
@@ -186,7 +186,7 @@ def test_hooks_on_a_neuron_see_its_inputs_on_the_fused_paths():
     torch.testing.assert_close(net(x), expected)
 
 
-@pytest.mark.parametrize("impl", ["lean", "native"])
+@pytest.mark.parametrize("impl", ["lean", "fused"])
 def test_frozen_inner_net_gets_no_gradient_but_inputs_do(impl):
     torch.manual_seed(0)
     inner = InnerNet(arity=2)
@@ -194,13 +194,13 @@ def test_frozen_inner_net_gets_no_gradient_but_inputs_do(impl):
     _, expected = _value_and_grads(inner, x, 2, "plain")
     inner.requires_grad_(False)
     x.requires_grad_(True)
-    out = lean_inner(x, 2, inner.linears, 16) if impl == "lean" else native_inner(x, 2, inner.linears)
+    out = lean_inner(x, 2, inner.linears, 16) if impl == "lean" else fused_inner(x, 2, inner.linears)
     out.backward(torch.linspace(-0.5, 1, out.numel()).view(out.shape))
     torch.testing.assert_close(x.grad, expected[0])
     assert all(p.grad is None for p in inner.parameters())
 
 
-@pytest.mark.parametrize("impl", ["lean", "native"])
+@pytest.mark.parametrize("impl", ["lean", "fused"])
 def test_inputs_without_gradient_still_train_the_inner_net(impl):
     torch.manual_seed(0)
     inner = InnerNet(arity=2)
@@ -210,21 +210,23 @@ def test_inputs_without_gradient_still_train_the_inner_net(impl):
         if name == "plain":
             y = plain_inner(x, inner.linears)
         else:
-            y = lean_inner(x, -1, inner.linears, 16) if impl == "lean" else native_inner(x, -1, inner.linears)
+            y = lean_inner(x, -1, inner.linears, 16) if impl == "lean" else fused_inner(x, -1, inner.linears)
         grads[name] = torch.autograd.grad(y.square().sum(), list(inner.parameters()))
     for a, b in zip(grads[impl], grads["plain"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
 
 
-def test_auto_rule_picks_by_size_dtype_and_falls_back_to_plain_under_autocast(monkeypatch):
+def test_auto_rule_picks_by_size_dtype_and_keeps_the_fused_op_under_autocast(monkeypatch):
     linears = InnerNet(arity=2).linears
     large, small = torch.zeros(LEAN_MIN_ROWS["cpu"], 2), torch.zeros(10, 2)
     assert choose_impl(small, linears) == "plain"
-    assert choose_impl(large, linears) == "native"
+    assert choose_impl(large, linears) == "fused"
     assert choose_impl(large.double(), InnerNet(arity=2).double().linears) == "lean"
     assert choose_impl(large, InnerNet(arity=2, hidden=(20, 64)).linears) == "lean"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert choose_impl(large, linears) == "plain"
+        assert choose_impl(large, linears) == "fused"  # the native kernel computes float32 inputs in float32
+        assert choose_impl(large.bfloat16(), linears) == "plain"  # which it cannot read: the plain layers run
+        assert choose_impl(large.double(), InnerNet(arity=2).double().linears) == "plain"
     monkeypatch.setenv("LIT_DENDRITE_NATIVE", "0")
     assert choose_impl(large, linears) == "lean"
 
@@ -236,13 +238,13 @@ def test_bad_settings_are_refused_with_a_clear_error():
         inner(torch.randn(3, 2))
     with pytest.raises(ValueError, match="chunk_rows"):
         lean_inner(torch.randn(3, 2), -1, inner.linears, 0)
-    inner.impl = "native"
+    inner.impl = "fused"
     with pytest.raises(ValueError, match="needs float32 CPU inputs.*use impl='auto'"):
         inner.double()(torch.randn(3, 2, dtype=torch.double))
     with pytest.raises(ValueError, match="multiples of 16, got \\[5, 7\\]"):
-        native_inner(torch.randn(3, 2), -1, InnerNet(arity=2, hidden=(5, 7)).linears)
+        fused_inner(torch.randn(3, 2), -1, InnerNet(arity=2, hidden=(5, 7)).linears)
     with pytest.raises(ValueError, match="2 hidden layers"):
-        native_inner(torch.randn(3, 2), -1, InnerNet(arity=2, hidden=(16,)).linears)
+        fused_inner(torch.randn(3, 2), -1, InnerNet(arity=2, hidden=(16,)).linears)
 
 
 def test_implementation_settings_are_not_in_the_state_dict():

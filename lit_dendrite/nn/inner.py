@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, lean_inner, native_inner, plain_inner
+from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, fused_inner, lean_inner, plain_inner
 
 
 class InnerNet(nn.Module):
@@ -15,7 +15,7 @@ class InnerNet(nn.Module):
 
     ``forward`` maps a tensor whose last dimension is ``arity`` to one value per row (the last
     dimension is dropped); ``evaluate`` does the same along any dimension. Both are exact; the attributes ``impl``
-    (``"auto"``, ``"plain"``, ``"lean"`` or ``"native"``, see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`) and
+    (``"auto"``, ``"plain"``, ``"lean"`` or ``"fused"``, see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`) and
     ``chunk_rows`` (``None``: the device's tuned value; ``lean`` only) pick how, and are not part of the state dict.
     """
 
@@ -49,8 +49,8 @@ class InnerNet(nn.Module):
         impl = self.implementation(x)
         if impl == "plain":
             return plain_inner(x.movedim(dim, -1), self.linears)
-        if impl == "native":
-            return native_inner(x, dim, self.linears)
+        if impl == "fused":
+            return fused_inner(x, dim, self.linears)
         return lean_inner(x, dim, self.linears, self.chunk_rows or default_chunk_rows(x.device))
 
     def implementation(self, x: torch.Tensor) -> str:

@@ -1,14 +1,14 @@
-"""Exact evaluation of the inner net: a plain reference and two memory-lean autograd functions.
+"""Exact evaluation of the inner net: a plain reference, a memory-lean autograd function and the fused op.
 
-The lean functions keep the ``(rows, arity)`` inputs for backward and recompute the hidden activations there, one
-cache-sized chunk of rows at a time, so no ``(rows, 64)`` tensor of the whole layer ever exists: ``lean`` in torch
-ops (any device, dtype and depth), ``native`` in one C call per pass (:mod:`lit_dendrite.nn.native`; float32 CPU,
-two hidden layers), which also fuses the elementwise work into the matrix products and keeps the signs of the last
-hidden layer (1 bit per unit) instead of recomputing it; in the dendritic layers it also takes over their
-LayerNorm, so that it keeps the LayerNorm's input instead of its output (:func:`native_normalized_inner`). Their
-inputs are rows of ``arity`` adjacent values: the dendritic layers lay their pre-activations out that way (conv maps
-channels-last), so nothing is copied; any other layout costs one copy of the inputs. ``choose_impl`` documents the
-rule that picks an implementation.
+The lean and fused paths keep the ``(rows, arity)`` inputs for backward and recompute the hidden activations there,
+so no ``(rows, 64)`` tensor of the whole layer ever exists: ``lean`` in torch ops, one cache-sized chunk of rows at a
+time (any device, dtype and depth), ``fused`` as the custom op of :mod:`lit_dendrite.nn.inner_op` (two hidden layers
+of multiples of 16 units: the native C kernel on float32 CPU tensors, a Triton kernel on CUDA), which also fuses the
+elementwise work into the matrix products and keeps the signs of the last hidden layer (1 bit per unit) instead of
+recomputing it; in the dendritic layers it also takes over their LayerNorm, so that it keeps the LayerNorm's input
+instead of its output (:func:`fused_normalized_inner`). Their inputs are rows of ``arity`` adjacent values: the
+dendritic layers lay their pre-activations out that way (conv maps channels-last), so nothing is copied; any other
+layout costs one copy of the inputs. ``choose_impl`` documents the rule that picks an implementation.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lit_dendrite.nn import native
+from lit_dendrite.nn import inner_op
+from lit_dendrite.nn.inner_op import output_layer_grads
 
-IMPLS = ("auto", "plain", "lean", "native")
+IMPLS = ("auto", "plain", "lean", "fused")
 
 # Rows per chunk: a chunk's (rows, 64) buffers should stay in the CPU's L2 cache. On our 2-core Xeon (1 thread,
 # the CNN's first layer, fwd+bwd) 2048 rows took 385-395 ns/row, 1024 and 4096 400-480, 8192 420-440; the issue's
@@ -30,9 +31,11 @@ DEFAULT_CHUNK_ROWS = {"cpu": 2048, "cuda": 1 << 18}
 # Below this many rows the plain implementation is used: it skips the recompute and the per-chunk Python work.
 # CPU, 1 thread, fwd+bwd of one InnerNet(2) call, median of 15x5: lean/plain time 1.30 at 2048 rows, 0.74 at
 # 8192, 0.51 at 32768; the paper MLP (12.8k-row layers) trains 5.4-5.9x its ReLU control lean, 7.9-8.3x plain.
-# The native kernel breaks even with plain around 1000-4096 rows (1.6x plain's time at 64, 0.94 at 4096, 0.52 at
-# 12800) and takes the same threshold.
 LEAN_MIN_ROWS = {"cpu": 1 << 12, "cuda": 1 << 22}
+# The fused op's threshold. The native CPU kernel breaks even with plain around 1000-4096 rows (1.6x plain's time
+# at 64, 0.94 at 4096, 0.52 at 12800). On CUDA one Triton launch replaces plain's six kernels and their (rows, 64)
+# intermediates at any size (unmeasured: no GPU was available).
+FUSED_MIN_ROWS = {"cpu": 1 << 12, "cuda": 1}
 
 
 def default_chunk_rows(device: torch.device) -> int:
@@ -41,19 +44,26 @@ def default_chunk_rows(device: torch.device) -> int:
 
 
 def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
-    """The rule behind ``impl="auto"`` for inputs ``x`` (rows of ``arity`` along some dim): ``plain`` under autocast,
-    torch.compile or for small problems; otherwise ``native`` where its kernel can run
-    (:func:`~lit_dendrite.nn.native.inner_kernel_mismatch`) and ``lean`` elsewhere.
+    """The rule behind ``impl="auto"`` for inputs ``x`` (rows of ``arity`` along some dim): ``fused`` where the op
+    can run (:func:`~lit_dendrite.nn.inner_op.mismatch`) and the problem is not small (``FUSED_MIN_ROWS``), also under
+    autocast and torch.compile; otherwise ``plain`` under autocast, torch.compile or for small problems
+    (``LEAN_MIN_ROWS``), ``lean`` elsewhere.
 
-    Autocast and compiled graphs get the plain layers because both rewrite ordinary ops (bf16 casts,
-    fusion) but not the hand-written backward; small problems get them because their activations are small.
+    The fused op keeps its path under autocast and compile because it is a registered custom op (with a fake
+    implementation and an autograd formula); ``lean`` is a Python autograd function whose hand-written backward
+    neither autocast nor compile rewrites, so there the plain layers (which both do rewrite: bf16 casts, fusion) run.
+    Small problems get the plain layers because their activations are small.
     """
     device = x.device
+    rows = x.numel() // linears[0].in_features
+    if (
+        rows >= FUSED_MIN_ROWS.get(device.type, FUSED_MIN_ROWS["cpu"])
+        and inner_op.mismatch(x, _params(linears)) is None
+    ):
+        return "fused"
     if torch.compiler.is_compiling() or torch.is_autocast_enabled(device.type):
         return "plain"
-    if x.numel() // linears[0].in_features < LEAN_MIN_ROWS.get(device.type, LEAN_MIN_ROWS["cpu"]):
-        return "plain"
-    return "native" if native.inner_kernel_mismatch(x, _params(linears)) is None else "lean"
+    return "plain" if rows < LEAN_MIN_ROWS.get(device.type, LEAN_MIN_ROWS["cpu"]) else "lean"
 
 
 def plain_inner(x: torch.Tensor, linears: Sequence[nn.Linear]) -> torch.Tensor:
@@ -72,48 +82,40 @@ def lean_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], chunk_ro
     return out.view(rows.shape[:-1])
 
 
-def native_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear]) -> torch.Tensor:
-    """The lean evaluation along ``dim`` by the native CPU kernel; a clear error where it cannot run."""
-    params = _native_params(x, linears)
+def fused_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear]) -> torch.Tensor:
+    """The exact evaluation along ``dim`` by the fused op (:mod:`lit_dendrite.nn.inner_op`: the native kernel on CPU,
+    Triton on CUDA); a clear error where it cannot run."""
+    params = _fused_params(x, linears)
     rows = x.movedim(dim, -1)
-    out = _NativeInner.apply(rows.reshape(-1, rows.shape[-1]).contiguous(), 0, 0.0, *params)
+    out = inner_op.fused_inner_net(rows.reshape(-1, rows.shape[-1]), 0, 0.0, params)
     return out.view(rows.shape[:-1])
 
 
-def native_normalized_inner(
+def fused_normalized_inner(
     z: torch.Tensor, normalized_ndim: int, linears: Sequence[nn.Linear], eps: float
 ) -> torch.Tensor:
     """LayerNorm (no affine, epsilon ``eps``) of ``z`` over its last ``normalized_ndim`` dims, then the inner net on
-    each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), by the native CPU kernel.
+    each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), by the fused op.
 
     Backward recomputes the LayerNorm, so a layer keeps only ``z`` (which its LayerNorm would keep anyway), the
     statistics and the signs of the inner net's last hidden layer.
     """
-    params = _native_params(z, linears)
+    params = _fused_params(z, linears)
     if z.shape[-1] % params[0].shape[1]:
         raise ValueError(f"the last dim of {tuple(z.shape)} is not a multiple of arity {params[0].shape[1]}")
-    return _NativeInner.apply(z.contiguous(), normalized_ndim, eps, *params)
+    return inner_op.fused_inner_net(z, normalized_ndim, eps, params)
 
 
-def _native_params(x: torch.Tensor, linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
+def _fused_params(x: torch.Tensor, linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
     params = _params(linears)
-    mismatch = native.inner_kernel_mismatch(x, params)
+    mismatch = inner_op.mismatch(x, params)
     if mismatch is not None:
-        raise ValueError(f"InnerNet.impl='native' cannot run here: {mismatch}; use impl='auto'")
+        raise ValueError(f"InnerNet.impl='fused' cannot run here: {mismatch}; use impl='auto'")
     return params
 
 
 def _params(linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
     return [t for linear in linears for t in (linear.weight, linear.bias)]
-
-
-def _output_layer_grads(
-    weight: torch.Tensor, bias: torch.Tensor, out_weight: torch.Tensor, product: torch.Tensor, gated_sum: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of the last hidden layer (``weight``, ``bias``) and of the output weights from ``product`` = G^T a
-    and ``gated_sum`` = colsum(G), G the output gradient gated by the last hidden layer's ReLU (see _LeanInner)."""
-    grad_out_weight = ((weight * product).sum(1) + bias * gated_sum).unsqueeze(0)
-    return out_weight.unsqueeze(1) * product, out_weight * gated_sum, grad_out_weight
 
 
 class _ChunkViews:
@@ -239,67 +241,8 @@ class _LeanInner(torch.autograd.Function):
         grad_w.insert(0, grad_first[:-1].t())
         grad_b.insert(0, grad_first[-1])
         # The last hidden layer's sums were taken with G, not with the output weight folded in (see above).
-        grad_w[-1], grad_b[-1], grad_out_weight = _output_layer_grads(
+        grad_w[-1], grad_b[-1], grad_out_weight = output_layer_grads(
             hidden[-1], biases[-2], out_weight, grad_w[-1], grad_b[-1]
         )
         grad_params = [t for pair in zip(grad_w, grad_b) for t in pair]
         return (grad_x, None, *grad_params, grad_out_weight, grad_out.sum().reshape(1))
-
-
-class _NativeInner(torch.autograd.Function):
-    """``(z, normalized_ndim, eps, w1, b1, w2, b2, w3, b3) -> inner(LayerNorm(z))`` by ``inner_kernel.c``, on each group
-    of ``arity`` adjacent features of ``z``'s last dim; ``normalized_ndim`` 0 skips the LayerNorm.
-
-    For backward it keeps ``z``, the LayerNorm statistics and the forward pass's signs of the last hidden layer (1 bit
-    per unit), and recomputes the LayerNorm and the first hidden layer: three matrix products per row in all, against
-    four when the last hidden layer is recomputed too. The gradients are :class:`_LeanInner`'s, with every elementwise
-    step fused into the kernel's matrix products.
-    """
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, normalized_ndim: int, eps: float, *params: torch.Tensor) -> torch.Tensor:
-        arity = params[0].shape[1]
-        rows, statistics = _normalized_rows(z, normalized_ndim, eps, arity)
-        need_grad = any(ctx.needs_input_grad)
-        out, signs = native.inner_forward(rows, params, keep_signs=need_grad)
-        if need_grad:
-            ctx.save_for_backward(z, *statistics, *params)
-            ctx.normalized_ndim, ctx.eps, ctx.statistics = normalized_ndim, eps, len(statistics)
-            ctx.signs = signs  # not saved with the inputs: backward frees it as soon as it is used
-        return out.view(*z.shape[:-1], z.shape[-1] // arity)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        z, *saved = ctx.saved_tensors
-        statistics, params = saved[: ctx.statistics], saved[ctx.statistics :]
-        # The signs are used once, then freed before the LayerNorm's backward; a second backward through a retained
-        # graph recomputes them (signs None).
-        signs, ctx.signs = ctx.signs, None
-        rows, _ = _normalized_rows(z, ctx.normalized_ndim, ctx.eps, params[0].shape[1])
-        need_z, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
-        grad_out = grad_out.contiguous().view(-1)
-        overwrite = bool(statistics)  # the recomputed LayerNorm output is a fresh tensor: its gradient may replace it
-        grad_rows, sums = native.inner_backward(rows, grad_out, params, need_z, need_params, signs, overwrite)
-        del signs, rows
-        grad_z = grad_rows.view(z.shape) if need_z else None
-        if need_z and statistics:
-            shape = z.shape[z.dim() - ctx.normalized_ndim :]
-            layer_norm_backward = torch.ops.aten.native_layer_norm_backward
-            grad_z = layer_norm_backward(grad_z, z, shape, *statistics, None, None, [True, False, False])[0]
-        if sums is None:
-            return (grad_z, None, None, *[None] * len(params))
-        product, gated_sum, first_weight_t, first_bias, grad_sum = sums
-        hidden_grads = _output_layer_grads(params[2], params[3], params[4][0], product, gated_sum)
-        return (grad_z, None, None, first_weight_t.t(), first_bias, *hidden_grads, grad_sum)
-
-
-def _normalized_rows(
-    z: torch.Tensor, normalized_ndim: int, eps: float, arity: int
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``z`` as rows of ``arity`` after LayerNorm over its last ``normalized_ndim`` dims (none for 0), and the
-    LayerNorm's mean and rstd: the same values in forward and in backward's recomputation."""
-    if not normalized_ndim:
-        return z.view(-1, arity), []
-    normalized, mean, rstd = torch.native_layer_norm(z, z.shape[z.dim() - normalized_ndim :], None, None, eps)
-    return normalized.view(-1, arity), [mean, rstd]

@@ -270,6 +270,7 @@ def _check_allocated(failed: int) -> None:
         raise MemoryError("the native inner kernel could not allocate its per-thread buffers")
 
 
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant instead of tracing the build
 def native_available() -> bool:
     """Whether the native kernels are enabled and built (builds them on the first call)."""
     return native_enabled() and kernel_library() is not None

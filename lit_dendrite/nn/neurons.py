@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_dendrite.nn.inner import InnerNet
-from lit_dendrite.nn.inner_kernels import native_normalized_inner
+from lit_dendrite.nn.inner_kernels import fused_normalized_inner
 
 LAYER_NORM_EPS = 1e-5
 """The epsilon of the dendritic layers' LayerNorm (``F.layer_norm``'s default); the native paths use it too."""
@@ -61,14 +61,14 @@ class LearnedNeuron(Neuron):
 
     def normalized(self, z: torch.Tensor, normalized_ndim: int, pool: int = 1) -> torch.Tensor:
         """As :meth:`Neuron.normalized`; a table fuses LayerNorm, lookup and pool where it can (see ``fuses``), and the
-        native inner net takes the LayerNorm into its autograd function (see ``native_normalized_inner``). A neuron
+        fused inner net takes the LayerNorm into its op (see ``fused_normalized_inner``). A neuron
         with forward hooks runs unfused, so that its hooks see its inputs."""
         if self._forward_pre_hooks or self._forward_hooks:
             return super().normalized(z, normalized_ndim, pool)
         if self.table is not None and self.table.fuses(z):
             return self.table.normalized(z, normalized_ndim, self.inner, pool)
-        if self.table is None and self.inner.implementation(z) == "native":
-            return _max_pool(native_normalized_inner(z, normalized_ndim, self.inner.linears, LAYER_NORM_EPS), pool)
+        if self.table is None and self.inner.implementation(z) == "fused":
+            return _max_pool(fused_normalized_inner(z, normalized_ndim, self.inner.linears, LAYER_NORM_EPS), pool)
         return super().normalized(z, normalized_ndim, pool)
 
 
