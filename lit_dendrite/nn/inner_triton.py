@@ -82,10 +82,16 @@ def _vector(ptr, H: tl.constexpr, HP: tl.constexpr):
 
 
 @triton.jit
-def _product(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """``a @ b`` with fp32 accumulation; operands in DOT_DTYPE (fp32 products use PRECISION: tf32 or ieee)."""
+def _product(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, ROUND_ONLY: tl.constexpr):
+    """``a @ b`` with fp32 accumulation; operands in DOT_DTYPE (fp32 products use PRECISION: tf32 or ieee). With
+    ROUND_ONLY the operands are rounded to DOT_DTYPE and multiplied in fp32: the same numbers, for the interpreter,
+    whose bf16 ``tl.dot`` multiplies the raw bits (Triton 3.8)."""
     if tl.float32 == DOT_DTYPE:
         return tl.dot(a, b, input_precision=PRECISION)
+    if ROUND_ONLY:
+        rounded_a = a.to(DOT_DTYPE, fp_downcast_rounding="rtne").to(tl.float32)
+        rounded_b = b.to(DOT_DTYPE, fp_downcast_rounding="rtne").to(tl.float32)
+        return tl.dot(rounded_a, rounded_b, input_precision="ieee")
     return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), out_dtype=tl.float32)
 
 
@@ -98,19 +104,20 @@ def _sample_rows(rows, live, rows_per_sample):
 def inner_forward_kernel(z_ptr, mean_ptr, rstd_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, out_ptr, signs_ptr,
                          n_rows, rows_per_sample, ARITY: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
                          H1P: tl.constexpr, H2P: tl.constexpr, BLOCK: tl.constexpr, NORMALIZE: tl.constexpr,
-                         KEEP_SIGNS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+                         KEEP_SIGNS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                         ROUND_ONLY: tl.constexpr):  # fmt: skip
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = rows < n_rows
     samples = _sample_rows(rows, live, rows_per_sample)
     hidden = _relu(_first_layer(z_ptr, mean_ptr, rstd_ptr, samples, w1_ptr, b1_ptr, rows, live, ARITY, H1, H1P,
                                 BLOCK, NORMALIZE))  # fmt: skip
     w2t = _matrix(w2_ptr, H2, H1, H2P, H1P, True)
-    pre = _product(hidden, w2t, DOT_DTYPE, PRECISION) + _vector(b2_ptr, H2, H2P)[None, :]
+    pre = _product(hidden, w2t, DOT_DTYPE, PRECISION, ROUND_ONLY) + _vector(b2_ptr, H2, H2P)[None, :]
     out = tl.sum(_relu(pre) * _vector(w3_ptr, H2, H2P)[None, :], axis=1) + tl.load(b3_ptr).to(tl.float32)
     tl.store(out_ptr + rows, out, mask=live)
     if KEEP_SIGNS:
         WORDS: tl.constexpr = H2P // 16
-        bits = tl.reshape((pre > 0).to(tl.int32), (BLOCK, WORDS, 16))
+        bits = tl.reshape(tl.where(pre <= 0, 0, 1), (BLOCK, WORDS, 16))  # NaN counts as positive
         words = tl.sum(bits << tl.arange(0, 16)[None, None, :], axis=2)
         word_index = tl.arange(0, WORDS)[None, :]
         tl.store(signs_ptr + rows[:, None] * (H2 // 16) + word_index, words.to(tl.int16),
@@ -124,7 +131,7 @@ def inner_backward_kernel(z_ptr, mean_ptr, rstd_ptr, w1_ptr, b1_ptr, w2_ptr, b2_
                           H1: tl.constexpr, H2: tl.constexpr, H1P: tl.constexpr, H2P: tl.constexpr,
                           BLOCK: tl.constexpr, NORMALIZE: tl.constexpr, HAVE_SIGNS: tl.constexpr,
                           INPUT_GRAD: tl.constexpr, PARAM_SUMS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                          PRECISION: tl.constexpr):  # fmt: skip
+                          PRECISION: tl.constexpr, ROUND_ONLY: tl.constexpr):  # fmt: skip
     """Per program: the rows' gradient of its blocks, and sums over them of ``P = G^T relu(h1)``, ``colsum(G)``,
     ``dW1^T``, ``db1`` and ``sum(grad_out)`` with ``G = grad_out * [h2 > 0]`` (see ``native.inner_backward``)."""
     program, programs = tl.program_id(0), tl.num_programs(0)
@@ -149,15 +156,16 @@ def inner_backward_kernel(z_ptr, mean_ptr, rstd_ptr, w1_ptr, b1_ptr, w2_ptr, b2_
             words = tl.load(signs_ptr + rows[:, None] * (H2 // 16) + word_index,
                             mask=live[:, None] & (word_index < H2 // 16), other=0).to(tl.int32)  # fmt: skip
             bits = (words[:, :, None] >> tl.arange(0, 16)[None, None, :]) & 1
-            positive = tl.reshape(bits, (BLOCK, H2P)) != 0
+            blocked = tl.reshape(bits, (BLOCK, H2P)) == 0
         else:
             w2t = _matrix(w2_ptr, H2, H1, H2P, H1P, True)
-            positive = (_product(hidden, w2t, DOT_DTYPE, PRECISION) + _vector(b2_ptr, H2, H2P)[None, :]) > 0
+            blocked = (_product(hidden, w2t, DOT_DTYPE, PRECISION, ROUND_ONLY) + _vector(b2_ptr, H2, H2P)[None, :]) <= 0
         grad_out = tl.load(grad_out_ptr + rows, mask=live, other=0.0).to(tl.float32)
-        gated = tl.where(positive, grad_out[:, None], 0.0)  # G, (BLOCK, H2P)
-        grad_pre1 = tl.where(pre1 > 0, _product(gated, w2out, DOT_DTYPE, PRECISION), 0.0)  # (BLOCK, H1P)
+        # ReLU gradients as torch.relu's: blocked where the pre-activation is <= 0 (a NaN lets the gradient through).
+        gated = tl.where(blocked, 0.0, grad_out[:, None])  # G, (BLOCK, H2P)
+        grad_pre1 = tl.where(pre1 <= 0, 0.0, _product(gated, w2out, DOT_DTYPE, PRECISION, ROUND_ONLY))  # (BLOCK, H1P)
         if PARAM_SUMS:
-            product += _product(tl.trans(gated), hidden, DOT_DTYPE, PRECISION)
+            product += _product(tl.trans(gated), hidden, DOT_DTYPE, PRECISION, ROUND_ONLY)
             gated_sum += tl.sum(gated, axis=0)
             first_bias += tl.sum(grad_pre1, axis=0)
             grad_sum += grad_out
@@ -190,15 +198,15 @@ def _shape(params: Sequence[torch.Tensor]) -> tuple[int, int, int, int, int]:
 
 def _dot_options(z: torch.Tensor) -> dict[str, object]:
     precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    return {"DOT_DTYPE": LOW_PRECISION.get(z.dtype, tl.float32), "PRECISION": precision}
+    dot_dtype = LOW_PRECISION.get(z.dtype, tl.float32)
+    return {"DOT_DTYPE": dot_dtype, "PRECISION": precision, "ROUND_ONLY": dot_dtype == tl.bfloat16 and not z.is_cuda}
 
 
 def _statistics(z: torch.Tensor, normalized_ndim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The LayerNorm's mean and rstd per sample, shaped as ``torch.native_layer_norm`` returns them (float32);
     empty without a LayerNorm."""
     if not normalized_ndim:
-        empty = z.new_empty(0, dtype=torch.float32)
-        return empty, empty
+        return z.new_empty(0, dtype=torch.float32), z.new_empty(0, dtype=torch.float32)
     var, mean = torch.var_mean(z.float(), dim=tuple(range(z.dim() - normalized_ndim, z.dim())), correction=0,
                                keepdim=True)  # fmt: skip
     return mean, torch.rsqrt(var + eps)
@@ -206,6 +214,12 @@ def _statistics(z: torch.Tensor, normalized_ndim: int, eps: float) -> tuple[torc
 
 def _rows_per_sample(z: torch.Tensor, normalized_ndim: int, arity: int) -> int:
     return max(1, z.shape[z.dim() - normalized_ndim :].numel() // arity) if normalized_ndim else 1
+
+
+def _present(*tensors: torch.Tensor, z: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors``, with ``z`` standing in for the empty ones: a kernel never reads them (its flags say so), but an
+    empty tensor may have no address to pass."""
+    return [t if t.numel() else z for t in tensors]
 
 
 def _device(z: torch.Tensor):
@@ -228,7 +242,8 @@ def inner_forward(
     if n_rows:
         with _device(z):
             inner_forward_kernel[grid](
-                z, mean, rstd, w1, b1, w2, b2, w3, b3, out, signs, n_rows, _rows_per_sample(z, normalized_ndim, arity),
+                z, *_present(mean, rstd, z=z), w1, b1, w2, b2, w3, b3, out, *_present(signs, z=out), n_rows,
+                _rows_per_sample(z, normalized_ndim, arity),
                 ARITY=arity, H1=h1, H2=h2, H1P=h1p, H2P=h2p, BLOCK=FORWARD_BLOCK_ROWS, NORMALIZE=bool(normalized_ndim),
                 KEEP_SIGNS=keep_signs, **_dot_options(z),
             )  # fmt: skip
@@ -266,7 +281,8 @@ def inner_backward(
     if n_rows:
         with _device(z):
             inner_backward_kernel[(programs,)](
-                z, mean, rstd, w1, b1, w2, b2, w2out, grad_out, signs, grad_rows if input_grad else z, *sums, n_rows,
+                z, *_present(mean, rstd, z=z), w1, b1, w2, b2, w2out, grad_out, *_present(signs, z=z),
+                grad_rows if input_grad else z, *sums, n_rows,
                 _rows_per_sample(z, normalized_ndim, arity), ARITY=arity, ARITY_P=arity_p, H1=h1, H2=h2, H1P=h1p,
                 H2P=h2p, BLOCK=BACKWARD_BLOCK_ROWS, NORMALIZE=bool(normalized_ndim), HAVE_SIGNS=bool(signs.numel()),
                 INPUT_GRAD=input_grad, PARAM_SUMS=param_sums, num_warps=8, **_dot_options(z),
