@@ -2,19 +2,20 @@
 
     python benchmarks/neurons.py [--quick] [--gpu] [--threads N] [--compile] [--out PATH]
 
-For the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50 on CPU, 200 on GPU) it measures, in
-one process, the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along
-each path (``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``fused``: the
-library's exact implementations, ``fused`` (the custom op: native kernel on CPU, Triton on CUDA) being the one that
-``impl="auto"`` picks; ``table``:
-the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs the native
-pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU control at
-matched parameters, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner
-net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per
-model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold fixed so that
-the mark follows live memory; CUDA allocator peak on GPU). Step and inference times are medians over rounds that
-time every variant in turn, so that load coming and going on a shared machine hits them alike. Prints a table and
-writes JSON atomically.
+On the CPU, for the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50) it measures, in one
+process, the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along each path
+(``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``fused``: the library's exact
+implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks;
+``table``: the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs
+the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU
+control at matched parameters, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the
+inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process
+per model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold fixed so that
+the mark follows live memory). Step and inference times are medians over rounds that time every variant in turn, so
+that load coming and going on a shared machine hits them alike. Prints a table and writes JSON atomically.
+
+``--gpu`` runs the GPU measurements of ``benchmarks/neurons_gpu.py`` instead (CNN batch 50 and 256, fp32, tf32 and
+bf16-mixed, CUDA allocator peaks, the inner net's TFLOP/s and the paper sweep's GPU-hours).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
 PATHS = ("reference", "plain", "lean", "fused", "table")
 MIN_MEASURE_S = 0.05
 MODELS = {
-    "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": {"cpu": 200, "cuda": 200}},
-    "cnn": {"build": DendriticCNN, "in_shape": (3, 32, 32), "batch": {"cpu": 50, "cuda": 200}},
+    "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": 200},
+    "cnn": {"build": DendriticCNN, "in_shape": (3, 32, 32), "batch": 50},
 }
 
 
@@ -218,22 +219,17 @@ def memory_child(spec: dict[str, str]) -> None:
     """Child process body: build, then two training steps; print the peak above the built model."""
     device = torch.device(spec["device"])
     model, path = spec["model"], spec["path"]
-    batch = MODELS[model]["batch"][device.type]
+    batch = MODELS[model]["batch"]
     net = build(model, "relu" if path == "relu" else "2arg", device).train()
     x, y = data(model, batch, device)
     if path != "relu":
         set_path(net, path, x)
     step = train_step_fn(net, x, y, autocast=False)
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _status_kib("VmRSS") * 1024
+    base = _status_kib("VmRSS") * 1024
     for _ in range(2):
         step()
     sync(device)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kib("VmHWM") * 1024
+    peak = _status_kib("VmHWM") * 1024
     print(json.dumps({"peak_bytes": peak - base}))
 
 
@@ -263,20 +259,20 @@ def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: in
 
 
 def benchmark_model(model: str, device: torch.device, quick: bool, compile_: bool) -> dict[str, object]:
-    batch = MODELS[model]["batch"][device.type]
+    batch = MODELS[model]["batch"]
     warmup, rounds = (1, 3) if quick else (2, 7)
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
     paths = PATHS
-    variants = ["relu", *paths] + (["compiled"] if compile_ else []) + (["bf16"] if device.type == "cuda" else [])
+    variants = ["relu", *paths] + (["compiled"] if compile_ else [])
     nets, steps, inferences = {}, {}, {}
     for variant in variants:
         net = nets[variant] = build(model, "relu" if variant == "relu" else "2arg", device)
         if variant in paths:
             set_path(net, variant, x)
         maybe_compile(net, variant == "compiled")
-        steps[variant] = train_step_fn(net.train(), x, y, autocast=variant == "bf16")
-        inferences[variant] = inference_fn(net, x_eval, autocast=variant == "bf16")
+        steps[variant] = train_step_fn(net.train(), x, y, autocast=False)
+        inferences[variant] = inference_fn(net, x_eval, autocast=False)
     train_s = interleaved_medians(steps, device, warmup, rounds)
     for net in nets.values():
         net.eval()
@@ -286,9 +282,9 @@ def benchmark_model(model: str, device: torch.device, quick: bool, compile_: boo
         row = {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
         if variant in ("relu", *paths):
             row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
-        if variant in ("table", "bf16"):
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
-                fast = net(x_eval).float()
+        if variant == "table":
+            with torch.no_grad():
+                fast = net(x_eval)
             with torch.no_grad(), exact_inner(net):
                 exact = net(x_eval)
             row["prediction_disagreement_pp"] = 100 * float((fast.argmax(1) != exact.argmax(1)).float().mean())
@@ -309,7 +305,7 @@ def ratios(models: dict[str, dict[str, object]], matmul: float, inner: dict[str,
         rows, relu = result["rows"], result["rows"]["relu"]
         flops = result["forward_flops_per_image"]
         out[f"{model}_flop_ratio"] = flops["2arg"]["total"] / flops["relu"]["total"]
-        for path in (*PATHS, "compiled", "bf16"):
+        for path in (*PATHS, "compiled"):
             if path not in rows:
                 continue
             out[f"{model}_{path}_train_step_ratio"] = rows[path]["train_step_s"] / relu["train_step_s"]
@@ -366,7 +362,7 @@ def print_table(result: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argument_parser("benchmarks/neurons.py", __doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (numbers are noisier)")
-    parser.add_argument("--gpu", action="store_true", help="run on CUDA (batch 200 for the CNN)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU measurements (benchmarks/neurons_gpu.py)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the plain path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
@@ -379,20 +375,27 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_child is not None:
         memory_child(json.loads(args.memory_child))
         return
-    if args.gpu and not torch.cuda.is_available():
-        parser.error("--gpu needs a CUDA device; run without --gpu for the CPU figures")
-    device = torch.device("cuda" if args.gpu else "cpu")
-    out = args.out or Path(__file__).parent / "results" / f"neurons_{device.type}.json"
-    machine = (
-        torch.cuda.get_device_name()
-        if args.gpu
-        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    )
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    if args.gpu:
+        if not torch.cuda.is_available():
+            parser.error("--gpu needs a CUDA device; run without --gpu for the CPU figures")
+        import triton
+        from neurons_gpu import print_gpu_table, run_gpu  # the GPU half, next to this file
+
+        result = {"command": command, "torch": torch.__version__, "triton": triton.__version__, **run_gpu(args.quick)}
+        print_gpu_table(result)
+        out = args.out or Path(__file__).parent / "results" / "neurons_cuda.json"
+        write_json_atomic(out, result)
+        print(f"wrote {out}")
+        return
+    device = torch.device("cpu")
+    out = args.out or Path(__file__).parent / "results" / "neurons_cpu.json"
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     matmul = matmul_gflops(device, 1024 if args.quick else 2048)
     models = {name: benchmark_model(name, device, args.quick, args.compile) for name in MODELS}
-    inner = inner_gflops(device, MODELS["cnn"]["batch"][device.type], args.quick)
+    inner = inner_gflops(device, MODELS["cnn"]["batch"], args.quick)
     result = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "machine": machine,
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),

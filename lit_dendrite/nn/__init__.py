@@ -1,5 +1,5 @@
-"""Plain-torch building blocks (neurons, dendritic layers, the paper's outer networks) and the native CPU kernels of
-the inner net and the frozen tables."""
+"""Plain-torch building blocks (neurons, dendritic layers, the paper's outer networks), the fused inner net as a torch
+custom op (native CPU and Triton CUDA kernels) and the native kernel of the frozen tables."""
 
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner import InnerNet

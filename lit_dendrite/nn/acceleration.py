@@ -8,8 +8,9 @@ from torch import nn
 def maybe_compile(net: nn.Module, enabled: bool, **options: object) -> nn.Module:
     """Compile ``net`` in place (``nn.Module.compile``, so state-dict keys stay unchanged) when ``enabled``.
 
-    Inside the compiled graph the inner net takes its plain implementation (see ``choose_impl``), which
-    Inductor fuses; the first steps pay the compile time. Returns ``net``.
+    Inside the compiled graph the inner net stays on its fused op where that can run (one graph node), else takes
+    its plain implementation, which Inductor fuses (see ``choose_impl``); the first steps pay the compile time.
+    Returns ``net``.
     """
     if enabled:
         net.compile(**options)

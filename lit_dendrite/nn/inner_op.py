@@ -61,6 +61,8 @@ def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
         return f"inputs on {z.device} but weights on {params[0].device}"
     if z.dtype not in TRITON_DTYPES or any(t.dtype not in TRITON_DTYPES for t in params):
         return f"it needs float32, bfloat16 or float16 inputs and weights, got {z.dtype} inputs"
+    if z.numel() >= 2**31:
+        return f"its Triton kernels index with int32: {z.numel()} input values are too many (split the batch)"
     return None
 
 

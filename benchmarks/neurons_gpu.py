@@ -1,0 +1,229 @@
+"""The GPU half of ``benchmarks/neurons.py`` (``--gpu``): speed and memory of two-argument nets on one CUDA device.
+
+For the paper's MLP (batch 200) and CNN (batch 50 and 256), in fp32, tf32 and bf16-mixed, it measures the training
+step (forward, backward, Adam step), inference images/s and the step's CUDA allocator peak above the built model
+(``max_memory_allocated``) of the ReLU control and of the 2-arg net along three paths: ``lean`` (chunked torch ops;
+under bf16-mixed, where it cannot run, ``plain``: what ``impl="auto"`` did there before the fused op), ``fused`` (the
+Triton kernel, what ``impl="auto"`` picks on CUDA) and ``table`` (the frozen table of session III). Then the inner
+net's achieved TFLOP/s in forward and forward+backward on the CNN's first layer (batch 256) for each precision,
+against the largest dense matmul the device runs in that precision in the same process and the datasheet's dense
+peak where the device is known; and, from measured step times of every experiment of ``configs/sweep/paper.yaml``
+(read through the sweep spec code), the sweep's GPU-hours. Times are medians of interleaved rounds (see
+:func:`neurons.interleaved_medians`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from neurons import data, forward_flops, inference_fn, interleaved_medians, set_path, sync, train_step_fn
+from torch import nn
+
+from lit_dendrite.data.datasets import dataset_spec
+from lit_dendrite.nn import DendriticCNN, DendriticMLP
+from lit_dendrite.sweeps.spec import load_sweep
+
+CASES = (("mlp", 200), ("cnn", 50), ("cnn", 256))
+PRECISIONS = ("fp32", "tf32", "bf16-mixed")
+PAPER_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "paper.yaml"
+# Published training-set sizes (the run holds out the data set's validation fraction of them).
+TRAIN_IMAGES = {"mnist": 60_000, "cifar10": 50_000}
+# Datasheet dense (no sparsity) tensor-core peaks in TFLOP/s, SXM parts: bf16, tf32.
+DATASHEET_PEAK = {"H200": {"bf16": 989.4, "tf32": 494.7}, "H100": {"bf16": 989.4, "tf32": 494.7},
+                  "A100": {"bf16": 312.0, "tf32": 156.0}}  # fmt: skip
+NETS = {"DendriticMLP": DendriticMLP, "DendriticCNN": DendriticCNN}
+SWEEP_EPOCHS = 100
+
+
+def set_precision(precision: str) -> bool:
+    """Set torch's tf32 switches for ``precision``; returns whether it trains under bf16 autocast."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return precision == "bf16-mixed"
+
+
+def build_net(model: str, neuron: str, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    kwargs = {"neuron": neuron} if neuron == "2arg" else {"neuron": neuron, "match_neuron": "2arg"}
+    return (DendriticMLP if model == "mlp" else DendriticCNN)(**kwargs).to(device)
+
+
+def variant_net(model: str, variant: str, x: torch.Tensor) -> nn.Module:
+    """The ReLU control or the 2-arg net on one path (``table`` tabulates on ``x``)."""
+    net = build_net(model, "relu" if variant == "relu" else "2arg", x.device)
+    if variant != "relu":
+        set_path(net, variant, x)
+    return net
+
+
+def peak_step_memory(step, device: torch.device) -> float:
+    """CUDA allocator peak above what is allocated before two training steps, in MiB (NaN off CUDA)."""
+    if device.type != "cuda":
+        return math.nan
+    sync(device)
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        step()
+    sync(device)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def benchmark_case(model: str, batch: int, precision: str, quick: bool, device: torch.device) -> dict[str, Any]:
+    autocast = set_precision(precision)
+    warmup, rounds = (1, 3) if quick else (2, 7)
+    variants = ("relu", "plain" if autocast else "lean", "fused", "table")
+    x, y = data(model, batch, device)
+    x_eval, _ = data(model, batch, device, seed=1)
+    nets = {variant: variant_net(model, variant, x).train() for variant in variants}
+    steps = {variant: train_step_fn(net, x, y, autocast) for variant, net in nets.items()}
+    rows: dict[str, dict[str, float]] = {
+        v: {"peak_train_memory_mib": peak_step_memory(s, device)} for v, s in steps.items()
+    }
+    train_s = interleaved_medians(steps, device, warmup, rounds)
+    for net in nets.values():
+        net.eval()
+    inference_s = interleaved_medians(
+        {v: inference_fn(n, x_eval, autocast) for v, n in nets.items()}, device, warmup, rounds
+    )
+    relu = train_s["relu"], inference_s["relu"], rows["relu"]["peak_train_memory_mib"]
+    for variant in variants:
+        row = rows[variant]
+        row |= {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
+        row["train_step_x_relu"] = train_s[variant] / relu[0]
+        row["inference_speed_x_relu"] = relu[1] / inference_s[variant]
+        row["peak_memory_x_relu"] = row["peak_train_memory_mib"] / relu[2]
+    del nets, steps
+    torch.cuda.empty_cache()
+    return {"model": model, "batch": batch, "precision": precision, "rows": rows}
+
+
+def dense_matmul_tflops(dtype: torch.dtype, device: torch.device, size: int = 8192) -> float:
+    """Achieved TFLOP/s of one large square matmul in ``dtype`` (tf32 when allowed and dtype is float32)."""
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    seconds = interleaved_medians({"mm": lambda: a @ b}, device, 2, 5)["mm"]
+    return 2 * size**3 / seconds / 1e12
+
+
+def inner_tflops(precision: str, device: torch.device, batch: int = 256) -> dict[str, float]:
+    """Achieved TFLOP/s of the fused inner net on the CNN's first layer (its LayerNorm included, not counted): the
+    forward alone, and forward + backward (counted as 3x the forward's FLOPs, the three 64x64 products a row costs)."""
+    autocast = set_precision(precision)
+    net = build_net("cnn", "2arg", device)
+    neuron = net.features[0].neuron
+    dtype = torch.bfloat16 if autocast else torch.float32
+    z = torch.randn(batch, 30, 30, 2 * 60, device=device, dtype=dtype, requires_grad=True)
+    rows = z.numel() // 2
+    flops = 2 * rows * sum(lin.in_features * lin.out_features for lin in neuron.inner.linears)
+    upstream = torch.randn(batch, 30, 30, 60, device=device, dtype=dtype)
+
+    def forward() -> None:
+        with torch.no_grad():
+            neuron.normalized(z, 3)
+
+    def train() -> None:
+        neuron.normalized(z, 3).backward(upstream)
+
+    seconds = interleaved_medians({"forward": forward, "train": train}, device, 2, 7)
+    assert neuron.inner.implementation(z) == "fused", "the benchmark must time the fused op"
+    return {"forward": flops / seconds["forward"] / 1e12, "forward_backward": 3 * flops / seconds["train"] / 1e12}
+
+
+def _experiment(config: Path) -> dict[str, Any]:
+    """Net class, its arguments, data set and batch of one experiment config (read as YAML, built from NETS)."""
+    spec = yaml.safe_load(config.read_text())
+    net = spec["model"]["net"]
+    name = net["class_path"].rsplit(".", 1)[-1]
+    if name not in NETS:
+        raise ValueError(f"{config}: unknown net {net['class_path']!r}; the benchmark builds {sorted(NETS)}")
+    return {"net": NETS[name], "args": net.get("init_args", {}), "dataset": spec["data"]["dataset"],
+            "batch": spec["data"]["batch_size"]}  # fmt: skip
+
+
+def sweep_gpu_hours(
+    precision: str, device: torch.device, sweep: Path = PAPER_SWEEP, epochs: int = SWEEP_EPOCHS
+) -> dict[str, Any]:
+    """GPU-hours of ``sweep`` with ``epochs`` epochs per training session, from this device's measured step and
+    inference times in ``precision``: session II on ``impl="auto"`` (the fused op), session III on the frozen table
+    (learned neurons only); each epoch is its training steps plus one inference pass over the validation images.
+    Session I (the inner net's pretraining, 10k points) and data loading are not counted."""
+    autocast = set_precision(precision)
+    runs = load_sweep(sweep).runs
+    per_experiment: dict[str, dict[str, float]] = {}
+    for run in runs:
+        if run.experiment in per_experiment:
+            continue
+        experiment = _experiment(run.config)
+        spec = dataset_spec(experiment["dataset"])
+        torch.manual_seed(0)
+        net = experiment["net"](**experiment["args"]).to(device)
+        x = torch.rand(experiment["batch"], *spec.in_shape, device=device)
+        y = torch.arange(experiment["batch"], device=device) % spec.num_classes
+        learned = net.inner is not None
+        sessions = {"joint": train_step_fn(net.train(), x, y, autocast)}
+        if learned:
+            table_net = experiment["net"](**experiment["args"]).to(device)
+            set_path(table_net, "table", x)
+            sessions["frozen"] = train_step_fn(table_net.train(), x, y, autocast)
+        step_s = interleaved_medians(sessions, device, 2, 5)
+        infer_s = interleaved_medians({"eval": inference_fn(net.eval(), x, autocast)}, device, 2, 5)["eval"]
+        train_images = round(TRAIN_IMAGES[experiment["dataset"]] * (1 - spec.val_fraction))
+        val_images = TRAIN_IMAGES[experiment["dataset"]] - train_images
+        steps = math.ceil(train_images / experiment["batch"])
+        epoch_s = {name: steps * s + val_images / experiment["batch"] * infer_s for name, s in step_s.items()}
+        per_experiment[run.experiment] = {f"{name}_epoch_s": s for name, s in epoch_s.items()}
+    total_s = sum(sum(per_experiment[run.experiment].values()) * epochs for run in runs)
+    return {"precision": precision, "epochs_per_session": epochs, "runs": len(runs), "gpu_hours": total_s / 3600,
+            "experiments": per_experiment}  # fmt: skip
+
+
+def datasheet_peak(name: str) -> dict[str, float] | None:
+    return next((peak for key, peak in DATASHEET_PEAK.items() if key in name), None)
+
+
+def run_gpu(quick: bool) -> dict[str, Any]:
+    """Every GPU measurement; the JSON document ``neurons.py --gpu`` writes."""
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name()
+    set_precision("fp32")
+    matmul = {"fp32": dense_matmul_tflops(torch.float32, device), "bf16": dense_matmul_tflops(torch.bfloat16, device)}
+    set_precision("tf32")
+    matmul["tf32"] = dense_matmul_tflops(torch.float32, device)
+    cases = [
+        benchmark_case(model, batch, precision, quick, device) for model, batch in CASES for precision in PRECISIONS
+    ]
+    inner = {precision: inner_tflops(precision, device) for precision in PRECISIONS}
+    product = {"fp32": "fp32", "tf32": "tf32", "bf16-mixed": "bf16"}
+    peak = datasheet_peak(name)
+    for precision, figures in inner.items():
+        figures["fraction_of_dense_matmul"] = figures["forward_backward"] / matmul[product[precision]]
+        if peak is not None and product[precision] in peak:
+            figures["fraction_of_datasheet_peak"] = figures["forward_backward"] / peak[product[precision]]
+    sweep = {precision: sweep_gpu_hours(precision, device) for precision in PRECISIONS}
+    set_precision("fp32")
+    x = torch.rand(1, 3, 32, 32, device=device)
+    flops = {neuron: forward_flops(build_net("cnn", neuron, device).eval(), x) for neuron in ("2arg", "relu")}
+    return {"device": name, "matmul_tflops": matmul, "datasheet_peak_tflops": peak, "cases": cases,
+            "inner_tflops": inner, "sweep": sweep, "cnn_forward_flops_per_image": flops}  # fmt: skip
+
+
+def print_gpu_table(result: dict[str, Any]) -> None:
+    print(f"\ndevice: {result['device']}  dense matmul TFLOP/s: {result['matmul_tflops']}")
+    print(f"{'model':5} {'batch':>5} {'precision':10} {'variant':8} {'step s':>9} {'x ReLU':>7} {'img/s':>10} "
+          f"{'x ReLU':>7} {'peak MiB':>9} {'x ReLU':>7}")  # fmt: skip
+    for case in result["cases"]:
+        for variant, row in case["rows"].items():
+            print(f"{case['model']:5} {case['batch']:5d} {case['precision']:10} {variant:8} {row['train_step_s']:9.5f} "
+                  f"{row['train_step_x_relu']:7.2f} {row['inference_images_per_s']:10.0f} "
+                  f"{row['inference_speed_x_relu']:7.3f} {row['peak_train_memory_mib']:9.1f} "
+                  f"{row['peak_memory_x_relu']:7.2f}")  # fmt: skip
+    for precision, figures in result["inner_tflops"].items():
+        print(f"inner net {precision}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+    for precision, sweep in result["sweep"].items():
+        print(f"paper sweep {precision}: {sweep['gpu_hours']:.1f} GPU-hours at {sweep['epochs_per_session']} "
+              f"epochs per session ({sweep['runs']} runs)")  # fmt: skip
