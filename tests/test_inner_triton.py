@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lit_dendrite.nn import DendriticMLP, InnerNet, inner_op
-from lit_dendrite.nn.neurons import LAYER_NORM_EPS
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS, max_pool_maps
+from lit_dendrite.nn.tabulated import InnerTable
 
 INTERPRETED = inner_op.triton_interpreted()
 if INTERPRETED:
@@ -204,3 +205,24 @@ def test_network_under_autocast_takes_the_fused_op(device):
     torch.testing.assert_close(results["auto"][0], results["plain"][0], rtol=5e-2, atol=5e-2)
     for got, want in zip(results["auto"][1], results["plain"][1]):
         torch.testing.assert_close(got, want, rtol=1e-1, atol=5e-2 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("shape", "normalized_ndim", "pool"), [((2, 6, 6, 8), 3, 2), ((5, 12), 1, 1)])
+def test_frozen_table_kernel_matches_the_unfused_table(device, shape, normalized_ndim, pool):
+    """LayerNorm, lookup and the exact fallback in inference, against LayerNorm + grid_sample + max-pool; a box that
+    leaves some pairs outside, and a NaN (which makes its whole LayerNorm sample NaN)."""
+    inner = _random_inner(2, (64, 64), seed=6).to(device).requires_grad_(False)
+    table = InnerTable(inner, torch.tensor([-2.0, -2.2]), torch.tensor([2.3, 1.9]), 65).to(device)
+    z = torch.randn(shape) * 1.5
+    z.view(-1)[5] = float("nan")
+    z = z.to(device)
+    assert table.fuses(z)
+    with torch.no_grad():
+        got = table.normalized(z, normalized_ndim, inner, pool)
+        normalized = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :], eps=LAYER_NORM_EPS)
+        expected = max_pool_maps(table(normalized.unflatten(-1, (-1, 2)), -1, inner), pool)
+    assert table.rows_exact > 0
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert got.isnan().sum() == expected.isnan().sum() > 0

@@ -72,8 +72,9 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _triton():
-    from lit_dendrite.nn import inner_triton  # imported on first use: Triton reads TRITON_INTERPRET on import
+def triton_kernels():
+    """:mod:`lit_dendrite.nn.inner_triton`, imported on first use (Triton reads ``TRITON_INTERPRET`` on import)."""
+    from lit_dendrite.nn import inner_triton
 
     return inner_triton
 
@@ -95,7 +96,7 @@ def inner_net(
     params = [t.contiguous() for t in (w1, b1, w2, b2, w3, b3)]
     z = z.contiguous()
     if backend(z.device) == "triton":
-        return _triton().inner_forward(z, normalized_ndim, eps, params, keep_signs)
+        return triton_kernels().inner_forward(z, normalized_ndim, eps, params, keep_signs)
     arity, h2 = w1.shape[1], w2.shape[0]
     rows, statistics = _normalized_rows(z, normalized_ndim, eps, arity)
     out, signs = native.inner_forward(rows, params, keep_signs=keep_signs)
@@ -139,7 +140,7 @@ def inner_net_backward(
     params = [t.contiguous() for t in (w1, b1, w2, b2, w3, b3)]
     z, grad_out, arity = z.contiguous(), grad_out.contiguous().view(-1), w1.shape[1]
     if backend(z.device) == "triton":
-        grad_rows, sums = _triton().inner_backward(
+        grad_rows, sums = triton_kernels().inner_backward(
             grad_out, z, mean, rstd, signs, normalized_ndim, params, input_grad, param_grads
         )
     else:

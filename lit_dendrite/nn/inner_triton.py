@@ -10,6 +10,9 @@ signs (or recomputes it) and runs the two products of the gradient on the block.
 walks its share of the blocks and sums its weight gradients in registers; the per-program sums are added on the host
 in float64, in a fixed order: the gradients do not depend on scheduling.
 
+The frozen tables get the same treatment in inference (:func:`table_lookup`): LayerNorm on load, bilinear lookup,
+NaN for pairs outside the box, which the caller evaluates exactly.
+
 Hidden widths are padded to the next power of two inside the kernels (zero weights), so any multiple of 16 runs.
 Block sizes and warp counts are untuned: no GPU was available when they were written. Under ``TRITON_INTERPRET=1``
 (set before Triton is imported) the same kernels run on CPU tensors in Triton's interpreter, which the tests use.
@@ -27,6 +30,7 @@ from lit_dendrite.nn.native import SIGN_BITS
 
 FORWARD_BLOCK_ROWS = 64
 BACKWARD_BLOCK_ROWS = 64
+TABLE_BLOCK_PAIRS = 512
 # Backward programs per streaming multiprocessor: each keeps a (h2, h1) gradient sum in registers while it walks
 # its blocks. Under the interpreter (CPU tensors) a few programs, so that tests cover the walk and the final sum.
 PROGRAMS_PER_SM = 2
@@ -292,3 +296,58 @@ def inner_backward(
     product, gated_sum, first_weight_t, first_bias, grad_sum = (part.double().sum(0).float() for part in sums)
     return grad_rows, [product[:h2, :h1], gated_sum[:h2], first_weight_t[:arity, :h1], first_bias[:h1],
                        grad_sum.reshape(1)]  # fmt: skip
+
+
+@triton.jit
+def table_lookup_kernel(z_ptr, mean_ptr, rstd_ptr, cells_ptr, scale_ptr, offset_ptr, out_ptr, n_pairs,
+                        pairs_per_sample, GRID: tl.constexpr, BLOCK: tl.constexpr,
+                        NORMALIZE: tl.constexpr):  # fmt: skip
+    """A frozen table on pairs: LayerNorm on load, grid coordinates, bilinear value of the cell (``table_kernel.c``'s
+    form and clamping); NaN for a pair outside the box or with a NaN, which the caller evaluates exactly."""
+    pairs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = pairs < n_pairs
+    x0 = tl.load(z_ptr + 2 * pairs, mask=live, other=0.0).to(tl.float32)
+    x1 = tl.load(z_ptr + 2 * pairs + 1, mask=live, other=0.0).to(tl.float32)
+    if NORMALIZE:
+        samples = _sample_rows(pairs, live, pairs_per_sample)
+        mean = tl.load(mean_ptr + samples, mask=live, other=0.0)
+        rstd = tl.load(rstd_ptr + samples, mask=live, other=0.0)
+        x0 = (x0 - mean) * rstd
+        x1 = (x1 - mean) * rstd
+    u = x0 * tl.load(scale_ptr) + tl.load(offset_ptr)
+    v = x1 * tl.load(scale_ptr + 1) + tl.load(offset_ptr + 1)
+    top = GRID - 1.0
+    inside = (u >= 0) & (u <= top) & (v >= 0) & (v <= top)
+    u = tl.minimum(tl.where(u > 0, u, 0.0), top)  # NaN -> 0: every pair reads a valid cell
+    v = tl.minimum(tl.where(v > 0, v, 0.0), top)
+    i = tl.minimum(u.to(tl.int32), GRID - 2)
+    j = tl.minimum(v.to(tl.int32), GRID - 2)
+    fu = u - i.to(tl.float32)
+    fv = v - j.to(tl.float32)
+    cell = cells_ptr + 4 * (j * (GRID - 1) + i)
+    c0 = tl.load(cell, mask=live, other=0.0)
+    c1 = tl.load(cell + 1, mask=live, other=0.0)
+    c2 = tl.load(cell + 2, mask=live, other=0.0)
+    c3 = tl.load(cell + 3, mask=live, other=0.0)
+    value = c0 + fu * c1 + fv * (c2 + fu * c3)
+    tl.store(out_ptr + pairs, tl.where(inside, value, float("nan")), mask=live)
+
+
+def table_lookup(
+    z: torch.Tensor, normalized_ndim: int, cells: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``native.normalized_table_lookup`` without the pool, on the device of ``z`` (float32, bf16 or fp16; values in
+    float32): (values, mean, rstd, outside), mean and rstd one entry per sample, outside the flat indices of the NaN
+    values (pairs outside the box or with a NaN)."""
+    n_pairs = z.numel() // 2
+    mean, rstd = _statistics(z, normalized_ndim, eps)
+    values = torch.empty(*z.shape[:-1], z.shape[-1] // 2, dtype=torch.float32, device=z.device)
+    if n_pairs:
+        with _device(z):
+            table_lookup_kernel[(triton.cdiv(n_pairs, TABLE_BLOCK_PAIRS),)](
+                z, *_present(mean, rstd, z=z), cells, scale, offset, values, n_pairs,
+                _rows_per_sample(z, normalized_ndim, 2), GRID=cells.shape[0] + 1, BLOCK=TABLE_BLOCK_PAIRS,
+                NORMALIZE=bool(normalized_ndim),
+            )  # fmt: skip
+    outside = values.view(-1).isnan().nonzero().squeeze(1)
+    return values, mean.view(-1), rstd.view(-1), outside

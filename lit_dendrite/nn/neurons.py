@@ -31,7 +31,7 @@ class Neuron(nn.Module):
         neuron on each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), then with
         ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps over H and W."""
         z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :], eps=LAYER_NORM_EPS)
-        return _max_pool(self(z.unflatten(-1, (-1, self.arity)), dim=-1), pool)
+        return max_pool_maps(self(z.unflatten(-1, (-1, self.arity)), dim=-1), pool)
 
     def _check(self, x: torch.Tensor, dim: int) -> None:
         if x.dim() == 0 or x.shape[dim] != self.arity:
@@ -68,11 +68,11 @@ class LearnedNeuron(Neuron):
         if self.table is not None and self.table.fuses(z):
             return self.table.normalized(z, normalized_ndim, self.inner, pool)
         if self.table is None and self.inner.implementation(z) == "fused":
-            return _max_pool(fused_normalized_inner(z, normalized_ndim, self.inner.linears, LAYER_NORM_EPS), pool)
+            return max_pool_maps(fused_normalized_inner(z, normalized_ndim, self.inner.linears, LAYER_NORM_EPS), pool)
         return super().normalized(z, normalized_ndim, pool)
 
 
-def _max_pool(y: torch.Tensor, pool: int) -> torch.Tensor:
+def max_pool_maps(y: torch.Tensor, pool: int) -> torch.Tensor:
     """A pool x pool max-pool of (N, H, W, C) maps over H and W (``y`` itself for ``pool`` 1)."""
     return F.max_pool2d(y.permute(0, 3, 1, 2), pool).permute(0, 2, 3, 1) if pool > 1 else y
 

@@ -5,8 +5,9 @@ found by a calibration pass (per-coordinate min/max over the calibration batches
 ``margin`` of the range on each side) or given explicitly. Inputs outside the box are evaluated exactly
 by the inner net, never clamped. Arity 1 uses a 1-D table, arity 2 a 2-D table (default 257 points per
 axis), arity 3 a 3-D table (default 129 points per axis, 8.6 MB per layer: 257^3 would take 68 MB); the
-interpolation error is measured when tabulating and reported. On CPU in inference, a 2-D table runs in one
-native pass with the LayerNorm before it and the max-pool after it (:mod:`lit_dendrite.nn.native`). Tables are
+interpolation error is measured when tabulating and reported. In inference, a 2-D table runs in one pass with the
+LayerNorm before it: on CPU natively, with the max-pool after it (:mod:`lit_dendrite.nn.native`), on CUDA in Triton
+(:mod:`lit_dendrite.nn.inner_triton`). Tables are
 not part of the state dict; a table refuses to run once the inner net has changed or is trainable again.
 Adversarial evaluation must wrap the model in :func:`exact_inner`.
 """
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_dendrite.nn import native
+from lit_dendrite.nn import inner_op, native
 from lit_dendrite.nn.inner import InnerNet
-from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron, learned_neurons
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron, learned_neurons, max_pool_maps
 
 DEFAULT_GRID = {1: 4097, 2: 257, 3: 129}
 ERROR_SAMPLES = 1 << 14
@@ -102,35 +103,41 @@ class InnerTable(nn.Module):
         return values.index_put_((outside,), exact).view(out_shape)
 
     def fuses(self, z: torch.Tensor) -> bool:
-        """Whether :meth:`normalized` takes the native path for ``z``: a 2-D table on CPU float32 inputs that need no
-        gradient, with the native kernel built."""
-        return (
-            self.arity == 2
-            and z.device.type == "cpu"
-            and z.dtype == torch.float32
-            and not (z.requires_grad and torch.is_grad_enabled())
-            and native.native_available()
-        )
+        """Whether :meth:`normalized` takes a fused path for ``z``: a 2-D table on inputs that need no gradient, float32
+        on CPU with the native kernel built, or on CUDA (float32, bf16 or fp16) with Triton."""
+        if self.arity != 2 or (z.requires_grad and torch.is_grad_enabled()):
+            return False
+        kind = inner_op.backend(z.device)
+        if kind == "native":
+            return z.dtype == torch.float32 and native.native_available()
+        return kind == "triton" and z.dtype in inner_op.TRITON_DTYPES and inner_op.triton_installed()
 
     def normalized(self, z: torch.Tensor, normalized_ndim: int, inner: InnerNet, pool: int = 1) -> torch.Tensor:
         """LayerNorm (no affine) of ``z`` over its last ``normalized_ndim`` dims, the table on each adjacent pair of the
-        last dim, then with ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps, in one native pass (see
-        :meth:`fuses`). A pooled value with a pair outside the box is recomputed from its pairs exactly by ``inner``."""
+        last dim, then with ``pool`` > 1 a pool x pool max-pool of (N, H, W, C) maps, in one pass (see :meth:`fuses`):
+        the native kernel on CPU, with the pool; a Triton kernel on CUDA, pooled afterwards. A value with a pair outside
+        the box is recomputed from its pairs exactly by ``inner``."""
         self._check_unchanged(inner)
         z = z.contiguous()
-        values, mean, rstd, outside = native.normalized_table_lookup(
-            z, normalized_ndim, self.cells, self.index_scale, self.index_offset, LAYER_NORM_EPS, pool
-        )
-        window = pool * pool
+        on_cpu = inner_op.backend(z.device) == "native"
+        fused_pool = pool if on_cpu else 1
+        if on_cpu:
+            values, mean, rstd, outside = native.normalized_table_lookup(
+                z, normalized_ndim, self.cells, self.index_scale, self.index_offset, LAYER_NORM_EPS, pool
+            )
+        else:
+            values, mean, rstd, outside = inner_op.triton_kernels().table_lookup(
+                z, normalized_ndim, self.cells, self.index_scale, self.index_offset, LAYER_NORM_EPS
+            )
+        window = fused_pool * fused_pool
         self.rows_total += values.numel() * window
-        if not len(outside):
-            return values
-        self.rows_exact += len(outside) * window
-        sample = outside // (values.numel() // len(mean))
-        pairs = _window_pairs(outside, values.shape, z.shape, pool)
-        normalized_pairs = (z.view(-1, 2)[pairs] - mean[sample, None, None]) * rstd[sample, None, None]
-        values.view(-1)[outside] = inner.evaluate(normalized_pairs, -1).amax(1).to(values.dtype)
-        return values
+        if len(outside):
+            self.rows_exact += len(outside) * window
+            sample = outside // (values.numel() // len(mean))
+            pairs = _window_pairs(outside, values.shape, z.shape, fused_pool)
+            normalized_pairs = (z.view(-1, 2)[pairs] - mean[sample, None, None]) * rstd[sample, None, None]
+            values.view(-1)[outside] = inner.evaluate(normalized_pairs, -1).amax(1).to(values.dtype)
+        return values if on_cpu else max_pool_maps(values, pool)
 
     def coordinates(self, rows: torch.Tensor) -> torch.Tensor:
         """Box coordinates of ``(rows, arity)`` inputs: the box maps to [-1, 1] on every axis."""
