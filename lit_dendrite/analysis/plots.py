@@ -1,4 +1,5 @@
-"""Figures of the analysis: surfaces, the surface gallery, learning curves, learning speed, robustness curves.
+"""Figures of the analysis: surfaces, the surface gallery, learning curves, learning speed, robustness curves
+(sweep means and one run's ``robustness.json``).
 
 Built on ``matplotlib.figure.Figure`` (the Agg canvas, no pyplot state), so they work headless, in worker
 processes and in notebooks alike. ``save_figure`` writes a PNG atomically.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
+from matplotlib.image import AxesImage, imsave
 
 from lit_dendrite.analysis.surfaces import Region, Surface
 from lit_dendrite.analysis.xor import QuadraticFit, XorAnalysis
@@ -164,3 +166,78 @@ def curve_figure(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=7)
     return figure
+
+
+def corruption_figure(corruptions: Mapping[str, Any]) -> Figure:
+    """A run's accuracy vs severity, one panel per corruption, its mCE baseline dashed (a robustness.json section)."""
+    accuracy = corruptions["accuracy"]
+    baseline = (corruptions.get("baseline") or {}).get("accuracy", {})
+    names = list(accuracy)
+    columns = min(5, len(names))
+    rows = -(-len(names) // columns)
+    figure = Figure(figsize=(3 * columns, 2.4 * rows))  # fixed margins: a layout engine takes seconds for 15 panels
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    figure.subplots_adjust(left=0.6 / (3 * columns), right=0.98, bottom=0.5 / (2.4 * rows), top=0.92, hspace=0.5)
+    for ax, name in zip(axes.flat, names):
+        for table, style, label in ((accuracy, "-o", "run"), (baseline, "--s", "baseline")):
+            if name in table:
+                severities = sorted(table[name], key=int)
+                ax.plot([int(s) for s in severities], [table[name][s] for s in severities], style, label=label, ms=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    figure.supxlabel("severity")
+    figure.supylabel("accuracy")
+    return figure
+
+
+def adversarial_figure(adversarial: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Robust accuracy vs epsilon, one panel per attack (worst case over smaller eps solid, raw dotted)."""
+    figure = Figure(figsize=(3.2 * len(adversarial), 2.8))
+    axes = figure.subplots(1, len(adversarial), squeeze=False)
+    figure.subplots_adjust(left=0.6 / (3.2 * len(adversarial)), right=0.98, bottom=0.18, top=0.88, wspace=0.3)
+    for ax, (name, result) in zip(axes.flat, adversarial.items()):
+        ax.plot(result["epsilons"], result["robust_accuracy"], "-o", ms=3, label="worst case")
+        ax.plot(result["epsilons"], result["robust_accuracy_raw"], ":", label="raw")
+        ax.set_title(f"{name} ({result['attack']['norm']})", fontsize=9)
+        ax.set_xlabel("epsilon")
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("robust accuracy")
+    axes[0, 0].legend(fontsize=7)
+    return figure
+
+
+def write_robustness_figures(report: Mapping[str, Any], directory: Path) -> list[Path]:
+    """PNG plots of a robustness report (``corruptions.png``, ``adversarial.png``) in ``directory``, and the
+    same figures and headline numbers in a TensorBoard event file there."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corruptions = report.get("corruptions") or {}
+    adversarial = report.get("adversarial") or {}
+    figures = {}
+    if corruptions:
+        figures["corruptions"] = corruption_figure(corruptions)
+    if adversarial:
+        figures["adversarial"] = adversarial_figure(adversarial)
+    written = []
+    with SummaryWriter(log_dir=str(directory)) as writer:
+        writer.add_scalar("robustness/clean_acc", report["clean"]["accuracy"])
+        for key in ("mean_corruption_accuracy", "mCE", "relative_mCE"):
+            value = corruptions.get(key)
+            if value is not None:
+                writer.add_scalar(f"robustness/{key}", value)
+        for name, result in adversarial.items():
+            if "reported" in result:
+                writer.add_scalar(f"robustness/{name}_acc", result["reported"]["robust_accuracy"])
+        for name, figure in figures.items():  # drawn once, for the PNG and TensorBoard alike
+            figure.set_dpi(120)
+            image = figure_to_rgb(figure)
+            path = directory / f"{name}.png"
+            with atomic_path(path) as tmp:
+                imsave(tmp, image, format="png")
+            written.append(path)
+            writer.add_image(f"robustness/{name}", image, dataformats="HWC")
+    return written

@@ -1,22 +1,22 @@
 """Evaluate a trained run's robustness in one call: clean, corrupted and adversarial accuracy.
 
-Writes the run directory's robustness record (atomically), PNG plots and TensorBoard figures beside it (paths:
-:class:`lit_dendrite.runs.RunDir`). The mCE baseline is another run: by default the sweep's ReLU control of the same
-data set and network (a sibling run directory), or an explicit one.
+Merges its sections into ``<run_dir>/robustness.json`` and writes PNG plots and TensorBoard figures under
+``<run_dir>/robustness/`` (see :mod:`lit_dendrite.robustness.store` for what is stored and when it is reused).
+The mCE baseline is another run: by default the sweep's ReLU control of the same data set and network (a sibling
+run directory), or an explicit one; a run that is its own baseline is compared with what it just measured.
 
-An interrupted evaluation resumes: each finished unit (one corrupted test set of the run or of its baseline, one
-attack at all its epsilons) is saved at once to the run directory's partial store with the evaluation's
-identity (settings, checkpoint size and modification time, package versions). A rerun with the same identity
-reuses those units, one with another identity (or ``fresh``) starts over; the partial file is removed once
-the robustness record is written, and that file is the same as an uninterrupted evaluation's (wall times aside).
-Each attack starts from torch seed ``seed``, so its random starts do not depend on what ran before it.
+Nothing is measured twice: a section of ``robustness.json`` measured with the same request on the same
+checkpoint (and corrupted set) is reused, and so are the baseline's saved accuracies when they were measured with
+its current checkpoint on the very same corrupted set. An interrupted evaluation resumes from the finished units
+of the resume store; ``fresh`` measures everything again. Each attack starts from torch seed ``seed``, so its
+random starts do not depend on what ran before it, and a resumed evaluation equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lit_dendrite.analysis.plots import save_figure
-from lit_dendrite.data.corrupted import CorruptedDataModule
+from lit_dendrite.analysis.plots import write_robustness_figures
+from lit_dendrite.data.corrupted import METADATA_FILE, CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
-from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.models import load_net, load_result
 from lit_dendrite.robustness.adversarial import (
     DEFAULT_ATTACKS,
@@ -44,57 +43,24 @@ from lit_dendrite.robustness.adversarial import (
     predict,
 )
 from lit_dendrite.robustness.corruption import corruption_report
+from lit_dendrite.robustness.store import (
+    ADVERSARIAL,
+    CORRUPTIONS,
+    PartialResults,
+    as_json,
+    checkpoint_identity,
+    corrupted_set_identity,
+    read_report,
+    saved_corruption_accuracies,
+    write_report,
+)
 from lit_dendrite.runs import PARTIAL_FILE, RunDir, RunRecord, find_records, versions
 
 BASELINE_NEURON = "relu"
-# Sections of the partial file, each holding finished units by name ("gaussian_noise/3", "linf_pgd").
+# Sections of the resume store: the run's and the baseline's corrupted sets ("gaussian_noise/3"), one per attack.
 CORRUPTED_SETS = "corrupted_sets"
 BASELINE_CORRUPTED_SETS = "baseline_corrupted_sets"
-ATTACKS = "attacks"
-
-
-class PartialResults:
-    """The finished units of one evaluation, saved atomically after each unit with the evaluation's identity, so
-    that an interrupted evaluation with the same identity resumes where it stopped."""
-
-    def __init__(self, path: Path, identity: dict[str, Any], units: dict[str, dict[str, Any]] | None = None) -> None:
-        self.path, self.identity, self.units = path, identity, units or {}
-
-    @classmethod
-    def resume(cls, path: Path, identity: dict[str, Any], fresh: bool = False) -> PartialResults:
-        """The units saved in ``path`` if they belong to an evaluation with this ``identity`` (and not ``fresh``),
-        else none and the file removed; prints one line about an existing file."""
-        identity = json.loads(json.dumps(identity, default=str))  # as it reads back from the file
-        saved = read_json(path)
-        if saved is None:
-            return cls(path, identity)
-        if fresh:
-            reason = "a fresh start was asked for"
-        elif saved.get("identity") != identity:
-            old = saved.get("identity") or {}
-            changed = sorted(key for key in identity.keys() | old.keys() if identity.get(key) != old.get(key))
-            reason = f"it belongs to another evaluation (changed: {', '.join(changed)})"
-        else:
-            units = saved.get("units", {})
-            counts = ", ".join(f"{len(finished)} {section.replace('_', ' ')}" for section, finished in units.items())
-            print(f"resuming from {path}: reusing {sum(map(len, units.values()))} finished units ({counts})")
-            return cls(path, identity, units)
-        print(f"ignoring {path}: {reason}; starting afresh")
-        path.unlink()
-        return cls(path, identity)
-
-    def get(self, section: str, name: str) -> Any | None:
-        """The saved result of unit ``name`` of ``section``, or None if it has not finished."""
-        return self.units.get(section, {}).get(name)
-
-    def record(self, section: str, name: str, result: Any) -> None:
-        """Save the result of a finished unit (the whole file is rewritten atomically)."""
-        self.units.setdefault(section, {})[name] = result
-        write_json_atomic(self.path, {"identity": self.identity, "units": self.units})
-
-    def remove(self) -> None:
-        """Delete the file (once the final results are written)."""
-        self.path.unlink(missing_ok=True)
+ATTACK_SECTION = "attack/{}"
 
 
 def find_baseline(run_dir: str | Path) -> Path | None:
@@ -114,12 +80,6 @@ def find_baseline(run_dir: str | Path) -> Path | None:
     return Path(min(candidates)[1]) if candidates else None
 
 
-def checkpoint_identity(result: RunRecord) -> dict[str, Any]:
-    """What tells a run's best checkpoint apart from a retrained or replaced one: its path, size and mtime."""
-    stat = result.best_checkpoint.stat()
-    return {"file": result.best_checkpoint_name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def loader_accuracy(net: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
     """Fraction of the images of ``loader`` that ``net`` classifies correctly."""
     correct = total = 0
@@ -134,22 +94,22 @@ def corruption_accuracies(
     net: nn.Module,
     datamodule: CorruptedDataModule,
     device: torch.device,
-    partial: PartialResults,
-    section: str = CORRUPTED_SETS,
+    finished: Mapping[str, float],
+    record: Callable[[str, float], None],
     progress: bool = True,
 ) -> dict[str, dict[int, float]]:
-    """Accuracy of ``net`` on every (corruption, severity) test set of ``datamodule``; sets finished in ``section``
-    of ``partial`` are reused, the others saved there as they finish."""
+    """Accuracy of ``net`` on every (corruption, severity) test set of ``datamodule``; sets in ``finished`` are
+    reused, the others passed to ``record`` as they finish."""
     table: dict[str, dict[int, float]] = {}
     loaders = datamodule.test_dataloader()
     with exact_model(net):
         for name, loader in tqdm(
             list(zip(datamodule.names, loaders)), desc="corruptions", unit="set", disable=not progress
         ):
-            accuracy = partial.get(section, name)
+            accuracy = finished.get(name)
             if accuracy is None:
                 accuracy = loader_accuracy(net, loader, device)
-                partial.record(section, name, accuracy)
+                record(name, accuracy)
             corruption, _, severity = name.rpartition("/")
             table.setdefault(corruption, {})[int(severity)] = accuracy
     return table
@@ -171,6 +131,12 @@ def _test_set(result: RunRecord, root: Path) -> tuple[torch.Tensor, torch.Tensor
     return pixels(images), torch.from_numpy(labels)
 
 
+def _clean_accuracy(net: nn.Module, result: RunRecord, root: Path, device: torch.device) -> float:
+    images, labels = _test_set(result, root)
+    with exact_model(net):
+        return (predict(net, images.to(device)).cpu() == labels).float().mean().item()
+
+
 @contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Torch's random numbers start from ``seed`` inside the block; the caller's generators are restored after."""
@@ -180,8 +146,8 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def check_attacks_start_clean(adversarial: dict[str, dict[str, Any]], correct: torch.Tensor) -> None:
-    """Raise unless every attack's robust accuracy at eps 0 (computed now or reused from an interrupted run) is the
-    clean accuracy of the model now on the same images, ``correct`` telling which it classifies correctly."""
+    """Raise unless every attack's robust accuracy at eps 0 (measured now or reused) is the clean accuracy of the
+    model now on the same images, ``correct`` telling which it classifies correctly."""
     n, clean = len(correct), int(correct.sum())
     for name, result in adversarial.items():
         at_zero = (result["robust_accuracy"][0], result["robust_accuracy_raw"][0])
@@ -193,33 +159,6 @@ def check_attacks_start_clean(adversarial: dict[str, dict[str, Any]], correct: t
             )
 
 
-def _baseline_corruptions(
-    baseline_dir: Path,
-    spec: str,
-    datamodule: CorruptedDataModule,
-    n: int | None,
-    device: torch.device,
-    partial: PartialResults,
-    progress: bool,
-) -> tuple[dict[str, dict[int, float]], float]:
-    """The baseline's corruption accuracies and clean accuracy, reused from its robustness record when that
-    was computed on the same corrupted set, otherwise measured now (resuming from ``partial``)."""
-    saved = RunDir(baseline_dir).robustness
-    if saved.is_file():
-        corruptions = json.loads(saved.read_text()).get("corruptions") or {}
-        if (
-            corruptions.get("spec") == spec
-            and corruptions.get("n") == n
-            and corruptions.get("sets") == datamodule.names
-        ):
-            return corruptions["accuracy"], corruptions["clean_accuracy"]
-    result, net = _load_checked(baseline_dir, device)
-    images, labels = _test_set(result, _data_root(result, None))
-    with exact_model(net):
-        clean = (predict(net, images.to(device)).cpu() == labels).float().mean().item()
-    return corruption_accuracies(net, datamodule, device, partial, BASELINE_CORRUPTED_SETS, progress), clean
-
-
 def evaluate_run(
     run_dir: str | Path,
     corruptions: str | None = None,
@@ -228,20 +167,23 @@ def evaluate_run(
     n: int | None = None,
     baseline: str | Path | None = None,
     data_root: str | Path | None = None,
-    attack_overrides: dict[str, dict[str, Any]] | None = None,
+    attack_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    epsilons: Mapping[str, Sequence[float]] | None = None,
     batch_size: int = 500,
     device: str | None = None,
     seed: int = 0,
     fresh: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Clean, corrupted and adversarial accuracy of a run's best checkpoint; writes the robustness record and plots.
+    """Clean, corrupted and adversarial accuracy of a run's best checkpoint, merged into its robustness.json
+    (returned) with plots.
 
     ``corruptions``: ``cifar10_c``, ``cifar100_c``, ``mnist_c`` (under ``corruption_root``) or ``generated:DIR``;
     ``n``: evaluate the first ``n`` test images only (clean accuracy is always measured on the whole test set
     and compared with the accuracy the run recorded); ``baseline``: the mCE baseline run (default: the sweep's
-    ReLU control, see :func:`find_baseline`); ``seed``: torch seed each attack starts from; ``fresh``: ignore
-    the units saved by an interrupted evaluation with the same settings and compute everything again.
+    ReLU control, see :func:`find_baseline`); ``attack_overrides`` / ``epsilons``: attack parameters / epsilon
+    grid per attack name (default: the data set's grid, 0 always included); ``seed``: torch seed each attack
+    starts from; ``fresh``: measure everything again instead of reusing saved sections and units.
     """
     started = time.perf_counter()
     run_dir = RunDir(Path(run_dir)).path
@@ -249,7 +191,11 @@ def evaluate_run(
         raise ValueError(f"n must be >= 1 (or None for the whole test set), got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    built = [build_attack(name, **(attack_overrides or {}).get(name, {})) for name in attacks]
+    attack_overrides, epsilons = attack_overrides or {}, epsilons or {}
+    stray = sorted((set(attack_overrides) | set(epsilons)) - set(attacks))
+    if stray:
+        raise ValueError(f"overrides or epsilons given for attacks that are not run: {stray}; attacks: {list(attacks)}")
+    built = [build_attack(name, **attack_overrides.get(name, {})) for name in attacks]
     datamodule = (
         CorruptedDataModule.from_spec(corruptions, corruption_root, batch_size=batch_size, n=n) if corruptions else None
     )
@@ -269,196 +215,178 @@ def evaluate_run(
         check_deterministic(net, images[:batch_size].to(torch_device))
         correct = predict(net, images.to(torch_device)).cpu() == labels
     clean_accuracy = correct.float().mean().item()
-    correct_in_subset = correct[subset]
     check_clean_accuracy(clean_accuracy, result.test_acc)
-    settings = {"n": n, "batch_size": batch_size, "seed": seed, "device": str(torch_device)}
-    identity = _evaluation_identity(run_dir, result, root, settings, corruptions, datamodule, baseline_dir, built)
-    partial = PartialResults.resume(result.dir.robustness_partial, identity, fresh)
+    checkpoint = checkpoint_identity(result)
+    evaluation = _Evaluation(
+        run_dir=run_dir,
+        net=net,
+        checkpoint=checkpoint,
+        device=torch_device,
+        saved={} if fresh else read_report(run_dir),
+        partial=PartialResults.open(run_dir, fresh),
+        unit_context={"device": str(torch_device), "batch_size": batch_size, "versions": versions()},
+        fresh=fresh,
+        progress=progress,
+    )
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "experiment": result.experiment,
         "dataset": result.dataset,
         "net": result.net,
         "neuron": result.neuron,
-        "checkpoint": result.best_checkpoint_name,
+        "checkpoint": checkpoint,
         "device": str(torch_device),
-        "seed": seed,
+        "versions": versions(),
         "clean": {"accuracy": clean_accuracy, "recorded_test_acc": result.test_acc, "n": len(labels)},
     }
-
+    sections = []
     if datamodule is not None:
-        report["corruptions"] = _corruption_section(
-            net,
-            clean_accuracy,
-            corruptions,
-            corruption_root,
-            datamodule,
-            n,
-            baseline_dir,
-            baseline is not None,
-            torch_device,
-            partial,
-            progress,
-        )
-
-    report["adversarial"] = {}
+        request = {"spec": corruptions, "root": str(corruption_root), "n": n, "baseline": baseline}
+        report[CORRUPTIONS] = evaluation.corruptions(request, clean_accuracy, datamodule, baseline_dir)
+        sections += [CORRUPTED_SETS, BASELINE_CORRUPTED_SETS]
+    report[ADVERSARIAL] = {}
     for attack in built:
-        attack_result = partial.get(ATTACKS, attack.name)
-        if attack_result is None:
-            with _seeded(seed, torch_device):
-                attack_result = evaluate_attacks(
-                    net,
-                    images[subset],
-                    labels[subset],
-                    result.dataset,
-                    [attack.name],
-                    overrides=attack_overrides,
-                    batch_size=batch_size,
-                    progress=progress,
-                )[attack.name]
-            partial.record(ATTACKS, attack.name, attack_result)
-        report["adversarial"][attack.name] = attack_result
-    check_attacks_start_clean(report["adversarial"], correct_in_subset)
+        grid = list(epsilons.get(attack.name) or epsilons_for(result.dataset, attack.norm))
+        request = {
+            "attack": attack.name,
+            "overrides": dict(attack_overrides.get(attack.name, {})),
+            "epsilons": list(epsilons[attack.name]) if attack.name in epsilons else None,
+            "n": n,
+            "seed": seed,
+            "batch_size": batch_size,
+        }
+        identity = {"request": request, "attack": attack.describe(), "epsilons": grid, "data_root": root.resolve()}
+        report[ADVERSARIAL][attack.name] = evaluation.attack(
+            attack, identity, grid, result.dataset, images[subset], labels[subset], seed, batch_size
+        )
+        sections.append(ATTACK_SECTION.format(attack.name))
+    check_attacks_start_clean(report[ADVERSARIAL], correct[subset])
     report["wall_time_s"] = time.perf_counter() - started
-    write_json_atomic(result.dir.robustness, report)
-    write_figures(report, result.dir.robustness_dir)
-    partial.remove()
-    return report
+    merged = write_report(run_dir, report)
+    write_robustness_figures(merged, RunDir(run_dir).robustness_dir)
+    evaluation.partial.discard(sections)
+    return merged
 
 
-def _evaluation_identity(
-    run_dir: Path,
-    result: RunRecord,
-    data_root: Path,
-    settings: dict[str, Any],
-    spec: str | None,
-    datamodule: CorruptedDataModule | None,
-    baseline_dir: Path | None,
-    attacks: Sequence[Attack],
-) -> dict[str, Any]:
-    """Everything the numbers of an evaluation depend on: partial results saved under another identity are not
-    reused."""
-    corruptions = baseline = None
-    if datamodule is not None:
-        directory = datamodule.source.directory.resolve()
-        corruptions = {"spec": spec, "directory": str(directory), "sets": datamodule.names}
-    if baseline_dir is not None:
-        baseline_checkpoint = checkpoint_identity(load_result(baseline_dir))
-        baseline = {"run_dir": str(baseline_dir.resolve()), "checkpoint": baseline_checkpoint}
-    return {
-        "checkpoint": checkpoint_identity(result),
-        "dataset": result.dataset,
-        "data_root": str(data_root.resolve()),
-        **settings,
-        "corruptions": corruptions,
-        "baseline": baseline,
-        "attacks": [attack.describe() | {"epsilons": epsilons_for(result.dataset, attack.norm)} for attack in attacks],
-        "versions": versions(),
-    }
+class _Evaluation:
+    """One evaluation of a run's checkpoint: measures a section unless it is saved under the same identity, with
+    its units in the resume store."""
 
+    def __init__(
+        self,
+        run_dir: Path,
+        net: nn.Module,
+        checkpoint: dict[str, Any],
+        device: torch.device,
+        saved: dict[str, Any],
+        partial: PartialResults,
+        unit_context: dict[str, Any],
+        fresh: bool,
+        progress: bool,
+    ) -> None:
+        self.run_dir, self.net, self.checkpoint, self.device = run_dir, net, checkpoint, device
+        self.saved, self.partial, self.unit_context = saved, partial, unit_context
+        self.fresh, self.progress = fresh, progress
 
-def _corruption_section(
-    net: nn.Module,
-    clean_accuracy: float,
-    spec: str,
-    root: str | Path,
-    datamodule: CorruptedDataModule,
-    n: int | None,
-    baseline_dir: Path | None,
-    explicit_baseline: bool,
-    device: torch.device,
-    partial: PartialResults,
-    progress: bool,
-) -> dict[str, Any]:
-    accuracies = corruption_accuracies(net, datamodule, device, partial, CORRUPTED_SETS, progress)
-    section: dict[str, Any] = {"spec": spec, "root": str(root), "n": n, "sets": datamodule.names}
-    if baseline_dir is None:
-        section["baseline"] = None
-        section["note"] = "no baseline run found (no ReLU control among sibling runs; pass --baseline): accuracies only"
-        return section | corruption_report(accuracies, clean_accuracy)
-    base_accuracies, base_clean = _baseline_corruptions(baseline_dir, spec, datamodule, n, device, partial, progress)
-    section["baseline"] = {
-        "run_dir": str(baseline_dir),
-        "chosen": "explicit" if explicit_baseline else "sweep ReLU control",
-        "clean_accuracy": base_clean,
-        "accuracy": {c: {str(s): a for s, a in by.items()} for c, by in base_accuracies.items()},
-    }
-    return section | corruption_report(accuracies, clean_accuracy, base_accuracies, base_clean)
+    def _measured(self, net: nn.Module, datamodule: CorruptedDataModule, section: str, identity: dict) -> dict:
+        units = self.partial.units(section, {**identity, **self.unit_context})
+        record = functools.partial(self.partial.record, section)
+        return corruption_accuracies(net, datamodule, self.device, units, record, self.progress)
 
+    def corruptions(
+        self,
+        request: dict[str, Any],
+        clean_accuracy: float,
+        datamodule: CorruptedDataModule,
+        baseline_dir: Path | None,
+    ) -> dict[str, Any]:
+        """The corruption section: the run's accuracies and those of its baseline, each measured or reused."""
+        source = datamodule.source
+        files = [path for corruption in datamodule.corruptions for path in source.files(corruption)]
+        if source.kind == "generated":
+            files.append(source.directory / METADATA_FILE)
+        set_identity = corrupted_set_identity(source.kind, source.directory, datamodule.names, datamodule.n, files)
+        own = None if self.fresh else saved_corruption_accuracies(self.run_dir, self.checkpoint, set_identity)
+        if own is not None:
+            print(f"reusing the accuracies on the corrupted sets saved in {RunDir(self.run_dir).robustness}")
+            accuracies: Mapping[str, Mapping[Any, float]] = own[0]
+        else:
+            identity = {"checkpoint": self.checkpoint, "set": set_identity}
+            accuracies = self._measured(self.net, datamodule, CORRUPTED_SETS, identity)
+        identity = {"request": request, "checkpoint": self.checkpoint, "set": set_identity, "baseline": None}
+        section: dict[str, Any] = {key: request[key] for key in ("spec", "root", "n")} | {"sets": datamodule.names}
+        if baseline_dir is None:
+            section["identity"] = as_json(identity)
+            section["baseline"] = None
+            section["note"] = "no baseline run found (no ReLU control among sibling runs; pass --baseline)"
+            return section | corruption_report(accuracies, clean_accuracy)
+        if baseline_dir.resolve() == self.run_dir.resolve():
+            base_checkpoint, base_accuracies, base_clean = self.checkpoint, accuracies, clean_accuracy
+            chosen = "the run itself"
+        else:
+            base_checkpoint, base_accuracies, base_clean = self._baseline(baseline_dir, datamodule, set_identity)
+            chosen = "explicit" if request["baseline"] is not None else "sweep ReLU control"
+        identity["baseline"] = {"run_dir": str(baseline_dir.resolve()), "checkpoint": base_checkpoint}
+        section["identity"] = as_json(identity)
+        section["baseline"] = {
+            "run_dir": str(baseline_dir.resolve()),
+            "chosen": chosen,
+            "clean_accuracy": base_clean,
+            "accuracy": {c: {str(s): a for s, a in by.items()} for c, by in base_accuracies.items()},
+        }
+        return section | corruption_report(accuracies, clean_accuracy, base_accuracies, base_clean)
 
-def corruption_figure(corruptions: dict[str, Any]) -> Any:
-    """Accuracy vs severity, one panel per corruption (the baseline dashed)."""
-    import matplotlib.pyplot as plt
+    def _baseline(
+        self, baseline_dir: Path, datamodule: CorruptedDataModule, set_identity: dict[str, Any]
+    ) -> tuple[dict[str, Any], Mapping[str, Mapping[Any, float]], float]:
+        """The baseline's checkpoint identity, corruption accuracies and clean accuracy: reused from its
+        robustness.json when measured with its current checkpoint on this very corrupted set, else measured."""
+        result = load_result(baseline_dir)
+        checkpoint = checkpoint_identity(result)
+        saved = None if self.fresh else saved_corruption_accuracies(baseline_dir, checkpoint, set_identity)
+        if saved is not None:
+            print(f"reusing the baseline's accuracies saved in {RunDir(baseline_dir).robustness}")
+            return checkpoint, saved[0], saved[1]
+        result, net = _load_checked(baseline_dir, self.device)
+        identity = {"baseline": str(baseline_dir.resolve()), "checkpoint": checkpoint, "set": set_identity}
+        accuracies = self._measured(net, datamodule, BASELINE_CORRUPTED_SETS, identity)
+        return checkpoint, accuracies, _clean_accuracy(net, result, _data_root(result, None), self.device)
 
-    names = list(corruptions["accuracy"])
-    columns = min(5, len(names))
-    rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.4 * rows), squeeze=False, sharey=True)
-    baseline = (corruptions.get("baseline") or {}).get("accuracy", {})
-    for ax, name in zip(axes.flat, names):
-        for table, style, label in ((corruptions["accuracy"], "-o", "run"), (baseline, "--s", "baseline")):
-            if name in table:
-                severities = sorted(table[name], key=int)
-                ax.plot([int(s) for s in severities], [table[name][s] for s in severities], style, label=label, ms=3)
-        ax.set_title(name, fontsize=9)
-        ax.set_ylim(0, 1)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
-    figure.supxlabel("severity")
-    figure.supylabel("accuracy")
-    figure.tight_layout()
-    return figure
-
-
-def adversarial_figure(adversarial: dict[str, Any]) -> Any:
-    """Robust accuracy vs epsilon, one panel per attack (worst case over smaller eps solid, raw dotted)."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(adversarial), figsize=(3.2 * len(adversarial), 2.8), squeeze=False)
-    for ax, (name, result) in zip(axes.flat, adversarial.items()):
-        ax.plot(result["epsilons"], result["robust_accuracy"], "-o", ms=3, label="worst case")
-        ax.plot(result["epsilons"], result["robust_accuracy_raw"], ":", label="raw")
-        ax.set_title(f"{name} ({result['attack']['norm']})", fontsize=9)
-        ax.set_xlabel("epsilon")
-        ax.set_ylim(0, 1)
-    axes[0, 0].set_ylabel("robust accuracy")
-    axes[0, 0].legend(fontsize=7)
-    figure.tight_layout()
-    return figure
-
-
-def write_figures(report: dict[str, Any], directory: Path) -> list[Path]:
-    """PNG plots of a robustness report in ``directory``, also logged to TensorBoard there."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from torch.utils.tensorboard import SummaryWriter
-
-    directory.mkdir(parents=True, exist_ok=True)
-    figures = {}
-    if report.get("corruptions"):
-        figures["corruptions"] = corruption_figure(report["corruptions"])
-    if report.get("adversarial"):
-        figures["adversarial"] = adversarial_figure(report["adversarial"])
-    written = []
-    with SummaryWriter(log_dir=str(directory)) as writer:
-        writer.add_scalar("robustness/clean_acc", report["clean"]["accuracy"])
-        for key in ("mean_corruption_accuracy", "mCE", "relative_mCE"):
-            value = (report.get("corruptions") or {}).get(key)
-            if value is not None:
-                writer.add_scalar(f"robustness/{key}", value)
-        for name, result in (report.get("adversarial") or {}).items():
-            if "reported" in result:
-                writer.add_scalar(f"robustness/{name}_acc", result["reported"]["robust_accuracy"])
-        for name, figure in figures.items():
-            path = directory / f"{name}.png"
-            save_figure(figure, path, dpi=120)
-            written.append(path)
-            writer.add_figure(f"robustness/{name}", figure, close=False)
-            plt.close(figure)
-    return written
+    def attack(
+        self,
+        attack: Attack,
+        identity: dict[str, Any],
+        grid: list[float],
+        dataset: str,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        seed: int,
+        batch_size: int,
+    ) -> dict[str, Any]:
+        """One attack's entry: reused from robustness.json or the resume store when saved under the same identity,
+        else measured from torch seed ``seed``."""
+        identity = as_json({**identity, "checkpoint": self.checkpoint})
+        saved = (self.saved.get(ADVERSARIAL) or {}).get(attack.name) or {}
+        if saved.get("identity") == identity:
+            print(f"reusing {attack.name} saved in {RunDir(self.run_dir).robustness}")
+            return saved
+        section = ATTACK_SECTION.format(attack.name)
+        units = self.partial.units(section, {**identity, **self.unit_context})
+        if "result" not in units:
+            with _seeded(seed, self.device):
+                measured = evaluate_attacks(
+                    self.net,
+                    images,
+                    labels,
+                    dataset,
+                    [attack.name],
+                    overrides={attack.name: identity["request"]["overrides"]},
+                    epsilons={attack.norm: grid},
+                    batch_size=batch_size,
+                    progress=self.progress,
+                )[attack.name]
+            self.partial.record(section, "result", measured)
+        return {**units["result"], "identity": identity}
 
 
 def _attack_list(text: str) -> list[str]:
@@ -491,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--fresh",
         action="store_true",
-        help=f"compute everything again, ignoring the units an interrupted evaluation saved in {PARTIAL_FILE}",
+        help=f"measure everything again, ignoring saved sections and the units an interrupted evaluation saved in "
+        f"{PARTIAL_FILE}",
     )
     args = parser.parse_args(argv)
     report = evaluate_run(
@@ -527,6 +456,6 @@ def format_summary(report: dict[str, Any]) -> str:
     for name, result in (report.get("adversarial") or {}).items():
         curve = ", ".join(f"{e:.3g}:{a:.3f}" for e, a in zip(result["epsilons"], result["robust_accuracy"]))
         lines.append(f"  {name} (n={result['n']}): {curve}")
-    written = RunDir(Path(report["run_dir"]))
-    lines.append(f"  written: {written.robustness}, {written.robustness_dir}/")
+    run_dir = Path(report["run_dir"])
+    lines.append(f"  written: {RunDir(run_dir).robustness}, {RunDir(run_dir).robustness_dir}/")
     return "\n".join(lines)
