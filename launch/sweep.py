@@ -4,12 +4,15 @@
                            [--dry-run] [--max-parallel N] [--wait]
     python launch/sweep.py status DIR
     python launch/sweep.py collect DIR
+    python launch/sweep.py evaluate DIR --cluster slurm|local|debug [--sweep FILE] [--cluster-config FILE]
+                           [--dry-run] [--max-parallel N] [--wait]
 
 See docs/cluster.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from lit_dendrite.analysis.report import accuracy_section, write_report
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.cluster import CLUSTERS, ClusterError, load_cluster_config
-from lit_dendrite.sweeps.launch import submit_sweep, wait_for
+from lit_dendrite.sweeps.launch import submit_evaluation, submit_sweep, wait_for
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import collect, format_status, unfinished_runs
 
@@ -26,13 +29,11 @@ DEFAULT_SWEEP = CONFIGS / "sweep" / "paper.yaml"
 DEFAULT_CLUSTER_CONFIG = {"slurm": CONFIGS / "cluster" / "slurm_gpu.yaml", "local": CONFIGS / "cluster" / "local.yaml"}
 
 
-def submit_main(argv: list[str]) -> int:
-    """Validate and submit a sweep (see the module docstring)."""
-    parser = argument_parser("launch/sweep.py", "Submit a sweep as one job array.")
-    parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: paper.yaml)")
+def _submission_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options shared by submitting a sweep and its evaluation."""
+    parser = argument_parser(prog, description)
     parser.add_argument("--cluster", choices=CLUSTERS, required=True, help="where the jobs run")
     parser.add_argument("--cluster-config", type=Path, help="configs/cluster/*.yaml (default per --cluster)")
-    parser.add_argument("--out", type=Path, default=Path("runs"), help="runs go to OUT/<sweep>/<experiment>/<run>")
     parser.add_argument("--dry-run", action="store_true", help="print runs and the sbatch script; submit nothing")
     parser.add_argument(
         "--max-parallel", type=positive_int, help="runs at once (default: the config's array_parallelism)"
@@ -40,16 +41,36 @@ def submit_main(argv: list[str]) -> int:
     parser.add_argument(
         "--wait",
         action="store_true",
-        help="wait for the jobs to end, print the status, and exit 1 unless every submitted run is done",
+        help="wait for the jobs to end, print the status, and exit 1 unless every submitted run is done "
+        "(and evaluated, with an evaluate: section)",
     )
     parser.add_argument("--wait-timeout-h", type=positive_float, default=48.0, help="give up waiting after this long")
+    return parser
+
+
+def submit_main(argv: list[str]) -> int:
+    """Validate and submit a sweep, or (``evaluate DIR ...``) the evaluation of an existing one."""
+    if argv[:1] == ["evaluate"]:
+        parser = _submission_parser("launch/sweep.py evaluate", "Evaluate a sweep's finished runs as one job array.")
+        parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")
+        parser.add_argument("--sweep", type=Path, help="sweep file with the evaluate: section (default: the sweep's)")
+        argv = argv[1:]
+    else:
+        parser = _submission_parser("launch/sweep.py", "Submit a sweep as one job array.")
+        parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: paper.yaml)")
+        parser.add_argument("--out", type=Path, default=Path("runs"), help="runs go to OUT/<sweep>/<experiment>/<run>")
     args = parser.parse_args(argv)
     cluster_config_path = args.cluster_config or DEFAULT_CLUSTER_CONFIG.get(args.cluster)
     try:
-        sweep = load_sweep(args.sweep)
         config = load_cluster_config(cluster_config_path)
-        submission = submit_sweep(sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel)
-    except (SweepError, ClusterError) as error:
+        if "sweep_dir" in args:
+            submission = submit_evaluation(
+                args.sweep_dir, args.cluster, config, args.sweep, args.dry_run, args.max_parallel
+            )
+        else:
+            sweep = load_sweep(args.sweep)
+            submission = submit_sweep(sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel)
+    except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.wait and submission.jobs:
@@ -76,7 +97,7 @@ def collect_main(sweep_dir: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch to `status DIR`, `collect DIR`, or submission."""
+    """Dispatch to `status DIR`, `collect DIR`, or submission (of a sweep, or with `evaluate DIR` its evaluation)."""
     if argv[:1] in (["status"], ["collect"]):
         parser = argument_parser(f"launch/sweep.py {argv[0]}")
         parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")

@@ -11,6 +11,7 @@ the analysis reads them; every file name and the layout are spelled here and now
     <run_dir>/II_joint/inner_best.pt            the inner net of session II's best checkpoint
     <run_dir>/robustness.json                   robustness results (launch/evaluate.py)
     <run_dir>/robustness/                       their figures and an interrupted evaluation's partial.json
+    <run_dir>/robustness/error.json             why the sweep's last evaluation of the run failed
 
 A run directory is always used resolved (``~`` expanded, symlinks followed, absolute): Lightning resolves the
 checkpoint paths it reports, and paths stored relative to the run directory must be computed against the same
@@ -43,6 +44,7 @@ BEST_INNER_FILE = "inner_best.pt"
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_DIR = "robustness"
 PARTIAL_FILE = "partial.json"
+EVALUATION_ERROR_FILE = "error.json"
 DEFAULT_RUNS_ROOT = "runs"
 FINISHED = ("done", "diverged")
 SEED_AXIS = "seed"
@@ -132,6 +134,10 @@ class RunDir:
     @property
     def robustness_partial(self) -> Path:
         return self.robustness_dir / PARTIAL_FILE
+
+    @property
+    def evaluation_error(self) -> Path:
+        return self.robustness_dir / EVALUATION_ERROR_FILE
 
     def last_checkpoints(self) -> list[Path]:
         """The ``last.ckpt`` of every session that has one."""

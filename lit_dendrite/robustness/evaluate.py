@@ -48,36 +48,21 @@ from lit_dendrite.robustness.store import (
     CORRUPTIONS,
     PartialResults,
     as_json,
+    attack_request,
     checkpoint_identity,
     corrupted_set_identity,
+    corruption_request,
+    find_baseline,
     read_report,
     saved_corruption_accuracies,
     write_report,
 )
-from lit_dendrite.runs import PARTIAL_FILE, RunDir, RunRecord, find_records, versions
+from lit_dendrite.runs import PARTIAL_FILE, RunDir, RunRecord, versions
 
-BASELINE_NEURON = "relu"
 # Sections of the resume store: the run's and the baseline's corrupted sets ("gaussian_noise/3"), one per attack.
 CORRUPTED_SETS = "corrupted_sets"
 BASELINE_CORRUPTED_SETS = "baseline_corrupted_sets"
 ATTACK_SECTION = "attack/{}"
-
-
-def find_baseline(run_dir: str | Path) -> Path | None:
-    """The sweep's ReLU control of a run: a finished sibling run (up to two levels up) with the same data set
-    and network class and neuron ``relu``, preferring the same seed; None if there is none."""
-    own = load_result(run_dir)
-    candidates = []
-    parent = own.dir.path.parent
-    siblings = {path.parent for path in find_records(parent.parent, depth=2) + find_records(parent, depth=1)}
-    for directory in sorted(siblings):
-        try:
-            other = RunRecord.read(directory)
-        except (OSError, ValueError):
-            continue
-        if other.done and other.neuron == BASELINE_NEURON and other.dataset == own.dataset and other.net == own.net:
-            candidates.append((other.seed != own.seed, str(directory)))
-    return Path(min(candidates)[1]) if candidates else None
 
 
 def loader_accuracy(net: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
@@ -241,20 +226,15 @@ def evaluate_run(
     }
     sections = []
     if datamodule is not None:
-        request = {"spec": corruptions, "root": str(corruption_root), "n": n, "baseline": baseline}
+        request = corruption_request(corruptions, corruption_root, n, baseline)
         report[CORRUPTIONS] = evaluation.corruptions(request, clean_accuracy, datamodule, baseline_dir)
         sections += [CORRUPTED_SETS, BASELINE_CORRUPTED_SETS]
     report[ADVERSARIAL] = {}
     for attack in built:
         grid = list(epsilons.get(attack.name) or epsilons_for(result.dataset, attack.norm))
-        request = {
-            "attack": attack.name,
-            "overrides": dict(attack_overrides.get(attack.name, {})),
-            "epsilons": list(epsilons[attack.name]) if attack.name in epsilons else None,
-            "n": n,
-            "seed": seed,
-            "batch_size": batch_size,
-        }
+        request = attack_request(
+            attack.name, attack_overrides.get(attack.name), epsilons.get(attack.name), n, seed, batch_size
+        )
         identity = {"request": request, "attack": attack.describe(), "epsilons": grid, "data_root": root.resolve()}
         report[ADVERSARIAL][attack.name] = evaluation.attack(
             attack, identity, grid, result.dataset, images[subset], labels[subset], seed, batch_size

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from lit_dendrite.io import read_json, write_json_atomic
-from lit_dendrite.runs import RunDir, RunRecord
+from lit_dendrite.runs import RunDir, RunRecord, find_records
 
+BASELINE_NEURON = "relu"
 CORRUPTIONS = "corruptions"
 ADVERSARIAL = "adversarial"
 
@@ -65,6 +66,43 @@ def corrupted_set_identity(
         stat = path.stat()
         stats[path.relative_to(directory).as_posix()] = [stat.st_size, stat.st_mtime_ns]
     return {"kind": kind, "directory": str(directory), "sets": list(names), "n": n, "files": stats}
+
+
+def corruption_request(spec: str, root: str | Path, n: int | None, baseline: str | Path | None) -> dict[str, Any]:
+    """What a user asks of the corruption section: the set spec and root, images per set, an explicit baseline."""
+    return as_json({"spec": spec, "root": root, "n": n, "baseline": baseline})
+
+
+def attack_request(
+    name: str,
+    overrides: Mapping[str, Any] | None,
+    epsilons: Sequence[float] | None,
+    n: int | None,
+    seed: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """What a user asks of one attack: its parameter overrides, epsilons (None: the data set's grid), number of
+    images, seed and batch size (random starts are drawn per batch)."""
+    epsilons = None if epsilons is None else [float(eps) for eps in epsilons]
+    request = {"attack": name, "overrides": dict(overrides or {}), "epsilons": epsilons, "n": n, "seed": seed}
+    return as_json(request | {"batch_size": batch_size})
+
+
+def find_baseline(run_dir: str | Path) -> Path | None:
+    """The sweep's ReLU control of a run: a finished sibling run (up to two levels up) with the same data set
+    and network class and neuron ``relu``, preferring the same seed; None if there is none."""
+    own = RunRecord.read(run_dir)
+    candidates = []
+    parent = own.dir.path.parent
+    siblings = {path.parent for path in find_records(parent.parent, depth=2) + find_records(parent, depth=1)}
+    for directory in sorted(siblings):
+        try:
+            other = RunRecord.read(directory)
+        except (OSError, ValueError):
+            continue
+        if other.done and other.neuron == BASELINE_NEURON and other.dataset == own.dataset and other.net == own.net:
+            candidates.append((other.seed != own.seed, str(directory)))
+    return Path(min(candidates)[1]) if candidates else None
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:

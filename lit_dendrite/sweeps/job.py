@@ -12,6 +12,7 @@ import submitit
 
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.runs import RunDir
+from lit_dendrite.sweeps.evaluation import evaluate_trained_run, record_evaluation_error
 
 TRAIN_ENTRY = "lit_dendrite.cli"
 
@@ -31,20 +32,25 @@ def _is_rank_zero() -> bool:
 
 class TrainRun(submitit.helpers.Checkpointable):
     """Runs ``lit_dendrite.cli.train(args)``, which resumes from whatever the run directory holds, with
-    :class:`~lit_dendrite.sweeps.preemption.RestoreSigtermHandler` among the Trainer callbacks.
+    :class:`~lit_dendrite.sweeps.preemption.RestoreSigtermHandler` among the Trainer callbacks; then, with an
+    ``evaluate`` section (see :mod:`lit_dendrite.sweeps.evaluation`), evaluates the finished run on rank 0 in
+    the same job. A finished run is not trained again, so ``launch/sweep.py evaluate`` submits this same callable.
 
     Requeueing never depends on state kept here: ``scontrol requeue`` reruns the original pickled callable and
     submitit's time-limit/preemption path reruns what ``checkpoint()`` returns, ``DelayedSubmission(self)``;
     both call ``train`` again, which resumes from the last checkpoint. Nothing is saved in ``checkpoint()`` (a
     ``trainer.save_checkpoint`` there would be a collective only rank 0 enters under DDP).
     A run that raises writes ``{"status": "failed", "error", "log"}`` to its run record and returns it, so
-    one failing run never affects another; an error raised after ``checkpoint()`` (submitit failing to requeue a
-    job that Slurm is already requeueing or cancelling) is an interruption, not a failure, and is not recorded.
+    one failing run never affects another (an evaluation that raises records its error in the run's robustness
+    folder instead, and training's result stands); an error raised after ``checkpoint()`` (submitit failing to
+    requeue a job that Slurm is already requeueing or cancelling) is an interruption, not a failure, and is not
+    recorded.
     """
 
-    def __init__(self, args: list[str], run_dir: str | Path) -> None:
+    def __init__(self, args: list[str], run_dir: str | Path, evaluate: dict[str, Any] | None = None) -> None:
         self.args = list(args)
         self.run_dir = Path(run_dir)
+        self.evaluate = evaluate
         self.interrupted = False
 
     def __call__(self) -> dict[str, Any]:
@@ -52,7 +58,7 @@ class TrainRun(submitit.helpers.Checkpointable):
         try:
             from lit_dendrite.sweeps.preemption import RestoreSigtermHandler  # Lightning: import after unpickling
 
-            return importlib.import_module(TRAIN_ENTRY).train(self.args, extra_callbacks=[RestoreSigtermHandler()])
+            result = importlib.import_module(TRAIN_ENTRY).train(self.args, extra_callbacks=[RestoreSigtermHandler()])
         except Exception:
             if self.interrupted:  # raised by submitit's requeue after checkpoint(): the scheduler owns this job now
                 raise
@@ -67,6 +73,15 @@ class TrainRun(submitit.helpers.Checkpointable):
             if _is_rank_zero():
                 write_json_atomic(RunDir(self.run_dir).result, result)
             return result
+        if self.evaluate is not None and _is_rank_zero():
+            try:
+                evaluate_trained_run(self.run_dir, self.evaluate)
+            except Exception:
+                if self.interrupted:
+                    raise
+                traceback.print_exc()
+                record_evaluation_error(self.run_dir, traceback.format_exc(), _log_path())
+        return result
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on time limit or preemption (rank 0): rerun this same callable after the requeue."""

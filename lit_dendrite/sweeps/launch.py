@@ -15,11 +15,14 @@ import submitit
 from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.runs import RunDir
 from lit_dendrite.sweeps.cluster import ClusterConfig, check_slurm, make_executor, sbatch_script
+from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, evaluation_state
 from lit_dendrite.sweeps.job import TrainRun
-from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError
+from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import (
+    FINISHED,
     MANIFEST,
     format_status,
+    read_manifest,
     record_jobs,
     run_states,
 )
@@ -87,7 +90,32 @@ def _manifest(sweep: Sweep, sweep_dir: Path, cluster: str, config: ClusterConfig
         }
         for run in sweep.runs
     ]
-    return {"sweep": sweep.name, "sweep_file": str(sweep.path), "runs": runs}
+    return {"sweep": sweep.name, "sweep_file": str(sweep.path), "runs": runs, "evaluate": sweep.evaluate}
+
+
+def checked_evaluate(evaluate: dict[str, Any] | None) -> None:
+    """:func:`~lit_dendrite.sweeps.evaluation.check_evaluate` as a SweepError (nothing submitted)."""
+    if evaluate is not None:
+        try:
+            check_evaluate(evaluate)
+        except EvaluateSpecError as error:
+            raise SweepError(f"{error}; nothing was submitted") from None
+
+
+def _to_skip(sweep_dir: Path, runs: list[str], evaluate: dict[str, Any] | None) -> dict[str, str]:
+    """``{run: why}`` of the runs not to submit: queued or running, or finished and (with an ``evaluate``
+    section) evaluated."""
+    skipped = {}
+    for run, info in run_states(sweep_dir, runs).items():
+        if info["live"]:
+            skipped[run] = f"{info['state']}, job {info['job_id']} {info['job_state'].lower()}"
+        elif info["state"] == "running":
+            skipped[run] = "running"
+        elif info["state"] in FINISHED:
+            evaluation = evaluation_state(sweep_dir / run, evaluate)
+            if evaluation in ("-", "done"):
+                skipped[run] = info["state"] + (", evaluated" if evaluation == "done" else "")
+    return skipped
 
 
 def submit_sweep(
@@ -111,12 +139,8 @@ def submit_sweep(
         check_slurm(config)
     args = {run.relative_dir: run_args(run, sweep_dir, cluster, config) for run in sweep.runs}
     check_configs(list(args.values()), parse)
-    states = run_states(sweep_dir, list(args))
-    skipped = {
-        run: f"{info['state']}, job {info['job_id']} {info['job_state'].lower()}" if info["live"] else info["state"]
-        for run, info in states.items()
-        if info["live"] or info["state"] in ("done", "diverged", "running")
-    }
+    checked_evaluate(sweep.evaluate)
+    skipped = _to_skip(sweep_dir, list(args), sweep.evaluate)
     to_submit = [run for run in args if run not in skipped]
     width = max(len(run) for run in args)
     echo(f"sweep {sweep.name} ({sweep.path}): {len(args)} runs, {len(to_submit)} to submit -> {sweep_dir}")
@@ -137,7 +161,7 @@ def submit_sweep(
         run_dir = RunDir(sweep_dir / run)
         if (read_json(run_dir.result) or {}).get("status") == "failed":
             run_dir.result.replace(run_dir.failed_result)
-    jobs, job_of_run = _submit(cluster, config, sweep, sweep_dir, to_submit, args)
+    jobs, job_of_run = _submit(cluster, config, sweep.name, sweep_dir, to_submit, args, sweep.evaluate)
     record_jobs(sweep_dir, cluster, job_of_run)
     job_ids = list(dict.fromkeys(job_of_run.values()))
     echo(f"submitted {len(to_submit)} runs as {len(job_ids)} {cluster} job(s): {' '.join(job_ids)}")
@@ -150,24 +174,25 @@ def submit_sweep(
 def _submit(
     cluster: str,
     config: ClusterConfig,
-    sweep: Sweep,
+    name: str,
     sweep_dir: Path,
     runs: list[str],
     args: dict[str, list[str]],
+    evaluate: dict[str, Any] | None,
 ) -> tuple[list[submitit.Job], dict[str, str]]:
     """Submit the runs; returns the jobs and ``{run: job id}``."""
-    executor = make_executor(cluster, config, sweep_dir / "logs" / "%j", f"ld-{sweep.name}")
+    executor = make_executor(cluster, config, sweep_dir / "logs" / "%j", f"ld-{name}")
     if cluster == "local":
         groups = _chunks(runs, config.array_parallelism)
         callables = []
         for group in groups:
             sequence = submitit.helpers.FunctionSequence()
             for run in group:
-                sequence.add(TrainRun(args[run], sweep_dir / run))
+                sequence.add(TrainRun(args[run], sweep_dir / run, evaluate))
             callables.append(sequence)
     else:
         groups = [[run] for run in runs]
-        callables = [TrainRun(args[run], sweep_dir / run) for run in runs]
+        callables = [TrainRun(args[run], sweep_dir / run, evaluate) for run in runs]
     with executor.batch():
         jobs = [executor.submit(fn) for fn in callables]
     if cluster == "debug":
@@ -183,3 +208,43 @@ def wait_for(jobs: list[submitit.Job], sweep_dir: Path, timeout_s: float, poll_s
     while time.monotonic() < deadline and not all(job.done() for job in jobs):
         time.sleep(poll_s)
     return format_status(sweep_dir)
+
+
+def submit_evaluation(
+    sweep_dir: Path,
+    cluster: str,
+    config: ClusterConfig,
+    sweep_file: Path | None = None,
+    dry_run: bool = False,
+    max_parallel: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> Submission:
+    """Evaluate the finished runs of an existing sweep as one job array, with the ``evaluate:`` section of
+    ``sweep_file`` (default: the sweep file the sweep was submitted from); runs already evaluated with those
+    settings, unfinished runs and runs whose job is queued or running are skipped."""
+    sweep_dir = sweep_dir.resolve()
+    manifest = read_manifest(sweep_dir)
+    sweep_file = Path(sweep_file or manifest["sweep_file"])
+    evaluate = load_sweep(sweep_file).evaluate
+    if evaluate is None:
+        raise SweepError(f"sweep file {sweep_file} has no `evaluate:` section; add one (see docs/cluster.md)")
+    config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
+    if cluster == "slurm" and not dry_run:
+        check_slurm(config)
+    checked_evaluate(evaluate)
+    args = {run["dir"]: run["args"] for run in manifest["runs"]}
+    states = run_states(sweep_dir, list(args))
+    skipped = _to_skip(sweep_dir, list(args), evaluate)
+    skipped |= {run: info["state"] for run, info in states.items() if run not in skipped and info["state"] != "done"}
+    to_submit = [run for run in args if run not in skipped]
+    echo(f"evaluate {sweep_dir} with {sweep_file}: {len(args)} runs, {len(to_submit)} to evaluate")
+    for run in args:
+        echo(f"  {run}  {'skip (' + skipped[run] + ')' if run in skipped else 'evaluate'}")
+    if dry_run or not to_submit:
+        return Submission(sweep_dir, to_submit if dry_run else [], skipped, [], [])
+    write_json_atomic(sweep_dir / MANIFEST, {**manifest, "evaluate": evaluate})
+    jobs, job_of_run = _submit(cluster, config, f"{manifest['sweep']}-eval", sweep_dir, to_submit, args, evaluate)
+    record_jobs(sweep_dir, cluster, job_of_run)
+    echo(f"submitted {len(to_submit)} evaluations as {cluster} job(s): {' '.join(dict.fromkeys(job_of_run.values()))}")
+    echo(f"watch:       python launch/sweep.py status {sweep_dir}")
+    return Submission(sweep_dir, to_submit, skipped, list(dict.fromkeys(job_of_run.values())), jobs)

@@ -16,6 +16,9 @@ A sweep file (YAML, see ``configs/sweep/``)::
         model.lr: {loguniform: [1.0e-4, 1.0e-2]}
         model.net.init_args.dropout: {choice: [0.0, 0.1, 0.2]}
     short_names: {model.net.init_args.inner_hidden: inner}
+    evaluate:                                   # robustness of each run, in its job after training
+      attacks: {linf_pgd: {n: 1000}}            # (see lit_dendrite.sweeps.evaluation)
+      corruptions: {spec: mnist_c, root: data}
 
 Axis keys are LightningCLI keys without the leading ``--``. Each run is named by its axis values with
 short keys (default: the key's last dotted part), e.g. ``lr=0.001,seed=1``, and lives in
@@ -35,8 +38,11 @@ from typing import Any
 import yaml
 
 from lit_dendrite.runs import NAME_SIGNIFICANT_DIGITS, SEED_AXIS, name_value, run_name
+from lit_dendrite.sweeps.evaluation import EvaluateSpecError, parse_evaluate
 
-SWEEP_KEYS = ("name", "description", "experiments", "seeds", "overrides", "grid", "zip", "random", "short_names")
+SWEEP_KEYS = (
+    "name", "description", "experiments", "seeds", "overrides", "grid", "zip", "random", "short_names", "evaluate",
+)  # fmt: skip
 RANDOM_KEYS = ("trials", "seed", "axes")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 SEED_KEY = "seed_everything"
@@ -75,11 +81,12 @@ class PlannedRun:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A parsed sweep file and its runs, in a deterministic order."""
+    """A parsed sweep file and its runs, in a deterministic order, with its ``evaluate:`` section (or None)."""
 
     name: str
     path: Path
     runs: tuple[PlannedRun, ...]
+    evaluate: dict[str, Any] | None = None
 
 
 def cli_value(value: Any) -> str:
@@ -265,4 +272,8 @@ def load_sweep(path: str | Path) -> Sweep:
                     )
                 seen[run.relative_dir] = run
                 runs.append(run)
-    return Sweep(name=name, path=path.resolve(), runs=tuple(runs))
+    try:
+        evaluate = parse_evaluate(f"sweep file {path}", spec.get("evaluate"))
+    except EvaluateSpecError as error:
+        raise SweepError(str(error)) from None
+    return Sweep(name=name, path=path.resolve(), runs=tuple(runs), evaluate=evaluate)

@@ -23,6 +23,7 @@ from typing import Any
 
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
 from lit_dendrite.runs import FINISHED, RunDir, find_records
+from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state
 
 MANIFEST = "sweep.json"
 JOBS = "jobs.json"
@@ -123,29 +124,52 @@ def run_states(sweep_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def unfinished_runs(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
-    """``{run dir: state}`` of those of ``runs`` that are not done: failed, diverged, or still pending or running."""
-    return {run: info["state"] for run, info in run_states(sweep_dir, runs).items() if info["state"] != "done"}
+    """``{run dir: state}`` of those of ``runs`` that are not done: failed, diverged, or still pending or running,
+    or (for a sweep with an ``evaluate:`` section) done but not evaluated."""
+    evaluate = read_manifest(sweep_dir).get("evaluate")
+    unfinished = {}
+    for run, info in run_states(sweep_dir, runs).items():
+        evaluation = evaluation_state(sweep_dir / run, evaluate) if info["state"] == "done" else "-"
+        if info["state"] != "done":
+            unfinished[run] = info["state"]
+        elif evaluation not in ("done", "-"):
+            unfinished[run] = f"done, evaluation {evaluation}"
+    return unfinished
 
 
 def format_status(sweep_dir: Path) -> str:
-    """A table of every run of the sweep in ``sweep_dir`` with its state and job, then the counts per state."""
+    """A table of every run of the sweep in ``sweep_dir`` with its state and job (and, for a sweep with an
+    ``evaluate:`` section, its evaluation state), then the counts per state."""
     manifest = read_manifest(sweep_dir)
     runs = [run["dir"] for run in manifest["runs"]]
+    evaluate = manifest.get("evaluate")
     states = run_states(sweep_dir, runs)
+    evaluations = {run: evaluation_state(sweep_dir / run, evaluate) for run in runs} if evaluate else {}
     width = max(len(run) for run in runs)
-    lines = [f"{'run':<{width}}  {'state':<8}  job"]
+    lines = [f"{'run':<{width}}  {'state':<8}  " + ("evaluation  " if evaluate else "") + "job"]
     for run in runs:
         info = states[run]
         job = info["job_id"] or "-"
         if info["live"]:
             job += f" ({info['job_state'].lower()})"
-        lines.append(f"{run:<{width}}  {info['state']:<8}  {job}")
+        evaluation = f"{evaluations[run]:<10}  " if evaluate else ""
+        lines.append(f"{run:<{width}}  {info['state']:<8}  {evaluation}{job}")
         if info["state"] == "failed":
             error = (info["result"].get("error") or "").strip().splitlines()
             lines.append(f"    error: {error[-1] if error else '?'}")
             lines.append(f"    log:   {info['result'].get('log')}")
+        if evaluations.get(run) == "failed":
+            failure = evaluation_error(sweep_dir / run) or {}
+            error = (failure.get("error") or "").strip().splitlines()
+            lines.append(f"    evaluation error: {error[-1] if error else '?'}")
+            lines.append(f"    log:   {failure.get('log')}")
     counts = {state: sum(info["state"] == state for info in states.values()) for state in STATES}
     lines.append(", ".join(f"{state} {n}" for state, n in counts.items()) + f" (of {len(runs)})")
+    if evaluate:
+        done = sum(state == "done" for state in evaluations.values())
+        failed = sum(state == "failed" for state in evaluations.values())
+        todo = sum(state not in ("done", "failed", "-") for state in evaluations.values())
+        lines.append(f"evaluation: done {done}, to do {todo}, failed {failed}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,173 @@
+"""Evaluation inside the sweep: the ``evaluate:`` section of a sweep file, its checks, the evaluation each job
+runs after training (through ``--cluster local`` like a workstation), ``sweep.py status`` and
+``sweep.py evaluate``, and an evaluation preempted halfway that its requeued job finishes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_sweep_launch import load_launcher
+
+from lit_dendrite.data.corrupt import write_corrupted_set
+from lit_dendrite.data.datasets import load_arrays
+from lit_dendrite.runs import RunDir
+from lit_dendrite.sweeps.cluster import ClusterConfig
+from lit_dendrite.sweeps.evaluation import evaluation_calls, parse_evaluate
+from lit_dendrite.sweeps.launch import submit_sweep
+from lit_dendrite.sweeps.spec import SweepError, load_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "configs" / "experiment"
+TINY = {"trainer.max_epochs": 1, "protocol.pretrain_epochs": 1, "trainer.enable_progress_bar": False,
+        "trainer.enable_model_summary": False}  # fmt: skip
+
+
+def test_evaluate_section_per_data_set() -> None:
+    evaluate = parse_evaluate(
+        "sweep.yaml",
+        {
+            "n": 1000,
+            "attacks": {"linf_pgd": {}, "autoattack_linf": {"epsilons": [0.3], "n": 200}, "l2_pgd": {"steps": 100}},
+            "corruptions": {"spec": "mnist_c", "root": "data"},
+            "datasets": {"cifar10": {"attacks": {"autoattack_linf": {"epsilons": ["8/255"]}},
+                                     "corruptions": "cifar10_c"}},
+        },
+    )  # fmt: skip
+    mnist = evaluation_calls(evaluate, "mnist")
+    assert mnist[0] == {"corruptions": "mnist_c", "corruption_root": "data", "attacks": [], "n": 1000,
+                        "batch_size": 500, "seed": 0}  # fmt: skip
+    assert [(call["attacks"], call["n"]) for call in mnist[1:]] == [(["linf_pgd", "l2_pgd"], 1000),
+                                                                    (["autoattack_linf"], 200)]  # fmt: skip
+    assert mnist[1]["attack_overrides"] == {"l2_pgd": {"steps": 100}} and mnist[1]["epsilons"] == {}
+    assert mnist[2]["epsilons"] == {"autoattack_linf": [0.3]}
+    cifar = evaluation_calls(evaluate, "cifar10")
+    assert cifar[0]["corruptions"] == "cifar10_c" and cifar[1]["epsilons"] == {"autoattack_linf": [8 / 255]}
+    assert evaluation_calls(parse_evaluate("s", {"datasets": {"cifar10": {"attacks": ["fgsm"]}}}), "mnist") == []
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"attack": {"fgsm": {}}}, r"unknown key\(s\) \['attack'\]"),
+        ({"attacks": {"fgsm": {"epsilons": ["8/0"]}}}, "neither a number nor a fraction"),
+        ({"attacks": {"fgsm": {"n": 0}}}, r"evaluate.attacks.fgsm.n: must be a positive integer"),
+        ({"corruptions": {"spec": "mnist_c", "roots": "data"}}, r"unknown key\(s\) \['roots'\]"),
+        ({"batch_size": 0, "attacks": ["fgsm"]}, "batch_size: must be a positive integer"),
+        ({"n": 100}, "nothing to evaluate"),
+    ],
+)
+def test_bad_evaluate_section_is_named(tmp_path: Path, section: dict, message: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"experiments": [str(EXPERIMENTS / "mlp_digits_relu.yaml")], "seeds": [1],
+                                    "evaluate": section}))  # fmt: skip
+    with pytest.raises(SweepError, match=message):
+        load_sweep(path)
+
+
+def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitting(tmp_path: Path) -> None:
+    for section, message in (
+        ({"attacks": ["pgd"]}, r"evaluate.attacks.pgd: unknown attack 'pgd'.*nothing was submitted"),
+        ({"corruptions": {"spec": "mnist_c", "root": str(tmp_path)}}, r"evaluate.corruptions: .*mnist_c: missing"),
+    ):
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump({"experiments": [str(EXPERIMENTS / "mlp_digits_relu.yaml")], "seeds": [1],
+                                        "evaluate": section}))  # fmt: skip
+        with pytest.raises(SweepError, match=message):
+            submit_sweep(load_sweep(path), "debug", ClusterConfig(), tmp_path / "runs", echo=lambda _: None)
+        assert not (tmp_path / "runs").exists()
+
+
+def digits_c(directory: Path) -> Path:
+    images, labels = load_arrays("digits", "unused", train=False)
+    return write_corrupted_set(images[:40], labels[:40], directory, dataset="digits", num_classes=10,
+                               corruptions=["gaussian_noise", "brightness"], progress=False)  # fmt: skip
+
+
+def write_sweep(path: Path, experiments: list[str], evaluate: dict) -> Path:
+    spec = {"experiments": [str(EXPERIMENTS / f"{e}.yaml") for e in experiments], "seeds": [1], "overrides": TINY,
+            "evaluate": evaluate}  # fmt: skip
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_sweep_evaluates_its_runs_and_reports_robustness(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    corrupted = digits_c(tmp_path / "digits_c")
+    evaluate = {"n": 40, "attacks": {"fgsm": {}}, "corruptions": {"spec": f"generated:{corrupted}"}}
+    sweep_file = write_sweep(
+        tmp_path / "tiny.yaml", ["mlp_digits_relu", "mlp_digits_2arg"], evaluate
+    )  # the control first
+    launcher, out = load_launcher(), tmp_path / "runs"
+    submit = ["--sweep", str(sweep_file), "--out", str(out), "--max-parallel", "1"]
+    assert launcher.main([*submit, "--cluster", "local", "--wait"]) == 0
+    sweep_dir = out / "tiny"
+    capsys.readouterr()
+    assert launcher.main(["status", str(sweep_dir)]) == 0
+    status = capsys.readouterr().out
+    assert "done 2, failed 0" in status and "evaluation: done 2, to do 0, failed 0" in status, status
+    two_arg = json.loads(RunDir(sweep_dir / "mlp_digits_2arg" / "seed=1").robustness.read_text())
+    assert two_arg["corruptions"]["baseline"]["chosen"] == "sweep ReLU control" and two_arg["corruptions"]["mCE"] > 0
+    assert two_arg["adversarial"]["fgsm"]["n"] == 40
+
+    assert launcher.main(["collect", str(sweep_dir)]) == 0
+    report = (sweep_dir / "report.md").read_text()
+    assert "## Robustness" in report and "mCE" in report and "fgsm" in report
+
+    capsys.readouterr()
+    assert launcher.main([*submit, "--cluster", "debug"]) == 0
+    assert "0 to submit" in capsys.readouterr().out  # trained and evaluated with these settings
+
+    relu_dir = RunDir(sweep_dir / "mlp_digits_relu" / "seed=1")
+    fgsm = json.loads(relu_dir.robustness.read_text())["adversarial"]["fgsm"]
+    more = {**evaluate, "attacks": {"fgsm": {}, "linf_deepfool": {"steps": 10}}}
+    new_settings = write_sweep(tmp_path / "more.yaml", ["mlp_digits_relu", "mlp_digits_2arg"], more)
+    argv = ["evaluate", str(sweep_dir), "--sweep", str(new_settings), "--cluster", "debug"]
+    assert launcher.main(argv) == 0
+    assert "2 runs, 2 to evaluate" in capsys.readouterr().out
+    relu = json.loads(relu_dir.robustness.read_text())
+    assert relu["adversarial"]["linf_deepfool"]["attack"]["steps"] == 10
+    assert relu["adversarial"]["fgsm"] == fgsm  # done with these settings: kept, not measured again
+    assert launcher.main(["status", str(sweep_dir)]) == 0
+    assert "evaluation: done 2, to do 0, failed 0" in capsys.readouterr().out
+    assert launcher.main(argv) == 0
+    assert "2 runs, 0 to evaluate" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_preempted_evaluation_resumes_without_redoing_finished_attacks(tmp_path: Path) -> None:
+    """A preemption (the signal submitit turns into checkpoint-and-requeue) lands while the second attack runs;
+    the requeued job keeps the first attack's result and finishes the second."""
+    evaluate = {"n": 20, "attacks": {"fgsm": {}, "linf_pgd": {"steps": 150}}}
+    sweep_file = write_sweep(tmp_path / "preempt.yaml", ["mlp_digits_relu"], evaluate)
+    submission = submit_sweep(load_sweep(sweep_file), "local", ClusterConfig(), tmp_path / "runs", echo=print)
+    run_dir = submission.sweep_dir / "mlp_digits_relu" / "seed=1"
+    partial = RunDir(run_dir).robustness_partial
+
+    def saved_fgsm() -> dict | None:
+        try:
+            return json.loads(partial.read_text())["sections"]["attack/fgsm"]["units"].get("result")
+        except (OSError, ValueError, KeyError):
+            return None
+
+    deadline = time.monotonic() + 300
+    while saved_fgsm() is None:
+        assert not submission.jobs[0].done(), "the job ended before its first attack was saved"
+        assert time.monotonic() < deadline, "no attack finished within 300 s"
+        time.sleep(0.2)
+    fgsm = saved_fgsm()
+    assert not RunDir(run_dir).robustness.exists()
+    submission.jobs[0]._interrupt()  # what Slurm's preemption signal does to a job
+    deadline = time.monotonic() + 600
+    while not submission.jobs[0].done():
+        assert time.monotonic() < deadline, "the requeued job did not finish within 600 s"
+        time.sleep(1)
+    log = "\n".join(path.read_text(errors="replace") for path in (submission.sweep_dir / "logs").rglob("*_log.*"))
+    assert "resuming attack/fgsm" in log, log[-3000:]
+    saved = json.loads(RunDir(run_dir).robustness.read_text())
+    assert saved["adversarial"]["fgsm"]["wall_time_s"] == fgsm["wall_time_s"]  # reused, not measured again
+    assert saved["adversarial"]["linf_pgd"]["attack"]["steps"] == 150
+    assert not partial.exists()
