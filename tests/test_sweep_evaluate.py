@@ -16,9 +16,16 @@ from lit_dendrite.data.corrupt import write_corrupted_set
 from lit_dendrite.data.datasets import load_arrays
 from lit_dendrite.runs import RunDir
 from lit_dendrite.sweeps.cluster import ClusterConfig
-from lit_dendrite.sweeps.evaluation import evaluation_calls, parse_evaluate
+from lit_dendrite.sweeps.evaluation import (
+    evaluate_trained_run,
+    evaluation_calls,
+    evaluation_state,
+    parse_evaluate,
+    record_evaluation_error,
+)
 from lit_dendrite.sweeps.launch import submit_sweep
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
+from lit_dendrite.sweeps.state import format_status
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "configs" / "experiment"
@@ -171,3 +178,42 @@ def test_preempted_evaluation_resumes_without_redoing_finished_attacks(tmp_path:
     assert saved["adversarial"]["fgsm"]["wall_time_s"] == fgsm["wall_time_s"]  # reused, not measured again
     assert saved["adversarial"]["linf_pgd"]["attack"]["steps"] == 150
     assert not partial.exists()
+
+
+def test_run_evaluated_before_its_control_gets_its_mce_later_without_measuring_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_evaluate import SETS, _count_calls, generated_set, untrained_run
+
+    corrupted = generated_set(tmp_path / "digits_c")
+    evaluate = parse_evaluate("sweep.yaml", {"corruptions": f"generated:{corrupted}", "attacks": ["fgsm"], "n": 20})
+    two_arg = untrained_run(tmp_path / "sweep", "2arg")
+    assert evaluation_state(two_arg, evaluate) == "0/2"
+    evaluate_trained_run(two_arg, evaluate)
+    assert evaluation_state(two_arg, evaluate) == "done"
+    assert "mCE" not in json.loads(RunDir(two_arg).robustness.read_text())["corruptions"]
+
+    untrained_run(tmp_path / "sweep", "relu")  # the control finishes training
+    assert evaluation_state(two_arg, evaluate) == "1/2"
+    sets, attacks = _count_calls(monkeypatch, "loader_accuracy"), _count_calls(monkeypatch, "evaluate_attacks")
+    evaluate_trained_run(two_arg, evaluate)
+    assert len(sets) == SETS and attacks == []  # only the control's sets are measured
+    assert json.loads(RunDir(two_arg).robustness.read_text())["corruptions"]["mCE"] > 0
+    assert evaluation_state(two_arg, evaluate) == "done"
+
+
+def test_failed_evaluation_is_shown_by_status(tmp_path: Path) -> None:
+    from test_evaluate import untrained_run
+
+    run_dir = untrained_run(tmp_path / "sweep", "relu")
+    evaluate = parse_evaluate("sweep.yaml", {"attacks": ["fgsm"]})
+    record_evaluation_error(run_dir, "Traceback ...\nSanityCheckError: robust accuracy rises", "logs/1_0_log.err")
+    assert evaluation_state(run_dir, evaluate) == "failed"
+    manifest = {"sweep": "s", "sweep_file": "s.yaml", "evaluate": evaluate,
+                "runs": [{"dir": "mlp_digits_relu/seed=0", "axes": {}, "args": []}]}  # fmt: skip
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
+    status = format_status(tmp_path / "sweep")
+    assert "evaluation error: SanityCheckError: robust accuracy rises" in status
+    assert "evaluation: done 0, to do 0, failed 1" in status
+    evaluate_trained_run(run_dir, evaluate)
+    assert evaluation_state(run_dir, evaluate) == "done"
