@@ -75,10 +75,15 @@ def test_bad_evaluate_section_is_named(tmp_path: Path, section: dict, message: s
         load_sweep(path)
 
 
-def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitting(tmp_path: Path) -> None:
+def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitting(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    missing = {"corruptions": {"spec": "mnist_c", "root": str(tmp_path)}}
     for section, message in (
         ({"attacks": ["pgd"]}, r"evaluate.attacks.pgd: unknown attack 'pgd'.*nothing was submitted"),
-        ({"corruptions": {"spec": "mnist_c", "root": str(tmp_path)}}, r"evaluate.corruptions: .*mnist_c: missing"),
+        ({"attacks": {"fgsm": {"stepz": 3}}}, r"evaluate.attacks.fgsm: .*stepz"),
+        ({"datasets": {"cifar": {"attacks": ["fgsm"]}}}, r"evaluate.datasets.cifar: unknown dataset 'cifar'"),
+        (missing, r"evaluate.corruptions: .*mnist_c: missing.*\nnothing was submitted"),
     ):
         path = tmp_path / "sweep.yaml"
         path.write_text(yaml.safe_dump({"experiments": [str(EXPERIMENTS / "mlp_digits_relu.yaml")], "seeds": [1],
@@ -86,6 +91,10 @@ def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitti
         with pytest.raises(SweepError, match=message):
             submit_sweep(load_sweep(path), "debug", ClusterConfig(), tmp_path / "runs", echo=lambda _: None)
         assert not (tmp_path / "runs").exists()
+    # a dry run on a machine without the corrupted sets (they may live only on the cluster) warns instead
+    submission = submit_sweep(load_sweep(path), "slurm", ClusterConfig(), tmp_path / "runs", dry_run=True)
+    assert submission.submitted == ["mlp_digits_relu/seed=1"]
+    assert "warning: evaluate.corruptions:" in capsys.readouterr().out
 
 
 def digits_c(directory: Path) -> Path:

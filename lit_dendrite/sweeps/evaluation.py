@@ -196,25 +196,32 @@ def _overrides(attack: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in attack.items() if key not in ATTACK_KEYS}
 
 
-def check_evaluate(evaluate: dict[str, Any]) -> None:
-    """Fail before anything is submitted when an attack name or parameter is unknown or a corrupted set is
-    missing or malformed (imports torch)."""
+def check_evaluate(evaluate: dict[str, Any]) -> list[str]:
+    """Raise before anything is submitted when a data set name, an attack name or an attack parameter is
+    unknown; return the problems of the corrupted sets (missing or malformed), which the caller reports
+    (imports torch)."""
     from lit_dendrite.data.corrupted import open_source, parse_spec
+    from lit_dendrite.data.datasets import dataset_spec
     from lit_dendrite.robustness.adversarial import build_attack
 
+    problems = []
     for dataset in [None, *evaluate["datasets"]]:
         settings = _settings_for(evaluate, dataset)
         where = "evaluate" + (f".datasets.{dataset}" if dataset else "")
-        for name, attack in settings["attacks"].items():
+        checks = [(where, dataset_spec, (dataset,), {})] if dataset is not None else []
+        checks += [(f"{where}.attacks.{name}", build_attack, (name,), _overrides(attack))
+                   for name, attack in settings["attacks"].items()]  # fmt: skip
+        for place, check, args, kwargs in checks:
             try:
-                build_attack(name, **_overrides(attack))
+                check(*args, **kwargs)
             except (ValueError, TypeError) as error:
-                raise EvaluateSpecError(f"{where}.attacks.{name}: {error}") from None
+                raise EvaluateSpecError(f"{place}: {error}") from None
         if settings["corruptions"]:
             try:
                 open_source(*parse_spec(settings["corruptions"]["spec"], settings["corruptions"]["root"]))
             except (OSError, ValueError) as error:
-                raise EvaluateSpecError(f"{where}.corruptions: {error}") from None
+                problems.append(f"{where}.corruptions: {error}")
+    return problems
 
 
 def _done(run_dir: Path, call: dict[str, Any], report: dict[str, Any], checkpoint: dict[str, Any]) -> bool:

@@ -93,13 +93,20 @@ def _manifest(sweep: Sweep, sweep_dir: Path, cluster: str, config: ClusterConfig
     return {"sweep": sweep.name, "sweep_file": str(sweep.path), "runs": runs, "evaluate": sweep.evaluate}
 
 
-def checked_evaluate(evaluate: dict[str, Any] | None) -> None:
-    """:func:`~lit_dendrite.sweeps.evaluation.check_evaluate` as a SweepError (nothing submitted)."""
-    if evaluate is not None:
-        try:
-            check_evaluate(evaluate)
-        except EvaluateSpecError as error:
-            raise SweepError(f"{error}; nothing was submitted") from None
+def checked_evaluate(evaluate: dict[str, Any] | None, dry_run: bool, echo: Callable[[str], None]) -> None:
+    """:func:`~lit_dendrite.sweeps.evaluation.check_evaluate` as a SweepError (nothing submitted); a missing
+    corrupted set is an error too, except in a dry run (the data may live only on the cluster), where it is
+    printed as a warning."""
+    if evaluate is None:
+        return
+    try:
+        problems = check_evaluate(evaluate)
+    except EvaluateSpecError as error:
+        raise SweepError(f"{error}; nothing was submitted") from None
+    if problems and not dry_run:
+        raise SweepError("\n".join([*problems, "nothing was submitted"]))
+    for problem in problems:
+        echo(f"warning: {problem}")
 
 
 def _to_skip(sweep_dir: Path, runs: list[str], evaluate: dict[str, Any] | None) -> dict[str, str]:
@@ -139,7 +146,7 @@ def submit_sweep(
         check_slurm(config)
     args = {run.relative_dir: run_args(run, sweep_dir, cluster, config) for run in sweep.runs}
     check_configs(list(args.values()), parse)
-    checked_evaluate(sweep.evaluate)
+    checked_evaluate(sweep.evaluate, dry_run, echo)
     skipped = _to_skip(sweep_dir, list(args), sweep.evaluate)
     to_submit = [run for run in args if run not in skipped]
     width = max(len(run) for run in args)
@@ -231,7 +238,7 @@ def submit_evaluation(
     config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
     if cluster == "slurm" and not dry_run:
         check_slurm(config)
-    checked_evaluate(evaluate)
+    checked_evaluate(evaluate, dry_run, echo)
     args = {run["dir"]: run["args"] for run in manifest["runs"]}
     states = run_states(sweep_dir, list(args))
     skipped = _to_skip(sweep_dir, list(args), evaluate)
