@@ -94,7 +94,8 @@ def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitti
     # a dry run on a machine without the corrupted sets (they may live only on the cluster) warns instead
     submission = submit_sweep(load_sweep(path), "slurm", ClusterConfig(), tmp_path / "runs", dry_run=True)
     assert submission.submitted == ["mlp_digits_relu/seed=1"]
-    assert "warning: evaluate.corruptions:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "warning: evaluate.corruptions:" in out and 'each job then evaluates its run: {"corruptions"' in out
 
 
 def digits_c(directory: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,13 +14,12 @@ from typing import Any
 import submitit
 
 from lit_dendrite.io import read_json, write_json_atomic
-from lit_dendrite.runs import RunDir
+from lit_dendrite.runs import FINISHED, RunDir
 from lit_dendrite.sweeps.cluster import ClusterConfig, check_slurm, make_executor, sbatch_script
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, evaluation_state
 from lit_dendrite.sweeps.job import TrainRun
 from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import (
-    FINISHED,
     MANIFEST,
     format_status,
     read_manifest,
@@ -156,6 +156,8 @@ def submit_sweep(
     if dry_run:
         for run in to_submit:
             echo(f"train args of {run}: {' '.join(args[run])}")
+        if sweep.evaluate is not None:
+            echo(f"each job then evaluates its run: {json.dumps(sweep.evaluate)}")
         if cluster == "slurm" and to_submit:
             echo("sbatch script (dry run, nothing submitted):")
             echo(sbatch_script(config, sweep_dir / "logs" / "%j", f"ld-{sweep.name}", len(to_submit)))
