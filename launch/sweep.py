@@ -1,7 +1,7 @@
 """Submit a sweep, or show its status, or collect its results.
 
     python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
-                           [--dry-run] [--max-parallel N] [--wait]
+                           [--dry-run] [--max-parallel N] [--overwrite] [--wait]
     python launch/sweep.py status DIR
     python launch/sweep.py collect DIR
     python launch/sweep.py evaluate DIR --cluster slurm|local|debug [--sweep FILE] [--cluster-config FILE]
@@ -59,6 +59,11 @@ def submit_main(argv: list[str]) -> int:
         parser = _submission_parser("launch/sweep.py", "Submit a sweep as one job array.")
         parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: paper.yaml)")
         parser.add_argument("--out", type=Path, default=Path("runs"), help="runs go to OUT/<sweep>/<experiment>/<run>")
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="discard the results of runs whose directory holds another configuration, and train them afresh",
+        )
     args = parser.parse_args(argv)
     cluster_config_path = args.cluster_config or DEFAULT_CLUSTER_CONFIG.get(args.cluster)
     try:
@@ -69,7 +74,9 @@ def submit_main(argv: list[str]) -> int:
             )
         else:
             sweep = load_sweep(args.sweep)
-            submission = submit_sweep(sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel)
+            submission = submit_sweep(
+                sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel, overwrite=args.overwrite
+            )
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,6 @@ arguments (``--config FILE`` and LightningCLI / jsonargparse overrides).
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,18 @@ from lit_dendrite.data.datamodule import ImageDataModule
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
-from lit_dendrite.runs import RunDir, RunRecord, config_hash, default_run_dir, provenance
+from lit_dendrite.runs import (
+    ConfigMismatch,
+    FileLock,
+    RunDir,
+    RunRecord,
+    config_differences,
+    config_hash,
+    default_run_dir,
+    provenance,
+    record_config,
+    recorded_config,
+)
 
 TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
 
@@ -42,6 +52,13 @@ class TrainCLI(LightningCLI):
         )
         parser.add_argument(
             "--run_dir", type=str | None, default=None, help="Run directory (default: runs/<experiment>/seed=<seed>)"
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="If the run directory holds another configuration, discard its results and train afresh "
+            "(a run directory holds one configuration; without this, a mismatch is an error)",
         )
         parser.add_class_arguments(Protocol, "protocol")
 
@@ -91,6 +108,11 @@ def resolved_config(cli: TrainCLI) -> dict[str, Any]:
     return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
 
 
+def resolve(args: Sequence[str]) -> dict[str, Any]:
+    """The resolved configuration of training arguments, as a run records it (parsing only)."""
+    return resolved_config(parse(args))
+
+
 def trainer_options(init: Namespace) -> dict[str, Any]:
     """Trainer arguments from the config, minus those the protocol owns, plus Slurm's environment plugin."""
     options = {k: v for k, v in dict(init.trainer).items() if k not in TRAINER_KEYS_OWNED_BY_PROTOCOL}
@@ -102,19 +124,55 @@ def trainer_options(init: Namespace) -> dict[str, Any]:
 def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Run the experiment described by ``args`` into its run directory and return its run record's data.
 
-    A finished run (a record with status done or diverged) is not run again; an interrupted one
-    resumes from its last completed session and last checkpoint.
+    The run directory is locked while this runs (a second process on it stops, naming the holder) and holds one
+    configuration: another one is an error listing the differing keys, unless ``--overwrite`` discards it. A
+    finished run (a record with status done or diverged) is not run again; an interrupted one resumes from its
+    last completed session and last checkpoint.
     """
     cli = parse(args)
     config = cli.config
     seed = int(config.seed_everything)
     experiment = experiment_name(config)
     run_dir = RunDir(Path(config.run_dir) if config.run_dir else default_run_dir(experiment, seed))
-    if run_dir.result.is_file():
-        previous = RunRecord.read(run_dir)
-        if previous.finished:
-            print(summary_line(previous.data))
-            return dict(previous.data)
+    lock = FileLock(
+        run_dir.lock, "another process is training this run; wait for it or stop it, or use another --run_dir"
+    )
+    if rank_zero_only.rank == 0:
+        lock.acquire()
+    try:
+        return _train(cli, experiment, seed, run_dir, extra_callbacks)
+    finally:
+        lock.release()
+
+
+def claim(run_dir: RunDir, config_data: dict[str, Any], overwrite: bool) -> RunRecord | None:
+    """Check that ``run_dir`` holds this configuration (or discard another one with ``overwrite``) and record it;
+    returns the record of a finished run, which is not trained again."""
+    recorded = recorded_config(run_dir)
+    differences = config_differences(recorded[0], config_data) if recorded is not None else {}
+    if differences and not overwrite:
+        raise ConfigMismatch(run_dir.path, recorded[1], differences)
+    if differences:
+        if rank_zero_only.rank == 0:
+            print(
+                f"[lit_dendrite] --overwrite: discarding {run_dir.path}, which held another configuration "
+                f"({', '.join(differences)})"
+            )
+            run_dir.discard_results()
+    elif run_dir.result.is_file() and (previous := RunRecord.read(run_dir)).finished:
+        return previous
+    if rank_zero_only.rank == 0:
+        record_config(run_dir, config_data)
+    return None
+
+
+def _train(
+    cli: TrainCLI, experiment: str, seed: int, run_dir: RunDir, extra_callbacks: Sequence[Callback]
+) -> dict[str, Any]:
+    config_data = resolved_config(cli)
+    if (previous := claim(run_dir, config_data, bool(cli.config.overwrite))) is not None:
+        print(summary_line(previous.data))
+        return dict(previous.data)
     init = build(cli)
     init.data.check_available()
     net = init.model.net
@@ -139,14 +197,13 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
             "batch_size": init.data.batch_size,
         },
     )
-    start = time.time()
-    status, error, sessions = "done", None, {}
+    status, error = "done", None
     try:
-        sessions = runner.run()
+        runner.run()
     except Diverged as diverged:
         status, error = "diverged", str(diverged)
-    final = sessions[list(sessions)[-1]] if sessions else {}
-    config_data = resolved_config(cli)
+    sessions = runner.summaries
+    final = sessions[list(sessions)[-1]] if sessions and status == "done" else {}
     result = {
         "status": status,
         "error": error,
@@ -168,7 +225,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
         "config": config_data,
         "config_hash": config_hash(config_data),
         **provenance(),
-        "wall_time_s": round(time.time() - start, 2),
+        "wall_time_s": round(sum(s.get("wall_time_s", 0.0) for s in sessions.values()), 2),
     }
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir.result, result)

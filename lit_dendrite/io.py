@@ -14,9 +14,19 @@ READABLE = 0o644
 """Mode of written files (``mkstemp`` alone would leave them readable by their owner only)."""
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or directory's data to disk (so that a rename survives a crash with the new content)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``, else it is removed."""
+    """Yield a temporary path beside ``path`` (same file system); when the block succeeds it is flushed to disk and
+    replaces ``path``, else it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,7 +34,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, READABLE)
     try:
         yield Path(tmp)
+        _fsync(Path(tmp))
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -66,6 +66,9 @@ class FakePipeline:
             raise ValueError("Key 'model.lr' expected a float, got 'fast'")
         return {}
 
+    def resolve(self, args: list[str]) -> dict:
+        return {"big": 1, "seed_everything": int(arg(args, "--seed_everything"))}
+
     def train(self, args: list[str], extra_callbacks: list) -> dict:
         assert [type(c).__name__ for c in extra_callbacks] == ["RestoreSigtermHandler"]
         self.calls.append(args)
@@ -75,7 +78,7 @@ class FakePipeline:
         run_dir = Path(arg(args, "--run_dir"))
         status = "diverged" if seed in self.diverge else "done"
         result = {"status": status, "run_dir": str(run_dir), "seed": int(seed), "test_acc": 0.5,
-                  "epochs": {"II_joint": 3}, "config": {"big": 1}}  # fmt: skip
+                  "epochs": {"II_joint": 3}, "config": self.resolve(args)}  # fmt: skip
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "result.json").write_text(json.dumps(result))
         return result
@@ -85,7 +88,7 @@ class FakePipeline:
 def pipeline(monkeypatch: pytest.MonkeyPatch) -> FakePipeline:
     fake = FakePipeline()
     module = types.ModuleType("lit_dendrite.cli")
-    module.train, module.parse = fake.train, fake.parse
+    module.train, module.parse, module.resolve = fake.train, fake.parse, fake.resolve
     monkeypatch.setitem(sys.modules, "lit_dendrite.cli", module)
     return fake
 

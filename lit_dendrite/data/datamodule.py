@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_dendrite.data.datasets import check_available, dataset_spec, load_arrays
+from lit_dendrite.data.shuffle import EpochShuffle
 
 
 class ImageArrayDataset(Dataset):
@@ -124,7 +125,7 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(self.splits[split])) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             persistent_workers=self.num_workers > 0,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_dendrite.data.shuffle import EpochShuffle
 from lit_dendrite.nn.inner import InnerNet
 
 GRID_POINTS = 101
@@ -42,7 +43,8 @@ class InnerPretrain(L.LightningModule):
         self.inputs, self.targets = smooth_random_function(inner.arity, seed)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.inputs, self.targets), batch_size=self.batch_size, shuffle=True)
+        dataset = TensorDataset(self.inputs, self.targets)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffle(len(dataset)))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch

@@ -24,6 +24,7 @@ from lit_dendrite.io import atomic_path, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.pretrain import InnerPretrain
+from lit_dendrite.models.resume import BatchSeed, WallClock, resume_point, with_atomic_checkpoints
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.runs import BEST_CHECKPOINT, FROZEN, JOINT, LAST_CHECKPOINT, PRETRAIN, RunDir, SessionDir
 
@@ -132,37 +133,41 @@ class RunProtocol:
         self.seed = seed
         self.callbacks = callbacks
         self.hparams = hparams or {}
+        self.summaries: dict[str, dict[str, Any]] = {}
 
     def _trainer(self, session: SessionDir, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
         logger = TensorBoardLogger(
             save_dir=str(self.run_dir.path), name="", version=session.name, default_hp_metric=False
         )
         kwargs = {**self.trainer_kwargs, **overrides}
+        kwargs["plugins"] = with_atomic_checkpoints(kwargs.get("plugins"))
         return L.Trainer(
             logger=logger, callbacks=[*callbacks, *self.callbacks()], default_root_dir=str(session.path), **kwargs
         )
 
-    def _fresh_model(self, offset: int) -> Classifier:
+    def _fresh_model(self, offset: int) -> tuple[Classifier, BatchSeed, WallClock]:
+        """A model built from the session's seed, and the callbacks that make the session resume exactly."""
         L.seed_everything(self.seed + offset, workers=True, verbose=False)
-        return self.build_model()
+        return self.build_model(), BatchSeed(self.seed, offset), WallClock()
 
     def pretrain(self) -> dict[str, Any]:
         """Session I: the inner net fitted to this seed's random smooth function, saved beside its summary."""
         session = self.run_dir.session(PRETRAIN)
         if (done := session.read_summary()) is not None:
             return done
-        model = self._fresh_model(0)
+        model, seeds, clock = self._fresh_model(0)
         module = InnerPretrain(model.inner, self.seed, self.protocol.pretrain_lr, self.protocol.pretrain_batch_size)
         checkpoint = last_checkpoint(session)
         trainer = self._trainer(
-            session, [checkpoint], max_epochs=self.protocol.pretrain_epochs, min_epochs=None, max_steps=-1
+            session, [checkpoint, seeds, clock], max_epochs=self.protocol.pretrain_epochs, min_epochs=None, max_steps=-1
         )
         if self.protocol.pretrain_epochs > 0:
-            trainer.fit(module, ckpt_path=self._resume_path(session))
+            trainer.fit(module, ckpt_path=resume_point(session))
         summary = {
             "epochs": trainer.current_epoch,
             "explained_variance": module.explained_variance(),
             "inner": self.run_dir.relative(self.run_dir.pretrained_inner),
+            "wall_time_s": clock.seconds,
         }
         self._finish(trainer, session, summary, {self.run_dir.pretrained_inner: model.inner.state_dict()})
         return summary
@@ -172,7 +177,7 @@ class RunProtocol:
         session = self.run_dir.session(name)
         if (done := session.read_summary()) is not None:
             return done
-        model = self._fresh_model(1 if name == JOINT else 2)
+        model, seeds, clock = self._fresh_model(1 if name == JOINT else 2)
         if inner_state is not None:
             if freeze:
                 model.freeze_inner(inner_state)
@@ -186,12 +191,12 @@ class RunProtocol:
             enable_version_counter=False,
         )
         stop = EarlyStopping(monitor="val/loss", mode="min", patience=self.protocol.patience, check_finite=True)
-        callbacks = [best, last_checkpoint(session), stop]
+        callbacks = [best, last_checkpoint(session), stop, seeds, clock]
         if freeze and self.protocol.frozen_fast_path:
             callbacks.append(FrozenInnerTables())
         maybe_compile(model.net, self.protocol.compile)
         trainer = self._trainer(session, callbacks)
-        trainer.fit(model, datamodule=self.datamodule, ckpt_path=self._resume_path(session))
+        trainer.fit(model, datamodule=self.datamodule, ckpt_path=resume_point(session))
         if stop.stopped_epoch and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")
         best_path = Path(best.best_model_path)
@@ -204,6 +209,7 @@ class RunProtocol:
             "test_acc": tested["test/acc"],
             "test_loss": tested["test/loss"],
             "frozen_inner": freeze,
+            "wall_time_s": clock.seconds,
         }
         trainer.logger.log_hyperparams(
             {**self.hparams, "session": name, "seed": self.seed},
@@ -228,14 +234,11 @@ class RunProtocol:
             write_json_atomic(session.summary, summary)
         trainer.strategy.barrier("session-finished")
 
-    @staticmethod
-    def _resume_path(session: SessionDir) -> str | None:
-        return str(session.last_checkpoint) if session.last_checkpoint.is_file() else None
-
     def run(self) -> dict[str, dict[str, Any]]:
-        """All sessions this net needs, in order; returns each session's summary."""
+        """All sessions this net needs, in order; returns each session's summary (also kept in ``summaries`` as
+        they finish, so that a run that stops early still reports the sessions it finished)."""
         learned = self.build_model().inner is not None
-        sessions: dict[str, dict[str, Any]] = {}
+        sessions = self.summaries
         inner_state = None
         if learned and PRETRAIN in self.protocol.sessions:
             sessions[PRETRAIN] = self.pretrain()

@@ -14,7 +14,7 @@ from typing import Any
 import submitit
 
 from lit_dendrite.io import read_json, write_json_atomic
-from lit_dendrite.runs import FINISHED, RunDir
+from lit_dendrite.runs import FINISHED, RunDir, config_differences, recorded_config
 from lit_dendrite.sweeps.cluster import ClusterConfig, check_slurm, make_executor, sbatch_script
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, evaluation_state
 from lit_dendrite.sweeps.job import TrainRun
@@ -47,6 +47,10 @@ def run_args(run: PlannedRun, sweep_dir: Path, cluster: str, config: ClusterConf
     return run.train_args(sweep_dir, extra=[] if cluster == "debug" else config.trainer_args())
 
 
+def _seed(args: list[str]) -> int | None:
+    return int(args[args.index("--seed_everything") + 1]) if "--seed_everything" in args else None
+
+
 def _without_seed_and_dir(args: list[str]) -> tuple[str, ...]:
     """The arguments that can make a config invalid (the sweep itself writes seed and run_dir)."""
     flags = ("--seed_everything", "--run_dir")
@@ -73,6 +77,26 @@ def check_configs(arg_lists: list[list[str]], parse: Callable[[list[str]], Any] 
             for error, runs in list(failures.items())[:MAX_ERRORS_SHOWN]
         )
         raise SweepError(f"{count} run(s) have a config that does not parse; nothing was submitted:\n{shown}")
+
+
+def config_mismatches(
+    sweep_dir: Path, args: dict[str, list[str]], resolve: Callable[[list[str]], dict[str, Any]] | None = None
+) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """``{run: differing keys}`` for the runs whose directory holds another configuration than their arguments
+    give (resolved once per distinct config, seeds aside)."""
+    resolved: dict[tuple[str, ...], dict[str, Any]] = {}
+    mismatches = {}
+    for run, run_args in args.items():
+        recorded = recorded_config(RunDir(sweep_dir / run))
+        if recorded is None:
+            continue
+        key = _without_seed_and_dir(run_args)
+        if key not in resolved:
+            resolved[key] = (resolve or importlib.import_module(PARSE_ENTRY).resolve)(run_args)
+        wanted = {**resolved[key], "seed_everything": _seed(run_args)}
+        if differences := config_differences(recorded[0], wanted):
+            mismatches[run] = differences
+    return mismatches
 
 
 def _chunks(items: list[Any], n: int) -> list[list[Any]]:
@@ -109,13 +133,17 @@ def checked_evaluate(evaluate: dict[str, Any] | None, dry_run: bool, echo: Calla
         echo(f"warning: {problem}")
 
 
-def _to_skip(sweep_dir: Path, runs: list[str], evaluate: dict[str, Any] | None) -> dict[str, str]:
+def _to_skip(
+    sweep_dir: Path, runs: list[str], evaluate: dict[str, Any] | None, changed: set[str] = frozenset()
+) -> dict[str, str]:
     """``{run: why}`` of the runs not to submit: queued or running, or finished and (with an ``evaluate``
-    section) evaluated."""
+    section) evaluated, unless (not queued or running) their directory holds another configuration (``changed``)."""
     skipped = {}
     for run, info in run_states(sweep_dir, runs).items():
         if info["live"]:
             skipped[run] = f"{info['state']}, job {info['job_id']} {info['job_state'].lower()}"
+        elif run in changed:
+            continue
         elif info["state"] == "running":
             skipped[run] = "running"
         elif info["state"] in FINISHED:
@@ -134,11 +162,15 @@ def submit_sweep(
     max_parallel: int | None = None,
     parse: Callable[[list[str]], Any] | None = None,
     echo: Callable[[str], None] = print,
+    overwrite: bool = False,
+    resolve: Callable[[list[str]], dict[str, Any]] | None = None,
 ) -> Submission:
     """Validate the sweep, then submit every run that is neither finished nor queued/running as one job array.
 
-    ``debug`` runs the jobs in this process before returning; ``local`` deals the runs to at most
-    ``max_parallel`` background processes that run their share one after the other.
+    A run whose directory holds another configuration (the sweep's overrides changed) is an error listing each
+    such run and its differing keys, and nothing is submitted; with ``overwrite`` those runs' results are
+    discarded and they are trained afresh. ``debug`` runs the jobs in this process before returning; ``local``
+    deals the runs to at most ``max_parallel`` background processes that run their share one after the other.
     """
     sweep_dir = out.resolve() / sweep.name
     config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
@@ -147,12 +179,23 @@ def submit_sweep(
     args = {run.relative_dir: run_args(run, sweep_dir, cluster, config) for run in sweep.runs}
     check_configs(list(args.values()), parse)
     checked_evaluate(sweep.evaluate, dry_run, echo)
-    skipped = _to_skip(sweep_dir, list(args), sweep.evaluate)
+    mismatches = config_mismatches(sweep_dir, args, resolve)
+    skipped = _to_skip(sweep_dir, list(args), sweep.evaluate, set(mismatches))
+    mismatches = {run: keys for run, keys in mismatches.items() if run not in skipped}  # live jobs keep theirs
     to_submit = [run for run in args if run not in skipped]
     width = max(len(run) for run in args)
     echo(f"sweep {sweep.name} ({sweep.path}): {len(args)} runs, {len(to_submit)} to submit -> {sweep_dir}")
     for run in args:
-        echo(f"  {run:<{width}}  {'skip (' + skipped[run] + ')' if run in skipped else 'submit'}")
+        action = f"skip ({skipped[run]})" if run in skipped else "submit"
+        if run in mismatches:
+            action = f"{'overwrite' if overwrite else 'CONFIG DIFFERS'} ({', '.join(mismatches[run])})"
+        echo(f"  {run:<{width}}  {action}")
+    if mismatches and not overwrite:
+        raise SweepError(
+            f"{len(mismatches)} run(s) hold another configuration than this sweep now gives (keys listed above); "
+            "nothing was submitted. Use another --out for the changed sweep, or pass --overwrite to discard "
+            "those runs' results and train them afresh"
+        )
     if dry_run:
         for run in to_submit:
             echo(f"train args of {run}: {' '.join(args[run])}")
@@ -166,6 +209,8 @@ def submit_sweep(
         echo("nothing to submit: every run is finished, queued or running")
         return Submission(sweep_dir, [], skipped, [], [])
     write_json_atomic(sweep_dir / MANIFEST, _manifest(sweep, sweep_dir, cluster, config))
+    for run in mismatches:
+        RunDir(sweep_dir / run).discard_results()
     for run in to_submit:
         run_dir = RunDir(sweep_dir / run)
         if (read_json(run_dir.result) or {}).get("status") == "failed":

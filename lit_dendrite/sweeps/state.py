@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
-from lit_dendrite.runs import FINISHED, RunDir, find_records
+from lit_dendrite.runs import FINISHED, FileLock, RunDir, find_records
 from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state
 
 MANIFEST = "sweep.json"
 JOBS = "jobs.json"
+JOBS_LOCK = ".jobs.lock"
+JOBS_LOCK_WAIT_S = 60.0
 SUMMARY = "summary.csv"
 STATES = ("pending", "running", "done", "failed", "diverged")
 RUNNING_JOB_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")
@@ -46,11 +48,13 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any]:
 
 
 def record_jobs(sweep_dir: Path, cluster: str, jobs: dict[str, str]) -> None:
-    """Add ``{run dir: job id}`` of a submission to the sweep's job record (newest submission wins)."""
-    records = read_json(sweep_dir / JOBS) or {}
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    records.update({run: {"job_id": job_id, "cluster": cluster, "submitted": stamp} for run, job_id in jobs.items()})
-    write_json_atomic(sweep_dir / JOBS, records)
+    """Add ``{run dir: job id}`` of a submission to the sweep's job record (newest submission wins), under a lock
+    so that two submissions at once both keep their jobs."""
+    with FileLock(sweep_dir / JOBS_LOCK, "another submission is recording its jobs", JOBS_LOCK_WAIT_S):
+        records = read_json(sweep_dir / JOBS) or {}
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        records.update({run: {"job_id": job, "cluster": cluster, "submitted": stamp} for run, job in jobs.items()})
+        write_json_atomic(sweep_dir / JOBS, records)
 
 
 def _slurm_job_states(job_ids: list[str]) -> dict[str, str] | None:
