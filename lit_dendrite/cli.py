@@ -27,6 +27,7 @@ from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_op
 from lit_dendrite.runs import (
     ConfigMismatch,
     FileLock,
+    Locked,
     RunDir,
     RunRecord,
     config_differences,
@@ -244,5 +245,10 @@ def summary_line(result: dict[str, Any]) -> str:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``launch/train.py``."""
-    train(sys.argv[1:] if args is None else args)
+    """Entry point of ``launch/train.py``: a run directory in use or holding another configuration is a one-line
+    error (exit status 2)."""
+    try:
+        train(sys.argv[1:] if args is None else args)
+    except (ConfigMismatch, Locked) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
