@@ -147,7 +147,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
 
 
 def claim(run_dir: RunDir, config_data: dict[str, Any], overwrite: bool) -> RunRecord | None:
-    """Check that ``run_dir`` holds this configuration (or discard another one with ``overwrite``) and record it;
+    """Check that ``run_dir`` holds this configuration or none (or discard another one with ``overwrite``);
     returns the record of a finished run, which is not trained again."""
     recorded = recorded_config(run_dir)
     differences = config_differences(recorded[0], config_data) if recorded is not None else {}
@@ -162,8 +162,6 @@ def claim(run_dir: RunDir, config_data: dict[str, Any], overwrite: bool) -> RunR
             run_dir.discard_results()
     elif run_dir.result.is_file() and (previous := RunRecord.read(run_dir)).finished:
         return previous
-    if rank_zero_only.rank == 0:
-        record_config(run_dir, config_data)
     return None
 
 
@@ -176,6 +174,8 @@ def _train(
         return dict(previous.data)
     init = build(cli)
     init.data.check_available()
+    if rank_zero_only.rank == 0:
+        record_config(run_dir, config_data)
     net = init.model.net
     callbacks = list(init.trainer.get("callbacks") or [])
     user_options = trainer_options(init)
