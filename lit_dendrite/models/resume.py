@@ -65,7 +65,7 @@ def resume_point(session: SessionDir, echo: Any = print) -> Path | None:
             continue
         problem = unreadable(candidate)
         if problem is None:
-            if set_aside_any:
+            if candidate != session.last_checkpoint:
                 echo(f"[lit_dendrite] session {session.name} resumes from {candidate} (an earlier epoch)")
             return candidate
         moved = set_aside(candidate)
