@@ -36,6 +36,7 @@ NOT_RUN = {
     "python launch/evaluate.py RUN_DIR --corruptions cifar10_c --corruption-root data --attacks linf_pgd --n 1000":
         "needs the published CIFAR-10-C files (network)",
     "python launch/sweep.py --cluster slurm": "submits to a Slurm cluster (the cluster tests cover submission)",
+    "python launch/sweep.py evaluate runs/paper --cluster slurm": "submits to a Slurm cluster",
 }  # fmt: skip
 PLACEHOLDERS = {"RUN_DIR": FIRST_RUN, "runs/paper": "runs/demo"}  # runs/paper exists after a Slurm sweep only
 SHORTER = {
