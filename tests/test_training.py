@@ -100,6 +100,35 @@ def test_pretraining_fits_the_random_smooth_function():
     assert before < 0.05 and after > 0.15, (before, after)
 
 
+def test_one_arg_pretraining_reaches_the_target_and_records_its_fit(tmp_path):
+    run_dir = tmp_path / "run"
+    sessions = ["--protocol.sessions", "[I_pretrain, II_joint]", "--protocol.pretrain_target", "0.99"]
+    budget = ["--protocol.pretrain_lr", "0.01", "--seed_everything", "1"]  # a short budget: 100 epochs of 40 steps
+    result = quick_train("mlp_digits_1arg", run_dir, 1, 100, *sessions, *budget)
+    fit = json.loads((run_dir / "I_pretrain" / "session.json").read_text())
+    assert fit["target_reached"] and fit["explained_variance"] >= 0.99, fit
+    assert fit["epochs"] < 100 and fit["steps"] == 40 * fit["epochs"], fit  # stopped once reached; 40 steps/epoch
+    assert result["sessions"]["I_pretrain"] == fit
+
+
+def test_pretraining_keeps_the_inner_net_of_its_best_epoch():
+    L.seed_everything(0, verbose=False)
+    module = InnerPretrain(InnerNet(1), seed=0, lr=0.05)  # a large step size: the last epoch is rarely the best
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = L.Trainer(max_epochs=8, limit_train_batches=2, enable_model_summary=False, **quiet)
+    trainer.fit(module)
+    last = module.explained_variance()
+    module.restore_best()
+    assert module.explained_variance() == pytest.approx(module.best["explained_variance"])
+    assert module.best["explained_variance"] >= last
+
+
+def test_fixed_schedule_trains_its_epochs_without_early_stopping(tmp_path):
+    schedule = ["--protocol.joint_epochs", "3", "--protocol.patience", "1"]
+    result = quick_train("mlp_digits_relu", tmp_path / "run", 1, 0, *schedule)
+    assert result["epochs"] == {"II_joint": 3} and not result["sessions"]["II_joint"]["stopped_early"]
+
+
 def test_same_seed_gives_the_same_test_accuracy(tmp_path):
     first = quick_train("mlp_digits_relu", tmp_path / "a", 2)
     second = quick_train("mlp_digits_relu", tmp_path / "b", 2)

@@ -1,7 +1,8 @@
 """The paper's three-session protocol for one run, resumable session by session.
 
-I   pretrain the inner net to a random smooth function (learned neurons only);
-II  train inner and outer nets jointly, early stopping on validation loss, keep the best inner net;
+I   pretrain the inner net to a random smooth function (learned neurons only), keep its best fit;
+II  train inner and outer nets jointly, early stopping on validation loss (or a fixed number of epochs), keep the
+    best inner net;
 III freeze that inner net, re-initialise the outer net, train again, test on the best checkpoint.
 Fixed neurons (relu, product, ...) run session II only. A session that finished wrote its summary and is
 skipped on a rerun; an interrupted one resumes from its last checkpoint (layout: :mod:`lit_dendrite.runs`).
@@ -33,6 +34,10 @@ from lit_dendrite.runs import BEST_CHECKPOINT, FROZEN, JOINT, LAST_CHECKPOINT, P
 class Protocol:
     """Settings of the three sessions (paper: 500 pretraining epochs, patience 20).
 
+    ``pretrain_target``: stop session I once the inner net explains this fraction of the target's variance
+    (None: the whole ``pretrain_epochs``). ``joint_epochs`` / ``frozen_epochs``: train session II / III exactly
+    this many epochs without early stopping (the paper's 200 / 400), still testing the checkpoint of the best
+    validation loss; None: early stopping with ``patience``, up to ``trainer.max_epochs``.
     ``frozen_fast_path`` trains session III through lookup tables of the frozen inner net (tests stay exact);
     ``compile`` wraps the network in ``torch.compile``.
     """
@@ -40,7 +45,10 @@ class Protocol:
     pretrain_epochs: int = 500
     pretrain_lr: float = 1e-3
     pretrain_batch_size: int = 256
+    pretrain_target: float | None = None
     patience: int = 20
+    joint_epochs: int | None = None
+    frozen_epochs: int | None = None
     sessions: tuple[str, ...] = (PRETRAIN, JOINT, FROZEN)
     frozen_fast_path: bool = True
     compile: bool = False
@@ -58,6 +66,16 @@ class Protocol:
             raise ValueError(f"protocol.pretrain_lr must be a finite number > 0, got {self.pretrain_lr}")
         if self.pretrain_batch_size < 1:
             raise ValueError(f"protocol.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size}")
+        if self.pretrain_target is not None and not 0 < self.pretrain_target <= 1:
+            raise ValueError(f"protocol.pretrain_target must lie in (0, 1] or be null, got {self.pretrain_target}")
+        for key in ("joint_epochs", "frozen_epochs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"protocol.{key} must be a positive number of epochs or null, got {value}")
+
+    def fixed_epochs(self, session: str) -> int | None:
+        """The fixed number of epochs of session II or III, or None where it stops early."""
+        return {JOINT: self.joint_epochs, FROZEN: self.frozen_epochs}.get(session)
 
 
 TRAINER_LIMITS = ("max_epochs", "max_steps", "limit_train_batches", "limit_val_batches")
@@ -156,16 +174,25 @@ class RunProtocol:
         if (done := session.read_summary()) is not None:
             return done
         model, seeds, clock = self._fresh_model(0)
-        module = InnerPretrain(model.inner, self.seed, self.protocol.pretrain_lr, self.protocol.pretrain_batch_size)
+        protocol = self.protocol
+        module = InnerPretrain(
+            model.inner, self.seed, protocol.pretrain_lr, protocol.pretrain_batch_size, protocol.pretrain_target
+        )
         checkpoint = last_checkpoint(session)
         trainer = self._trainer(
-            session, [checkpoint, seeds, clock], max_epochs=self.protocol.pretrain_epochs, min_epochs=None, max_steps=-1
+            session, [checkpoint, seeds, clock], max_epochs=protocol.pretrain_epochs, min_epochs=None, max_steps=-1
         )
-        if self.protocol.pretrain_epochs > 0:
+        if protocol.pretrain_epochs > 0:
             trainer.fit(module, ckpt_path=resume_point(session))
+        module.restore_best()
+        explained = module.explained_variance()
         summary = {
             "epochs": trainer.current_epoch,
-            "explained_variance": module.explained_variance(),
+            "steps": trainer.global_step,
+            "best_epoch": module.best["epoch"],
+            "explained_variance": explained,
+            "target": protocol.pretrain_target,
+            "target_reached": None if protocol.pretrain_target is None else explained >= protocol.pretrain_target,
             "inner": self.run_dir.relative(self.run_dir.pretrained_inner),
             "wall_time_s": clock.seconds,
         }
@@ -173,7 +200,8 @@ class RunProtocol:
         return summary
 
     def train(self, name: str, inner_state: dict[str, torch.Tensor] | None, freeze: bool) -> dict[str, Any]:
-        """Session II (``freeze=False``) or III: fit with early stopping, then test the best checkpoint."""
+        """Session II (``freeze=False``) or III: fit with early stopping (or a fixed number of epochs), then test
+        the best checkpoint."""
         session = self.run_dir.session(name)
         if (done := session.read_summary()) is not None:
             return done
@@ -190,12 +218,16 @@ class RunProtocol:
             mode="min",
             enable_version_counter=False,
         )
-        stop = EarlyStopping(monitor="val/loss", mode="min", patience=self.protocol.patience, check_finite=True)
+        fixed = self.protocol.fixed_epochs(name)
+        # a fixed schedule keeps EarlyStopping for its non-finite check only: its patience cannot run out
+        patience = self.protocol.patience if fixed is None else fixed + 1
+        stop = EarlyStopping(monitor="val/loss", mode="min", patience=patience, check_finite=True)
         callbacks = [best, last_checkpoint(session), stop, seeds, clock]
         if freeze and self.protocol.frozen_fast_path:
             callbacks.append(FrozenInnerTables())
         maybe_compile(model.net, self.protocol.compile)
-        trainer = self._trainer(session, callbacks)
+        schedule = {} if fixed is None else {"max_epochs": fixed, "min_epochs": None, "max_steps": -1}
+        trainer = self._trainer(session, callbacks, **schedule)
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=resume_point(session))
         if stop.stopped_epoch and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")
