@@ -8,13 +8,8 @@ import pytest
 from scipy.stats import ttest_ind
 from tiny_sweep import CONDITIONS, make_fake_sweep, train_tiny_sweep
 
-from lit_dendrite.analysis.report import (
-    compare_conditions,
-    load_runs,
-    markdown_table,
-    summary_table,
-    write_report,
-)
+from lit_dendrite.analysis.report import load_runs, summary_table, write_report
+from lit_dendrite.analysis.tables import compare_conditions, markdown_table
 
 SECTIONS = ("## Clean test accuracy", "## Learning curves", "## Inner-net surfaces", "## Robustness")
 
@@ -85,8 +80,9 @@ def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep)
     assert "Welch" in report and "binomial" in report
     assert re.search(r"\| mlp_digits_2arg \| [0-2]/2 \|", report), "seed 3 has no checkpoint: two surfaces"
     assert "seed=3`: surface analysis failed: FileNotFoundError" in report
+    assert re.search(r"\| mlp_digits_2arg \| 1 \(hidden\.0\.neuron\) authors' \| [0-2]/2 \|", report), "per layer"
     assert "seed=8`: status 'diverged': loss is NaN" in report
-    assert "| mlp_digits_2arg | 3 | 67.00 ± 1.00 | 87.00 ± 1.00 | 90.00 ± 0.00 |" in report, "corruption table"
+    assert "| mlp_digits_2arg | 3 | 67.00 ± 1.00 | 86.61 ± 2.68 | 100.00 ± 0.00 |" in report, "corruption table"
     assert "| mlp_digits_relu | 82.00 ± 1.00 | 50.00 ± 0.00 | 12.00 ± 1.00 |" in report, "robust accuracy vs eps"
     images = referenced_images(report)
     assert {"report_curves.png", "report_speed.png", "report_surfaces_mlp_digits_2arg.png"} <= set(images)

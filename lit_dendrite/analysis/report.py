@@ -7,19 +7,14 @@ A run that cannot be analysed is listed under "Problems" instead of stopping the
 
 from __future__ import annotations
 
-import itertools
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy.stats import ttest_ind
 
 from lit_dendrite.analysis import plots
 from lit_dendrite.analysis.curves import (
@@ -30,15 +25,24 @@ from lit_dendrite.analysis.curves import (
     session_offsets,
     summarise_speed,
 )
+from lit_dendrite.analysis.paper import authors_layer, paper_numbers, published_saddle
+from lit_dendrite.analysis.robustness_report import robustness_section
 from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid, Surface, find_inner_net
-from lit_dendrite.analysis.xor import XorAnalysis, analyse_net, angular_power, initial_surfaces, saddle_statistics
+from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd, slug
+from lit_dendrite.analysis.xor import (
+    QuadraticFit,
+    XorAnalysis,
+    analyse_layers,
+    angular_power,
+    initial_surfaces,
+    saddle_statistics,
+)
 from lit_dendrite.io import write_text_atomic
 from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, UntrustedRecord, find_records
 
 REPORT_NAME = "report.md"
+SURFACE_IMAGES = 10_000  # test images whose input pairs define the surface regions (the paper: the test set)
 ACCURACY_HEADING = "## Clean test accuracy"
-CONTROL_NEURON = "relu"
-WELCH = "Welch's two-sided t-test on per-run values (scipy.stats.ttest_ind, equal_var=False)"
 
 
 def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
@@ -89,73 +93,6 @@ def summary_table(runs: Sequence[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_conditions(values: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataFrame:
-    """Welch's t-test of per-run ``value`` between conditions of the same dataset and net.
-
-    ``values`` has columns condition, value; ``conditions`` has condition, dataset, net, neuron. Each condition
-    is compared with the ReLU control of its dataset and net, or, where ``values`` have none, with every other one.
-    """
-    rows = []
-    conditions = conditions[conditions["condition"].isin(values["condition"])]
-    for _, group in conditions.groupby(["dataset", "net"], dropna=False):
-        controls = group[group["neuron"] == CONTROL_NEURON]["condition"].tolist()
-        others = group[group["neuron"] != CONTROL_NEURON]["condition"].tolist()
-        if controls:
-            pairs = [(a, b) for b in controls for a in others]
-        else:
-            pairs = list(itertools.combinations(sorted(group["condition"]), 2))
-        for a, b in pairs:
-            va = values[values["condition"] == a]["value"].dropna().astype(float)
-            vb = values[values["condition"] == b]["value"].dropna().astype(float)
-            if len(va) == 0 or len(vb) == 0:
-                continue
-            testable = len(va) >= 2 and len(vb) >= 2 and (va.var() > 0 or vb.var() > 0)
-            test = ttest_ind(va, vb, equal_var=False) if testable else None
-            rows.append(
-                {
-                    "condition": a,
-                    "versus": b,
-                    "mean": va.mean(),
-                    "mean_versus": vb.mean(),
-                    "difference": va.mean() - vb.mean(),
-                    "n": len(va),
-                    "n_versus": len(vb),
-                    "t": float(test.statistic) if test else np.nan,
-                    "p": float(test.pvalue) if test else np.nan,
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["condition", "versus", "mean", "mean_versus", "difference", "n", "n_versus", "t", "p"]
-    )
-
-
-def markdown_table(table: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
-    """A GitHub-flavoured markdown table; ``formats`` maps columns to format specs (e.g. ``".3f"``)."""
-    formats = formats or {}
-
-    def cell(column: str, value: Any) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return "–"
-        return format(value, formats[column]) if column in formats else str(value)
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += [
-        "| " + " | ".join(cell(c, v) for c, v in zip(table.columns, row)) + " |" for row in table.itertuples(False)
-    ]
-    return "\n".join(lines)
-
-
-def _mean_sd(mean: float, sd: float, scale: float = 100.0, digits: int = 2) -> str:
-    if np.isnan(mean):
-        return "–"
-    return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}" if not np.isnan(sd) else f"{mean * scale:.{digits}f}"
-
-
-def _slug(name: str) -> str:
-    """A file-name-safe version of a condition or attack name."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)
-
-
 def accuracy_section(report_text: str) -> str:
     """The clean-accuracy table of a written report (what ``make demo`` prints at its end)."""
     lines = report_text.splitlines()
@@ -167,35 +104,22 @@ def accuracy_section(report_text: str) -> str:
 
 def _accuracy_section(runs: Sequence[RunRecord], conditions: pd.DataFrame) -> list[str]:
     shown = conditions.assign(
-        test_acc=[_mean_sd(m, s) for m, s in zip(conditions["test_acc_mean"], conditions["test_acc_sd"])]
+        test_acc=[mean_sd(m, s) for m, s in zip(conditions["test_acc_mean"], conditions["test_acc_sd"])]
     )
     lines = [
         ACCURACY_HEADING,
         "",
         "Test accuracy in %, mean ± sd over the finished runs (n) of each "
-        "condition; `params` is the network's parameter count.",
+        "condition; `params` is the network's parameter count. The paper gives clean accuracy as "
+        f"{paper_numbers()['clean_accuracy']}, so there is no paper column here.",
         "",
     ]
     lines.append(
         markdown_table(shown[["condition", "dataset", "net", "neuron", "params", "n", "not_done", "test_acc"]])
     )
     values = runs_table([r for r in runs if r.done])[["condition", "test_acc"]].rename(columns={"test_acc": "value"})
-    lines += ["", *_comparison_lines(values, conditions, "test accuracy (%)", scale=100.0)]
+    lines += ["", *comparison_lines(values, conditions, "test accuracy (%)", scale=100.0)]
     return lines
-
-
-def _comparison_lines(values: pd.DataFrame, conditions: pd.DataFrame, what: str, scale: float = 1.0) -> list[str]:
-    compared = compare_conditions(values, conditions)
-    if compared.empty:
-        return [f"No pair of conditions of the same dataset and net to compare on {what}."]
-    for column in ("mean", "mean_versus", "difference"):
-        compared[column] = compared[column] * scale
-    formats = {"mean": ".2f", "mean_versus": ".2f", "difference": "+.2f", "t": ".2f", "p": ".3g"}
-    return [
-        f"Comparison of {what}: {WELCH}; p is missing where a side has fewer than 2 runs.",
-        "",
-        markdown_table(compared, formats),
-    ]
 
 
 def _curves_section(sweep_dir: Path, conditions: pd.DataFrame) -> list[str]:
@@ -223,14 +147,14 @@ def _curves_section(sweep_dir: Path, conditions: pd.DataFrame) -> list[str]:
     ]
     shown = summary[["condition", "session"]].copy()
     for measure in ("epochs_to_95", "epochs_to_99"):
-        shown[measure] = [_mean_sd(m, s, 1.0, 1) for m, s in zip(summary[f"{measure}_mean"], summary[f"{measure}_sd"])]
+        shown[measure] = [mean_sd(m, s, 1.0, 1) for m, s in zip(summary[f"{measure}_mean"], summary[f"{measure}_sd"])]
     shown["n"] = summary["epochs_to_95_n"]
     lines += [markdown_table(shown), ""]
     for session in SESSIONS:
         part = speed[speed["session"] == session]
         if part["condition"].nunique() > 1:
             values = part[["condition", "epochs_to_99"]].rename(columns={"epochs_to_99": "value"})
-            lines += [*_comparison_lines(values, conditions, f"epochs to 99% of the final accuracy in {session}"), ""]
+            lines += [*comparison_lines(values, conditions, f"epochs to 99% of the final accuracy in {session}"), ""]
     return lines
 
 
@@ -241,22 +165,24 @@ def _test_images(dataset: str, root: str) -> np.ndarray:
     return load_arrays(dataset, root, train=False)[0]
 
 
-def run_test_images(run: RunRecord, n_images: int = 1000) -> np.ndarray:
+def run_test_images(run: RunRecord, n_images: int = SURFACE_IMAGES) -> np.ndarray:
     """The first ``n_images`` test images (uint8, N x H x W x C) of the run's data set, from its data root."""
     return _test_images(run.dataset, str(run.data_root))[:n_images]
 
 
 @dataclass(frozen=True)
 class RunSurface:
-    """A run's XOR analysis and the mean l = 2 power share of Xavier-initialised inner nets on its region."""
+    """A run's XOR analysis (pooled over layers, and per layer) and the mean l = 2 power share of
+    Xavier-initialised inner nets on its pooled region."""
 
     run: RunRecord
     analysis: XorAnalysis
+    layers: dict[str, QuadraticFit | ValueError]
     initial_l2: float
 
 
 def analyse_surfaces(
-    runs: Sequence[RunRecord], grid: Grid = PAPER_GRID, n_images: int = 1000
+    runs: Sequence[RunRecord], grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES
 ) -> tuple[list[RunSurface], list[str]]:
     """Load every finished 2-arg run's net and analyse its surface on test data; failures come back as messages."""
     from lit_dendrite.models import load_net
@@ -268,7 +194,7 @@ def analyse_surfaces(
             continue
         try:
             net = load_net(run.dir.path)
-            analysis = analyse_net(net, run_test_images(run, n_images), grid)
+            analyses = analyse_layers(net, run_test_images(run, n_images), grid)
         except UntrustedRecord:  # never reported as one run's problem: the caller must stop
             raise
         except Exception as error:  # a broken run must not hide the others
@@ -277,8 +203,9 @@ def analyse_surfaces(
         hidden = find_inner_net(net).hidden
         if hidden not in baselines:
             baselines[hidden] = initial_surfaces(grid, hidden)
+        analysis = analyses.pooled
         initial = np.mean([angular_power(s, analysis.region).fraction[2] for s in baselines[hidden]])
-        surfaces.append(RunSurface(run, analysis, float(initial)))
+        surfaces.append(RunSurface(run, analysis, analyses.layers, float(initial)))
     return surfaces, problems
 
 
@@ -302,6 +229,36 @@ def surface_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
                 "l2_power_xavier": float(np.mean([s.initial_l2 for s in group])),
             }
         )
+    return pd.DataFrame(rows)
+
+
+def layer_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
+    """Per condition and learned-neuron layer (1-based, in forward order): saddles out of n, their fraction and
+    the binomial p, with the paper's published fraction and p beside the layer the authors analysed."""
+    rows = []
+    for condition in sorted({s.run.condition for s in surfaces}):
+        group = [s for s in surfaces if s.run.condition == condition]
+        net = group[0].run.net
+        names = list(group[0].layers)
+        published = published_saddle(net)
+        for index, name in enumerate(names, start=1):
+            fits = [s.layers[name] for s in group if isinstance(s.layers.get(name), QuadraticFit)]
+            if not fits:
+                continue
+            stats = saddle_statistics([fit.is_saddle for fit in fits])
+            authors = index == authors_layer(net)
+            rows.append(
+                {
+                    "condition": condition,
+                    "layer": f"{index} ({name})" + (" authors'" if authors else ""),
+                    "saddles": f"{stats.saddles}/{stats.n}",
+                    "fraction": stats.fraction,
+                    "binomial_p": stats.p_value,
+                    "mean_R2_gain": float(np.mean([fit.r_squared - fit.linear_r_squared for fit in fits])),
+                    "paper fraction": published["fraction"] if authors and published else np.nan,
+                    "paper p": published["binomial_p"] if authors and published else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -331,141 +288,35 @@ def _surface_section(
         "",
     ]
     formats = {"fraction": ".2f", "binomial_p": ".3g", "l2_power": ".3f", "l2_power_xavier": ".3f"}
-    formats |= {"mean_R2": ".3f", "mean_R2_gain": ".3f"}
+    formats |= {"mean_R2": ".3f", "mean_R2_gain": ".3f", "paper fraction": ".2f", "paper p": ".3g"}
     table = surface_statistics(surfaces)
     lines += [markdown_table(table, formats), ""]
+    by_layer = layer_statistics(surfaces)
+    if not by_layer.empty:
+        lines += [
+            "### Per layer",
+            "",
+            "The same verdicts with the region taken from one learned-neuron layer's input pairs only (the surface "
+            "is the same: one inner net serves every layer); `authors'` marks the layer the authors analysed, "
+            "with the paper's published fraction and p beside it (as published; "
+            f"{paper_numbers()['source']}).",
+            "",
+            markdown_table(by_layer, formats),
+            "",
+        ]
+        failed = sorted(
+            f"`{s.run.name}` {name}" for s in surfaces for name, a in s.layers.items() if isinstance(a, ValueError)
+        )
+        if failed:
+            lines += [f"No per-layer verdict (region too small): {', '.join(failed)}.", ""]
     for condition in table["condition"]:
-        image = f"report_surfaces_{_slug(condition)}.png"
+        image = f"report_surfaces_{slug(condition)}.png"
         plots.save_figure(gallery(surfaces, condition), sweep_dir / image)
         lines += [f"### {condition}", "", f"![surfaces of {condition}]({image})", ""]
     return lines
 
 
-def _robustness_section(
-    sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.DataFrame, problems: list[str]
-) -> list[str]:
-    corruption_rows, adversarial_rows = [], []
-    for run in runs:
-        path = run.dir.robustness
-        if not run.done or not path.exists():
-            continue
-        try:
-            robustness = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            problems.append(f"`{run.name}`: unreadable {path.name}: {error}")
-            continue
-        corruption = robustness.get("corruptions") or {}
-        for name, severities in (corruption.get("accuracy") or {}).items():
-            for severity, value in severities.items():
-                corruption_rows.append(
-                    {
-                        "condition": run.condition,
-                        "run": run.name,
-                        "corruption": name,
-                        "severity": int(severity),
-                        "accuracy": float(value),
-                        "mce": corruption.get("mCE"),
-                        "relative_mce": corruption.get("relative_mCE"),
-                    }
-                )
-        for attack, result in (robustness.get("adversarial") or {}).items():
-            for eps, value in zip(result.get("epsilons", []), result.get("robust_accuracy", [])):
-                adversarial_rows.append(
-                    {
-                        "condition": run.condition,
-                        "run": run.name,
-                        "attack": attack,
-                        "epsilon": float(eps),
-                        "robust_accuracy": float(value),
-                        "reported": float((result.get("reported") or {}).get("epsilon", np.nan)),
-                    }
-                )
-    if not corruption_rows and not adversarial_rows:
-        return []
-    lines = ["## Robustness", ""]
-    if corruption_rows:
-        lines += _corruption_lines(sweep_dir, pd.DataFrame(corruption_rows), conditions)
-    if adversarial_rows:
-        lines += _adversarial_lines(sweep_dir, pd.DataFrame(adversarial_rows), conditions)
-    return lines
-
-
-def _corruption_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataFrame) -> list[str]:
-    per_run = (
-        rows.groupby(["condition", "run"])
-        .agg(accuracy=("accuracy", "mean"), mce=("mce", "first"), relative_mce=("relative_mce", "first"))
-        .reset_index()
-    )
-    table = (
-        per_run.groupby("condition")
-        .agg(
-            n=("run", "count"),
-            acc_mean=("accuracy", "mean"),
-            acc_sd=("accuracy", "std"),
-            mce_mean=("mce", "mean"),
-            mce_sd=("mce", "std"),
-            rel_mean=("relative_mce", "mean"),
-            rel_sd=("relative_mce", "std"),
-        )
-        .reset_index()
-    )
-    shown = pd.DataFrame(
-        {
-            "condition": table["condition"],
-            "n": table["n"],
-            "mean corruption accuracy (%)": [_mean_sd(m, s) for m, s in zip(table["acc_mean"], table["acc_sd"])],
-            "mCE (%)": [_mean_sd(m, s) for m, s in zip(table["mce_mean"], table["mce_sd"])],
-            "relative mCE (%)": [_mean_sd(m, s) for m, s in zip(table["rel_mean"], table["rel_sd"])],
-        }
-    )
-    by_severity = rows.groupby(["condition", "run", "severity"])["accuracy"].mean().reset_index()
-    stats = by_severity.groupby(["condition", "severity"])["accuracy"].agg(["mean", "std"]).reset_index()
-    curves = {c: (g["severity"], g["mean"], g["std"]) for c, g in stats.groupby("condition")}
-    figure = plots.curve_figure(curves, "severity", "accuracy (mean over corruptions)", "Accuracy under corruptions")
-    plots.save_figure(figure, sweep_dir / "report_corruptions.png")
-    lines = [
-        "### Corruptions",
-        "",
-        "Accuracy averaged over corruptions and severities; mCE and relative mCE (Hendrycks & Dietterich "
-        "2019) against the baseline recorded in each run's robustness results (by default the ReLU control).",
-        "",
-        markdown_table(shown),
-        "",
-        "![accuracy vs severity](report_corruptions.png)",
-        "",
-    ]
-    values = per_run[["condition", "mce"]].rename(columns={"mce": "value"})
-    if values["value"].notna().any():
-        lines += [*_comparison_lines(values, conditions, "mCE (%)", scale=100.0), ""]
-    return lines
-
-
-def _adversarial_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataFrame) -> list[str]:
-    lines = [
-        "### Adversarial attacks",
-        "",
-        "Robust accuracy (%) against the attack's epsilon, mean ± sd over runs.",
-        "",
-    ]
-    for attack, part in rows.groupby("attack"):
-        stats = part.groupby(["condition", "epsilon"])["robust_accuracy"].agg(["mean", "std", "count"]).reset_index()
-        curves = {c: (g["epsilon"], g["mean"], g["std"]) for c, g in stats.groupby("condition")}
-        image = f"report_attack_{_slug(attack)}.png"
-        figure = plots.curve_figure(curves, "epsilon", "robust accuracy", f"{attack}: robust accuracy vs epsilon")
-        plots.save_figure(figure, sweep_dir / image)
-        wide = stats.assign(cell=[_mean_sd(m, s) for m, s in zip(stats["mean"], stats["std"])])
-        wide = wide.pivot(index="condition", columns="epsilon", values="cell").reset_index()
-        wide.columns = ["condition", *(f"eps={e:g}" for e in wide.columns[1:])]
-        lines += [f"#### {attack}", "", markdown_table(wide), "", f"![{attack}]({image})", ""]
-        reported = part[part["epsilon"] == part["reported"]]
-        if not reported.empty:
-            eps = reported["epsilon"].iloc[0]
-            values = reported[["condition", "robust_accuracy"]].rename(columns={"robust_accuracy": "value"})
-            lines += [*_comparison_lines(values, conditions, f"{attack} robust accuracy (%) at eps={eps:g}", 100.0), ""]
-    return lines
-
-
-def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = 1000) -> Path:
+def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES) -> Path:
     """Write ``<sweep_dir>/report.md`` and its PNGs from the sweep's run records, event and robustness files."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir)
@@ -482,7 +333,7 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     lines += [*_accuracy_section(runs, conditions), ""]
     lines += [*_curves_section(sweep_dir, conditions), ""]
     lines += [*_surface_section(sweep_dir, runs, problems, grid, n_images), ""]
-    lines += [*_robustness_section(sweep_dir, runs, conditions, problems), ""]
+    lines += [*robustness_section(sweep_dir, runs, conditions, problems), ""]
     if problems:
         lines += ["## Problems", "", *(f"- {p}" for p in problems), ""]
     path = sweep_dir / REPORT_NAME

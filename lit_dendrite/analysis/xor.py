@@ -182,23 +182,46 @@ def analyse_xor(surface: Surface, region: Region, lmax: int = 4) -> XorAnalysis:
     return XorAnalysis(surface, region, fit_quadratic(surface, region), angular_power(surface, region, lmax))
 
 
-def analyse_net(
-    net: nn.Module, images: np.ndarray, grid: Grid = PAPER_GRID, max_pairs: int = 50_000, seed: int = 0
-) -> XorAnalysis:
-    """The XOR analysis of a trained net's inner net, its region taken from the pairs all layers see on ``images``.
+@dataclass(frozen=True)
+class NetAnalysis:
+    """A net's XOR analysis in the region of all layers' input pairs pooled, and the quadratic fit (the saddle
+    verdict) in each layer's own region, by layer name in forward order; a layer whose region is too small to fit
+    holds the ``ValueError`` why."""
 
-    ``images`` are uint8 (N, H, W, C) as :func:`lit_dendrite.data.datasets.load_arrays` returns them.
-    """
+    pooled: XorAnalysis
+    layers: dict[str, QuadraticFit | ValueError]
+
+
+def analyse_layers(
+    net: nn.Module, images: np.ndarray, grid: Grid = PAPER_GRID, max_pairs: int = 50_000, seed: int = 0
+) -> NetAnalysis:
+    """The XOR analysis of a trained net's inner net, pooled over its learned-neuron layers and per layer, from the
+    input pairs they see on ``images`` (uint8 (N, H, W, C), as :func:`lit_dendrite.data.datasets.load_arrays`
+    returns them). The surface is the same everywhere (one shared inner net); only the region differs."""
     inner = find_inner_net(net)
     if inner is None or inner.arity != 2:
         raise ValueError(f"{type(net).__name__} has no two-argument inner net; surfaces exist for 2-arg nets only")
     pairs = collect_input_pairs(net, pixel_batches(images), max_pairs=max_pairs, seed=seed)
-    region = density_region(np.concatenate(list(pairs.values())), grid)
     was_training = inner.training
     inner.eval()
     surface = evaluate_surface(inner, grid)
     inner.train(was_training)
-    return analyse_xor(surface, region)
+    pooled = analyse_xor(surface, density_region(np.concatenate(list(pairs.values())), grid))
+    layers: dict[str, QuadraticFit | ValueError] = {}
+    for name, layer_pairs in pairs.items():
+        try:
+            layers[name] = fit_quadratic(surface, density_region(layer_pairs, grid))
+        except ValueError as error:
+            layers[name] = error
+    return NetAnalysis(pooled, layers)
+
+
+def analyse_net(
+    net: nn.Module, images: np.ndarray, grid: Grid = PAPER_GRID, max_pairs: int = 50_000, seed: int = 0
+) -> XorAnalysis:
+    """The XOR analysis of a trained net's inner net, its region taken from the pairs all layers see on ``images``
+    (see :func:`analyse_layers`)."""
+    return analyse_layers(net, images, grid, max_pairs, seed).pooled
 
 
 def initial_surfaces(

@@ -1,0 +1,336 @@
+"""Robustness sections of the sweep report, from each run's ``robustness.json``.
+
+The paper's Table 1 (robust accuracy under its attack, rows data set x net, columns 2-arg / 1-arg / ReLU, the
+published value beside each measured one), the corruption tables and robust accuracy against epsilon.
+
+Corruption metrics are computed here from the accuracies each run recorded, against the ReLU control of the same
+data set and net (its accuracies averaged over its runs): mCE over the benchmark corruptions (CIFAR-10-C's 15,
+MNIST-C's 15; the extra ones are reported separately), relative mCE over the corruptions where the control's
+error rises above its clean error (the others are excluded, counted and named: the ratio is undefined there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_ind
+
+from lit_dendrite.analysis import plots
+from lit_dendrite.analysis.paper import NEURONS, paper_numbers, published_corruption, published_robust_accuracy
+from lit_dendrite.analysis.tables import CONTROL_NEURON, WELCH, comparison_lines, markdown_table, mean_sd, slug
+from lit_dendrite.data.corrupted import CIFAR_C_BENCHMARK, MNIST_C_CORRUPTIONS
+from lit_dendrite.robustness.corruption import corruption_errors, relative_corruption_errors
+
+if TYPE_CHECKING:
+    from lit_dendrite.runs import RunRecord
+
+NEURON_HEADINGS = {"2arg": "2-arg", "1arg": "1-arg", "relu": "ReLU"}
+GROUP = ["dataset", "net", "variant"]
+
+
+def benchmark_corruptions(spec: str) -> tuple[str, ...]:
+    """The corruptions a set's mCE averages over: MNIST-C's 15, else CIFAR-10-C's 15 (also the generated sets')."""
+    return MNIST_C_CORRUPTIONS if spec == "mnist_c" else CIFAR_C_BENCHMARK
+
+
+def _variant(condition: str) -> str:
+    """A condition's axis values other than the seed (empty for a plain experiment)."""
+    return condition.split("/", 1)[1] if "/" in condition else ""
+
+
+def robustness_rows(runs: Sequence[RunRecord], problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long tables of every finished run's robustness.json: (adversarial, corruption) rows; a damaged file is a
+    problem, not an error."""
+    adversarial, corruption = [], []
+    for run in runs:
+        path = run.dir.robustness
+        if not run.done or not path.exists():
+            continue
+        try:
+            robustness = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            problems.append(f"`{run.name}`: unreadable {path.name}: {error}")
+            continue
+        meta = {
+            "condition": run.condition,
+            "run": run.name,
+            "dataset": run.dataset,
+            "net": run.net,
+            "neuron": run.neuron,
+            "variant": _variant(run.condition),
+        }
+        section = robustness.get("corruptions") or {}
+        clean = (robustness.get("clean") or {}).get("accuracy", run.test_acc)
+        for name, severities in (section.get("accuracy") or {}).items():
+            for severity, value in severities.items():
+                corruption.append(
+                    {
+                        **meta,
+                        "spec": str(section.get("spec", "")),
+                        "corruption": name,
+                        "severity": int(severity),
+                        "accuracy": float(value),
+                        "clean": float(clean) if clean is not None else np.nan,
+                    }
+                )
+        for attack, result in (robustness.get("adversarial") or {}).items():
+            reported = float((result.get("reported") or {}).get("epsilon", np.nan))
+            for eps, value in zip(result.get("epsilons", []), result.get("robust_accuracy", [])):
+                adversarial.append(
+                    {
+                        **meta,
+                        "attack": attack,
+                        "epsilon": float(eps),
+                        "robust_accuracy": float(value),
+                        "reported": reported,
+                    }
+                )
+    return pd.DataFrame(adversarial), pd.DataFrame(corruption)
+
+
+def table_one(adversarial: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """The paper's Table 1 from measured robust accuracies of ``attack`` at its reported epsilon.
+
+    One row per data set x net (x other axes); per neuron the measured ``mean ± sd (n)`` in % beside the
+    published value, and Welch's p of 2-arg and 1-arg against ReLU.
+    """
+    chosen = adversarial[
+        (adversarial["attack"] == attack) & np.isclose(adversarial["epsilon"], adversarial["reported"])
+    ]
+    rows = []
+    for (dataset, net, variant), group in chosen.groupby(GROUP, sort=False):
+        published = published_robust_accuracy(dataset, net) or {}
+        row: dict[str, Any] = {"data set": dataset, "net": net}
+        if variant:
+            row["axes"] = variant
+        row["eps"] = f"{group['epsilon'].iloc[0]:.4g}"
+        values = {n: group[group["neuron"] == n]["robust_accuracy"].astype(float) for n in NEURONS}
+        for neuron in NEURONS:
+            v = values[neuron]
+            heading = NEURON_HEADINGS[neuron]
+            row[heading] = f"{mean_sd(v.mean(), v.std())} (n={len(v)})" if len(v) else "–"
+            row[f"{heading} paper"] = f"{published[neuron]:.2f}" if neuron in published else "–"
+        for neuron in ("2arg", "1arg"):
+            a, b = values[neuron], values[CONTROL_NEURON]
+            testable = len(a) >= 2 and len(b) >= 2 and (a.var() > 0 or b.var() > 0)
+            p = float(ttest_ind(a, b, equal_var=False).pvalue) if testable else math.nan
+            row[f"p {NEURON_HEADINGS[neuron]} vs ReLU"] = "–" if math.isnan(p) else f"{p:.3g}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _table_one_lines(adversarial: pd.DataFrame) -> list[str]:
+    numbers = paper_numbers()
+    attack = numbers["robust_accuracy"]["attack"]
+    lines = ["### Table 1: robust accuracy", ""]
+    if adversarial.empty or attack not in set(adversarial["attack"]):
+        return [*lines, f"No run was evaluated with `{attack}`, the paper's attack; see the attacks below.", ""]
+    table = table_one(adversarial, attack)
+    return [
+        *lines,
+        f"Robust accuracy (%) under `{attack}` at the paper's epsilon, mean ± sd over runs (n), beside the "
+        f"paper's value (`paper`). p: {WELCH}, against the ReLU control.",
+        "",
+        markdown_table(table),
+        "",
+        f"Paper values: {numbers['source']} {numbers['note']}",
+        "",
+    ]
+
+
+def corruption_metrics(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per run: benchmark accuracy, mCE, mCE of the extra corruptions, relative mCE (fractions); per data set x net
+    group: which corruptions the relative mCE excludes (the control's error does not rise there) and which the
+    mCE excludes (the control makes no error there).
+
+    The baseline is the ReLU control of the same data set, net and other axes, averaged over its runs; groups
+    without one get accuracies only.
+    """
+    per_run, groups = [], []
+    for (dataset, net, variant, spec), group in rows.groupby([*GROUP, "spec"], sort=False):
+        benchmark = [c for c in benchmark_corruptions(spec) if c in set(group["corruption"])]
+        extra = sorted(set(group["corruption"]) - set(benchmark))
+        control = group[group["neuron"] == CONTROL_NEURON]
+        base = _accuracy_table(control) if not control.empty else None
+        base_clean = control.groupby("run")["clean"].first().mean() if not control.empty else math.nan
+        zero_error = sorted(c for c in benchmark + extra if base and all(a >= 1.0 for a in base[c].values()))
+        no_rise: list[str] = []
+        for (condition, run), runs in group.groupby(["condition", "run"], sort=False):
+            table, clean = _accuracy_table(runs), float(runs["clean"].iloc[0])
+            record = {"condition": condition, "run": run, "dataset": dataset, "net": net, "variant": variant}
+            record["neuron"] = runs["neuron"].iloc[0]
+            record["accuracy"] = float(np.mean([np.mean(list(table[c].values())) for c in benchmark or extra]))
+            record |= {"mce": math.nan, "mce_extra": math.nan, "relative_mce": math.nan}
+            if base is not None:
+                record["mce"] = _mean_ce(table, base, [c for c in benchmark if c not in zero_error])
+                record["mce_extra"] = _mean_ce(table, base, [c for c in extra if c not in zero_error])
+                chosen = {c: table[c] for c in benchmark}
+                relative = relative_corruption_errors(chosen, clean, {c: base[c] for c in benchmark}, base_clean)
+                no_rise = sorted(c for c, v in relative.items() if math.isnan(v))
+                defined = [v for v in relative.values() if not math.isnan(v)]
+                record["relative_mce"] = float(np.mean(defined)) if defined else math.nan
+            per_run.append(record)
+        groups.append(
+            {
+                "dataset": dataset,
+                "net": net,
+                "variant": variant,
+                "spec": spec,
+                "benchmark": benchmark,
+                "extra": extra,
+                "baseline": base is not None,
+                "excluded_relative": no_rise,
+                "excluded_mce": zero_error,
+            }
+        )
+    return pd.DataFrame(per_run), pd.DataFrame(groups)
+
+
+def _accuracy_table(rows: pd.DataFrame) -> dict[str, dict[int, float]]:
+    """{corruption: {severity: accuracy}} averaged over the rows' runs."""
+    means = rows.groupby(["corruption", "severity"])["accuracy"].mean()
+    table: dict[str, dict[int, float]] = {}
+    for (corruption, severity), value in means.items():
+        table.setdefault(corruption, {})[int(severity)] = float(value)
+    return table
+
+
+def _mean_ce(table: dict, base: dict, corruptions: list[str]) -> float:
+    if not corruptions:
+        return math.nan
+    errors = corruption_errors({c: table[c] for c in corruptions}, {c: base[c] for c in corruptions})
+    return float(np.mean(list(errors.values())))
+
+
+def _corruption_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataFrame) -> list[str]:
+    per_run, groups = corruption_metrics(rows)
+    lines = [
+        "### Corruptions",
+        "",
+        "Per condition, mean ± sd over runs (n), in %: accuracy averaged over the benchmark corruptions and their "
+        "severities; mCE (Hendrycks & Dietterich 2019) over the benchmark corruptions and, separately, over the "
+        "extra ones; relative mCE over the benchmark corruptions where the control's error rises. The baseline "
+        "(100 %) is the ReLU control of the same data set and net, its error averaged over its runs.",
+        "",
+    ]
+    stats = per_run.groupby("condition", sort=True)
+    shown = pd.DataFrame({"condition": list(stats.groups), "n": stats["run"].count().to_numpy()})
+    for column, heading in (
+        ("accuracy", "accuracy"),
+        ("mce", "mCE"),
+        ("relative_mce", "relative mCE"),
+        ("mce_extra", "mCE extra"),
+    ):
+        shown[heading] = [mean_sd(m, s) for m, s in zip(stats[column].mean(), stats[column].std())]
+    first = stats.first()
+    published = [
+        published_corruption(first.loc[c, "dataset"], first.loc[c, "net"], first.loc[c, "neuron"])
+        for c in shown["condition"]
+    ]
+    shown["mCE paper"] = [f"{p['mCE']:.1f}" if p else "–" for p in published]
+    shown["relative mCE paper"] = [f"{p['relative_mCE']:.1f}" if p else "–" for p in published]
+    lines += [markdown_table(shown), ""]
+    for group in groups.itertuples():
+        where = _group_label(group)
+        if not group.baseline:
+            lines.append(f"- {where}: no ReLU control evaluated on these corruptions, so no mCE.")
+            continue
+        lines.append(
+            f"- {where}: mCE over {len(group.benchmark) - len(group.excluded_mce)} benchmark corruptions"
+            + (f" and {len(group.extra)} extra ({', '.join(group.extra)})" if group.extra else "")
+            + (
+                f"; the control makes no error on {', '.join(group.excluded_mce)}, excluded"
+                if group.excluded_mce
+                else ""
+            )
+            + f"; relative mCE excludes {len(group.excluded_relative)} of {len(group.benchmark)}"
+            + (
+                f" ({', '.join(group.excluded_relative)}): the control's error does not rise there"
+                if group.excluded_relative
+                else ""
+            )
+            + "."
+        )
+    if any(published_corruption(d, n, "2arg") for d, n in zip(groups["dataset"], groups["net"])):
+        lines += ["", f"Paper values: {paper_numbers()['source']} As published."]
+    lines += ["", *_per_corruption_lines(rows, groups), ""]
+    by_severity = rows.groupby(["condition", "run", "severity"])["accuracy"].mean().reset_index()
+    severity_stats = by_severity.groupby(["condition", "severity"])["accuracy"].agg(["mean", "std"]).reset_index()
+    curves = {c: (g["severity"], g["mean"], g["std"]) for c, g in severity_stats.groupby("condition")}
+    figure = plots.curve_figure(curves, "severity", "accuracy (mean over corruptions)", "Accuracy under corruptions")
+    plots.save_figure(figure, sweep_dir / "report_corruptions.png")
+    lines += ["![accuracy vs severity](report_corruptions.png)", ""]
+    values = per_run[["condition", "mce"]].rename(columns={"mce": "value"})
+    if values["value"].notna().any():
+        lines += [*comparison_lines(values, conditions, "mCE (%)", scale=100.0), ""]
+    return lines
+
+
+def _group_label(group: Any) -> str:
+    """``data set / net [/ axes] [(corrupted set)]`` of a corruption group."""
+    label = f"{group.dataset} / {group.net}" + (f" / {group.variant}" if group.variant else "")
+    return label + (f" ({group.spec})" if group.spec else "")
+
+
+def _per_corruption_lines(rows: pd.DataFrame, groups: pd.DataFrame) -> list[str]:
+    """Accuracy (%) per corruption (mean over severities, then mean ± sd over runs), one table per group."""
+    lines = ["#### Accuracy per corruption", ""]
+    per_run = rows.groupby([*GROUP, "spec", "condition", "run", "corruption"])["accuracy"].mean().reset_index()
+    for group in groups.itertuples():
+        key = (group.dataset, group.net, group.variant, group.spec)
+        part = per_run[[tuple(k) == key for k in per_run[[*GROUP, "spec"]].itertuples(index=False)]]
+        stats = part.groupby(["corruption", "condition"])["accuracy"].agg(["mean", "std"]).reset_index()
+        stats["cell"] = [mean_sd(m, s) for m, s in zip(stats["mean"], stats["std"])]
+        wide = stats.pivot(index="corruption", columns="condition", values="cell")
+        order = [*group.benchmark, *group.extra]
+        wide = wide.reindex(order).reset_index()
+        wide["corruption"] = [c if c in group.benchmark else f"{c} (extra)" for c in order]
+        lines += [f"{_group_label(group)}:", "", markdown_table(wide), ""]
+    return lines
+
+
+def _adversarial_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataFrame) -> list[str]:
+    lines = [
+        "### Adversarial attacks",
+        "",
+        "Robust accuracy (%) against the attack's epsilon, mean ± sd over runs.",
+        "",
+    ]
+    for attack, part in rows.groupby("attack"):
+        stats = part.groupby(["condition", "epsilon"])["robust_accuracy"].agg(["mean", "std", "count"]).reset_index()
+        curves = {c: (g["epsilon"], g["mean"], g["std"]) for c, g in stats.groupby("condition")}
+        image = f"report_attack_{slug(attack)}.png"
+        figure = plots.curve_figure(curves, "epsilon", "robust accuracy", f"{attack}: robust accuracy vs epsilon")
+        plots.save_figure(figure, sweep_dir / image)
+        wide = stats.assign(cell=[mean_sd(m, s) for m, s in zip(stats["mean"], stats["std"])])
+        wide = wide.pivot(index="condition", columns="epsilon", values="cell").reset_index()
+        wide.columns = ["condition", *(f"eps={e:g}" for e in wide.columns[1:])]
+        lines += [f"#### {attack}", "", markdown_table(wide), "", f"![{attack}]({image})", ""]
+        reported = part[part["epsilon"] == part["reported"]]
+        if not reported.empty:
+            eps = reported["epsilon"].iloc[0]
+            values = reported[["condition", "robust_accuracy"]].rename(columns={"robust_accuracy": "value"})
+            lines += [*comparison_lines(values, conditions, f"{attack} robust accuracy (%) at eps={eps:g}", 100.0), ""]
+    return lines
+
+
+def robustness_section(
+    sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.DataFrame, problems: list[str]
+) -> list[str]:
+    """The report's robustness section (empty where no run has a robustness.json)."""
+    adversarial, corruption = robustness_rows(runs, problems)
+    if adversarial.empty and corruption.empty:
+        return []
+    lines = ["## Robustness", ""]
+    lines += _table_one_lines(adversarial)
+    if not corruption.empty:
+        lines += _corruption_lines(sweep_dir, corruption, conditions)
+    if not adversarial.empty:
+        lines += _adversarial_lines(sweep_dir, adversarial, conditions)
+    return lines
