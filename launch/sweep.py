@@ -1,9 +1,9 @@
 """Submit a sweep, or show its status, or collect its results.
 
     python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
-                           [--dry-run] [--max-parallel N] [--overwrite] [--wait]
+                           [--dry-run [--gpu-speedup X]] [--max-parallel N] [--overwrite] [--wait]
     python launch/sweep.py status DIR
-    python launch/sweep.py collect DIR
+    python launch/sweep.py collect DIR [--surface-images N]
     python launch/sweep.py evaluate DIR --cluster slurm|local|debug [--sweep FILE] [--cluster-config FILE]
                            [--dry-run] [--max-parallel N] [--wait]
 
@@ -16,16 +16,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_dendrite.analysis.report import accuracy_section, write_report
+from lit_dendrite.analysis.report import SURFACE_IMAGES, accuracy_section, write_report
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.cluster import CLUSTERS, ClusterError, load_cluster_config
+from lit_dendrite.sweeps.cost import (
+    DEFAULT_GPU_SPEEDUP,
+    estimate,
+    evaluation_settings,
+    load_step_times,
+    published_robust_fractions,
+    run_shapes,
+)
 from lit_dendrite.sweeps.launch import submit_evaluation, submit_sweep, wait_for
-from lit_dendrite.sweeps.spec import SweepError, load_sweep
+from lit_dendrite.sweeps.spec import Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import collect, format_status, unfinished_runs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_SWEEP = CONFIGS / "sweep" / "paper.yaml"
+BENCHMARK_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 DEFAULT_CLUSTER_CONFIG = {"slurm": CONFIGS / "cluster" / "slurm_gpu.yaml", "local": CONFIGS / "cluster" / "local.yaml"}
 
 
@@ -34,7 +43,11 @@ def _submission_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argument_parser(prog, description)
     parser.add_argument("--cluster", choices=CLUSTERS, required=True, help="where the jobs run")
     parser.add_argument("--cluster-config", type=Path, help="configs/cluster/*.yaml (default per --cluster)")
-    parser.add_argument("--dry-run", action="store_true", help="print runs and the sbatch script; submit nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print runs and the sbatch script (a sweep: also its GPU-hour estimate); submit nothing",
+    )
     parser.add_argument(
         "--max-parallel", type=positive_int, help="runs at once (default: the config's array_parallelism)"
     )
@@ -64,6 +77,12 @@ def submit_main(argv: list[str]) -> int:
             action="store_true",
             help="discard the results of runs whose directory holds another configuration, and train them afresh",
         )
+        parser.add_argument(
+            "--gpu-speedup",
+            type=positive_float,
+            default=DEFAULT_GPU_SPEEDUP,
+            help="the dry run's cost estimate: assumed GPU speedup over the CPU benchmark while no GPU result exists",
+        )
     args = parser.parse_args(argv)
     cluster_config_path = args.cluster_config or DEFAULT_CLUSTER_CONFIG.get(args.cluster)
     try:
@@ -77,6 +96,8 @@ def submit_main(argv: list[str]) -> int:
             submission = submit_sweep(
                 sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel, overwrite=args.overwrite
             )
+            if args.dry_run:
+                print(cost_estimate(sweep, args.gpu_speedup))
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -94,10 +115,22 @@ def submit_main(argv: list[str]) -> int:
     return 0
 
 
-def collect_main(sweep_dir: Path) -> int:
+def cost_estimate(sweep: Sweep, gpu_speedup: float) -> str:
+    """The sweep's GPU-hours from the benchmark's step times (see lit_dendrite/sweeps/cost.py), or why there is
+    no estimate (a dry run still shows the runs)."""
+    try:
+        shapes = run_shapes(sweep)
+        evaluation = evaluation_settings(sweep.evaluate, sorted({shape.dataset for shape in shapes}))
+        times = load_step_times(BENCHMARK_RESULTS, gpu_speedup)
+    except (ValueError, FileNotFoundError) as error:
+        return f"Cost estimate: not available: {error}"
+    return estimate(shapes, times, evaluation, published_robust_fractions()).format()
+
+
+def collect_main(sweep_dir: Path, surface_images: int = SURFACE_IMAGES) -> int:
     """Write summary.csv of every run record and the analysis report; print the report's accuracy table."""
     print(f"wrote {collect(sweep_dir)}")
-    report = write_report(sweep_dir)
+    report = write_report(sweep_dir, n_images=surface_images)
     print(f"report: {report}")
     print(accuracy_section(report.read_text()))
     return 0
@@ -108,12 +141,19 @@ def main(argv: list[str]) -> int:
     if argv[:1] in (["status"], ["collect"]):
         parser = argument_parser(f"launch/sweep.py {argv[0]}")
         parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")
-        sweep_dir = parser.parse_args(argv[1:]).sweep_dir
+        if argv[0] == "collect":
+            parser.add_argument(
+                "--surface-images",
+                type=positive_int,
+                default=SURFACE_IMAGES,
+                help="test images whose input pairs define the surface regions",
+            )
+        args = parser.parse_args(argv[1:])
         try:
             if argv[0] == "status":
-                print(format_status(sweep_dir))
+                print(format_status(args.sweep_dir))
                 return 0
-            return collect_main(sweep_dir)
+            return collect_main(args.sweep_dir, args.surface_images)
         except (FileNotFoundError, UntrustedRecord) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -151,8 +151,8 @@ def test_shipped_sweep_files_expand() -> None:
     if not (experiments / "mlp_mnist_2arg.yaml").is_file():
         pytest.skip("experiment configs are not in this checkout yet")
     sizes = {name: len(load_sweep(REPO / "configs" / "sweep" / f"{name}.yaml").runs) for name in
-             ("paper", "demo", "hparam_search", "precision")}  # fmt: skip
-    assert sizes == {"paper": 60, "demo": 9, "hparam_search": 32, "precision": 12}
+             ("paper", "paper_quick", "demo", "hparam_search", "precision")}  # fmt: skip
+    assert sizes == {"paper": 288, "paper_quick": 60, "demo": 9, "hparam_search": 32, "precision": 12}
 
 
 def test_shipped_cluster_configs_load_and_ddp_configs_match_devices() -> None:

@@ -1,0 +1,294 @@
+"""A sweep's cost in GPU-hours, estimated from the benchmark's measured step times (``launch/sweep.py --dry-run``).
+
+Work is counted (images trained, validated, attacked, corrupted) and multiplied by the benchmark's per-image
+times of the path each session runs; every assumption the estimate makes is returned with it, to be printed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_dendrite.data.datasets import dataset_spec
+from lit_dendrite.sweeps.spec import Sweep
+
+# Train and test images of each data set (the published sizes; digits: this project's split of scikit-learn's).
+DATASET_IMAGES = {
+    "digits": (1437, 360),
+    "mnist": (60_000, 10_000),
+    "fashion_mnist": (60_000, 10_000),
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+}
+# The benchmark's models and the input side it measured them at (MLP: MNIST 28x28; CNN: CIFAR 32x32).
+BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32)}
+UNMEASURED_PATHS = ("reference", "table")  # not what session II trains with
+DEFAULT_GPU_SPEEDUP = 100.0
+MIN_STEP_S = 0.003  # a training step costs at least this on a GPU (Lightning's loop, the optimizer, kernel launches)
+# AutoAttack standard (Croce & Hein 2020): APGD-CE 100 iterations on every image; on the images still robust,
+# APGD-T (9 targets x 100), FAB-T (9 targets x 100, counted as 2 gradients per iteration) and Square (5000 queries).
+AUTOATTACK_GRADIENTS_ALL, AUTOATTACK_GRADIENTS_ROBUST, AUTOATTACK_QUERIES_ROBUST = 100, 900 + 1800, 5000
+ASSUMED_ROBUST_FRACTION = 0.5
+# Corrupted test sets per kind (CIFAR-10-C: 19 corruptions x 5 severities; MNIST-C: 15 and the identity).
+CORRUPTED_SETS = {"cifar10_c": 95, "cifar100_c": 95, "mnist_c": 16, "generated": 95}
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds per image of each benchmark model and path (training step, inference), on the estimate's device."""
+
+    source: Path
+    device: str
+    speedup: float
+    train: dict[str, dict[str, float]]
+    inference: dict[str, dict[str, float]]
+
+    def learned_path(self, model: str) -> str:
+        """The fastest measured path of the learned neuron (what ``impl="auto"`` is meant to pick)."""
+        candidates = {p: t for p, t in self.train[model].items() if p not in (*UNMEASURED_PATHS, "relu")}
+        return min(candidates, key=candidates.get)
+
+
+def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SPEEDUP) -> StepTimes:
+    """The benchmark's GPU results (``neurons_cuda.json``) if they exist, else its CPU results divided by
+    ``gpu_speedup`` (an assumption the estimate states)."""
+    results_dir = Path(results_dir)
+    gpu, cpu = results_dir / "neurons_cuda.json", results_dir / "neurons_cpu.json"
+    source = gpu if gpu.is_file() else cpu
+    if not source.is_file():
+        raise FileNotFoundError(f"no benchmark results in {results_dir}; run `python benchmarks/neurons.py` first")
+    if gpu_speedup <= 0:
+        raise ValueError(f"the GPU speedup must be positive, got {gpu_speedup}")
+    data = json.loads(source.read_text())
+    speedup = 1.0 if source == gpu else gpu_speedup
+    train, inference = {}, {}
+    for model, measured in data["models"].items():
+        batch = measured["batch"]
+        train[model] = {p: r["train_step_s"] / batch / speedup for p, r in measured["rows"].items()}
+        inference[model] = {p: 1 / r["inference_images_per_s"] / speedup for p, r in measured["rows"].items()}
+    return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, train, inference)
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a run's cost depends on, read from its resolved config."""
+
+    experiment: str
+    dataset: str
+    net: str
+    neuron: str
+    input_side: int
+    batch_size: int
+    joint_epochs: int
+    frozen_epochs: int
+    fixed_schedule: bool
+
+
+@dataclass
+class Estimate:
+    """GPU-hours per experiment (training and evaluation, all its runs) and the assumptions behind them."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def total_hours(self) -> float:
+        return sum(row["train_h"] + row["evaluate_h"] for row in self.rows)
+
+    def format(self) -> str:
+        """The estimate as a table, its total and its assumptions."""
+        lines = ["Cost estimate (GPU-hours):", "  experiment            runs  epochs II/III  train h  evaluate h"]
+        for row in self.rows:
+            lines.append(
+                f"  {row['experiment']:<20} {row['runs']:>5}  {row['epochs']:>13}  {row['train_h']:>7.1f}"
+                f"  {row['evaluate_h']:>10.1f}"
+            )
+        lines.append(f"  total: {self.total_hours:.1f} GPU-hours")
+        lines.append("Assumptions:")
+        lines += [f"  - {text}" for text in self.assumptions]
+        return "\n".join(lines)
+
+
+def _session_hours(times: StepTimes, shape: RunShape, batch_train: str, batch_eval: str, epochs: int) -> float:
+    model = BENCHMARK_MODELS[shape.net][0]
+    train_images, _ = DATASET_IMAGES[shape.dataset]
+    val = round(dataset_spec(shape.dataset).val_fraction * train_images)
+    scale = _input_scale(shape)
+    steps = math.ceil((train_images - val) / shape.batch_size)
+    step_s = max(shape.batch_size * times.train[model][batch_train] * scale, MIN_STEP_S)
+    per_epoch = steps * step_s + val * times.inference[model][batch_eval] * scale
+    return epochs * per_epoch / 3600
+
+
+def _input_scale(shape: RunShape) -> float:
+    """CNN time scales with the input's area relative to the benchmark's; the MLP's is taken as unchanged."""
+    model, side = BENCHMARK_MODELS[shape.net]
+    return (shape.input_side / side) ** 2 if model == "cnn" else 1.0
+
+
+def train_hours(times: StepTimes, shape: RunShape) -> float:
+    """Sessions II and III of one run (session I is seconds and not counted)."""
+    model = BENCHMARK_MODELS[shape.net][0]
+    if shape.neuron == "relu":
+        return _session_hours(times, shape, "relu", "relu", shape.joint_epochs)
+    learned = times.learned_path(model)
+    joint = _session_hours(times, shape, learned, learned, shape.joint_epochs)
+    frozen_path = "table" if "table" in times.train[model] else learned
+    return joint + _session_hours(times, shape, frozen_path, frozen_path, shape.frozen_epochs)
+
+
+def evaluate_hours(
+    times: StepTimes, shape: RunShape, settings: Mapping[str, Any] | None, robust_fraction: float | None
+) -> float:
+    """One run's evaluation under its data set's ``evaluate:`` settings (attacks, corrupted sets)."""
+    if not settings:
+        return 0.0
+    model = BENCHMARK_MODELS[shape.net][0]
+    path = "relu" if shape.neuron == "relu" else times.learned_path(model)
+    gradient, forward = times.train[model][path], times.inference[model][path]
+    _, test_images = DATASET_IMAGES[shape.dataset]
+    seconds = 0.0
+    fraction = ASSUMED_ROBUST_FRACTION if robust_fraction is None else robust_fraction
+    for name, attack in (settings.get("attacks") or {}).items():
+        n = attack.get("n") or settings.get("n") or test_images
+        epsilons = [e for e in attack.get("epsilons", [None]) if e != 0]
+        if name.startswith("autoattack"):
+            gradients = AUTOATTACK_GRADIENTS_ALL + fraction * AUTOATTACK_GRADIENTS_ROBUST
+            per_image = gradients * gradient + fraction * AUTOATTACK_QUERIES_ROBUST * forward
+        else:
+            per_image = attack.get("steps", 100) * gradient
+        seconds += n * per_image * max(len(epsilons), 1)
+    corruptions = settings.get("corruptions")
+    if corruptions:
+        kind = corruptions["spec"].split(":", 1)[0]
+        n = corruptions.get("n") or settings.get("n") or test_images
+        seconds += CORRUPTED_SETS.get(kind, 95) * n * forward
+    return seconds * _input_scale(shape) / 3600
+
+
+def estimate(
+    shapes: Sequence[RunShape],
+    times: StepTimes,
+    evaluation: Mapping[str, Mapping[str, Any]] | None = None,
+    robust_fractions: Mapping[tuple[str, str, str], float] | None = None,
+) -> Estimate:
+    """GPU-hours of ``shapes`` (one per run) grouped by experiment; ``evaluation`` maps a data set to its
+    evaluate settings, ``robust_fractions`` (dataset, net, neuron) to the fraction of images assumed to survive
+    AutoAttack's first stage."""
+    result = Estimate()
+    grouped: dict[str, list[RunShape]] = {}
+    for shape in shapes:
+        grouped.setdefault(shape.experiment, []).append(shape)
+    fractions = robust_fractions or {}
+    for experiment, runs in grouped.items():
+        shape = runs[0]
+        fraction = fractions.get((shape.dataset, shape.net, shape.neuron))
+        settings = (evaluation or {}).get(shape.dataset)
+        epochs = f"{shape.joint_epochs}/{shape.frozen_epochs if shape.neuron != 'relu' else '-'}"
+        result.rows.append(
+            {
+                "experiment": experiment,
+                "runs": len(runs),
+                "epochs": epochs + ("" if shape.fixed_schedule else " max"),
+                "train_h": sum(train_hours(times, s) for s in runs),
+                "evaluate_h": sum(evaluate_hours(times, s, settings, fraction) for s in runs),
+            }
+        )
+    result.assumptions = _assumptions(times, shapes)
+    return result
+
+
+def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
+    notes = [f"per-image step and inference times from {times.source.name} (batch-normalised medians)"]
+    if times.device == "cpu":
+        notes.append(
+            f"ASSUMED: a GPU is {times.speedup:g}x faster than the benchmark's CPU run; no GPU benchmark "
+            "(neurons_cuda.json) exists yet. Replace with --gpu-speedup, or run `python benchmarks/neurons.py --gpu`"
+        )
+    notes += [
+        "session II of learned neurons runs the fastest measured exact path; session III the frozen lookup-table "
+        "path; 1-arg neurons cost as much as 2-arg ones (the benchmark has no 1-arg row); session I is not counted",
+        "CNN time scales with the input's area relative to CIFAR's 32x32; MLP time does not depend on the input",
+        "every epoch trains on the training split and validates on the validation split; time is linear in images "
+        f"(batch-normalised), with at least {MIN_STEP_S * 1000:g} ms per training step",
+        f"AutoAttack standard: {AUTOATTACK_GRADIENTS_ALL} gradients per image, and on the images still robust "
+        f"{AUTOATTACK_GRADIENTS_ROBUST} gradients and {AUTOATTACK_QUERIES_ROBUST} forward queries; the fraction "
+        f"still robust is the paper's published robust accuracy where it has one, else {ASSUMED_ROBUST_FRACTION}",
+        "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward "
+        "pass per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
+    ]
+    if any(not s.fixed_schedule for s in shapes):
+        notes.append("experiments marked `max` stop early: their cost is an upper bound at trainer.max_epochs")
+    return notes
+
+
+def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
+    """A run's :class:`RunShape` from its resolved config (as ``lit_dendrite.cli.resolved_config`` gives it)."""
+    net = config["model"]["net"]
+    net_name = net["class_path"].rsplit(".", 1)[-1]
+    if net_name not in BENCHMARK_MODELS:
+        raise ValueError(f"no benchmark model for {net_name}; the estimate knows {sorted(BENCHMARK_MODELS)}")
+    protocol, trainer = config.get("protocol") or {}, config.get("trainer") or {}
+    max_epochs = trainer.get("max_epochs") or 1000
+    joint, frozen = protocol.get("joint_epochs"), protocol.get("frozen_epochs")
+    return RunShape(
+        experiment=experiment,
+        dataset=config["data"]["dataset"],
+        net=net_name,
+        neuron=net["init_args"]["neuron"],
+        input_side=int(net["init_args"]["in_shape"][-1]),
+        batch_size=int(config["data"]["batch_size"]),
+        joint_epochs=joint or max_epochs,
+        frozen_epochs=frozen or max_epochs,
+        fixed_schedule=joint is not None and (frozen is not None or net["init_args"]["neuron"] == "relu"),
+    )
+
+
+def run_shapes(sweep: Sweep) -> list[RunShape]:
+    """Every run's :class:`RunShape` from its experiment config with the run's overrides applied (dotted keys);
+    each experiment config is read once."""
+    shapes, configs = [], {}
+    for run in sweep.runs:
+        if run.config not in configs:
+            configs[run.config] = yaml.safe_load(run.config.read_text())
+        config = copy.deepcopy(configs[run.config])
+        for key, value in run.overrides:
+            *parents, last = key.split(".")
+            node = config
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        try:
+            shapes.append(shape_of(run.experiment, config))
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"{run.config}: no {error} for the cost estimate; the config lacks a key it needs"
+            ) from None
+    return shapes
+
+
+def evaluation_settings(section: Mapping[str, Any] | None, datasets: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The evaluate section's settings for each data set: its ``datasets`` entry over the shared keys."""
+    if not section:
+        return {}
+    shared = {k: v for k, v in section.items() if k != "datasets"}
+    per_dataset = section.get("datasets") or {}
+    return {dataset: {**shared, **(per_dataset.get(dataset) or {})} for dataset in datasets}
+
+
+def published_robust_fractions() -> dict[tuple[str, str, str], float]:
+    """The paper's robust accuracies as fractions, by (dataset, net, neuron)."""
+    from lit_dendrite.analysis.paper import NEURONS, paper_numbers
+
+    fractions = {}
+    for row in paper_numbers()["robust_accuracy"]["rows"]:
+        for neuron in NEURONS:
+            fractions[(row["dataset"], row["net"], neuron)] = row[neuron] / 100
+    return fractions

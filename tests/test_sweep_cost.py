@@ -1,0 +1,68 @@
+"""The paper sweep's dry run: its runs and a GPU-hour estimate from the benchmark's step times, with assumptions."""
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lit_dendrite.sweeps.cost import MIN_STEP_S, RunShape, estimate, load_step_times, train_hours
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def load_launcher():
+    spec = importlib.util.spec_from_file_location("sweep_launcher", REPO / "launch" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_dry_run_lists_every_run_and_the_cost_estimate(tmp_path, capsys):
+    launcher = load_launcher()
+    code = launcher.main(["--cluster", "local", "--out", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "288 runs, 288 to submit" in out
+    assert "cnn_cifar10_2arg/seed=24" in out and "--protocol.joint_epochs 200 --protocol.frozen_epochs 400" in out
+    estimate_text = out[out.index("Cost estimate (GPU-hours):") :]
+    for experiment in ("mlp_mnist_2arg", "cnn_cifar10_1arg"):
+        assert f"{experiment} " in estimate_text and "24        200/400" in estimate_text
+    assert "  cnn_mnist_relu          24          200/-" in estimate_text
+    assert "ASSUMED: a GPU is 100x faster than the benchmark's CPU run" in estimate_text
+    total = float(estimate_text.split("total: ")[1].split()[0])
+    assert launcher.main(["--cluster", "local", "--out", str(tmp_path), "--dry-run", "--gpu-speedup", "50"]) == 0
+    slower = capsys.readouterr().out
+    assert float(slower.split("total: ")[1].split()[0]) > 1.5 * total  # halving the speedup nearly doubles it
+    assert not any(tmp_path.iterdir())
+
+
+def shape(neuron, epochs=(2, 3)):
+    return RunShape("cnn_cifar10_" + neuron, "cifar10", "DendriticCNN", neuron, 32, 200, *epochs, True)
+
+
+def test_training_hours_are_counted_images_times_measured_step_times():
+    times = load_step_times(RESULTS, gpu_speedup=10)
+    measured = json.loads((RESULTS / "neurons_cpu.json").read_text())["models"]["cnn"]
+    rows, batch = measured["rows"], measured["batch"]
+
+    def epoch_s(path):
+        step = max(200 * rows[path]["train_step_s"] / batch / 10, MIN_STEP_S)
+        return math.ceil(40_000 / 200) * step + 10_000 / rows[path]["inference_images_per_s"] / 10
+
+    assert train_hours(times, shape("relu")) * 3600 == pytest.approx(2 * epoch_s("relu"))
+    fastest = min((p for p in rows if p not in ("reference", "table", "relu")), key=lambda p: rows[p]["train_step_s"])
+    expected = 2 * epoch_s(fastest) + 3 * epoch_s("table")
+    assert train_hours(times, shape("2arg")) * 3600 == pytest.approx(expected)
+
+
+def test_a_gpu_benchmark_replaces_the_assumed_speedup(tmp_path):
+    shutil.copy(RESULTS / "neurons_cpu.json", tmp_path / "neurons_cuda.json")
+    times = load_step_times(tmp_path, gpu_speedup=10)
+    assert times.device == "cuda" and times.speedup == 1.0
+    assumptions = estimate([shape("relu")], times).format()
+    assert "neurons_cuda.json" in assumptions and "ASSUMED: a GPU" not in assumptions
+    with pytest.raises(FileNotFoundError, match="run `python benchmarks/neurons.py`"):
+        load_step_times(tmp_path / "empty")
