@@ -108,9 +108,26 @@ def test_experiment_given_as_a_path(configs: Path, monkeypatch: pytest.MonkeyPat
     assert run.relative_dir == "mlp_digits_relu/seed=1"
 
 
+def test_an_experiment_entry_may_carry_its_own_seeds_and_overrides(configs: Path) -> None:
+    cnn = {"experiment": "mlp_digits_relu", "seeds": [7], "overrides": {"trainer.max_epochs": 3, "a.x": 2}}
+    spec = {"experiments": ["mlp_digits_2arg", cnn], "seeds": [1, 2], "overrides": {"trainer.max_epochs": 9}}
+    runs = load_sweep(write_sweep(configs, spec)).runs
+    assert [run.relative_dir for run in runs] == [
+        "mlp_digits_2arg/seed=1",
+        "mlp_digits_2arg/seed=2",
+        "mlp_digits_relu/seed=7",
+    ]
+    assert dict(runs[0].overrides) == {"trainer.max_epochs": 9, "seed_everything": 1}
+    assert dict(runs[2].overrides) == {"trainer.max_epochs": 3, "a.x": 2, "seed_everything": 7}
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
+        ({"experiments": [{"experiment": "mlp_digits_2arg", "seed": [1]}], "seeds": [1]},
+         "an experiment mapping needs `experiment`"),
+        ({"experiments": [{"experiment": "mlp_digits_2arg", "seeds": []}], "seeds": [1]},
+         "`experiments.mlp_digits_2arg.seeds` must be a non-empty list"),
         ({"experiments": ["mlp_digits_2arg"], "seeds": [1], "gird": {}}, "unknown key(s) ['gird']"),
         ({"experiments": [], "seeds": [1]}, "empty sweep"),
         ({"experiments": ["mlp_digits_2arg"]}, "`seeds` must be a non-empty list"),
@@ -151,8 +168,9 @@ def test_shipped_sweep_files_expand() -> None:
     if not (experiments / "mlp_mnist_2arg.yaml").is_file():
         pytest.skip("experiment configs are not in this checkout yet")
     sizes = {name: len(load_sweep(REPO / "configs" / "sweep" / f"{name}.yaml").runs) for name in
-             ("paper", "paper_quick", "demo", "hparam_search", "precision")}  # fmt: skip
-    assert sizes == {"paper": 288, "paper_quick": 60, "demo": 9, "hparam_search": 32, "precision": 12}
+             ("paper", "paper_quick", "digits_repro", "demo", "hparam_search", "precision")}  # fmt: skip
+    assert sizes == {"paper": 288, "paper_quick": 60, "digits_repro": 33, "demo": 9, "hparam_search": 32,
+                     "precision": 12}  # fmt: skip
 
 
 def test_shipped_cluster_configs_load_and_ddp_configs_match_devices() -> None:

@@ -3,9 +3,12 @@
 A sweep file (YAML, see ``configs/sweep/``)::
 
     name: paper                   # optional, defaults to the file's stem
-    experiments: [mlp_mnist_2arg, configs/experiment/cnn_mnist_relu.yaml]
+    experiments:
+      - mlp_mnist_2arg                          # a config name (configs/experiment/) or path
+      - configs/experiment/cnn_mnist_relu.yaml
+      - {experiment: cnn_mnist_2arg, seeds: [1], overrides: {trainer.max_epochs: 2}}   # its own seeds/overrides
     seeds: [1, 2, 3]
-    overrides: {trainer.max_epochs: 5}          # the same for every run
+    overrides: {trainer.max_epochs: 5}          # the same for every run (an experiment's own win)
     grid: {model.lr: [1.0e-3, 3.0e-4]}          # cartesian product
     zip:                                        # groups of axes varied together
       - {model.net.init_args.widths: [[64], [128]], model.net.init_args.dropout: [0.0, 0.1]}
@@ -40,6 +43,7 @@ import yaml
 from lit_dendrite.runs import NAME_SIGNIFICANT_DIGITS, SEED_AXIS, name_value, run_name
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, parse_evaluate
 
+EXPERIMENT_KEYS = ("experiment", "seeds", "overrides")
 SWEEP_KEYS = (
     "name", "description", "experiments", "seeds", "overrides", "grid", "zip", "random", "short_names", "evaluate",
 )  # fmt: skip
@@ -218,6 +222,40 @@ def _short_names(path: Path, keys: list[str], given: Any) -> dict[str, str]:
     return short
 
 
+def _seeds(path: Path, where: str, seeds: Any) -> list[int]:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise _fail(path, f"`{where}` must be a non-empty list of integers, e.g. [1, 2, 3]; got {seeds!r}")
+    return seeds
+
+
+def _overrides(path: Path, where: str, overrides: Any) -> dict[str, Any]:
+    if not isinstance(overrides or {}, dict):
+        raise _fail(path, f"`{where}` must map LightningCLI keys to values")
+    return dict(overrides or {})
+
+
+def _experiment_entry(
+    path: Path, entry: Any, seeds: list[int], overrides: dict[str, Any]
+) -> tuple[Path, list[int], dict[str, Any]]:
+    """An experiment entry: a config name or path, or a mapping ``{experiment, seeds, overrides}`` whose seeds
+    replace the sweep's and whose overrides are applied over the sweep's."""
+    if not isinstance(entry, dict):
+        return _resolve_experiment(path, entry), seeds, overrides
+    unknown = sorted(set(entry) - set(EXPERIMENT_KEYS))
+    if unknown or "experiment" not in entry:
+        raise _fail(
+            path, f"an experiment mapping needs `experiment` and may hold {list(EXPERIMENT_KEYS[1:])}; got {entry}"
+        )
+    where = f"experiments.{entry['experiment']}"
+    entry_seeds = _seeds(path, f"{where}.seeds", entry["seeds"]) if "seeds" in entry else seeds
+    entry_overrides = {**overrides, **_overrides(path, f"{where}.overrides", entry.get("overrides"))}
+    return _resolve_experiment(path, entry["experiment"]), entry_seeds, entry_overrides
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file and expand it into runs (deterministic, including random search)."""
     path = Path(path)
@@ -232,16 +270,8 @@ def load_sweep(path: str | Path) -> Sweep:
     experiments = spec.get("experiments")
     if not isinstance(experiments, list) or not experiments:
         raise _fail(path, "`experiments` must list at least one experiment config (empty sweep)")
-    seeds = spec.get("seeds")
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
-        raise _fail(path, f"`seeds` must be a non-empty list of integers, e.g. [1, 2, 3]; got {seeds!r}")
-    overrides = spec.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise _fail(path, "`overrides` must map LightningCLI keys to values")
+    seeds = _seeds(path, "seeds", spec.get("seeds"))
+    overrides = _overrides(path, "overrides", spec.get("overrides"))
     name = str(spec.get("name") or path.stem)
     points = [
         _merge(path, combo)
@@ -252,18 +282,18 @@ def load_sweep(path: str | Path) -> Sweep:
         )
     ]
     axis_keys = [*points[0], SEED_KEY]
-    fixed = set(overrides) & set(axis_keys)
-    if fixed:
-        raise _fail(path, f"{sorted(fixed)} are both fixed overrides and axes; keep one")
     short = _short_names(path, axis_keys, spec.get("short_names"))
     runs, seen = [], {}
     for entry in experiments:
-        config = _resolve_experiment(path, entry)
+        config, entry_seeds, entry_overrides = _experiment_entry(path, entry, seeds, overrides)
+        fixed = set(entry_overrides) & set(axis_keys)
+        if fixed:
+            raise _fail(path, f"{sorted(fixed)} are both fixed overrides and axes; keep one")
         for point in points:
-            for seed in seeds:
+            for seed in entry_seeds:
                 values = {**point, SEED_KEY: seed}
                 axes = tuple((short[k], name_value(v)) for k, v in values.items())
-                run = PlannedRun(config.stem, config, (*overrides.items(), *values.items()), axes)
+                run = PlannedRun(config.stem, config, (*entry_overrides.items(), *values.items()), axes)
                 if run.relative_dir in seen:
                     raise _fail(
                         path,
