@@ -66,3 +66,24 @@ def test_a_gpu_benchmark_replaces_the_assumed_speedup(tmp_path):
     assert "neurons_cuda.json" in assumptions and "ASSUMED: a GPU" not in assumptions
     with pytest.raises(FileNotFoundError, match="run `python benchmarks/neurons.py`"):
         load_step_times(tmp_path / "empty")
+
+
+def test_evaluation_hours_count_autoattack_stages_and_corrupted_sets():
+    from lit_dendrite.sweeps.cost import (
+        AUTOATTACK_GRADIENTS_ALL,
+        AUTOATTACK_GRADIENTS_ROBUST,
+        AUTOATTACK_QUERIES_ROBUST,
+        evaluate_hours,
+        evaluation_settings,
+    )
+
+    times = load_step_times(RESULTS, gpu_speedup=10)
+    cifar = {"attacks": {"autoattack_linf": {"epsilons": [8 / 255]}}, "corruptions": {"spec": "cifar10_c"}}
+    section = {"batch_size": 500, "datasets": {"cifar10": cifar}}
+    settings = evaluation_settings(section, ["cifar10", "mnist"])
+    assert settings["mnist"] == {"batch_size": 500}
+    gradient, forward = times.train["cnn"]["relu"], times.inference["cnn"]["relu"]
+    per_image = (AUTOATTACK_GRADIENTS_ALL + 0.1 * AUTOATTACK_GRADIENTS_ROBUST) * gradient
+    expected = 10_000 * (per_image + 0.1 * AUTOATTACK_QUERIES_ROBUST * forward) + 95 * 10_000 * forward
+    assert evaluate_hours(times, shape("relu"), settings["cifar10"], 0.1) * 3600 == pytest.approx(expected)
+    assert evaluate_hours(times, shape("relu"), settings["mnist"], 0.1) == 0.0
