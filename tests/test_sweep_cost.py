@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -59,9 +58,13 @@ def test_training_hours_are_counted_images_times_measured_step_times():
 
 
 def test_a_gpu_benchmark_replaces_the_assumed_speedup(tmp_path):
-    shutil.copy(RESULTS / "neurons_cpu.json", tmp_path / "neurons_cuda.json")
+    row = {"train_step_s": 0.02, "inference_images_per_s": 1e5}
+    cases = [{"model": "cnn", "batch": batch, "precision": precision, "rows": {"relu": row, "fused": row, "table": row}}
+             for batch in (50, 256) for precision in ("fp32", "bf16-mixed")]  # fmt: skip
+    (tmp_path / "neurons_cuda.json").write_text(json.dumps({"device": "NVIDIA H200", "cases": cases}))
     times = load_step_times(tmp_path, gpu_speedup=10)
     assert times.device == "cuda" and times.speedup == 1.0
+    assert times.train["cnn"]["fused"] == pytest.approx(0.02 / 256) and times.learned_path("cnn") == "fused"
     assumptions = estimate([shape("relu")], times).format()
     assert "neurons_cuda.json" in assumptions and "ASSUMED: a GPU" not in assumptions
     with pytest.raises(FileNotFoundError, match="run `python benchmarks/neurons.py`"):

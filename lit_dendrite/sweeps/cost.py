@@ -31,6 +31,7 @@ DATASET_IMAGES = {
 BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32)}
 UNMEASURED_PATHS = ("reference", "table")  # not what session II trains with
 DEFAULT_GPU_SPEEDUP = 100.0
+GPU_PRECISION = "fp32"
 MIN_STEP_S = 0.003  # a training step costs at least this on a GPU (Lightning's loop, the optimizer, kernel launches)
 # AutoAttack standard (Croce & Hein 2020): APGD-CE 100 iterations on every image; on the images still robust,
 # APGD-T (9 targets x 100), FAB-T (9 targets x 100, counted as 2 gradients per iteration) and Square (5000 queries).
@@ -69,11 +70,22 @@ def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SP
     data = json.loads(source.read_text())
     speedup = 1.0 if source == gpu else gpu_speedup
     train, inference = {}, {}
-    for model, measured in data["models"].items():
-        batch = measured["batch"]
-        train[model] = {p: r["train_step_s"] / batch / speedup for p, r in measured["rows"].items()}
-        inference[model] = {p: 1 / r["inference_images_per_s"] / speedup for p, r in measured["rows"].items()}
+    for model, batch, rows in _measured_rows(data):
+        train[model] = {p: r["train_step_s"] / batch / speedup for p, r in rows.items()}
+        inference[model] = {p: 1 / r["inference_images_per_s"] / speedup for p, r in rows.items()}
     return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, train, inference)
+
+
+def _measured_rows(data: Mapping[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(model, batch, rows by path) of a benchmark result: the CPU file's ``models``, or the GPU file's fp32
+    ``cases`` (the experiment configs train in fp32), the largest batch of each model."""
+    if "models" in data:
+        return [(model, measured["batch"], measured["rows"]) for model, measured in data["models"].items()]
+    largest: dict[str, Mapping[str, Any]] = {}
+    for case in data["cases"]:
+        if case["precision"] == GPU_PRECISION and case["batch"] >= largest.get(case["model"], {}).get("batch", 0):
+            largest[case["model"]] = case
+    return [(model, case["batch"], case["rows"]) for model, case in largest.items()]
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,8 @@ def estimate(
 
 def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
     notes = [f"per-image step and inference times from {times.source.name} (batch-normalised medians)"]
+    if times.device == "cuda":
+        notes.append(f"the GPU benchmark's {GPU_PRECISION} rows at its largest batch per model")
     if times.device == "cpu":
         notes.append(
             f"ASSUMED: a GPU is {times.speedup:g}x faster than the benchmark's CPU run; no GPU benchmark "
