@@ -40,9 +40,12 @@ from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
+from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS, sweep_cost
+from lit_dendrite.sweeps.spec import load_sweep
 
 PATHS = ("reference", "plain", "lean", "fused", "table")
 MIN_MEASURE_S = 0.05
+PAPER_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "paper.yaml"  # priced after a --gpu run
 MODELS = {
     "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": 200},
     "cnn": {"build": DendriticCNN, "in_shape": (3, 32, 32), "batch": 50},
@@ -384,12 +387,14 @@ def main(argv: list[str] | None = None) -> None:
 
         result = {"command": command, "torch": torch.__version__, "triton": triton.__version__, **run_gpu(args.quick)}
         print_gpu_table(result)
-        out = args.out or Path(__file__).parent / "results" / "neurons_cuda.json"
+        out = args.out or BENCHMARK_RESULTS / GPU_RESULTS
         write_json_atomic(out, result)
         print(f"wrote {out}")
+        if out.name == GPU_RESULTS:  # the paper sweep's cost from these very step times, as its dry run prints it
+            print(sweep_cost(load_sweep(PAPER_SWEEP), out.parent))
         return
     device = torch.device("cpu")
-    out = args.out or Path(__file__).parent / "results" / "neurons_cpu.json"
+    out = args.out or BENCHMARK_RESULTS / CPU_RESULTS
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     matmul = matmul_gflops(device, 1024 if args.quick else 2048)
     models = {name: benchmark_model(name, device, args.quick, args.compile) for name in MODELS}

@@ -7,36 +7,27 @@ under bf16-mixed, where it cannot run, ``plain``: what ``impl="auto"`` did there
 Triton kernel, what ``impl="auto"`` picks on CUDA) and ``table`` (the frozen table of session III). Then the inner
 net's achieved TFLOP/s in forward and forward+backward on the CNN's first layer (batch 256) for each precision,
 against the largest dense matmul the device runs in that precision in the same process and the datasheet's dense
-peak where the device is known; and, from measured step times of every experiment of ``configs/sweep/paper.yaml``
-(read through the sweep spec code), the sweep's GPU-hours. Times are medians of interleaved rounds (see
-:func:`neurons.interleaved_medians`).
+peak where the device is known. ``neurons.py --gpu`` then prints ``configs/sweep/paper.yaml``'s GPU-hours from the
+JSON just written, through the same estimate as ``sweep.py --dry-run`` (``lit_dendrite/sweeps/cost.py``). Times are
+medians of interleaved rounds (see :func:`neurons.interleaved_medians`).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from neurons import data, forward_flops, inference_fn, interleaved_medians, set_path, sync, train_step_fn
 from torch import nn
 
-from lit_dendrite.data.datasets import dataset_spec
 from lit_dendrite.nn import DendriticCNN, DendriticMLP
-from lit_dendrite.sweeps.spec import load_sweep
 
 CASES = (("mlp", 200), ("cnn", 50), ("cnn", 256))
 PRECISIONS = ("fp32", "tf32", "bf16-mixed")
-PAPER_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "paper.yaml"
-# Published training-set sizes (the run holds out the data set's validation fraction of them).
-TRAIN_IMAGES = {"mnist": 60_000, "cifar10": 50_000}
 # Datasheet dense (no sparsity) tensor-core peaks in TFLOP/s, SXM parts: bf16, tf32.
 DATASHEET_PEAK = {"H200": {"bf16": 989.4, "tf32": 494.7}, "H100": {"bf16": 989.4, "tf32": 494.7},
                   "A100": {"bf16": 312.0, "tf32": 156.0}}  # fmt: skip
-NETS = {"DendriticMLP": DendriticMLP, "DendriticCNN": DendriticCNN}
-SWEEP_EPOCHS = 100
 
 
 def set_precision(precision: str) -> bool:
@@ -134,54 +125,6 @@ def inner_tflops(precision: str, device: torch.device, batch: int = 256) -> dict
     return {"forward": flops / seconds["forward"] / 1e12, "forward_backward": 3 * flops / seconds["train"] / 1e12}
 
 
-def _experiment(config: Path) -> dict[str, Any]:
-    """Net class, its arguments, data set and batch of one experiment config (read as YAML, built from NETS)."""
-    spec = yaml.safe_load(config.read_text())
-    net = spec["model"]["net"]
-    name = net["class_path"].rsplit(".", 1)[-1]
-    if name not in NETS:
-        raise ValueError(f"{config}: unknown net {net['class_path']!r}; the benchmark builds {sorted(NETS)}")
-    return {"net": NETS[name], "args": net.get("init_args", {}), "dataset": spec["data"]["dataset"],
-            "batch": spec["data"]["batch_size"]}  # fmt: skip
-
-
-def sweep_gpu_hours(
-    precision: str, device: torch.device, sweep: Path = PAPER_SWEEP, epochs: int = SWEEP_EPOCHS
-) -> dict[str, Any]:
-    """GPU-hours of ``sweep`` with ``epochs`` epochs per training session, from this device's measured step and
-    inference times in ``precision``: session II on ``impl="auto"`` (the fused op), session III on the frozen table
-    (learned neurons only); each epoch is its training steps plus one inference pass over the validation images.
-    Session I (the inner net's pretraining, 10k points) and data loading are not counted."""
-    autocast = set_precision(precision)
-    runs = load_sweep(sweep).runs
-    per_experiment: dict[str, dict[str, float]] = {}
-    for run in runs:
-        if run.experiment in per_experiment:
-            continue
-        experiment = _experiment(run.config)
-        spec = dataset_spec(experiment["dataset"])
-        torch.manual_seed(0)
-        net = experiment["net"](**experiment["args"]).to(device)
-        x = torch.rand(experiment["batch"], *spec.in_shape, device=device)
-        y = torch.arange(experiment["batch"], device=device) % spec.num_classes
-        learned = net.inner is not None
-        sessions = {"joint": train_step_fn(net.train(), x, y, autocast)}
-        if learned:
-            table_net = experiment["net"](**experiment["args"]).to(device)
-            set_path(table_net, "table", x)
-            sessions["frozen"] = train_step_fn(table_net.train(), x, y, autocast)
-        step_s = interleaved_medians(sessions, device, 2, 5)
-        infer_s = interleaved_medians({"eval": inference_fn(net.eval(), x, autocast)}, device, 2, 5)["eval"]
-        train_images = round(TRAIN_IMAGES[experiment["dataset"]] * (1 - spec.val_fraction))
-        val_images = TRAIN_IMAGES[experiment["dataset"]] - train_images
-        steps = math.ceil(train_images / experiment["batch"])
-        epoch_s = {name: steps * s + val_images / experiment["batch"] * infer_s for name, s in step_s.items()}
-        per_experiment[run.experiment] = {f"{name}_epoch_s": s for name, s in epoch_s.items()}
-    total_s = sum(sum(per_experiment[run.experiment].values()) * epochs for run in runs)
-    return {"precision": precision, "epochs_per_session": epochs, "runs": len(runs), "gpu_hours": total_s / 3600,
-            "experiments": per_experiment}  # fmt: skip
-
-
 def datasheet_peak(name: str) -> dict[str, float] | None:
     return next((peak for key, peak in DATASHEET_PEAK.items() if key in name), None)
 
@@ -204,12 +147,11 @@ def run_gpu(quick: bool) -> dict[str, Any]:
         figures["fraction_of_dense_matmul"] = figures["forward_backward"] / matmul[product[precision]]
         if peak is not None and product[precision] in peak:
             figures["fraction_of_datasheet_peak"] = figures["forward_backward"] / peak[product[precision]]
-    sweep = {precision: sweep_gpu_hours(precision, device) for precision in PRECISIONS}
     set_precision("fp32")
     x = torch.rand(1, 3, 32, 32, device=device)
     flops = {neuron: forward_flops(build_net("cnn", neuron, device).eval(), x) for neuron in ("2arg", "relu")}
     return {"device": name, "matmul_tflops": matmul, "datasheet_peak_tflops": peak, "cases": cases,
-            "inner_tflops": inner, "sweep": sweep, "cnn_forward_flops_per_image": flops}  # fmt: skip
+            "inner_tflops": inner, "cnn_forward_flops_per_image": flops}  # fmt: skip
 
 
 def print_gpu_table(result: dict[str, Any]) -> None:
@@ -224,6 +166,3 @@ def print_gpu_table(result: dict[str, Any]) -> None:
                   f"{row['peak_memory_x_relu']:7.2f}")  # fmt: skip
     for precision, figures in result["inner_tflops"].items():
         print(f"inner net {precision}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
-    for precision, sweep in result["sweep"].items():
-        print(f"paper sweep {precision}: {sweep['gpu_hours']:.1f} GPU-hours at {sweep['epochs_per_session']} "
-              f"epochs per session ({sweep['runs']} runs)")  # fmt: skip

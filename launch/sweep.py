@@ -20,21 +20,13 @@ from lit_dendrite.analysis.report import SURFACE_IMAGES, accuracy_section, write
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.cluster import CLUSTERS, ClusterError, load_cluster_config
-from lit_dendrite.sweeps.cost import (
-    DEFAULT_GPU_SPEEDUP,
-    estimate,
-    evaluation_settings,
-    load_step_times,
-    published_robust_fractions,
-    run_shapes,
-)
+from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP, sweep_cost
 from lit_dendrite.sweeps.launch import submit_evaluation, submit_sweep, wait_for
-from lit_dendrite.sweeps.spec import Sweep, SweepError, load_sweep
+from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import collect, format_status, unfinished_runs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_SWEEP = CONFIGS / "sweep" / "paper.yaml"
-BENCHMARK_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 DEFAULT_CLUSTER_CONFIG = {"slurm": CONFIGS / "cluster" / "slurm_gpu.yaml", "local": CONFIGS / "cluster" / "local.yaml"}
 
 
@@ -97,7 +89,7 @@ def submit_main(argv: list[str]) -> int:
                 sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel, overwrite=args.overwrite
             )
             if args.dry_run:
-                print(cost_estimate(sweep, args.gpu_speedup))
+                print(sweep_cost(sweep, gpu_speedup=args.gpu_speedup))
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -113,18 +105,6 @@ def submit_main(argv: list[str]) -> int:
             )
             return 1
     return 0
-
-
-def cost_estimate(sweep: Sweep, gpu_speedup: float) -> str:
-    """The sweep's GPU-hours from the benchmark's step times (see lit_dendrite/sweeps/cost.py), or why there is
-    no estimate (a dry run still shows the runs)."""
-    try:
-        shapes = run_shapes(sweep)
-        evaluation = evaluation_settings(sweep.evaluate, sorted({shape.dataset for shape in shapes}))
-        times = load_step_times(BENCHMARK_RESULTS, gpu_speedup)
-    except (ValueError, FileNotFoundError) as error:
-        return f"Cost estimate: not available: {error}"
-    return estimate(shapes, times, evaluation, published_robust_fractions()).format()
 
 
 def collect_main(sweep_dir: Path, surface_images: int = SURFACE_IMAGES) -> int:

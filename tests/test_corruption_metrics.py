@@ -44,7 +44,19 @@ def test_relative_error_undefined_when_baseline_not_hurt():
     relative = relative_corruption_errors(OURS, 0.95, baseline, 0.9)
     assert math.isnan(relative["blur"]) and relative["noise"] == pytest.approx(0.75)
     report = corruption_report(OURS, 0.95, baseline, 0.9)
-    assert report["relative_corruption_error"]["blur"] is None and report["relative_mCE"] is None
+    assert report["relative_corruption_error"]["blur"] is None and report["relative_mCE_excluded"] == ["blur"]
+    assert report["relative_mCE"] == pytest.approx(0.75)  # the mean over the corruptions where it is defined
+    json.dumps(report, allow_nan=False)
+
+
+def test_corruption_where_the_baseline_makes_no_error_is_left_out_and_named():
+    baseline = {"noise": {1: 0.8, 2: 0.6}, "blur": {1: 1.0, 2: 1.0}}  # digits-sized sets: no error at all on blur
+    assert math.isnan(corruption_errors(OURS, baseline)["blur"])
+    report = corruption_report(OURS, 0.95, baseline, 1.0)
+    assert report["mCE"] == pytest.approx(0.4 / 0.6) and report["mCE_excluded"] == ["blur"]
+    assert report["corruption_error"]["blur"] is None and report["relative_mCE_excluded"] == ["blur"]
+    nothing_defined = corruption_report(OURS, 0.95, {c: {1: 1.0, 2: 1.0} for c in OURS}, 1.0)
+    assert nothing_defined["mCE"] is None and nothing_defined["mCE_excluded"] == ["blur", "noise"]
     json.dumps(report, allow_nan=False)
 
 
@@ -61,7 +73,6 @@ def test_report_round_trips_through_json():
     [
         ({"noise": {1: 0.8, 2: 0.6}}, r"only in accuracies \['blur'\]"),
         ({"noise": {1: 0.8, 2: 0.6}, "blur": {1: 0.9}}, "severities of 'blur' differ"),
-        ({"noise": {1: 0.8, 2: 0.6}, "blur": {1: 1.0, 2: 1.0}}, "no error on 'blur'"),
         ({"noise": {1: 80, 2: 60}, "blur": {1: 0.9, 2: 0.8}}, r"fraction in \[0, 1\]"),
         ({}, "no corruptions"),
     ],

@@ -77,14 +77,14 @@ def test_evaluation_hours_count_autoattack_stages_and_corrupted_sets():
         AUTOATTACK_GRADIENTS_ROBUST,
         AUTOATTACK_QUERIES_ROBUST,
         evaluate_hours,
-        evaluation_settings,
     )
+    from lit_dendrite.sweeps.evaluation import parse_evaluate, settings_for
 
     times = load_step_times(RESULTS, gpu_speedup=10)
     cifar = {"attacks": {"autoattack_linf": {"epsilons": [8 / 255]}}, "corruptions": {"spec": "cifar10_c"}}
-    section = {"batch_size": 500, "datasets": {"cifar10": cifar}}
-    settings = evaluation_settings(section, ["cifar10", "mnist"])
-    assert settings["mnist"] == {"batch_size": 500}
+    section = parse_evaluate("test", {"batch_size": 500, "datasets": {"cifar10": cifar}})
+    settings = {dataset: settings_for(section, dataset) for dataset in ("cifar10", "mnist")}
+    assert settings["mnist"]["batch_size"] == 500 and not settings["mnist"]["attacks"]
     gradient, forward = times.train["cnn"]["relu"], times.inference["cnn"]["relu"]
     per_image = (AUTOATTACK_GRADIENTS_ALL + 0.1 * AUTOATTACK_GRADIENTS_ROBUST) * gradient
     expected = 10_000 * (per_image + 0.1 * AUTOATTACK_QUERIES_ROBUST * forward) + 95 * 10_000 * forward

@@ -4,7 +4,9 @@ Accuracies are fractions in [0, 1] given as {corruption: {severity: accuracy}} (
 a JSON round trip); errors are E = 1 - accuracy. With a baseline network (by default the ReLU control):
     CE_c          = sum_s E(c, s) / sum_s E_base(c, s)                                  mCE = mean_c CE_c
     relative CE_c = sum_s (E(c, s) - E_clean) / sum_s (E_base(c, s) - E_base_clean)     relative mCE = mean_c
-Ratios are fractions (0.913 is the paper's "91.3%").
+Ratios are fractions (0.913 is the paper's "91.3%"). A ratio is undefined (NaN) where the baseline makes no error
+(CE) or its error does not rise over clean (relative CE), as on small easy sets like digits; the means leave such
+corruptions out and :func:`corruption_report` names them, instead of one corruption voiding the whole figure.
 """
 
 import math
@@ -61,21 +63,24 @@ def mean_corruption_accuracy(accuracies: Accuracies) -> float:
 
 
 def corruption_errors(accuracies: Accuracies, baseline: Accuracies) -> dict[str, float]:
-    """CE_c: errors summed over severities, divided by the baseline's."""
+    """CE_c: errors summed over severities, divided by the baseline's; NaN where the baseline makes no error."""
     ours, base = _paired(accuracies, baseline)
     errors = {}
     for corruption, by_severity in ours.items():
         base_error = sum(1.0 - a for a in base[corruption].values())
-        if base_error == 0.0:
-            raise ValueError(f"the baseline makes no error on {corruption!r}, so its corruption error is undefined")
-        errors[corruption] = sum(1.0 - a for a in by_severity.values()) / base_error
+        errors[corruption] = sum(1.0 - a for a in by_severity.values()) / base_error if base_error > 0 else math.nan
     return errors
 
 
+def _defined_mean(ratios: Mapping[str, float]) -> float:
+    """Mean of the defined ratios; NaN when none is defined."""
+    defined = [v for v in ratios.values() if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
 def mean_corruption_error(accuracies: Accuracies, baseline: Accuracies) -> float:
-    """mCE: CE_c averaged over corruptions."""
-    errors = corruption_errors(accuracies, baseline)
-    return sum(errors.values()) / len(errors)
+    """mCE: CE_c averaged over the corruptions where it is defined (NaN if it is defined on none)."""
+    return _defined_mean(corruption_errors(accuracies, baseline))
 
 
 def relative_corruption_errors(
@@ -97,9 +102,8 @@ def relative_corruption_errors(
 def relative_mean_corruption_error(
     accuracies: Accuracies, clean_accuracy: float, baseline: Accuracies, baseline_clean_accuracy: float
 ) -> float:
-    """Relative mCE: relative CE_c averaged over corruptions (NaN if any is undefined)."""
-    errors = relative_corruption_errors(accuracies, clean_accuracy, baseline, baseline_clean_accuracy)
-    return sum(errors.values()) / len(errors)
+    """Relative mCE: relative CE_c averaged over the corruptions where it is defined (NaN if on none)."""
+    return _defined_mean(relative_corruption_errors(accuracies, clean_accuracy, baseline, baseline_clean_accuracy))
 
 
 def corruption_report(
@@ -108,7 +112,8 @@ def corruption_report(
     baseline: Accuracies | None = None,
     baseline_clean_accuracy: float | None = None,
 ) -> dict:
-    """Every metric above in one JSON-ready dict (undefined ratios as None); the CE entries need a baseline."""
+    """Every metric above in one JSON-ready dict (undefined ratios as None, and the corruptions each mean left out
+    named); the CE entries need a baseline."""
     table = _normalised(accuracies, "accuracies")
     report = {
         "clean_accuracy": _accuracy(clean_accuracy, "clean_accuracy"),
@@ -120,12 +125,22 @@ def corruption_report(
         return report
     if baseline_clean_accuracy is None:
         raise ValueError("a baseline needs its clean accuracy too (baseline_clean_accuracy) for the relative mCE")
+    errors = corruption_errors(table, baseline)
     relative = relative_corruption_errors(table, clean_accuracy, baseline, baseline_clean_accuracy)
-    relative_mean = relative_mean_corruption_error(table, clean_accuracy, baseline, baseline_clean_accuracy)
     report |= {
-        "corruption_error": corruption_errors(table, baseline),
-        "mCE": mean_corruption_error(table, baseline),
-        "relative_corruption_error": {c: None if math.isnan(v) else v for c, v in relative.items()},
-        "relative_mCE": None if math.isnan(relative_mean) else relative_mean,
+        "corruption_error": _json_ratios(errors),
+        "mCE": _json_ratio(_defined_mean(errors)),
+        "mCE_excluded": sorted(c for c, v in errors.items() if math.isnan(v)),
+        "relative_corruption_error": _json_ratios(relative),
+        "relative_mCE": _json_ratio(_defined_mean(relative)),
+        "relative_mCE_excluded": sorted(c for c, v in relative.items() if math.isnan(v)),
     }
     return report
+
+
+def _json_ratio(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _json_ratios(ratios: Mapping[str, float]) -> dict[str, float | None]:
+    return {c: _json_ratio(v) for c, v in ratios.items()}

@@ -426,10 +426,14 @@ def format_summary(report: dict[str, Any]) -> str:
     corruptions = report.get("corruptions")
     if corruptions:
         line = f"  corruptions {corruptions['spec']}: mean accuracy {corruptions['mean_corruption_accuracy']:.4f}"
-        if corruptions.get("mCE") is not None:
-            relative = corruptions.get("relative_mCE")
-            line += f", mCE {corruptions['mCE']:.3f}, relative mCE {'n/a' if relative is None else f'{relative:.3f}'}"
+        if corruptions.get("baseline"):
+            mce, relative = corruptions["mCE"], corruptions["relative_mCE"]
+            line += f", mCE {'n/a' if mce is None else f'{mce:.3f}'}"
+            line += f", relative mCE {'n/a' if relative is None else f'{relative:.3f}'}"
             line += f" vs {corruptions['baseline']['run_dir']}"
+            for key in ("mCE_excluded", "relative_mCE_excluded"):
+                if corruptions.get(key):
+                    line += f"; {key.removesuffix('_excluded')} leaves out {', '.join(corruptions[key])}"
         else:
             line += f" ({corruptions['note']})"
         lines.append(line)

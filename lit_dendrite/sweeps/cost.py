@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lit_dendrite.data.datasets import dataset_spec
+from lit_dendrite.sweeps.evaluation import settings_for
 from lit_dendrite.sweeps.spec import Sweep
 
 # Train and test images of each data set (the published sizes; digits: this project's split of scikit-learn's).
@@ -31,6 +32,8 @@ DATASET_IMAGES = {
 BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32)}
 UNMEASURED_PATHS = ("reference", "table")  # not what session II trains with
 DEFAULT_GPU_SPEEDUP = 100.0
+BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+GPU_RESULTS, CPU_RESULTS = "neurons_cuda.json", "neurons_cpu.json"
 GPU_PRECISION = "fp32"
 MIN_STEP_S = 0.003  # a training step costs at least this on a GPU (Lightning's loop, the optimizer, kernel launches)
 # AutoAttack standard (Croce & Hein 2020): APGD-CE 100 iterations on every image; on the images still robust,
@@ -61,7 +64,7 @@ def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SP
     """The benchmark's GPU results (``neurons_cuda.json``) if they exist, else its CPU results divided by
     ``gpu_speedup`` (an assumption the estimate states)."""
     results_dir = Path(results_dir)
-    gpu, cpu = results_dir / "neurons_cuda.json", results_dir / "neurons_cpu.json"
+    gpu, cpu = results_dir / GPU_RESULTS, results_dir / CPU_RESULTS
     source = gpu if gpu.is_file() else cpu
     if not source.is_file():
         raise FileNotFoundError(f"no benchmark results in {results_dir}; run `python benchmarks/neurons.py` first")
@@ -288,15 +291,6 @@ def run_shapes(sweep: Sweep) -> list[RunShape]:
     return shapes
 
 
-def evaluation_settings(section: Mapping[str, Any] | None, datasets: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The evaluate section's settings for each data set: its ``datasets`` entry over the shared keys."""
-    if not section:
-        return {}
-    shared = {k: v for k, v in section.items() if k != "datasets"}
-    per_dataset = section.get("datasets") or {}
-    return {dataset: {**shared, **(per_dataset.get(dataset) or {})} for dataset in datasets}
-
-
 def published_robust_fractions() -> dict[tuple[str, str, str], float]:
     """The paper's robust accuracies as fractions, by (dataset, net, neuron)."""
     from lit_dendrite.analysis.paper import NEURONS, paper_numbers
@@ -306,3 +300,18 @@ def published_robust_fractions() -> dict[tuple[str, str, str], float]:
         for neuron in NEURONS:
             fractions[(row["dataset"], row["net"], neuron)] = row[neuron] / 100
     return fractions
+
+
+def sweep_cost(
+    sweep: Sweep, results_dir: str | Path = BENCHMARK_RESULTS, gpu_speedup: float = DEFAULT_GPU_SPEEDUP
+) -> str:
+    """The sweep's GPU-hours from the benchmark's step times in ``results_dir``, formatted with its assumptions, or
+    why there is no estimate (a dry run still shows the runs)."""
+    try:
+        shapes = run_shapes(sweep)
+        times = load_step_times(results_dir, gpu_speedup)
+    except (ValueError, FileNotFoundError) as error:
+        return f"Cost estimate: not available: {error}"
+    datasets = sorted({shape.dataset for shape in shapes})
+    evaluation = {d: settings_for(sweep.evaluate, d) for d in datasets} if sweep.evaluate else {}
+    return estimate(shapes, times, evaluation, published_robust_fractions()).format()

@@ -152,13 +152,15 @@ def parse_evaluate(where: str, raw: Any) -> dict[str, Any] | None:
         str(name): _settings(f"{where}.datasets.{name}", settings or {}, PER_DATASET_KEYS)
         for name, settings in datasets.items()
     }
-    if not any(_settings_for(parsed, name)["attacks"] or _settings_for(parsed, name)["corruptions"]
+    if not any(settings_for(parsed, name)["attacks"] or settings_for(parsed, name)["corruptions"]
                for name in [None, *parsed["datasets"]]):  # fmt: skip
         raise _fail(where, "names no attacks and no corruptions: nothing to evaluate (remove the section)")
     return parsed
 
 
-def _settings_for(evaluate: dict[str, Any], dataset: str | None) -> dict[str, Any]:
+def settings_for(evaluate: dict[str, Any], dataset: str | None) -> dict[str, Any]:
+    """The settings a run of ``dataset`` is evaluated with: its ``datasets`` entry over the shared keys over the
+    defaults (``evaluate`` as :func:`parse_evaluate` returns it; ``dataset`` None: the shared settings)."""
     return {
         **DEFAULTS,
         **{k: v for k, v in evaluate.items() if k != "datasets"},
@@ -169,7 +171,7 @@ def _settings_for(evaluate: dict[str, Any], dataset: str | None) -> dict[str, An
 def evaluation_calls(evaluate: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
     """Keyword arguments of the ``evaluate_run`` calls that evaluate a run of ``dataset``: the corrupted sets
     first, then the attacks grouped by their number of images; [] when nothing is asked for that data set."""
-    settings = _settings_for(evaluate, dataset)
+    settings = settings_for(evaluate, dataset)
     common = {"batch_size": settings["batch_size"], "seed": settings["seed"]}
     calls = []
     corruptions = settings["corruptions"]
@@ -206,7 +208,7 @@ def check_evaluate(evaluate: dict[str, Any]) -> list[str]:
 
     problems = []
     for dataset in [None, *evaluate["datasets"]]:
-        settings = _settings_for(evaluate, dataset)
+        settings = settings_for(evaluate, dataset)
         where = "evaluate" + (f".datasets.{dataset}" if dataset else "")
         checks = [(where, dataset_spec, (dataset,), {})] if dataset is not None else []
         checks += [(f"{where}.attacks.{name}", build_attack, (name,), _overrides(attack))
