@@ -86,8 +86,9 @@ def _launch(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_evaluate_refuses_the_poisoned_run(tmp_path):
     sweep, marker = _poisoned_sweep(tmp_path)
     evaluated = _launch("evaluate.py", str(sweep / TWO_ARG_RUN), "--attacks", "none", "--device", "cpu")
-    assert evaluated.returncode != 0
+    assert evaluated.returncode == 2, evaluated.stdout + evaluated.stderr
     assert "refusing to build net class_path 'subprocess.run'" in evaluated.stderr
+    assert "Traceback" not in evaluated.stderr  # one line that names the file, not a stack
     assert not marker.exists()
 
 

@@ -57,7 +57,7 @@ from lit_dendrite.robustness.store import (
     saved_corruption_accuracies,
     write_report,
 )
-from lit_dendrite.runs import PARTIAL_FILE, RunDir, RunRecord, versions
+from lit_dendrite.runs import PARTIAL_FILE, RunDir, RunRecord, UntrustedRecord, versions
 
 # Sections of the resume store: the run's and the baseline's corrupted sets ("gaussian_noise/3"), one per attack.
 CORRUPTED_SETS = "corrupted_sets"
@@ -403,19 +403,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{PARTIAL_FILE}",
     )
     args = parser.parse_args(argv)
-    report = evaluate_run(
-        args.run_dir,
-        corruptions=args.corruptions,
-        corruption_root=args.corruption_root,
-        attacks=args.attacks,
-        n=args.n,
-        baseline=args.baseline,
-        data_root=args.data_root,
-        batch_size=args.batch_size,
-        device=args.device,
-        seed=args.seed,
-        fresh=args.fresh,
-    )
+    try:
+        report = evaluate_run(
+            args.run_dir,
+            corruptions=args.corruptions,
+            corruption_root=args.corruption_root,
+            attacks=args.attacks,
+            n=args.n,
+            baseline=args.baseline,
+            data_root=args.data_root,
+            batch_size=args.batch_size,
+            device=args.device,
+            seed=args.seed,
+            fresh=args.fresh,
+        )
+    except (UntrustedRecord, FileNotFoundError) as error:  # a bad run directory: one line, no traceback
+        parser.exit(2, f"error: {error}\n")
     print(format_summary(report))
     return report
 
