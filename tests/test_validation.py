@@ -135,6 +135,6 @@ def test_truncated_mnist_file_is_named_with_download_on(tmp_path):
     make_mnist(tmp_path)
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     _truncate(path, 100)
-    datamodule = ImageDataModule("mnist", root=str(tmp_path), download=True)
+    datamodule = ImageDataModule("mnist", root=str(tmp_path), download=True)  # every file present: nothing fetched
     with pytest.raises(ValueError, match=rf"{path}: truncated .*expected 47056 bytes.*found 100; delete {path}"):
         datamodule.check_available()  # present files are checked, never fetched again over a broken one
