@@ -135,7 +135,7 @@ def test_sweep_evaluates_its_runs_and_reports_robustness(tmp_path: Path, capsys:
     assert "## Robustness" in report and "mCE" in report and "fgsm" in report
 
     capsys.readouterr()
-    assert launcher.main([*submit, "--cluster", "debug"]) == 0
+    assert launcher.main([*submit, "--cluster", "local"]) == 0  # the same cluster: the same trainer.devices
     assert "0 to submit" in capsys.readouterr().out  # trained and evaluated with these settings
 
     relu_dir = RunDir(sweep_dir / "mlp_digits_relu" / "seed=1")
