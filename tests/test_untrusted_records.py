@@ -58,6 +58,36 @@ def test_build_net_builds_both_allow_listed_spellings():
         assert type(net).__name__ == "DendriticMLP"
 
 
+@pytest.fixture
+def net_registry():
+    """The allow-list of nets, restored after a test registers its own."""
+    from lit_dendrite.nn.nets import NETS
+
+    saved = dict(NETS)
+    yield NETS
+    NETS.clear()
+    NETS.update(saved)
+
+
+def test_a_net_registered_outside_the_package_is_allowed_and_a_clashing_name_refused(net_registry):
+    from lit_dendrite.models import build_net
+    from lit_dendrite.nn import DendriticMLP, register_net
+
+    class TestMLP(DendriticMLP):
+        """An outer net defined outside lit_dendrite.nn."""
+
+    config = {"class_path": f"{__name__}.{TestMLP.__qualname__}", "init_args": {"widths": [8], "neuron": "relu"}}
+    with pytest.raises(ValueError, match="refusing to build"):
+        build_net(config)
+    register_net(TestMLP)
+    assert type(build_net(config)) is TestMLP
+    with pytest.raises(ValueError, match="'TestMLP' is already registered"):
+        register_net(type("TestMLP", (DendriticMLP,), {}))
+    with pytest.raises(TypeError, match="OuterNet subclass"):
+        register_net(torch.nn.Linear)
+    assert net_registry["TestMLP"] is TestMLP
+
+
 class Payload:
     def __init__(self, marker):
         self.marker = marker

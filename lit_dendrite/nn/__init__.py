@@ -5,7 +5,7 @@ from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner import InnerNet
 from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import count_parameters, match_width
-from lit_dendrite.nn.nets import NETS, DendriticCNN, DendriticMLP, Normalize, OuterNet
+from lit_dendrite.nn.nets import NETS, DendriticCNN, DendriticMLP, Normalize, OuterNet, register_net
 from lit_dendrite.nn.neurons import NEURONS, Neuron, build_neuron, neuron_spec
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
 
@@ -26,6 +26,7 @@ __all__ = [
     "match_width",
     "maybe_compile",
     "neuron_spec",
+    "register_net",
     "tabulate_inner",
     "tabulation_report",
     "use_exact_inner",

@@ -109,6 +109,23 @@ class OuterNet(nn.Module):
         return [p for p in self.parameters() if id(p) not in inner]
 
 
+NETS: dict[str, type[OuterNet]] = {}
+"""The networks a run record may name: loading a run builds only these (a new net registers with
+:func:`register_net`)."""
+
+
+def register_net(cls: type[OuterNet]) -> type[OuterNet]:
+    """Class decorator: allow run records to name the outer net ``cls`` (under its class name, in :data:`NETS`).
+    The net's module must be imported by :mod:`lit_dendrite.nn` so the entry exists before any run is loaded."""
+    if not (isinstance(cls, type) and issubclass(cls, OuterNet)):
+        raise TypeError(f"register_net takes an OuterNet subclass, got {cls!r}")
+    if NETS.get(cls.__name__, cls) is not cls:
+        raise ValueError(f"an outer net named {cls.__name__!r} is already registered ({NETS[cls.__name__]}); rename it")
+    NETS[cls.__name__] = cls
+    return cls
+
+
+@register_net
 class DendriticMLP(OuterNet):
     """MLP with dendritic hidden layers (paper: widths [64, 64, 64] units), dropout, Linear to classes."""
 
@@ -134,6 +151,7 @@ class DendriticMLP(OuterNet):
         return self.head(self.hidden(self.normalize(x).flatten(1)))
 
 
+@register_net
 class DendriticCNN(OuterNet):
     """CNN: dendritic conv layers (each followed by 2x2 max-pool), dense dendritic layers, Linear to classes.
 
@@ -176,7 +194,3 @@ class DendriticCNN(OuterNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.head(self.hidden(self.features(self.normalize(x)).flatten(1)))
-
-
-NETS: dict[str, type[OuterNet]] = {"DendriticMLP": DendriticMLP, "DendriticCNN": DendriticCNN}
-"""The networks a run record may name: loading a run builds only these (a new net adds its entry here)."""
