@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
+from jsonargparse._link_arguments import skip_apply_links  # no public way to parse without the links (4.32-4.53)
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -21,9 +22,11 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from lit_dendrite.commandline import PARSER_OPTIONS
 from lit_dendrite.data.datamodule import ImageDataModule
+from lit_dendrite.data.datasets import NET_ARGS, dataset_spec
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
+from lit_dendrite.nn.nets import CONFIG_KEY
 from lit_dendrite.runs import (
     ConfigMismatch,
     FileLock,
@@ -44,6 +47,10 @@ TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
 class TrainCLI(LightningCLI):
     """LightningCLI for (Classifier, ImageDataModule) plus ``experiment``, ``run_dir`` and ``protocol``.
 
+    The net's :data:`~lit_dendrite.data.datasets.NET_ARGS` (input shape, classes, normalisation) are linked from
+    ``data.dataset``: a config names its data set only, and one that states them is an error naming the fix. The
+    resolved configuration (the run record) holds the linked values, as the net is built with them.
+
     Parsing only: classes are instantiated per session by :func:`train`.
     """
 
@@ -62,12 +69,40 @@ class TrainCLI(LightningCLI):
             "(a run directory holds one configuration; without this, a mismatch is an error)",
         )
         parser.add_class_arguments(Protocol, "protocol")
+        for name in NET_ARGS:
+            parser.link_arguments(
+                "data.dataset",
+                f"{CONFIG_KEY}.{name}",
+                compute_fn=lambda dataset, name=name: dataset_spec(dataset).net_args[name],
+            )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str]) -> None:
+        """Parse, then refuse a config that states what the data set determines: a link overwrites such a value
+        silently, so an old config's normalisation for another data set would otherwise go unnoticed."""
+        super().parse_arguments(parser, args)
+        with skip_apply_links():  # what the config files and options say, before links and defaults
+            given = parser.parse_args(args, defaults=False)
+        check_no_data_set_facts(given, self.config.data.dataset)
 
     def instantiate_classes(self) -> None:
         """Nothing is built at parse time; :func:`train` builds a fresh model for each session."""
 
     def _set_seed(self) -> None:
         """Parsing has no side effects: the protocol seeds each session itself."""
+
+
+def check_no_data_set_facts(given: Namespace, dataset: str) -> None:
+    """A ValueError naming each of the net's :data:`~lit_dendrite.data.datasets.NET_ARGS` that ``given`` (the
+    arguments as written) sets, with the value ``data.dataset`` gives it and the fix."""
+    stated = {name: value for name, value in dataset_spec(dataset).net_args.items() if f"{CONFIG_KEY}.{name}" in given}
+    if stated:
+        shown = ", ".join(f"{CONFIG_KEY}.{name}" for name in stated)
+        derived = ", ".join(f"{name}={list(v) if isinstance(v, tuple) else v}" for name, v in stated.items())
+        raise ValueError(
+            f"the config sets {shown}, which the data set determines (data.dataset {dataset!r} gives {derived}); "
+            "remove these keys from the config files and the command line: the net takes them from data.dataset "
+            "(lit_dendrite/data/datasets.py, DATASETS)"
+        )
 
 
 def parse(args: Sequence[str]) -> TrainCLI:
@@ -105,8 +140,9 @@ def experiment_name(config: Namespace) -> str:
 
 
 def resolved_config(cli: TrainCLI) -> dict[str, Any]:
-    """The whole resolved configuration as plain data."""
-    return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
+    """The whole resolved configuration as plain data, with the values linked from the data set: the net a run
+    record describes is built from its ``model.net`` alone."""
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True, skip_link_targets=False))
 
 
 def resolve(args: Sequence[str]) -> dict[str, Any]:

@@ -82,10 +82,6 @@ class ImageDataModule(L.LightningDataModule):
     def in_shape(self) -> tuple[int, int, int]:
         return self.spec.in_shape
 
-    @property
-    def num_classes(self) -> int:
-        return self.spec.num_classes
-
     def check_available(self) -> None:
         """Load and check the data set now, before any training: raise with the file and the fix when it is missing
         (and ``download`` is off), truncated or malformed. The loaded splits are kept for training. A set still to be

@@ -11,20 +11,31 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+NET_ARGS = ("in_shape", "num_classes", "mean", "std")
+"""The arguments of an outer net that its data set determines (fields of :class:`DatasetSpec`): training sets them
+from ``data.dataset``, so an experiment config never states them."""
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What a network needs to know about a data set, and the paper's validation fraction."""
+    """What a network needs to know about a data set (image shape, classes, per-channel mean and std of the
+    training pixels in [0,1]), and the paper's validation fraction."""
 
     in_shape: tuple[int, int, int]
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     val_fraction: float
+
+    @property
+    def net_args(self) -> dict[str, Any]:
+        """``{argument: value}`` of :data:`NET_ARGS` for an outer net trained on this data set."""
+        return {name: getattr(self, name) for name in NET_ARGS}
 
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -51,20 +51,6 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        in_shape = getattr(datamodule, "in_shape", None)
-        if in_shape is not None and tuple(in_shape) != tuple(self.net.in_shape):
-            raise ValueError(
-                f"data set {datamodule.dataset!r} gives images {tuple(in_shape)} but the net expects "
-                f"{tuple(self.net.in_shape)}; set model.net.init_args.in_shape (and mean/std) to match the data"
-            )
-        if getattr(datamodule, "num_classes", self.net.num_classes) != self.net.num_classes:
-            raise ValueError(
-                f"data set has {datamodule.num_classes} classes but the net has {self.net.num_classes}; "
-                "set model.net.init_args.num_classes"
-            )
-
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self.net(images)

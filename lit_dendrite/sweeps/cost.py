@@ -260,7 +260,7 @@ def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
         dataset=config["data"]["dataset"],
         net=net_name,
         neuron=net["init_args"]["neuron"],
-        input_side=int(net["init_args"]["in_shape"][-1]),
+        input_side=dataset_spec(config["data"]["dataset"]).in_shape[-1],
         batch_size=int(config["data"]["batch_size"]),
         joint_epochs=joint or max_epochs,
         frozen_epochs=frozen or max_epochs,
