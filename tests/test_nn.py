@@ -33,7 +33,7 @@ def test_inner_net_init_and_shape():
 @pytest.mark.parametrize("name", sorted(NEURONS))
 def test_every_neuron_maps_groups_to_one_value(name):
     spec = NEURONS[name]
-    neuron = build_neuron(name, InnerNet(spec.arity) if spec.learned else None)
+    neuron = build_neuron(name, spec.shared_module())
     x = torch.randn(4, 6, spec.arity, 5)
     assert neuron(x, dim=2).shape == (4, 6, 5)
     assert neuron(x.movedim(2, -1)).shape == (4, 6, 5)
@@ -56,7 +56,7 @@ def test_unknown_neuron_and_wrong_arity_are_clear_errors():
 @pytest.mark.parametrize("name", sorted(NEURONS))
 def test_dendritic_layers_shapes(name):
     spec = NEURONS[name]
-    neuron = build_neuron(name, InnerNet(spec.arity) if spec.learned else None)
+    neuron = build_neuron(name, spec.shared_module())
     dense = DendriticLinear(20, 7, neuron, dropout=0.5)
     assert dense.linear.out_features == 7 * spec.arity
     assert dense(torch.randn(3, 20)).shape == (3, 7)

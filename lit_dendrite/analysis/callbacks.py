@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 
 from lit_dendrite.analysis.plots import figure_to_rgb, surface_figure
-from lit_dendrite.analysis.surfaces import Grid, evaluate_surface, find_inner_net
+from lit_dendrite.analysis.surfaces import Grid, evaluate_surface, surface_module
 
 
 class SurfaceImageCallback(pl.Callback):
@@ -24,8 +24,8 @@ class SurfaceImageCallback(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
             return
-        inner = find_inner_net(pl_module)
-        if inner is None or inner.arity != 2:
+        inner = surface_module(pl_module)
+        if inner is None:
             return
         experiments = [logger.experiment for logger in trainer.loggers if hasattr(logger.experiment, "add_image")]
         if not experiments:

@@ -27,7 +27,7 @@ from lit_dendrite.analysis.curves import (
 )
 from lit_dendrite.analysis.paper import authors_layer, paper_numbers, published_saddle
 from lit_dendrite.analysis.robustness_report import robustness_section
-from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid, Surface, find_inner_net
+from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid, Surface, surface_module
 from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd, slug
 from lit_dendrite.analysis.xor import (
     QuadraticFit,
@@ -38,6 +38,7 @@ from lit_dendrite.analysis.xor import (
     saddle_statistics,
 )
 from lit_dendrite.io import write_text_atomic
+from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, UntrustedRecord, find_records
 
 REPORT_NAME = "report.md"
@@ -170,6 +171,12 @@ def run_test_images(run: RunRecord, n_images: int = SURFACE_IMAGES) -> np.ndarra
     return _test_images(run.dataset, str(run.data_root))[:n_images]
 
 
+def neuron_analysis(neuron: str | None) -> str | None:
+    """The analysis a run's neuron gets (its registry entry's ``analysis``); None for a name not registered here."""
+    spec = NEURONS.get(neuron) if isinstance(neuron, str) else None
+    return None if spec is None else spec.analysis
+
+
 @dataclass(frozen=True)
 class RunSurface:
     """A run's XOR analysis (pooled over layers, and per layer) and the mean l = 2 power share of
@@ -190,7 +197,7 @@ def analyse_surfaces(
     surfaces, problems = [], []
     baselines: dict[tuple[int, ...], list[Surface]] = {}
     for run in runs:
-        if not run.done or run.neuron != "2arg":
+        if not run.done or neuron_analysis(run.neuron) != "surface":
             continue
         try:
             net = load_net(run.dir.path)
@@ -200,7 +207,7 @@ def analyse_surfaces(
         except Exception as error:  # a broken run must not hide the others
             problems.append(f"`{run.name}`: surface analysis failed: {type(error).__name__}: {error}")
             continue
-        hidden = find_inner_net(net).hidden
+        hidden = surface_module(net).hidden
         if hidden not in baselines:
             baselines[hidden] = initial_surfaces(grid, hidden)
         analysis = analyses.pooled
@@ -275,7 +282,7 @@ def _surface_section(
     surfaces, failures = analyse_surfaces(runs, grid, n_images)
     problems += failures
     if not surfaces:
-        return [*lines, "No finished run with a two-argument inner net (neuron `2arg`) could be analysed."]
+        return [*lines, "No finished run with a two-argument inner net (such as neuron `2arg`) could be analysed."]
     images = sorted({len(run_test_images(s.run, n_images)) for s in surfaces})
     lines += [
         "Each panel: the trained inner net on the grid, the white outline enclosing the region that holds 90% of "

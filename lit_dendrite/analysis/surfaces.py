@@ -15,8 +15,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from lit_dendrite.data.datasets import pixels
-from lit_dendrite.nn.inner import InnerNet
-from lit_dendrite.nn.neurons import LearnedNeuron, learned_neurons
+from lit_dendrite.nn.neurons import SharedNeuron, analysed_module, learned_neurons
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,9 @@ class Region:
 
 
 @torch.no_grad()
-def evaluate_surface(fn: InnerNet | Callable[[torch.Tensor], torch.Tensor], grid: Grid = PAPER_GRID) -> Surface:
+def evaluate_surface(fn: Callable[[torch.Tensor], torch.Tensor], grid: Grid = PAPER_GRID) -> Surface:
     """Evaluate an inner net (or any function of a last dimension of size 2) on every point of ``grid``."""
-    if isinstance(fn, InnerNet) and fn.arity != 2:
+    if getattr(fn, "arity", 2) != 2:
         raise ValueError(f"surfaces need a two-argument inner net, got arity {fn.arity}")
     x, y = grid.mesh()
     points = torch.from_numpy(np.stack([x, y], axis=-1))
@@ -99,9 +98,10 @@ def evaluate_surface(fn: InnerNet | Callable[[torch.Tensor], torch.Tensor], grid
     return Surface(grid, values.detach().cpu().double().numpy())
 
 
-def find_inner_net(module: nn.Module) -> InnerNet | None:
-    """The first :class:`InnerNet` inside ``module`` (the shared one), or None for fixed-neuron nets."""
-    return next((m for m in module.modules() if isinstance(m, InnerNet)), None)
+def surface_module(module: nn.Module) -> nn.Module | None:
+    """The shared two-argument module (``net.inner``) of the outer net in ``module`` if its neuron's analysis is the
+    surface (see :class:`~lit_dendrite.nn.neurons.NeuronSpec`), else None."""
+    return analysed_module(module, "surface")
 
 
 class _BottomKSample:
@@ -146,7 +146,7 @@ def collect_input_pairs(
     """
     neurons = learned_neurons(net)
     if not neurons:
-        raise ValueError(f"{type(net).__name__} has no learned neurons (LearnedNeuron), so no inner-net inputs")
+        raise ValueError(f"{type(net).__name__} has no learned neurons (SharedNeuron), so no inner-net inputs")
     chosen = list(neurons) if layers is None else list(layers)
     unknown = [name for name in chosen if name not in neurons]
     if unknown:
@@ -157,7 +157,7 @@ def collect_input_pairs(
     samples = {name: _BottomKSample(max_pairs, generator) for name in chosen}
 
     def hook_for(name: str) -> Callable:
-        def hook(module: LearnedNeuron, args: tuple, kwargs: dict) -> None:
+        def hook(module: SharedNeuron, args: tuple, kwargs: dict) -> None:
             x = args[0]
             dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
             samples[name].add(x.detach().movedim(dim, -1).reshape(-1, module.arity))

@@ -22,8 +22,8 @@ from lit_dendrite.analysis.surfaces import (
     collect_input_pairs,
     density_region,
     evaluate_surface,
-    find_inner_net,
     pixel_batches,
+    surface_module,
 )
 from lit_dendrite.nn.inner import InnerNet
 
@@ -198,9 +198,12 @@ def analyse_layers(
     """The XOR analysis of a trained net's inner net, pooled over its learned-neuron layers and per layer, from the
     input pairs they see on ``images`` (uint8 (N, H, W, C), as :func:`lit_dendrite.data.datasets.load_arrays`
     returns them). The surface is the same everywhere (one shared inner net); only the region differs."""
-    inner = find_inner_net(net)
-    if inner is None or inner.arity != 2:
-        raise ValueError(f"{type(net).__name__} has no two-argument inner net; surfaces exist for 2-arg nets only")
+    inner = surface_module(net)
+    if inner is None:
+        raise ValueError(
+            f"{type(net).__name__} has no two-argument inner net; surfaces exist for neurons whose analysis is the "
+            "surface (2arg)"
+        )
     pairs = collect_input_pairs(net, pixel_batches(images), max_pairs=max_pairs, seed=seed)
     was_training = inner.training
     inner.eval()

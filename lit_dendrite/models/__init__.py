@@ -2,8 +2,9 @@
 
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.loading import build_net, load_net, load_result
-from lit_dendrite.models.pretrain import InnerPretrain, smooth_random_function
+from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.models.protocol import Protocol, RunProtocol
+from lit_dendrite.nn.inner import smooth_random_function
 
 __all__ = [
     "Classifier",

@@ -1,45 +1,30 @@
-"""Session I: pretrain the inner net by MSE to a random smooth function (a fresh one per seed)."""
+"""Session I: pretrain the net's shared learned module by MSE to its neuron's target (the inner net's: a random
+smooth function, a fresh one per seed)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_dendrite.data.shuffle import EpochShuffle
-from lit_dendrite.nn.inner import InnerNet
+from lit_dendrite.nn.inner import GRID_POINTS, smooth_target
 
-GRID_POINTS = 101
-GRID_LIMIT = 5.0
-SMOOTHING_SIGMA = 1 / 3
 # Every arity's epoch holds at least the 2-argument grid's 101^2 points (a smaller grid is repeated), so one epoch
 # is the same number of Adam steps for every arity: 500 epochs fit a 1-argument inner net as long as a 2-argument
 # one (one step per epoch on the 101 points of the 1-D grid left it at explained variance 0.54-0.92).
 EPOCH_POINTS = GRID_POINTS**2
 
 
-def smooth_random_function(arity: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs (points, arity) on a 101^arity grid over [-5,5] and uniform(-1,1) noise blurred by a normalised
-    Gaussian of sigma 1/3 input units (the paper's session-I target)."""
-    if arity not in (1, 2, 3):
-        raise ValueError(f"pretraining targets exist for arity 1, 2 or 3, got {arity}")
-    axis = np.linspace(-GRID_LIMIT, GRID_LIMIT, GRID_POINTS)
-    spacing = axis[1] - axis[0]
-    noise = np.random.default_rng(seed).uniform(-1, 1, size=(GRID_POINTS,) * arity)
-    target = gaussian_filter(noise, sigma=SMOOTHING_SIGMA / spacing, mode="reflect")
-    grids = np.meshgrid(*([axis] * arity), indexing="ij")
-    inputs = np.stack([g.ravel() for g in grids], axis=-1)
-    return torch.tensor(inputs, dtype=torch.float32), torch.tensor(target.ravel(), dtype=torch.float32)
-
-
 class InnerPretrain(L.LightningModule):
-    """Fits ``inner`` to ``smooth_random_function(inner.arity, seed)`` with Adam; logs ``pretrain/loss``
-    and ``pretrain/explained_variance`` (1 - MSE / Var(target), on the whole grid, after each epoch).
+    """Fits ``inner`` to ``target_of(inner, seed)`` (default: :func:`smooth_target`, the inner net's random smooth
+    function) with Adam; logs ``pretrain/loss`` and ``pretrain/explained_variance`` (1 - MSE / Var(target), on all
+    target points, after each epoch).
 
     The state with the best explained variance so far is kept (in checkpoints too, so a resumed fit keeps it);
     :meth:`restore_best` puts it back into ``inner``. With ``target`` set, the fit stops at the end of the first
@@ -47,19 +32,25 @@ class InnerPretrain(L.LightningModule):
     """
 
     def __init__(
-        self, inner: InnerNet, seed: int = 0, lr: float = 1e-3, batch_size: int = 256, target: float | None = None
+        self,
+        inner: nn.Module,
+        seed: int = 0,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        target: float | None = None,
+        target_of: Callable[[nn.Module, int], tuple[torch.Tensor, torch.Tensor]] = smooth_target,
     ) -> None:
         super().__init__()
         self.inner = inner
         self.lr = lr
         self.batch_size = batch_size
         self.target = target
-        self.inputs, self.targets = smooth_random_function(inner.arity, seed)
+        self.inputs, self.targets = target_of(inner, seed)
         self.best: dict[str, Any] = {"explained_variance": -float("inf"), "epoch": None, "state": None}
 
     def train_dataloader(self) -> DataLoader:
         repeats = -(-EPOCH_POINTS // len(self.targets))
-        dataset = TensorDataset(self.inputs.repeat(repeats, 1), self.targets.repeat(repeats))
+        dataset = TensorDataset(*(t.repeat(repeats, *[1] * (t.dim() - 1)) for t in (self.inputs, self.targets)))
         return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffle(len(dataset)))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -90,7 +81,7 @@ class InnerPretrain(L.LightningModule):
 
     @torch.no_grad()
     def explained_variance(self) -> float:
-        """Fraction of the target's variance the inner net explains on the whole grid."""
+        """Fraction of the target's variance the module explains on all target points."""
         predictions = self.inner(self.inputs.to(self.device)).cpu()
         return float(1 - F.mse_loss(predictions, self.targets) / self.targets.var(unbiased=False))
 

@@ -4,8 +4,11 @@ I   pretrain the inner net to a random smooth function (learned neurons only), k
 II  train inner and outer nets jointly, early stopping on validation loss (or a fixed number of epochs), keep the
     best inner net;
 III freeze that inner net, re-initialise the outer net, train again, test on the best checkpoint.
-Fixed neurons (relu, product, ...) run session II only. A session that finished wrote its summary and is
-skipped on a rerun; an interrupted one resumes from its last checkpoint (layout: :mod:`lit_dendrite.runs`).
+What "the inner net" is and which sessions apply come from the neuron's registry entry
+(:class:`~lit_dendrite.nn.neurons.NeuronSpec`): session I runs where ``spec.pretrain`` gives a target, session III
+where ``spec.freeze``; fixed neurons (relu, product, ...) run session II only. A session that finished wrote its
+summary and is skipped on a rerun; an interrupted one resumes from its last checkpoint (layout:
+:mod:`lit_dendrite.runs`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.models.resume import BatchSeed, WallClock, resume_point, with_atomic_checkpoints
 from lit_dendrite.nn.acceleration import maybe_compile
+from lit_dendrite.nn.neurons import NeuronSpec, net_neuron_spec
 from lit_dendrite.runs import BEST_CHECKPOINT, FROZEN, JOINT, LAST_CHECKPOINT, PRETRAIN, RunDir, SessionDir
 
 
@@ -113,10 +117,14 @@ def save_torch_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+SHARED_PREFIX = "net.inner."
+"""Where a Classifier checkpoint stores the net's shared learned module (the inner net)."""
+
+
 def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The inner net's weights stored in a Classifier checkpoint (loaded with ``weights_only=True``)."""
+    """The shared module's (inner net's) weights in a Classifier checkpoint (loaded with ``weights_only=True``)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    prefix = "net.inner."
+    prefix = SHARED_PREFIX
     inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not inner:
         raise ValueError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
@@ -168,15 +176,21 @@ class RunProtocol:
         L.seed_everything(self.seed + offset, workers=True, verbose=False)
         return self.build_model(), BatchSeed(self.seed, offset), WallClock()
 
-    def pretrain(self) -> dict[str, Any]:
-        """Session I: the inner net fitted to this seed's random smooth function, saved beside its summary."""
+    def pretrain(self, spec: NeuronSpec) -> dict[str, Any]:
+        """Session I: the shared module fitted to this seed's ``spec.pretrain`` target (the inner net's random smooth
+        function), saved beside its summary."""
         session = self.run_dir.session(PRETRAIN)
         if (done := session.read_summary()) is not None:
             return done
         model, seeds, clock = self._fresh_model(0)
         protocol = self.protocol
         module = InnerPretrain(
-            model.inner, self.seed, protocol.pretrain_lr, protocol.pretrain_batch_size, protocol.pretrain_target
+            model.inner,
+            self.seed,
+            protocol.pretrain_lr,
+            protocol.pretrain_batch_size,
+            protocol.pretrain_target,
+            target_of=spec.pretrain,
         )
         checkpoint = last_checkpoint(session)
         trainer = self._trainer(
@@ -199,9 +213,11 @@ class RunProtocol:
         self._finish(trainer, session, summary, {self.run_dir.pretrained_inner: model.inner.state_dict()})
         return summary
 
-    def train(self, name: str, inner_state: dict[str, torch.Tensor] | None, freeze: bool) -> dict[str, Any]:
+    def train(
+        self, name: str, inner_state: dict[str, torch.Tensor] | None, freeze: bool, spec: NeuronSpec | None = None
+    ) -> dict[str, Any]:
         """Session II (``freeze=False``) or III: fit with early stopping (or a fixed number of epochs), then test
-        the best checkpoint."""
+        the best checkpoint; session II keeps the best shared module when ``spec.freeze`` (session III needs it)."""
         session = self.run_dir.session(name)
         if (done := session.read_summary()) is not None:
             return done
@@ -223,7 +239,7 @@ class RunProtocol:
         patience = self.protocol.patience if fixed is None else fixed + 1
         stop = EarlyStopping(monitor="val/loss", mode="min", patience=patience, check_finite=True)
         callbacks = [best, last_checkpoint(session), stop, seeds, clock]
-        if freeze and self.protocol.frozen_fast_path:
+        if freeze and self.protocol.frozen_fast_path and spec is not None and spec.tables:
             callbacks.append(FrozenInnerTables())
         maybe_compile(model.net, self.protocol.compile)
         schedule = {} if fixed is None else {"max_epochs": fixed, "min_epochs": None, "max_steps": -1}
@@ -249,7 +265,7 @@ class RunProtocol:
         )
         tensors = (
             {self.run_dir.best_inner: inner_state_from_checkpoint(best_path)}
-            if name == JOINT and model.inner is not None
+            if name == JOINT and spec is not None and spec.freeze
             else {}
         )
         self._finish(trainer, session, summary, tensors)
@@ -269,16 +285,16 @@ class RunProtocol:
     def run(self) -> dict[str, dict[str, Any]]:
         """All sessions this net needs, in order; returns each session's summary (also kept in ``summaries`` as
         they finish, so that a run that stops early still reports the sessions it finished)."""
-        learned = self.build_model().inner is not None
+        spec = net_neuron_spec(self.build_model().net)
         sessions = self.summaries
         inner_state = None
-        if learned and PRETRAIN in self.protocol.sessions:
-            sessions[PRETRAIN] = self.pretrain()
+        if spec is not None and spec.pretrain is not None and PRETRAIN in self.protocol.sessions:
+            sessions[PRETRAIN] = self.pretrain(spec)
             inner_state = torch.load(self.run_dir.pretrained_inner, map_location="cpu", weights_only=True)
-        sessions[JOINT] = self.train(JOINT, inner_state, freeze=False)
-        if learned and FROZEN in self.protocol.sessions:
+        sessions[JOINT] = self.train(JOINT, inner_state, freeze=False, spec=spec)
+        if spec is not None and spec.freeze and FROZEN in self.protocol.sessions:
             best_inner = torch.load(self.run_dir.best_inner, map_location="cpu", weights_only=True)
-            sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True)
+            sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True, spec=spec)
         return sessions
 
 

@@ -1,12 +1,20 @@
-"""Plain-torch building blocks (neurons, dendritic layers, the paper's outer networks), the fused inner net as a torch
-custom op (native CPU and Triton CUDA kernels) and the native kernel of the frozen tables."""
+"""Plain-torch building blocks (neurons and their registry, dendritic layers, the paper's outer networks), the fused
+inner net as a torch custom op (native CPU and Triton CUDA kernels) and the native kernel of the frozen tables."""
 
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner import InnerNet
 from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import count_parameters, match_width
 from lit_dendrite.nn.nets import NETS, DendriticCNN, DendriticMLP, Normalize, OuterNet, register_net
-from lit_dendrite.nn.neurons import NEURONS, Neuron, build_neuron, neuron_spec
+from lit_dendrite.nn.neurons import (
+    NEURONS,
+    Neuron,
+    NeuronSpec,
+    SharedNeuron,
+    build_neuron,
+    neuron_spec,
+    register_neuron,
+)
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
 
 __all__ = [
@@ -18,8 +26,10 @@ __all__ = [
     "DendriticMLP",
     "InnerNet",
     "Neuron",
+    "NeuronSpec",
     "Normalize",
     "OuterNet",
+    "SharedNeuron",
     "build_neuron",
     "count_parameters",
     "exact_inner",
@@ -27,6 +37,7 @@ __all__ = [
     "maybe_compile",
     "neuron_spec",
     "register_net",
+    "register_neuron",
     "tabulate_inner",
     "tabulation_report",
     "use_exact_inner",

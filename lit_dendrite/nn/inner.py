@@ -1,10 +1,12 @@
-"""The inner net: one tiny MLP shared by every unit of every layer (network-in-network)."""
+"""The inner net: one tiny MLP shared by every unit of every layer (network-in-network), and its session-I target."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, fused_inner, lean_inner, plain_inner
@@ -61,3 +63,27 @@ class InnerNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"impl={self.impl!r}, chunk_rows={self.chunk_rows}"
+
+
+GRID_POINTS = 101
+GRID_LIMIT = 5.0
+SMOOTHING_SIGMA = 1 / 3
+
+
+def smooth_random_function(arity: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (points, arity) on a 101^arity grid over [-5,5] and uniform(-1,1) noise blurred by a normalised
+    Gaussian of sigma 1/3 input units (the paper's session-I target)."""
+    if arity not in (1, 2, 3):
+        raise ValueError(f"pretraining targets exist for arity 1, 2 or 3, got {arity}")
+    axis = np.linspace(-GRID_LIMIT, GRID_LIMIT, GRID_POINTS)
+    spacing = axis[1] - axis[0]
+    noise = np.random.default_rng(seed).uniform(-1, 1, size=(GRID_POINTS,) * arity)
+    target = gaussian_filter(noise, sigma=SMOOTHING_SIGMA / spacing, mode="reflect")
+    grids = np.meshgrid(*([axis] * arity), indexing="ij")
+    inputs = np.stack([g.ravel() for g in grids], axis=-1)
+    return torch.tensor(inputs, dtype=torch.float32), torch.tensor(target.ravel(), dtype=torch.float32)
+
+
+def smooth_target(inner: InnerNet, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Session I's target for ``inner``: this seed's random smooth function of its arity."""
+    return smooth_random_function(inner.arity, seed)

@@ -1,22 +1,21 @@
-"""The paper's outer networks (MLP and CNN) built from dendritic layers around one shared inner net."""
+"""The paper's outer networks (MLP and CNN) built from dendritic layers around the neuron's one shared module."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from lit_dendrite.nn.inner import InnerNet
 from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import match_width
-from lit_dendrite.nn.neurons import build_neuron, neuron_spec
+from lit_dendrite.nn.neurons import NET_CONFIG_KEY as CONFIG_KEY
+from lit_dendrite.nn.neurons import NeuronSpec, build_neuron, neuron_spec
 
 NOT_ARCHITECTURE = ("self", "__class__", "widths", "match_neuron")
 """Constructor arguments that a width-matched reference does not share with the net being built."""
-CONFIG_KEY = "model.net.init_args"
-"""Where a training configuration sets a net's arguments: errors name the key to fix under it."""
 
 
 def positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
@@ -43,7 +42,7 @@ class Normalize(nn.Module):
 
 
 class OuterNet(nn.Module):
-    """Common base: input checks, the shared inner net, and the neuron bookkeeping."""
+    """Common base: input checks, the neuron's shared module (``inner``), and the hidden layers its spec asks for."""
 
     def __init__(
         self,
@@ -54,6 +53,7 @@ class OuterNet(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         dropout: float,
+        neuron_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if len(in_shape) != 3:
@@ -68,13 +68,33 @@ class OuterNet(nn.Module):
         self.dropout = dropout
         self.num_classes = num_classes
         self.neuron_name = neuron
-        spec = neuron_spec(neuron)
-        self.inner = InnerNet(spec.arity, inner_hidden) if spec.learned else None
+        spec = self.neuron_spec
+        self.neuron_options = spec.resolve_options(neuron_args)
+        self.inner = spec.shared_module(inner_hidden, neuron_args)
         self.normalize = Normalize(mean, std)
+
+    @property
+    def neuron_spec(self) -> NeuronSpec:
+        """The registry entry of this net's neuron."""
+        return neuron_spec(self.neuron_name)
 
     def make_neuron(self) -> nn.Module:
         """A neuron for one layer; learned neurons all share ``self.inner``."""
         return build_neuron(self.neuron_name, self.inner)
+
+    def dense_layer(self, in_features: int, units: int) -> nn.Module:
+        """A dense hidden layer of ``units`` neurons: the neuron's own (``spec.dense``) or a DendriticLinear."""
+        spec = self.neuron_spec
+        if spec.dense is not None:
+            return spec.dense(in_features, units, self.inner, self.dropout, self.neuron_options)
+        return DendriticLinear(in_features, units, self.make_neuron(), self.dropout)
+
+    def conv_layer(self, in_channels: int, units: int, kernel_size: int, pool: int) -> nn.Module:
+        """A convolutional hidden layer of ``units`` neurons: the neuron's own (``spec.conv``) or a DendriticConv2d."""
+        spec = self.neuron_spec
+        if spec.conv is not None:
+            return spec.conv(in_channels, units, self.inner, self.dropout, kernel_size, pool, self.neuron_options)
+        return DendriticConv2d(in_channels, units, self.make_neuron(), self.dropout, kernel_size, pool)
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
@@ -90,7 +110,7 @@ class OuterNet(nn.Module):
         architecture built with ``match_neuron`` and ``widths`` (see :func:`match_width`)."""
         widths = positive_ints("widths", widths)
         if match_neuron is not None:
-            reference = {"neuron": match_neuron, "widths": widths}
+            reference = {"neuron": match_neuron, "widths": widths, "neuron_args": None}  # its own defaults
             widths = match_width(type(self), architecture, reference=reference)
         return tuple(int(w) for w in widths)
 
@@ -98,13 +118,13 @@ class OuterNet(nn.Module):
         """Dense dendritic hidden layers (``self.hidden``) and the Linear readout to classes (``self.head``)."""
         layers = []
         for units in widths:
-            layers.append(DendriticLinear(width_in, units, self.make_neuron(), self.dropout))
+            layers.append(self.dense_layer(width_in, units))
             width_in = units
         self.hidden = nn.Sequential(*layers)
         self.head = nn.Linear(width_in, self.num_classes)
 
     def outer_parameters(self) -> list[nn.Parameter]:
-        """All parameters except the shared inner net's."""
+        """All parameters except the shared module's."""
         inner = {id(p) for p in self.inner.parameters()} if self.inner is not None else set()
         return [p for p in self.parameters() if id(p) not in inner]
 
@@ -140,9 +160,10 @@ class DendriticMLP(OuterNet):
         mean: Sequence[float] = (0.1307,),
         std: Sequence[float] = (0.3081,),
         match_neuron: str | None = None,
+        neuron_args: dict[str, Any] | None = None,
     ) -> None:
         architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE}
-        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout)
+        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout, neuron_args)
         self.widths = self.matched_widths(widths, match_neuron, architecture)
         self.add_dense_layers(math.prod(self.in_shape), self.widths)
 
@@ -173,9 +194,10 @@ class DendriticCNN(OuterNet):
         mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
         std: Sequence[float] = (0.2470, 0.2435, 0.2616),
         match_neuron: str | None = None,
+        neuron_args: dict[str, Any] | None = None,
     ) -> None:
         architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE}
-        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout)
+        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout, neuron_args)
         kernels, (pool,) = positive_ints("kernels", kernels), positive_ints("pool", [pool])
         if len(widths) < len(kernels):
             raise ValueError(f"need at least one width per conv kernel, got widths={widths}, kernels={kernels}")
@@ -183,7 +205,7 @@ class DendriticCNN(OuterNet):
         channels, height, width = self.in_shape
         convs = []
         for units, kernel in zip(self.widths, kernels):
-            convs.append(DendriticConv2d(channels, units, self.make_neuron(), self.dropout, kernel, pool))
+            convs.append(self.conv_layer(channels, units, kernel, pool))
             height, width = (height - kernel + 1) // pool, (width - kernel + 1) // pool
             if height < 1 or width < 1:
                 raise ValueError(f"input {list(in_shape)} is too small for kernels {list(kernels)} with pool {pool}")

@@ -1,20 +1,34 @@
-"""Neurons: modules that turn a group of ``arity`` pre-activations into one value.
+"""Neurons: modules that turn a group of ``arity`` pre-activations into one value, and the registry of their names.
 
-Every neuron takes the same arguments, ``forward(x, dim=-1)``, where ``x.shape[dim] == arity`` and
-that dimension is removed. A neuron is picked by name through :data:`NEURONS`; learned neurons share one
-:class:`InnerNet` owned by the outer network.
+Every neuron takes the same arguments, ``forward(x, dim=-1)``, where ``x.shape[dim] == arity`` and that dimension is
+removed. A net's ``neuron`` argument is a name in :data:`NEURONS`, whose :class:`NeuronSpec` says everything the
+project needs to know about it, so that no other module assumes what a learned neuron is:
+
+- ``arity`` and ``build(shared)``, the neuron of one layer (or ``dense`` / ``conv``: whole layers it brings itself);
+- ``shared(inner_hidden, options)``: the learned module the outer net owns at ``net.inner`` and every layer shares
+  (None for fixed neurons); its weights are stored under ``net.inner.`` in checkpoints;
+- ``pretrain(shared, seed)``: session I's target for it, ``freeze``: session III freezes it, ``tables``: session III's
+  lookup-table fast path applies, ``analysis``: ``"surface"`` (2-D surfaces and saddle statistics) or ``"curve"``
+  (the 1-D activation curve);
+- ``options``: the neuron's own arguments with their defaults, set per net by ``model.net.init_args.neuron_args``.
+
+Adding a neuron is one file: its module (a :class:`SharedNeuron` subclass when it evaluates a shared learned
+module), and its ``register_neuron(name, NeuronSpec(...))`` call; the file is imported by ``lit_dendrite/nn/__init__``
+so the name exists wherever the package is imported. The paper's learned neurons (``1arg``, ``2arg``, ``3arg``) share
+one :class:`InnerNet`, pretrained to a random smooth function (:func:`~lit_dendrite.nn.inner.smooth_target`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_dendrite.nn.inner import InnerNet
+from lit_dendrite.nn.inner import InnerNet, smooth_target
 from lit_dendrite.nn.inner_kernels import fused_normalized_inner
 
 LAYER_NORM_EPS = 1e-5
@@ -40,7 +54,16 @@ class Neuron(nn.Module):
             )
 
 
-class LearnedNeuron(Neuron):
+class SharedNeuron(Neuron):
+    """A neuron that evaluates the outer net's shared learned module ``inner`` (the same object in every layer)."""
+
+    def __init__(self, inner: nn.Module, arity: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.arity = arity
+
+
+class LearnedNeuron(SharedNeuron):
     """A learned activation: the shared inner net applied to each group of ``arity`` inputs.
 
     ``table`` is ``None`` (exact inner net) or this layer's frozen lookup table, set by
@@ -48,9 +71,7 @@ class LearnedNeuron(Neuron):
     """
 
     def __init__(self, inner: InnerNet) -> None:
-        super().__init__()
-        self.inner = inner
-        self.arity = inner.arity
+        super().__init__(inner, inner.arity)
         self.table: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -116,44 +137,152 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class NeuronSpec:
-    """What a neuron name means: its arity, whether it owns an inner net, and how to build it."""
+    """What a neuron name means; every part of the project reads it here instead of assuming an inner net.
+
+    ``arity``: pre-activations per unit. ``build(shared)``: the neuron of one layer, given the net's shared module.
+    ``shared(inner_hidden, options)``: the learned module the outer net owns at ``net.inner`` (one per net, shared by
+    every layer; None for fixed neurons); it sees the net's ``inner_hidden`` and the neuron's ``options`` (the
+    defaults below updated by the net's ``neuron_args``). ``pretrain(shared, seed)``: session I's target, inputs and
+    values with ``shared(inputs)`` shaped like the values (None: no session I). ``freeze``: session III freezes the
+    shared module from session II's best checkpoint and re-trains the outer net (False: session II only).
+    ``tables``: session III may run through the frozen inner net's lookup tables (:mod:`lit_dendrite.nn.tabulated`).
+    ``analysis``: ``"surface"`` (the 2-D surface and its saddle statistics), ``"curve"`` (the 1-D activation curve)
+    or None. ``dense(in_features, units, shared, dropout, options)`` / ``conv(in_channels, units, shared, dropout,
+    kernel_size, pool, options)``: a whole hidden layer when the neuron brings its own, instead of a
+    :class:`~lit_dendrite.nn.layers.DendriticLinear` / ``DendriticConv2d`` around ``build(shared)``.
+    """
 
     arity: int
-    learned: bool
-    build: Callable[[InnerNet | None], Neuron]
+    build: Callable[[nn.Module | None], Neuron] | None = None
+    shared: Callable[[Sequence[int], Mapping[str, Any]], nn.Module] | None = None
+    pretrain: Callable[[nn.Module, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    freeze: bool = False
+    tables: bool = False
+    analysis: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    dense: Callable[..., nn.Module] | None = None
+    conv: Callable[..., nn.Module] | None = None
+
+    def __post_init__(self) -> None:
+        if self.arity < 1:
+            raise ValueError(f"a neuron's arity must be >= 1, got {self.arity}")
+        if self.build is None and (self.dense is None or self.conv is None):
+            raise ValueError("a neuron spec needs build, or both dense and conv layers")
+        if self.analysis not in ANALYSES:
+            raise ValueError(f"analysis must be one of {ANALYSES}, got {self.analysis!r}")
+        if (self.pretrain is not None or self.freeze or self.tables) and self.shared is None:
+            raise ValueError("pretrain, freeze and tables need a shared module (spec.shared)")
+
+    @property
+    def learned(self) -> bool:
+        """Whether the net owns a learned module shared by its neurons (``net.inner``)."""
+        return self.shared is not None
+
+    def resolve_options(self, neuron_args: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The neuron's options: its defaults updated by ``neuron_args``; an unknown key is an error naming them."""
+        neuron_args = dict(neuron_args or {})
+        unknown = sorted(set(neuron_args) - set(self.options))
+        if unknown:
+            known = sorted(self.options) or "none"
+            raise ValueError(f"{NET_CONFIG_KEY}.neuron_args {unknown} are not options of this neuron (it has {known})")
+        return {**self.options, **neuron_args}
+
+    def shared_module(
+        self, inner_hidden: Sequence[int] = (64, 64), neuron_args: Mapping[str, Any] | None = None
+    ) -> nn.Module | None:
+        """A fresh shared module (None for fixed neurons)."""
+        return None if self.shared is None else self.shared(inner_hidden, self.resolve_options(neuron_args))
 
 
-NEURONS: dict[str, NeuronSpec] = {
-    "1arg": NeuronSpec(1, True, lambda inner: LearnedNeuron(inner)),
-    "2arg": NeuronSpec(2, True, lambda inner: LearnedNeuron(inner)),
-    "3arg": NeuronSpec(3, True, lambda inner: LearnedNeuron(inner)),
-    "relu": NeuronSpec(1, False, lambda _: ElementwiseNeuron(torch.relu)),
-    "gelu": NeuronSpec(1, False, lambda _: ElementwiseNeuron(F.gelu)),
-    "silu": NeuronSpec(1, False, lambda _: ElementwiseNeuron(F.silu)),
-    "product": NeuronSpec(2, False, lambda _: GatedNeuron(_identity)),
-    "swiglu": NeuronSpec(2, False, lambda _: GatedNeuron(F.silu)),
-}
+ANALYSES = (None, "surface", "curve")
+"""What the analysis does with a neuron's shared module: nothing, the 2-D surface with its saddle statistics, the
+1-D activation curve."""
+NET_CONFIG_KEY = "model.net.init_args"
+"""Where a training configuration sets a net's arguments: errors name the key to fix under it."""
+
+NEURONS: dict[str, NeuronSpec] = {}
+"""The neuron registry: name -> spec. Add to it with :func:`register_neuron`."""
+
+
+def register_neuron(name: str, spec: NeuronSpec) -> NeuronSpec:
+    """Make ``name`` a neuron every net, config and analysis accepts; refuses to redefine a known name."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a neuron name must be a non-empty string, got {name!r}")
+    if name in NEURONS:
+        raise ValueError(f"neuron {name!r} is already registered")
+    NEURONS[name] = spec
+    return spec
+
+
+def inner_net_spec(arity: int, analysis: str | None) -> NeuronSpec:
+    """A learned neuron of the paper: one :class:`InnerNet` of ``arity`` inputs shared by every unit, pretrained in
+    session I to a random smooth function, frozen in session III."""
+    return NeuronSpec(
+        arity,
+        build=LearnedNeuron,
+        shared=lambda hidden, options: InnerNet(arity, hidden),
+        pretrain=smooth_target,
+        freeze=True,
+        tables=True,
+        analysis=analysis,
+    )
+
+
+register_neuron("1arg", inner_net_spec(1, "curve"))
+register_neuron("2arg", inner_net_spec(2, "surface"))
+register_neuron("3arg", inner_net_spec(3, None))
+register_neuron("relu", NeuronSpec(1, lambda _: ElementwiseNeuron(torch.relu)))
+register_neuron("gelu", NeuronSpec(1, lambda _: ElementwiseNeuron(F.gelu)))
+register_neuron("silu", NeuronSpec(1, lambda _: ElementwiseNeuron(F.silu)))
+register_neuron("product", NeuronSpec(2, lambda _: GatedNeuron(_identity)))
+register_neuron("swiglu", NeuronSpec(2, lambda _: GatedNeuron(F.silu)))
 
 
 def neuron_spec(name: str) -> NeuronSpec:
     """Look a neuron up by name, with an error listing the known names."""
     try:
         return NEURONS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown neuron {name!r}; choose one of {sorted(NEURONS)}") from None
 
 
-def build_neuron(name: str, inner: InnerNet | None = None) -> Neuron:
-    """Build the neuron ``name``; learned neurons need the shared ``inner`` net of matching arity."""
+def build_neuron(name: str, shared: nn.Module | None = None) -> Neuron:
+    """Build the neuron ``name`` for one layer; learned neurons need the net's ``shared`` module (``net.inner``)."""
     spec = neuron_spec(name)
+    if spec.build is None:
+        raise ValueError(f"neuron {name!r} brings its own layers (spec.dense / spec.conv), not a neuron module")
     if spec.learned:
-        if inner is None or inner.arity != spec.arity:
-            got = None if inner is None else inner.arity
-            raise ValueError(f"neuron {name!r} needs a shared InnerNet of arity {spec.arity}, got {got}")
-        return spec.build(inner)
+        got = getattr(shared, "arity", spec.arity) if shared is not None else None
+        if got != spec.arity:
+            raise ValueError(f"neuron {name!r} needs the net's shared module of arity {spec.arity}, got {got}")
+        return spec.build(shared)
     return spec.build(None)
 
 
-def learned_neurons(net: nn.Module) -> dict[str, LearnedNeuron]:
-    """The net's learned neurons by module name (one per dendritic layer), in forward order."""
+def net_neuron_spec(module: nn.Module) -> NeuronSpec | None:
+    """The neuron spec of the outer net ``module`` is or holds (a Classifier holds one), None if there is none."""
+    for candidate in module.modules():
+        name = getattr(candidate, "neuron_name", None)
+        if isinstance(name, str):
+            return neuron_spec(name)
+    return None
+
+
+def analysed_module(module: nn.Module, analysis: str) -> nn.Module | None:
+    """The shared learned module (``net.inner``) of the outer net in ``module`` if its neuron's analysis is
+    ``analysis`` (``"surface"`` or ``"curve"``), else None."""
+    for candidate in module.modules():
+        name = getattr(candidate, "neuron_name", None)
+        if isinstance(name, str):
+            return candidate.inner if neuron_spec(name).analysis == analysis else None
+    return None
+
+
+def learned_neurons(net: nn.Module) -> dict[str, SharedNeuron]:
+    """The net's neurons that evaluate its shared learned module, by module name (one per layer), in forward order."""
+    return {name: module for name, module in net.named_modules() if isinstance(module, SharedNeuron)}
+
+
+def inner_net_neurons(net: nn.Module) -> dict[str, LearnedNeuron]:
+    """The net's inner-net neurons (those that can run through frozen tables), by module name, in forward order."""
     return {name: module for name, module in net.named_modules() if isinstance(module, LearnedNeuron)}

@@ -23,7 +23,7 @@ from torch import nn
 
 from lit_dendrite.nn import inner_op, native
 from lit_dendrite.nn.inner import InnerNet
-from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron, learned_neurons, max_pool_maps
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron, inner_net_neurons, max_pool_maps
 
 DEFAULT_GRID = {1: 4097, 2: 257, 3: 129}
 ERROR_SAMPLES = 1 << 14
@@ -317,9 +317,9 @@ def tabulate_inner(
     mode) widened by ``margin`` times the range on each side. ``grid`` points per axis default to
     ``DEFAULT_GRID[arity]``.
     """
-    neurons = learned_neurons(net)
+    neurons = inner_net_neurons(net)
     if not neurons:
-        raise ValueError(f"{type(net).__name__} has no learned neurons to tabulate")
+        raise ValueError(f"{type(net).__name__} has no learned neurons with an inner net to tabulate")
     if (calibration is None) == (input_range is None):
         raise ValueError("give exactly one of calibration (a few input batches) or input_range=(low, high)")
     if margin < 0:
@@ -346,22 +346,22 @@ def tabulate_inner(
 
 def tabulation_report(net: nn.Module) -> dict[str, dict[str, object]]:
     """Box, grid and exact-fallback fraction of every tabulated neuron (empty when none is tabulated)."""
-    return {name: n.table.report() for name, n in learned_neurons(net).items() if n.table is not None}
+    return {name: n.table.report() for name, n in inner_net_neurons(net).items() if n.table is not None}
 
 
 def use_exact_inner(net: nn.Module) -> None:
     """Drop every table: learned neurons evaluate the inner net exactly again (it stays frozen)."""
-    for neuron in learned_neurons(net).values():
+    for neuron in inner_net_neurons(net).values():
         neuron.table = None
 
 
 @contextlib.contextmanager
 def exact_inner(net: nn.Module) -> Iterator[nn.Module]:
     """Evaluate ``net`` with the exact inner net inside the block (use for attacks); tables come back after."""
-    tables = {name: n.table for name, n in learned_neurons(net).items()}
+    tables = {name: n.table for name, n in inner_net_neurons(net).items()}
     use_exact_inner(net)
     try:
         yield net
     finally:
-        for name, neuron in learned_neurons(net).items():
+        for name, neuron in inner_net_neurons(net).items():
             neuron.table = tables.get(name)

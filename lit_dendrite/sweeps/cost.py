@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lit_dendrite.data.datasets import dataset_spec
+from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.sweeps.evaluation import settings_for
 from lit_dendrite.sweeps.spec import Sweep
 
@@ -148,15 +149,25 @@ def _input_scale(shape: RunShape) -> float:
     return (shape.input_side / side) ** 2 if model == "cnn" else 1.0
 
 
+def session_paths(times: StepTimes, shape: RunShape) -> tuple[str, str | None]:
+    """The benchmark paths that time sessions II and III (None: the neuron has no session III, see its registry
+    entry). A fixed neuron is timed as the ReLU control, a learned one as the inner net (the frozen tables in session
+    III where they apply); a name not registered here counts as a learned neuron, the dearer guess."""
+    spec = NEURONS.get(shape.neuron)
+    if spec is not None and not spec.learned:
+        return "relu", None
+    learned = times.learned_path(BENCHMARK_MODELS[shape.net][0])
+    if spec is not None and not spec.freeze:
+        return learned, None
+    tables = (spec is None or spec.tables) and "table" in times.train[BENCHMARK_MODELS[shape.net][0]]
+    return learned, "table" if tables else learned
+
+
 def train_hours(times: StepTimes, shape: RunShape) -> float:
     """Sessions II and III of one run (session I is seconds and not counted)."""
-    model = BENCHMARK_MODELS[shape.net][0]
-    if shape.neuron == "relu":
-        return _session_hours(times, shape, "relu", "relu", shape.joint_epochs)
-    learned = times.learned_path(model)
-    joint = _session_hours(times, shape, learned, learned, shape.joint_epochs)
-    frozen_path = "table" if "table" in times.train[model] else learned
-    return joint + _session_hours(times, shape, frozen_path, frozen_path, shape.frozen_epochs)
+    joint, frozen = session_paths(times, shape)
+    hours = _session_hours(times, shape, joint, joint, shape.joint_epochs)
+    return hours + (_session_hours(times, shape, frozen, frozen, shape.frozen_epochs) if frozen else 0.0)
 
 
 def evaluate_hours(
@@ -166,7 +177,7 @@ def evaluate_hours(
     if not settings:
         return 0.0
     model = BENCHMARK_MODELS[shape.net][0]
-    path = "relu" if shape.neuron == "relu" else times.learned_path(model)
+    path = session_paths(times, shape)[0]
     gradient, forward = times.train[model][path], times.inference[model][path]
     _, test_images = DATASET_IMAGES[shape.dataset]
     seconds = 0.0
@@ -206,7 +217,7 @@ def estimate(
         shape = runs[0]
         fraction = fractions.get((shape.dataset, shape.net, shape.neuron))
         settings = (evaluation or {}).get(shape.dataset)
-        epochs = f"{shape.joint_epochs}/{shape.frozen_epochs if shape.neuron != 'relu' else '-'}"
+        epochs = f"{shape.joint_epochs}/{shape.frozen_epochs if session_paths(times, shape)[1] else '-'}"
         result.rows.append(
             {
                 "experiment": experiment,
