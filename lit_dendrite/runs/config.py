@@ -43,9 +43,11 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a resolved training config that determines the results, flattened to dotted keys."""
+    """The part of a resolved training config that determines the results, flattened to dotted keys. A key set to
+    null is the same configuration as the key absent, so an argument added later with a null default (a net's
+    ``neuron_args``) leaves the identity of configurations recorded before it unchanged."""
     plain = json.loads(json.dumps(config, default=str))
-    return {key: value for key, value in flatten(plain).items() if key not in NOT_IDENTITY}
+    return {key: value for key, value in flatten(plain).items() if key not in NOT_IDENTITY and value is not None}
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -55,7 +57,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def config_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (recorded value, wanted value)}`` wherever the two identities differ (None: absent)."""
+    """``{dotted key: (recorded value, wanted value)}`` wherever the two identities differ (None: absent or null)."""
     old, new = config_identity(recorded), config_identity(wanted)
     return {
         key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)
