@@ -1,0 +1,82 @@
+"""Cell types: K inner nets, each serving a fixed block of every layer's units (the authors' first version had 10).
+
+Unit ``u`` of a layer with ``n`` units has type ``floor(u * K / n)``: contiguous blocks of ``n / K`` units (sizes
+differ by at most one; with ``n < K`` some types serve no unit of that layer). The same rule in every layer, so type k
+is the k-th slice of each layer, and in a conv layer a block of channels. All K inner nets live in one
+:class:`CellTypeInnerNets`, the net's shared module; each type's block is evaluated by an ordinary
+:class:`~lit_dendrite.nn.neurons.LearnedNeuron` of that type, so each block takes the inner net's exact paths (the
+fused op: native C on CPU, Triton on CUDA) and, frozen, its own lookup table, and hooks and tables see one type at a
+time. With K = 1 the layer is the 2-arg layer, computed the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_dendrite.nn.inner import InnerNet
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron, Neuron, max_pool_maps
+
+
+def cell_type_blocks(units: int, types: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each type's units in a layer of ``units`` units: unit u has type ``floor(u * types /
+    units)``, so type k starts at ``ceil(k * units / types)``."""
+    if units < 1 or types < 1:
+        raise ValueError(f"cell types need units >= 1 and types >= 1, got units={units}, types={types}")
+    starts = [-(-k * units // types) for k in range(types + 1)]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+class CellTypeInnerNets(nn.Module):
+    """The K inner nets of a cell-type net (``types[k]`` is type k's), held as one shared module."""
+
+    def __init__(self, types: int, arity: int = 2, hidden: Sequence[int] = (64, 64)) -> None:
+        super().__init__()
+        if isinstance(types, bool) or not isinstance(types, int) or types < 1:
+            raise ValueError(f"the number of cell types must be a positive integer, got {types!r}")
+        self.arity = arity
+        self.hidden = tuple(int(h) for h in hidden)
+        self.types = nn.ModuleList(InnerNet(arity, hidden) for _ in range(types))
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+
+class CellTypeNeuron(Neuron):
+    """A layer's neurons when units have types: ``types[k]`` (a LearnedNeuron on inner net k) evaluates block k.
+
+    ``forward(x, dim)`` types the units along the output's last dim (the dendritic layers' layout: ``(..., units)``
+    from ``(..., units, arity)``), whichever dim of ``x`` holds the ``arity`` inputs.
+    """
+
+    def __init__(self, inners: CellTypeInnerNets) -> None:
+        super().__init__()
+        self.arity = inners.arity
+        self.types = nn.ModuleList(LearnedNeuron(inner) for inner in inners.types)
+
+    def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        self._check(x, dim)
+        if len(self.types) == 1:
+            return self.types[0](x, dim)
+        dim = dim % x.dim()
+        if x.dim() < 2:
+            raise ValueError(f"CellTypeNeuron needs a dim of units besides the inputs, got shape {tuple(x.shape)}")
+        units = x.dim() - 1 if dim < x.dim() - 1 else x.dim() - 2
+        blocks = cell_type_blocks(x.shape[units], len(self.types))
+        outputs = [
+            neuron(x.narrow(units, start, stop - start), dim)
+            for neuron, (start, stop) in zip(self.types, blocks)
+            if stop > start
+        ]
+        return torch.cat(outputs, -1)
+
+    def normalized(self, z: torch.Tensor, normalized_ndim: int, pool: int = 1) -> torch.Tensor:
+        """LayerNorm over the whole layer, then each type's block through its neuron; with one type, the 2-arg
+        layer's own (fused) path."""
+        if len(self.types) == 1 and not (self._forward_pre_hooks or self._forward_hooks):
+            return self.types[0].normalized(z, normalized_ndim, pool)
+        z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :], eps=LAYER_NORM_EPS)
+        return max_pool_maps(self(z.unflatten(-1, (-1, self.arity)), dim=-1), pool)
