@@ -1,4 +1,5 @@
-"""Speed and memory of two-argument neurons against the ReLU control and a plain vectorised reference.
+"""Speed and memory of two-argument neurons and the baseline neurons against the ReLU control and a plain vectorised
+reference.
 
     python benchmarks/neurons.py [--quick] [--gpu] [--threads N] [--compile] [--out PATH]
 
@@ -8,11 +9,12 @@ process, the training step time (forward, backward, Adam step) and inference ima
 implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks;
 ``table``: the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs
 the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU
-control at matched parameters, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the
-inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process
-per model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold fixed so that
-the mark follows live memory). Step and inference times are medians over rounds that time every variant in turn, so
-that load coming and going on a shared machine hits them alike. Prints a table and writes JSON atomically.
+control at matched parameters, each of :data:`BASELINE_NEURONS` (``kan``, ``celltypes`` with its 10 types)
+at matched parameters along its own path, the analytic forward FLOPs per image, the machine's dense fp32 matmul
+GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a
+child process per model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold
+fixed so that the mark follows live memory). Step and inference times are medians over rounds that time every variant
+in turn, so that load coming and going on a shared machine hits them alike. Prints a table and writes JSON atomically.
 
 ``--gpu`` runs the GPU measurements of ``benchmarks/neurons_gpu.py`` instead (CNN batch 50 and 256, fp32, tf32 and
 bf16-mixed, CUDA allocator peaks, the inner net's TFLOP/s and the paper sweep's GPU-hours).
@@ -44,6 +46,9 @@ from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS
 from lit_dendrite.sweeps.spec import load_sweep
 
 PATHS = ("reference", "plain", "lean", "fused", "table")
+"""The 2-arg net's evaluation paths (see :func:`set_path`)."""
+BASELINE_NEURONS = ("kan", "celltypes")
+"""Other learned neurons, each timed as a variant of its own name, width-matched to the 2-arg net."""
 MIN_MEASURE_S = 0.05
 PAPER_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "paper.yaml"  # priced after a --gpu run
 MODELS = {
@@ -75,6 +80,11 @@ def build(model: str, neuron: str, device: torch.device) -> nn.Module:
     spec = MODELS[model]
     kwargs = {"neuron": neuron} if neuron == "2arg" else {"neuron": neuron, "match_neuron": "2arg"}
     return spec["build"](**kwargs).to(device)
+
+
+def variant_neuron(variant: str) -> str:
+    """The neuron a benchmark variant builds: the ReLU control, a baseline neuron, or the 2-arg net (its paths)."""
+    return variant if variant == "relu" or variant in BASELINE_NEURONS else "2arg"
 
 
 def set_path(net: nn.Module, path: str, calibration: torch.Tensor | None) -> None:
@@ -223,9 +233,9 @@ def memory_child(spec: dict[str, str]) -> None:
     device = torch.device(spec["device"])
     model, path = spec["model"], spec["path"]
     batch = MODELS[model]["batch"]
-    net = build(model, "relu" if path == "relu" else "2arg", device).train()
+    net = build(model, variant_neuron(path), device).train()
     x, y = data(model, batch, device)
-    if path != "relu":
+    if path in PATHS:
         set_path(net, path, x)
     step = train_step_fn(net, x, y, autocast=False)
     base = _status_kib("VmRSS") * 1024
@@ -267,10 +277,10 @@ def benchmark_model(model: str, device: torch.device, quick: bool, compile_: boo
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
     paths = PATHS
-    variants = ["relu", *paths] + (["compiled"] if compile_ else [])
+    variants = ["relu", *BASELINE_NEURONS, *paths] + (["compiled"] if compile_ else [])
     nets, steps, inferences = {}, {}, {}
     for variant in variants:
-        net = nets[variant] = build(model, "relu" if variant == "relu" else "2arg", device)
+        net = nets[variant] = build(model, variant_neuron(variant), device)
         if variant in paths:
             set_path(net, variant, x)
         maybe_compile(net, variant == "compiled")
@@ -283,7 +293,7 @@ def benchmark_model(model: str, device: torch.device, quick: bool, compile_: boo
     rows: dict[str, dict[str, float]] = {}
     for variant, net in nets.items():
         row = {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
-        if variant in ("relu", *paths):
+        if variant != "compiled":
             row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
         if variant == "table":
             with torch.no_grad():
@@ -302,13 +312,14 @@ def benchmark_model(model: str, device: torch.device, quick: bool, compile_: boo
 
 
 def ratios(models: dict[str, dict[str, object]], matmul: float, inner: dict[str, float]) -> dict[str, float]:
-    """The issue's target figures: 2-arg over ReLU control, and the inner net's fraction of dense matmul."""
+    """The issue's target figures: 2-arg (each path) and the baseline neurons over the ReLU control, and the inner
+    net's fraction of dense matmul."""
     out = {}
     for model, result in models.items():
         rows, relu = result["rows"], result["rows"]["relu"]
         flops = result["forward_flops_per_image"]
         out[f"{model}_flop_ratio"] = flops["2arg"]["total"] / flops["relu"]["total"]
-        for path in (*PATHS, "compiled"):
+        for path in (*PATHS, *BASELINE_NEURONS, "compiled"):
             if path not in rows:
                 continue
             out[f"{model}_{path}_train_step_ratio"] = rows[path]["train_step_s"] / relu["train_step_s"]

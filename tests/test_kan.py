@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_reload_gives_the_tested_accuracy, quick_train
 from scipy.interpolate import BSpline
 
-from lit_dendrite.nn.kan import GRID_RANGE, KANConv2d, KANLinear, bspline_basis, spline_knots
+from lit_dendrite.nn import DendriticCNN, DendriticMLP, count_parameters, match_width
+from lit_dendrite.nn.kan import GRID_RANGE, KANConv, KANConv2d, KANDense, KANLinear, bspline_basis, spline_knots
 
 
 @pytest.mark.parametrize(("grid", "order"), [(5, 3), (3, 1), (8, 2), (4, 0)])
@@ -54,3 +56,48 @@ def test_kan_convolution_is_the_kan_layer_on_every_patch():
 def test_bad_grid_or_order_is_a_clear_error():
     with pytest.raises(ValueError, match="grid >= 1 and order >= 0"):
         KANLinear(3, 2, grid=0)
+
+
+DIGITS = dict(in_shape=(1, 28, 28), mean=(0.3053,), std=(0.3247,))
+
+
+@pytest.mark.parametrize("net", [DendriticMLP, DendriticCNN])
+def test_kan_nets_have_the_two_arg_nets_parameter_count(net):
+    reference = count_parameters(net(**DIGITS, neuron="2arg"))
+    kan = net(**DIGITS, neuron="kan", match_neuron="2arg")
+    assert abs(count_parameters(kan) - reference) / reference <= 0.01, kan.widths
+    assert kan.inner is None and kan(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    layers = [m for m in kan.modules() if isinstance(m, KANDense | KANConv)]
+    assert [layer.units for layer in layers] == list(kan.widths)
+    assert all(layer.kan.features.grid == 5 and layer.kan.features.order == 3 for layer in layers)
+
+
+def test_mnist_kan_mlp_is_matched_by_a_second_factor_after_the_first_layer():
+    # one unit of the first KAN layer costs 784 * 9 parameters, 6% of the 2-arg net: no single factor matches
+    widths = match_width(DendriticMLP, dict(neuron="kan", **DIGITS), reference=dict(neuron="2arg", widths=(64,) * 3))
+    assert widths == [16, 25, 25]
+
+
+@pytest.mark.parametrize("net", [DendriticMLP, DendriticCNN])
+def test_gradients_reach_every_kan_parameter(net):
+    model = net(**DIGITS, neuron="kan", match_neuron="2arg", neuron_args={"grid": 4, "order": 2}, dropout=0.0)
+    model(torch.rand(4, 1, 28, 28)).square().sum().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert model.hidden[0].kan.spline_weight.shape[-1] == 6  # grid + order basis functions
+
+
+def test_bad_kan_options_are_clear_errors():
+    with pytest.raises(ValueError, match=r"neuron_args.grid must be an integer >= 1, got 0"):
+        DendriticMLP(**DIGITS, neuron="kan", neuron_args={"grid": 0})
+    with pytest.raises(ValueError, match=r"neuron_args \['types'\] are not options"):
+        DendriticMLP(**DIGITS, neuron="kan", neuron_args={"types": 3})
+
+
+def test_kan_run_trains_session_two_only_beats_chance_and_reloads(tmp_path):
+    run_dir = tmp_path / "mlp_digits_kan"
+    result = quick_train("mlp_digits_kan", run_dir, 6, 2)
+    assert result["status"] == "done" and result["test_acc"] > 0.5, result["test_acc"]
+    assert list(result["epochs"]) == ["II_joint"]
+    assert result["best_checkpoint"] == "II_joint/checkpoints/best.ckpt"
+    assert_reload_gives_the_tested_accuracy(run_dir, result)

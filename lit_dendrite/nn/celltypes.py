@@ -7,18 +7,33 @@ is the k-th slice of each layer, and in a conv layer a block of channels. All K 
 :class:`~lit_dendrite.nn.neurons.LearnedNeuron` of that type, so each block takes the inner net's exact paths (the
 fused op: native C on CPU, Triton on CUDA) and, frozen, its own lookup table, and hooks and tables see one type at a
 time. With K = 1 the layer is the 2-arg layer, computed the same way.
+
+As the neuron ``celltypes`` of the registry (option ``types``, default 10, in ``model.net.init_args.neuron_args``)
+it follows the paper's protocol: session I fits type k to its own random smooth function (type 0 the run's own, as
+2arg's; type k > 0 the one of the seed :func:`cell_type_seed` derives from the run's seed and k), session II trains
+all types with the outer net, session III freezes every type (and gives each layer one lookup table per type).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_dendrite.nn.inner import InnerNet
-from lit_dendrite.nn.neurons import LAYER_NORM_EPS, LearnedNeuron, Neuron, max_pool_maps
+from lit_dendrite.nn.inner import InnerNet, smooth_random_function
+from lit_dendrite.nn.neurons import (
+    LAYER_NORM_EPS,
+    NET_CONFIG_KEY,
+    LearnedNeuron,
+    Neuron,
+    NeuronSpec,
+    max_pool_maps,
+    register_neuron,
+)
 
 
 def cell_type_blocks(units: int, types: int) -> list[tuple[int, int]]:
@@ -36,13 +51,31 @@ class CellTypeInnerNets(nn.Module):
     def __init__(self, types: int, arity: int = 2, hidden: Sequence[int] = (64, 64)) -> None:
         super().__init__()
         if isinstance(types, bool) or not isinstance(types, int) or types < 1:
-            raise ValueError(f"the number of cell types must be a positive integer, got {types!r}")
+            raise ValueError(f"{NET_CONFIG_KEY}.neuron_args.types must be a positive integer, got {types!r}")
         self.arity = arity
         self.hidden = tuple(int(h) for h in hidden)
         self.types = nn.ModuleList(InnerNet(arity, hidden) for _ in range(types))
 
     def __len__(self) -> int:
         return len(self.types)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every type's inner net on the rows ``x`` (last dim ``arity``): values ``(..., K)``, type k's in column k."""
+        return torch.stack([inner(x) for inner in self.types], dim=-1)
+
+
+def cell_type_seed(seed: int, cell_type: int) -> int:
+    """The session-I target seed of type ``cell_type`` in a run of ``seed``: the run's own for type 0 (so one type is
+    2arg), else drawn from numpy's SeedSequence of (seed, type), independent of every other run's and type's."""
+    if cell_type == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, cell_type]).generate_state(1)[0])
+
+
+def cell_type_targets(inners: CellTypeInnerNets, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Session I's target: the grid of the random smooth functions and, in column k, type k's function on it."""
+    targets = [smooth_random_function(inners.arity, cell_type_seed(seed, k)) for k in range(len(inners))]
+    return targets[0][0], torch.stack([values for _, values in targets], dim=-1)
 
 
 class CellTypeNeuron(Neuron):
@@ -80,3 +113,22 @@ class CellTypeNeuron(Neuron):
             return self.types[0].normalized(z, normalized_ndim, pool)
         z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :], eps=LAYER_NORM_EPS)
         return max_pool_maps(self(z.unflatten(-1, (-1, self.arity)), dim=-1), pool)
+
+
+def _shared(hidden: Sequence[int], options: Mapping[str, Any]) -> CellTypeInnerNets:
+    return CellTypeInnerNets(options["types"], 2, hidden)
+
+
+register_neuron(
+    "celltypes",
+    NeuronSpec(
+        2,
+        build=CellTypeNeuron,
+        shared=_shared,
+        pretrain=cell_type_targets,
+        freeze=True,
+        tables=True,
+        analysis="surface",
+        options={"types": 10},
+    ),
+)

@@ -11,6 +11,15 @@ patch, computed without unfolding the patches). Unlike efficient-kan there is no
 (it only rescales ``c``: parameters without expressiveness, which would distort parameter matching) and no grid
 update from data: the layers' inputs are LayerNorm-ed (:class:`KANDense`, :class:`KANConv`), so a fixed grid covers
 them.
+
+As a neuron of the registry, ``kan`` replaces each hidden layer's Linear + activation by a KAN layer (the Linear
+readout stays, as for every neuron), in the MLP and, as KAN convolutions, in the CNN's conv layers: the comparison is
+then learned activations against learned activations in every hidden layer, at the parameter count of the 2-arg net
+(``match_neuron``); ReLU convolutions under KAN dense layers would compare a different architecture. Each KAN layer
+LayerNorms its inputs (no affine), so every learned function sees LayerNorm-ed values, as in the dendritic layers.
+Its functions are the layers' own weights, with no shared module to pretrain or freeze, so it runs session II only,
+like the fixed-neuron controls. Options (``model.net.init_args.neuron_args``): ``grid``
+(intervals, default 5) and ``order`` (spline degree, default 3).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_dendrite.nn.neurons import LAYER_NORM_EPS, max_pool_maps
+from lit_dendrite.nn.neurons import LAYER_NORM_EPS, NET_CONFIG_KEY, NeuronSpec, max_pool_maps, register_neuron
 
 GRID_RANGE = (-2.0, 2.0)
 """The interval the grid divides: inputs are LayerNorm-ed (mean 0, variance 1 per sample), so it holds about 95% of
@@ -161,3 +170,32 @@ class KANConv(nn.Module):
         x = F.layer_norm(x, x.shape[1:], eps=LAYER_NORM_EPS)
         y = self.kan(x).permute(0, 2, 3, 1)  # (N, H, W, C)
         return self.dropout(max_pool_maps(y, self.pool).permute(0, 3, 1, 2))
+
+
+KAN_OPTIONS = {"grid": 5, "order": 3}
+"""The kan neuron's options and their defaults (efficient-kan's ``grid_size`` and ``spline_order``)."""
+
+
+def kan_options(options: dict[str, object]) -> dict[str, int]:
+    """``grid`` and ``order`` checked: a ValueError naming the config key unless grid >= 1 and order >= 0 are
+    integers."""
+    for key, least in (("grid", 1), ("order", 0)):
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{NET_CONFIG_KEY}.neuron_args.{key} must be an integer >= {least}, got {value!r}")
+    return {"grid": int(options["grid"]), "order": int(options["order"])}
+
+
+register_neuron(
+    "kan",
+    NeuronSpec(
+        1,
+        dense=lambda in_features, units, shared, dropout, options: KANDense(
+            in_features, units, dropout, **kan_options(options)
+        ),
+        conv=lambda in_channels, units, shared, dropout, kernel_size, pool, options: KANConv(
+            in_channels, units, dropout, kernel_size, pool, **kan_options(options)
+        ),
+        options=KAN_OPTIONS,
+    ),
+)

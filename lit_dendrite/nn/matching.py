@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,34 +28,59 @@ def match_width(
     tolerance: float = 0.01,
 ) -> list[int]:
     """Widths ``w = round(s * reference["widths"])`` for one factor ``s`` so that ``build(**kwargs, widths=w)``
-    has the parameter count of ``build(**kwargs | reference)`` within ``tolerance`` (relative)."""
+    has the parameter count of ``build(**kwargs | reference)`` within ``tolerance`` (relative).
+
+    Where rounding the widths of that one factor misses, each width may be rounded down or up on its own; where one
+    unit of the first layer costs more than the tolerance allows (a KAN layer on 784 pixels: 9 parameters
+    per pixel and unit, 6% of the paper MLP's count), no single factor can match; then the first width stays at the
+    single factor's width rounded down and the later widths are scaled by a second factor to take up the rest.
+    """
     base = [int(w) for w in reference["widths"]]
     if not base or min(base) < 1:
         raise ValueError(f"reference widths must be positive integers, got {list(reference['widths'])}")
     target = _count_on_meta(build, **{**kwargs, **reference})
 
-    def widths_for(scale: float) -> list[int]:
-        return [max(1, round(scale * w)) for w in base]
+    def error(widths: list[int]) -> float:
+        return abs(count_widths(build, kwargs, widths) - target) / target
+
+    scale = _closest_scale(lambda s: [s * w for w in base], build, kwargs, target)
+    best = _rounded([scale * w for w in base])
+    if error(best) > tolerance:  # each width rounded down or up on its own
+        bounds = [(max(1, math.floor(scale * w)), max(1, math.ceil(scale * w))) for w in base]
+        best = min((list(widths) for widths in itertools.product(*bounds)), key=error)
+    if error(best) > tolerance and len(base) > 1:
+        first = max(1, math.floor(scale * base[0]))
+        rest = _closest_scale(lambda s: [first, *(s * w for w in base[1:])], build, kwargs, target)
+        best = min(best, _rounded([first, *(rest * w for w in base[1:])]), key=error)
+    if error(best) > tolerance:
+        raise ValueError(
+            f"no scaling of widths {base} matches {target} parameters within {tolerance:.1%} "
+            f"(best {best}, off by {error(best):.2%}); give the widths explicitly instead"
+        )
+    return best
+
+
+def _rounded(widths: Sequence[float]) -> list[int]:
+    return [max(1, round(w)) for w in widths]
+
+
+def _closest_scale(
+    widths_for: Callable[[float], list[float]], build: Callable[..., nn.Module], kwargs: dict[str, Any], target: int
+) -> float:
+    """The factor ``s`` whose rounded ``widths_for(s)`` comes closest to ``target`` parameters (bisection)."""
 
     def count(scale: float) -> int:
-        return count_widths(build, kwargs, widths_for(scale))
+        return count_widths(build, kwargs, _rounded(widths_for(scale)))
 
     low, high = 1e-3, 1.0
     while count(high) < target:
         high *= 2
         if high > 1e4:
-            raise ValueError(f"cannot reach {target} parameters by scaling widths {base}")
+            raise ValueError(f"cannot reach {target} parameters by scaling widths {widths_for(1.0)}")
     for _ in range(40):
         mid = (low + high) / 2
         low, high = (mid, high) if count(mid) < target else (low, mid)
-    best = min((widths_for(s) for s in (low, high)), key=lambda w: abs(count_widths(build, kwargs, w) - target))
-    error = abs(count_widths(build, kwargs, best) - target) / target
-    if error > tolerance:
-        raise ValueError(
-            f"no uniform scaling of widths {base} matches {target} parameters within {tolerance:.1%} "
-            f"(best {best}, off by {error:.2%}); give the widths explicitly instead"
-        )
-    return best
+    return min((low, high), key=lambda s: abs(count(s) - target))
 
 
 def count_widths(build: Callable[..., nn.Module], kwargs: dict[str, Any], widths: Sequence[int]) -> int:
