@@ -1,7 +1,7 @@
 """Cell types: K inner nets, each serving a fixed block of every layer's units (the authors' first version had 10).
 
 Unit ``u`` of a layer with ``n`` units has type ``floor(u * K / n)``: contiguous blocks of ``n / K`` units (sizes
-differ by at most one; with ``n < K`` some types serve no unit of that layer). The same rule in every layer, so type k
+differ by at most one; every layer needs at least K units, so that every type serves units in every layer). The same rule in every layer, so type k
 is the k-th slice of each layer, and in a conv layer a block of channels. All K inner nets live in one
 :class:`CellTypeInnerNets`, the net's shared module; each type's block is evaluated by an ordinary
 :class:`~lit_dendrite.nn.neurons.LearnedNeuron` of that type, so each block takes the inner net's exact paths (the
@@ -98,11 +98,14 @@ class CellTypeNeuron(Neuron):
         if x.dim() < 2:
             raise ValueError(f"CellTypeNeuron needs a dim of units besides the inputs, got shape {tuple(x.shape)}")
         units = x.dim() - 1 if dim < x.dim() - 1 else x.dim() - 2
+        if x.shape[units] < len(self.types):
+            raise ValueError(
+                f"a layer of {x.shape[units]} units cannot hold {len(self.types)} cell types; give every layer at "
+                f"least {len(self.types)} units ({NET_CONFIG_KEY}.widths) or fewer types (neuron_args.types)"
+            )
         blocks = cell_type_blocks(x.shape[units], len(self.types))
         outputs = [
-            neuron(x.narrow(units, start, stop - start), dim)
-            for neuron, (start, stop) in zip(self.types, blocks)
-            if stop > start
+            neuron(x.narrow(units, start, stop - start), dim) for neuron, (start, stop) in zip(self.types, blocks)
         ]
         return torch.cat(outputs, -1)
 
