@@ -1,9 +1,9 @@
 """Cell types: K inner nets, each serving a fixed block of every layer's units (the authors' first version had 10).
 
 Unit ``u`` of a layer with ``n`` units has type ``floor(u * K / n)``: contiguous blocks of ``n / K`` units (sizes
-differ by at most one; every layer needs at least K units, so that every type serves units in every layer). The same rule in every layer, so type k
-is the k-th slice of each layer, and in a conv layer a block of channels. All K inner nets live in one
-:class:`CellTypeInnerNets`, the net's shared module; each type's block is evaluated by an ordinary
+differ by at most one; every layer needs at least K units, so that every type serves units in every layer). The same
+rule in every layer, so type k is the k-th slice of each layer, and in a conv layer a block of channels. All K inner
+nets live in one :class:`CellTypeInnerNets`, the net's shared module; each type's block is evaluated by an ordinary
 :class:`~lit_dendrite.nn.neurons.LearnedNeuron` of that type, so each block takes the inner net's exact paths (the
 fused op: native C on CPU, Triton on CUDA) and, frozen, its own lookup table, and hooks and tables see one type at a
 time. With K = 1 the layer is the 2-arg layer, computed the same way.
