@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from lit_dendrite.sweeps.cost import MIN_STEP_S, RunShape, estimate, load_step_times, train_hours
+from lit_dendrite.sweeps.cost import (
+    MIN_STEP_S,
+    RunShape,
+    estimate,
+    load_step_times,
+    session_paths,
+    train_hours,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -69,6 +76,20 @@ def test_a_gpu_benchmark_replaces_the_assumed_speedup(tmp_path):
     assert "neurons_cuda.json" in assumptions and "ASSUMED: a GPU" not in assumptions
     with pytest.raises(FileNotFoundError, match="run `python benchmarks/neurons.py`"):
         load_step_times(tmp_path / "empty")
+
+
+def test_a_neuron_measured_as_its_own_variant_is_timed_by_its_row_and_never_as_the_inner_net(tmp_path):
+    def row(step):
+        return {"train_step_s": step, "inference_images_per_s": 1e5}
+
+    rows = {"relu": row(0.01), "fused": row(0.08), "table": row(0.02), "kan": row(0.03), "celltypes": row(0.09)}
+    cases = [{"model": "cnn", "batch": 256, "precision": "fp32", "rows": rows}]
+    (tmp_path / "neurons_cuda.json").write_text(json.dumps({"device": "NVIDIA H200", "cases": cases}))
+    times = load_step_times(tmp_path)
+    assert times.learned_path("cnn") == "fused"  # kan's row is faster, but it is not a path of the inner net
+    assert session_paths(times, shape("kan")) == ("kan", None)  # session II only
+    assert session_paths(times, shape("celltypes")) == ("celltypes", "celltypes")
+    assert session_paths(times, shape("2arg")) == ("fused", "table")
 
 
 def test_evaluation_hours_count_autoattack_stages_and_corrupted_sets():

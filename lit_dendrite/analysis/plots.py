@@ -88,10 +88,7 @@ def surface_gallery(analyses: Sequence[tuple[str, XorAnalysis]], columns: int = 
     """All surfaces side by side, each with its 90% input region outlined and its saddle verdict."""
     if not analyses:
         raise ValueError("the surface gallery needs at least one analysed surface")
-    columns = min(columns, len(analyses))
-    rows = math.ceil(len(analyses) / columns)
-    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    figure, axes = _panels(len(analyses), columns)
     for ax, (label, analysis) in zip(axes, analyses):
         verdict = "saddle" if analysis.fit.is_saddle else "not saddle"
         fit = analysis.fit
@@ -100,9 +97,29 @@ def surface_gallery(analyses: Sequence[tuple[str, XorAnalysis]], columns: int = 
             f"{label}\n{verdict}, R²={fit.r_squared:.2f} (plane +{gain:.2f}), l=2: {analysis.harmonics.fraction[2]:.0%}"
         )
         figure.colorbar(draw_surface(ax, analysis.surface, analysis.region, title=title), ax=ax, shrink=0.8)
-    for ax in axes[len(analyses) :]:
-        ax.set_axis_off()
     return figure
+
+
+def surfaces_figure(surfaces: Sequence[tuple[str, Surface]], columns: int = 5) -> Figure:
+    """Several surfaces side by side (a net's cell types), each titled with its label."""
+    if not surfaces:
+        raise ValueError("surfaces_figure needs at least one surface")
+    figure, axes = _panels(len(surfaces), columns)
+    for ax, (label, surface) in zip(axes, surfaces):
+        figure.colorbar(draw_surface(ax, surface, title=label), ax=ax, shrink=0.8)
+    return figure
+
+
+def _panels(count: int, columns: int) -> tuple[Figure, np.ndarray]:
+    """A figure of ``count`` panels in rows of ``columns`` (3.2 x 3 inches each), unused panels hidden; returns the
+    figure and the ``count`` axes to draw on."""
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return figure, axes[:count]
 
 
 def learning_curve_figure(curves: pd.DataFrame, offsets: pd.DataFrame, tags: Sequence[str] | None = None) -> Figure:

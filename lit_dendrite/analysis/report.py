@@ -32,7 +32,7 @@ from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_
 from lit_dendrite.analysis.xor import (
     QuadraticFit,
     XorAnalysis,
-    analyse_layers,
+    analyse_inner_nets,
     angular_power,
     initial_surfaces,
     saddle_statistics,
@@ -179,19 +179,27 @@ def neuron_analysis(neuron: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class RunSurface:
-    """A run's XOR analysis (pooled over layers, and per layer) and the mean l = 2 power share of
-    Xavier-initialised inner nets on its pooled region."""
+    """The XOR analysis of one of a run's inner nets (pooled over layers, and per layer) and the mean l = 2 power
+    share of Xavier-initialised inner nets on its pooled region; ``inner`` names that inner net where the run has
+    several (``inner.types.<k>``: cell type k), else None."""
 
     run: RunRecord
     analysis: XorAnalysis
     layers: dict[str, QuadraticFit | ValueError]
     initial_l2: float
+    inner: str | None = None
+
+    @property
+    def condition(self) -> str:
+        """The run's condition, and with several inner nets the one analysed: the rows of the surface tables."""
+        return self.run.condition if self.inner is None else f"{self.run.condition} {self.inner}"
 
 
 def analyse_surfaces(
     runs: Sequence[RunRecord], grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES
 ) -> tuple[list[RunSurface], list[str]]:
-    """Load every finished 2-arg run's net and analyse its surface on test data; failures come back as messages."""
+    """Load every finished run whose neuron's analysis is the surface (2arg, celltypes) and analyse each of its
+    inner nets' surfaces on test data (one per cell type); failures come back as messages."""
     from lit_dendrite.models import load_net
 
     surfaces, problems = [], []
@@ -201,7 +209,7 @@ def analyse_surfaces(
             continue
         try:
             net = load_net(run.dir.path)
-            analyses = analyse_layers(net, run_test_images(run, n_images), grid)
+            analyses = analyse_inner_nets(net, run_test_images(run, n_images), grid)
         except UntrustedRecord:  # never reported as one run's problem: the caller must stop
             raise
         except Exception as error:  # a broken run must not hide the others
@@ -210,17 +218,19 @@ def analyse_surfaces(
         hidden = surface_module(net).hidden
         if hidden not in baselines:
             baselines[hidden] = initial_surfaces(grid, hidden)
-        analysis = analyses.pooled
-        initial = np.mean([angular_power(s, analysis.region).fraction[2] for s in baselines[hidden]])
-        surfaces.append(RunSurface(run, analysis, analyses.layers, float(initial)))
+        for name, inner_analysis in analyses.items():
+            analysis = inner_analysis.pooled
+            initial = np.mean([angular_power(s, analysis.region).fraction[2] for s in baselines[hidden]])
+            inner = name if len(analyses) > 1 else None
+            surfaces.append(RunSurface(run, analysis, inner_analysis.layers, float(initial), inner))
     return surfaces, problems
 
 
 def surface_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
     """Per condition: saddles out of n, their fraction, the binomial p, mean R^2 and l = 2 power shares."""
     rows = []
-    for condition in sorted({s.run.condition for s in surfaces}):
-        group = [s for s in surfaces if s.run.condition == condition]
+    for condition in sorted({s.condition for s in surfaces}):
+        group = [s for s in surfaces if s.condition == condition]
         stats = saddle_statistics([s.analysis.fit.is_saddle for s in group])
         rows.append(
             {
@@ -243,11 +253,11 @@ def layer_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
     """Per condition and learned-neuron layer (1-based, in forward order): saddles out of n, their fraction and
     the binomial p, with the paper's published fraction and p beside the layer the authors analysed."""
     rows = []
-    for condition in sorted({s.run.condition for s in surfaces}):
-        group = [s for s in surfaces if s.run.condition == condition]
+    for condition in sorted({s.condition for s in surfaces}):
+        group = [s for s in surfaces if s.condition == condition]
         net = group[0].run.net
         names = list(group[0].layers)
-        published = published_saddle(net)
+        published = published_saddle(net) if group[0].inner is None else None  # the paper had one inner net
         for index, name in enumerate(names, start=1):
             fits = [s.layers[name] for s in group if isinstance(s.layers.get(name), QuadraticFit)]
             if not fits:
@@ -271,7 +281,7 @@ def layer_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
 
 def gallery(surfaces: Sequence[RunSurface], condition: str) -> Figure:
     """The surface gallery of one condition, panels labelled by run name."""
-    chosen = [(s.run.name.split("/")[-1], s.analysis) for s in surfaces if s.run.condition == condition]
+    chosen = [(s.run.name.split("/")[-1], s.analysis) for s in surfaces if s.condition == condition]
     return plots.surface_gallery(chosen)
 
 
@@ -291,7 +301,8 @@ def _surface_section(
         "is a soft XOR. R2 gain: the quadratic fit's R² minus the best plane's (near 0: a nearly planar surface, "
         "whose saddle verdict rests on little curvature). p: two-sided binomial test of P(saddle) = 0.5 "
         "(scipy.stats.binomtest). l=2 power: share of the centred surface's power in the second angular harmonic, "
-        "trained vs 20 Xavier-initialised inner nets on the same regions.",
+        "trained vs 20 Xavier-initialised inner nets on the same regions. A net of several cell types has one row "
+        "per type (`inner.types.<k>`: type k's inner net, its region from the pairs reaching that type's units).",
         "",
     ]
     formats = {"fraction": ".2f", "binomial_p": ".3g", "l2_power": ".3f", "l2_power_xavier": ".3f"}
@@ -304,7 +315,8 @@ def _surface_section(
             "### Per layer",
             "",
             "The same verdicts with the region taken from one learned-neuron layer's input pairs only (the surface "
-            "is the same: one inner net serves every layer); `authors'` marks the layer the authors analysed, "
+            "is the same: one inner net serves every layer, or every layer's units of one cell type); `authors'` "
+            "marks the layer the authors analysed, "
             "with the paper's published fraction and p beside it (as published; "
             f"{paper_numbers()['source']}).",
             "",

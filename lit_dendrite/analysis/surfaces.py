@@ -104,6 +104,20 @@ def surface_module(module: nn.Module) -> nn.Module | None:
     return analysed_module(module, "surface")
 
 
+def surface_inner_nets(module: nn.Module) -> dict[str, tuple[nn.Module, list[str]]]:
+    """The two-argument inner nets whose surfaces the analysis draws, by module name in ``module`` (``inner`` for the
+    paper's one shared net; ``inner.types.<k>`` for cell type k), each with the names of the learned neurons that
+    evaluate it (the region of its input pairs), in forward order; empty unless the surface is the analysis of the
+    net's neuron."""
+    if surface_module(module) is None:
+        return {}
+    names = {id(m): name for name, m in module.named_modules()}
+    inner_nets: dict[str, tuple[nn.Module, list[str]]] = {}
+    for name, neuron in learned_neurons(module).items():
+        inner_nets.setdefault(names[id(neuron.inner)], (neuron.inner, []))[1].append(name)
+    return inner_nets
+
+
 class _BottomKSample:
     """A uniform sample without replacement of at most ``k`` rows from a stream: keep the k smallest random keys."""
 

@@ -23,7 +23,7 @@ from lit_dendrite.analysis.surfaces import (
     density_region,
     evaluate_surface,
     pixel_batches,
-    surface_module,
+    surface_inner_nets,
 )
 from lit_dendrite.nn.inner import InnerNet
 
@@ -192,31 +192,48 @@ class NetAnalysis:
     layers: dict[str, QuadraticFit | ValueError]
 
 
+def analyse_inner_nets(
+    net: nn.Module, images: np.ndarray, grid: Grid = PAPER_GRID, max_pairs: int = 50_000, seed: int = 0
+) -> dict[str, NetAnalysis]:
+    """The XOR analysis of each two-argument inner net of a trained net (one shared net, or one per cell type; see
+    :func:`~lit_dendrite.analysis.surfaces.surface_inner_nets`), pooled over the layers that evaluate it and per
+    layer, from the input pairs they see on ``images`` (uint8 (N, H, W, C), as
+    :func:`lit_dendrite.data.datasets.load_arrays` returns them)."""
+    inner_nets = surface_inner_nets(net)
+    if not inner_nets:
+        raise ValueError(
+            f"{type(net).__name__} has no two-argument inner net; surfaces exist for neurons whose analysis is the "
+            "surface (2arg, celltypes)"
+        )
+    pairs = collect_input_pairs(net, pixel_batches(images), max_pairs=max_pairs, seed=seed)
+    analyses = {}
+    for name, (inner, neurons) in inner_nets.items():
+        was_training = inner.training
+        inner.eval()
+        surface = evaluate_surface(inner, grid)
+        inner.train(was_training)
+        pooled = analyse_xor(surface, density_region(np.concatenate([pairs[n] for n in neurons]), grid))
+        layers: dict[str, QuadraticFit | ValueError] = {}
+        for neuron in neurons:
+            try:
+                layers[neuron] = fit_quadratic(surface, density_region(pairs[neuron], grid))
+            except ValueError as error:
+                layers[neuron] = error
+        analyses[name] = NetAnalysis(pooled, layers)
+    return analyses
+
+
 def analyse_layers(
     net: nn.Module, images: np.ndarray, grid: Grid = PAPER_GRID, max_pairs: int = 50_000, seed: int = 0
 ) -> NetAnalysis:
-    """The XOR analysis of a trained net's inner net, pooled over its learned-neuron layers and per layer, from the
-    input pairs they see on ``images`` (uint8 (N, H, W, C), as :func:`lit_dendrite.data.datasets.load_arrays`
-    returns them). The surface is the same everywhere (one shared inner net); only the region differs."""
-    inner = surface_module(net)
-    if inner is None:
+    """The XOR analysis of a trained net's one shared inner net (see :func:`analyse_inner_nets`, which a net of
+    several cell types needs): the surface is the same in every layer; only the region differs."""
+    analyses = analyse_inner_nets(net, images, grid, max_pairs, seed)
+    if len(analyses) != 1:
         raise ValueError(
-            f"{type(net).__name__} has no two-argument inner net; surfaces exist for neurons whose analysis is the "
-            "surface (2arg)"
+            f"{type(net).__name__} has {len(analyses)} inner nets ({', '.join(analyses)}); use analyse_inner_nets"
         )
-    pairs = collect_input_pairs(net, pixel_batches(images), max_pairs=max_pairs, seed=seed)
-    was_training = inner.training
-    inner.eval()
-    surface = evaluate_surface(inner, grid)
-    inner.train(was_training)
-    pooled = analyse_xor(surface, density_region(np.concatenate(list(pairs.values())), grid))
-    layers: dict[str, QuadraticFit | ValueError] = {}
-    for name, layer_pairs in pairs.items():
-        try:
-            layers[name] = fit_quadratic(surface, density_region(layer_pairs, grid))
-        except ValueError as error:
-            layers[name] = error
-    return NetAnalysis(pooled, layers)
+    return next(iter(analyses.values()))
 
 
 def analyse_net(

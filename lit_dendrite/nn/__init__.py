@@ -2,7 +2,9 @@
 inner net as a torch custom op (native CPU and Triton CUDA kernels) and the native kernel of the frozen tables."""
 
 from lit_dendrite.nn.acceleration import maybe_compile
+from lit_dendrite.nn.celltypes import CellTypeInnerNets, CellTypeNeuron
 from lit_dendrite.nn.inner import InnerNet
+from lit_dendrite.nn.kan import KANConv2d, KANLinear
 from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import count_parameters, match_width
 from lit_dendrite.nn.nets import NETS, DendriticCNN, DendriticMLP, Normalize, OuterNet, register_net
@@ -20,11 +22,15 @@ from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_re
 __all__ = [
     "NETS",
     "NEURONS",
+    "CellTypeInnerNets",
+    "CellTypeNeuron",
     "DendriticCNN",
     "DendriticConv2d",
     "DendriticLinear",
     "DendriticMLP",
     "InnerNet",
+    "KANConv2d",
+    "KANLinear",
     "Neuron",
     "NeuronSpec",
     "Normalize",

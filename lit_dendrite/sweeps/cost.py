@@ -57,7 +57,8 @@ class StepTimes:
 
     def learned_path(self, model: str) -> str:
         """The fastest measured path of the learned neuron (what ``impl="auto"`` is meant to pick)."""
-        candidates = {p: t for p, t in self.train[model].items() if p not in (*UNMEASURED_PATHS, "relu")}
+        # rows named after a neuron (relu, kan, celltypes, ...) time that neuron, not a path of the inner net
+        candidates = {p: t for p, t in self.train[model].items() if p not in (*UNMEASURED_PATHS, *NEURONS)}
         return min(candidates, key=candidates.get)
 
 
@@ -151,9 +152,12 @@ def _input_scale(shape: RunShape) -> float:
 
 def session_paths(times: StepTimes, shape: RunShape) -> tuple[str, str | None]:
     """The benchmark paths that time sessions II and III (None: the neuron has no session III, see its registry
-    entry). A fixed neuron is timed as the ReLU control, a learned one as the inner net (the frozen tables in session
-    III where they apply); a name not registered here counts as a learned neuron, the dearer guess."""
+    entry). A neuron the benchmark measured as its own variant (relu, kan, celltypes) is timed by that row in
+    both sessions; another fixed neuron as the ReLU control, a learned one as the inner net (the frozen tables in
+    session III where they apply); a name not registered here counts as a learned neuron, the dearer guess."""
     spec = NEURONS.get(shape.neuron)
+    if shape.neuron in times.train[BENCHMARK_MODELS[shape.net][0]]:  # the benchmark times it as its own variant
+        return shape.neuron, shape.neuron if spec is not None and spec.freeze else None
     if spec is not None and not spec.learned:
         return "relu", None
     learned = times.learned_path(BENCHMARK_MODELS[shape.net][0])
