@@ -19,7 +19,8 @@ from pathlib import Path
 from lit_dendrite.analysis.report import SURFACE_IMAGES, accuracy_section, write_report
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
 from lit_dendrite.runs import UntrustedRecord
-from lit_dendrite.sweeps.cluster import CLUSTERS, ClusterError, load_cluster_config
+from lit_dendrite.sweeps.backends import BACKENDS
+from lit_dendrite.sweeps.cluster import ClusterError, load_cluster_config
 from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP, sweep_cost
 from lit_dendrite.sweeps.launch import submit_evaluation, submit_sweep, wait_for
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
@@ -27,13 +28,12 @@ from lit_dendrite.sweeps.state import collect, format_status, unfinished_runs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_SWEEP = CONFIGS / "sweep" / "paper.yaml"
-DEFAULT_CLUSTER_CONFIG = {"slurm": CONFIGS / "cluster" / "slurm_gpu.yaml", "local": CONFIGS / "cluster" / "local.yaml"}
 
 
 def _submission_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The options shared by submitting a sweep and its evaluation."""
     parser = argument_parser(prog, description)
-    parser.add_argument("--cluster", choices=CLUSTERS, required=True, help="where the jobs run")
+    parser.add_argument("--cluster", choices=list(BACKENDS), required=True, help="where the jobs run (the backend)")
     parser.add_argument("--cluster-config", type=Path, help="configs/cluster/*.yaml (default per --cluster)")
     parser.add_argument(
         "--dry-run",
@@ -76,7 +76,8 @@ def submit_main(argv: list[str]) -> int:
             help="the dry run's cost estimate: assumed GPU speedup over the CPU benchmark while no GPU result exists",
         )
     args = parser.parse_args(argv)
-    cluster_config_path = args.cluster_config or DEFAULT_CLUSTER_CONFIG.get(args.cluster)
+    default_config = BACKENDS[args.cluster].default_config
+    cluster_config_path = args.cluster_config or (CONFIGS / "cluster" / default_config if default_config else None)
     try:
         config = load_cluster_config(cluster_config_path)
         if "sweep_dir" in args:

@@ -184,6 +184,67 @@ def test_wait_exits_non_zero_and_names_the_runs_that_failed_or_diverged(
     assert launcher.main(submit) == 0 and capsys.readouterr().err == ""
 
 
+@pytest.fixture
+def backend_registry() -> dict:
+    """The cluster backends, restored after a test registers its own."""
+    from lit_dendrite.sweeps.backends import BACKENDS
+
+    saved = dict(BACKENDS)
+    yield BACKENDS
+    BACKENDS.clear()
+    BACKENDS.update(saved)
+
+
+def test_a_backend_registered_outside_the_package_is_a_cluster_choice_that_runs_the_sweep(
+    sweep_file: Path, tmp_path: Path, pipeline: FakePipeline, backend_registry: dict, capsys: pytest.CaptureFixture
+) -> None:
+    import submitit
+
+    from lit_dendrite.sweeps.backends import ClusterBackend, register_backend
+
+    submit = ["--sweep", str(sweep_file), "--cluster", "inprocess", "--out", str(tmp_path / "runs")]
+    launcher = load_launcher()
+    with pytest.raises(SystemExit):
+        launcher.main(submit)
+    error = capsys.readouterr().err
+    assert "--cluster {slurm,local,debug}" in error and "invalid choice: 'inprocess'" in error
+
+    @register_backend
+    class InProcess(ClusterBackend):
+        """Like debug, with a Trainer setting of its own, and answering for the state of its jobs."""
+
+        name = "inprocess"
+
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def trainer_args(self, config: ClusterConfig) -> list[str]:
+            return ["--trainer.max_epochs", "1"]
+
+        def executor(self, config: ClusterConfig, folder: Path, job_name: str) -> submitit.Executor:
+            return submitit.DebugExecutor(folder=folder)
+
+        def after_submit(self, jobs: list[submitit.Job]) -> None:
+            for job in jobs:
+                job.result()
+
+        def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
+            self.asked += job_ids
+            return dict.fromkeys(job_ids, "ENDED")
+
+    assert launcher.main(submit) == 0
+    assert len(pipeline.calls) == 4 and all(arg(call, "--trainer.max_epochs") == "1" for call in pipeline.calls)
+    sweep_dir = tmp_path / "runs" / "tiny"
+    jobs = json.loads((sweep_dir / "jobs.json").read_text())
+    assert len(jobs) == 4 and {record["cluster"] for record in jobs.values()} == {"inprocess"}
+    capsys.readouterr()
+    assert launcher.main(["status", str(sweep_dir)]) == 0
+    assert "done 4" in capsys.readouterr().out
+    assert set(backend_registry["inprocess"].asked) == {record["job_id"] for record in jobs.values()}
+    with pytest.raises(ValueError, match="'debug' is already registered"):
+        register_backend(type("Debug", (InProcess,), {"name": "debug"}))
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -249,10 +310,10 @@ def test_checkpoint_resubmits_the_same_callable(tmp_path: Path) -> None:
 
 
 def test_local_config_rejects_several_nodes(tmp_path: Path) -> None:
-    from lit_dendrite.sweeps.cluster import make_executor
+    from lit_dendrite.sweeps.backends import cluster_backend
 
     with pytest.raises(ClusterError, match="nodes: 1"):
-        make_executor("local", ClusterConfig(nodes=2), tmp_path, "x")
+        cluster_backend("local").executor(ClusterConfig(nodes=2), tmp_path, "x")
     assert load_cluster_config(None) == ClusterConfig()
 
 

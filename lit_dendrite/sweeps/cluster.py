@@ -1,23 +1,15 @@
-"""Cluster configs (``configs/cluster/*.yaml``): scheduler settings, the submitit executor they build, the
-Trainer arguments they imply (devices, nodes, DDP), and the checks that run before anything is submitted."""
+"""Cluster configs (``configs/cluster/*.yaml``): scheduler settings, the Trainer arguments they imply (devices,
+nodes, DDP) and their checks; the backends that run jobs with them are in :mod:`lit_dendrite.sweeps.backends`."""
 
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import submitit
 import yaml
 from submitit.core.job_environment import JobEnvironment
-from submitit.slurm.slurm import _make_sbatch_string
-
-CLUSTERS = ("slurm", "local", "debug")
 
 
 class ClusterError(ValueError):
@@ -117,26 +109,6 @@ def load_cluster_config(path: str | Path | None) -> ClusterConfig:
     return config
 
 
-def check_slurm(config: ClusterConfig) -> None:
-    """Fail early where Slurm cannot take the jobs: no sbatch/srun on PATH, or a partition Slurm rejects."""
-    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-    if missing:
-        raise ClusterError(
-            f"--cluster slurm needs {' and '.join(missing)} on PATH; run this on a Slurm login node, "
-            "or use --cluster local (workstation) or --cluster debug (in-process)"
-        )
-    if config.partition is not None:
-        shown = subprocess.run(
-            ["scontrol", "show", "partition", config.partition], capture_output=True, text=True, timeout=60
-        )
-        if shown.returncode != 0:
-            listed = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60)
-            raise ClusterError(
-                f"Slurm rejects partition {config.partition!r} ({shown.stderr.strip() or shown.stdout.strip()}); "
-                f"available partitions: {listed.stdout.split()}; fix `partition` in the cluster config"
-            )
-
-
 def use_term_as_preempt_signal() -> None:
     """Make submitit checkpoint and requeue on SIGTERM (Slurm's partition preemption) as well as on time limits.
 
@@ -145,35 +117,3 @@ def use_term_as_preempt_signal() -> None:
     """
     os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "TERM")
     JobEnvironment.USR_SIG = os.environ["SUBMITIT_PREEMPT_SIGNAL"]
-
-
-def make_executor(cluster: str, config: ClusterConfig, folder: Path, job_name: str) -> submitit.Executor:
-    """The submitit executor for ``cluster`` (slurm, local or debug), with logs under ``folder``."""
-    use_term_as_preempt_signal()
-    if cluster == "slurm":
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=config.max_timeouts)
-        executor.update_parameters(**config.slurm_parameters(job_name))
-        return executor
-    if cluster == "local":
-        if config.nodes != 1:
-            raise ClusterError(f"--cluster local runs on one machine; set nodes: 1 (got {config.nodes})")
-        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=config.max_timeouts)
-        executor.update_parameters(
-            timeout_min=config.time_min,
-            tasks_per_node=config.tasks_per_node,
-            gpus_per_node=config.gpus_per_node,
-            signal_delay_s=config.signal_delay_s,
-            setup=list(config.setup),
-        )
-        return executor
-    if cluster == "debug":
-        return submitit.DebugExecutor(folder=folder)
-    raise ClusterError(f"unknown cluster {cluster!r}; choose one of {CLUSTERS}")
-
-
-def sbatch_script(config: ClusterConfig, folder: Path, job_name: str, num_jobs: int) -> str:
-    """The sbatch script submitit would submit for a job array of ``num_jobs`` runs (for --dry-run)."""
-    use_term_as_preempt_signal()
-    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-    map_count = num_jobs if num_jobs > 1 else None
-    return _make_sbatch_string(command=command, folder=folder, map_count=map_count, **config.slurm_parameters(job_name))

@@ -204,7 +204,7 @@ def check_evaluate(evaluate: dict[str, Any]) -> list[str]:
     (imports torch)."""
     from lit_dendrite.data.corrupted import open_source, parse_spec
     from lit_dendrite.data.datasets import dataset_spec
-    from lit_dendrite.robustness.adversarial import build_attack
+    from lit_dendrite.robustness.attacks import build_attack
 
     problems = []
     for dataset in [None, *evaluate["datasets"]]:

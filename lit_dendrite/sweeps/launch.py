@@ -15,7 +15,8 @@ import submitit
 
 from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.runs import FINISHED, RunDir, config_differences, recorded_config
-from lit_dendrite.sweeps.cluster import ClusterConfig, check_slurm, make_executor, sbatch_script
+from lit_dendrite.sweeps.backends import ClusterBackend, cluster_backend
+from lit_dendrite.sweeps.cluster import ClusterConfig, use_term_as_preempt_signal
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, evaluation_state
 from lit_dendrite.sweeps.job import TrainRun
 from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
@@ -42,9 +43,9 @@ class Submission:
     jobs: list[submitit.Job]
 
 
-def run_args(run: PlannedRun, sweep_dir: Path, cluster: str, config: ClusterConfig) -> list[str]:
-    """The full ``train`` arguments of a run: the cluster decides devices, nodes and strategy (not debug)."""
-    return run.train_args(sweep_dir, extra=[] if cluster == "debug" else config.trainer_args())
+def run_args(run: PlannedRun, sweep_dir: Path, backend: ClusterBackend, config: ClusterConfig) -> list[str]:
+    """The full ``train`` arguments of a run: the backend adds its Trainer settings (devices, nodes, strategy)."""
+    return run.train_args(sweep_dir, extra=backend.trainer_args(config))
 
 
 def _seed(args: list[str]) -> int | None:
@@ -99,18 +100,13 @@ def config_mismatches(
     return mismatches
 
 
-def _chunks(items: list[Any], n: int) -> list[list[Any]]:
-    """``items`` dealt round-robin into at most ``n`` non-empty lists."""
-    return [chunk for chunk in (items[i::n] for i in range(n)) if chunk]
-
-
-def _manifest(sweep: Sweep, sweep_dir: Path, cluster: str, config: ClusterConfig) -> dict[str, Any]:
+def _manifest(sweep: Sweep, sweep_dir: Path, backend: ClusterBackend, config: ClusterConfig) -> dict[str, Any]:
     runs = [
         {
             "dir": run.relative_dir,
             "experiment": run.experiment,
             "axes": dict(run.axes),
-            "args": run_args(run, sweep_dir, cluster, config),
+            "args": run_args(run, sweep_dir, backend, config),
         }
         for run in sweep.runs
     ]
@@ -169,14 +165,16 @@ def submit_sweep(
 
     A run whose directory holds another configuration (the sweep's overrides changed) is an error listing each
     such run and its differing keys, and nothing is submitted; with ``overwrite`` those runs' results are
-    discarded and they are trained afresh. ``debug`` runs the jobs in this process before returning; ``local``
-    deals the runs to at most ``max_parallel`` background processes that run their share one after the other.
+    discarded and they are trained afresh. ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`):
+    ``debug`` runs the jobs in this process before returning; ``local`` deals the runs to at most
+    ``max_parallel`` background processes that run their share one after the other.
     """
+    backend = cluster_backend(cluster)
     sweep_dir = out.resolve() / sweep.name
     config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
-    if cluster == "slurm" and not dry_run:
-        check_slurm(config)
-    args = {run.relative_dir: run_args(run, sweep_dir, cluster, config) for run in sweep.runs}
+    if not dry_run:
+        backend.check(config)
+    args = {run.relative_dir: run_args(run, sweep_dir, backend, config) for run in sweep.runs}
     check_configs(list(args.values()), parse)
     checked_evaluate(sweep.evaluate, dry_run, echo)
     mismatches = config_mismatches(sweep_dir, args, resolve)
@@ -201,21 +199,21 @@ def submit_sweep(
             echo(f"train args of {run}: {' '.join(args[run])}")
         if sweep.evaluate is not None:
             echo(f"each job then evaluates its run: {json.dumps(sweep.evaluate)}")
-        if cluster == "slurm" and to_submit:
-            echo("sbatch script (dry run, nothing submitted):")
-            echo(sbatch_script(config, sweep_dir / "logs" / "%j", f"ld-{sweep.name}", len(to_submit)))
+        shown = backend.dry_run_text(config, sweep_dir / "logs" / "%j", f"ld-{sweep.name}", len(to_submit))
+        if to_submit and shown is not None:
+            echo(shown)
         return Submission(sweep_dir, to_submit, skipped, [], [])
     if not to_submit:
         echo("nothing to submit: every run is finished, queued or running")
         return Submission(sweep_dir, [], skipped, [], [])
-    write_json_atomic(sweep_dir / MANIFEST, _manifest(sweep, sweep_dir, cluster, config))
+    write_json_atomic(sweep_dir / MANIFEST, _manifest(sweep, sweep_dir, backend, config))
     for run in mismatches:
         RunDir(sweep_dir / run).discard_results()
     for run in to_submit:
         run_dir = RunDir(sweep_dir / run)
         if (read_json(run_dir.result) or {}).get("status") == "failed":
             run_dir.result.replace(run_dir.failed_result)
-    jobs, job_of_run = _submit(cluster, config, sweep.name, sweep_dir, to_submit, args, sweep.evaluate)
+    jobs, job_of_run = _submit(backend, config, sweep.name, sweep_dir, to_submit, args, sweep.evaluate)
     record_jobs(sweep_dir, cluster, job_of_run)
     job_ids = list(dict.fromkeys(job_of_run.values()))
     echo(f"submitted {len(to_submit)} runs as {len(job_ids)} {cluster} job(s): {' '.join(job_ids)}")
@@ -226,7 +224,7 @@ def submit_sweep(
 
 
 def _submit(
-    cluster: str,
+    backend: ClusterBackend,
     config: ClusterConfig,
     name: str,
     sweep_dir: Path,
@@ -235,24 +233,13 @@ def _submit(
     evaluate: dict[str, Any] | None,
 ) -> tuple[list[submitit.Job], dict[str, str]]:
     """Submit the runs; returns the jobs and ``{run: job id}``."""
-    executor = make_executor(cluster, config, sweep_dir / "logs" / "%j", f"ld-{name}")
-    if cluster == "local":
-        groups = _chunks(runs, config.array_parallelism)
-        callables = []
-        for group in groups:
-            sequence = submitit.helpers.FunctionSequence()
-            for run in group:
-                sequence.add(TrainRun(args[run], sweep_dir / run, evaluate))
-            callables.append(sequence)
-    else:
-        groups = [[run] for run in runs]
-        callables = [TrainRun(args[run], sweep_dir / run, evaluate) for run in runs]
+    use_term_as_preempt_signal()
+    executor = backend.executor(config, sweep_dir / "logs" / "%j", f"ld-{name}")
+    packed = backend.jobs({run: TrainRun(args[run], sweep_dir / run, evaluate) for run in runs}, config)
     with executor.batch():
-        jobs = [executor.submit(fn) for fn in callables]
-    if cluster == "debug":
-        for job in jobs:
-            job.result()
-    job_of_run = {run: job.job_id for job, group in zip(jobs, groups) for run in group}
+        jobs = [executor.submit(fn) for _, fn in packed]
+    backend.after_submit(jobs)
+    job_of_run = {run: job.job_id for job, (group, _) in zip(jobs, packed) for run in group}
     return jobs, job_of_run
 
 
@@ -282,9 +269,10 @@ def submit_evaluation(
     evaluate = load_sweep(sweep_file).evaluate
     if evaluate is None:
         raise SweepError(f"sweep file {sweep_file} has no `evaluate:` section; add one (see docs/cluster.md)")
+    backend = cluster_backend(cluster)
     config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
-    if cluster == "slurm" and not dry_run:
-        check_slurm(config)
+    if not dry_run:
+        backend.check(config)
     checked_evaluate(evaluate, dry_run, echo)
     args = {run["dir"]: run["args"] for run in manifest["runs"]}
     states = run_states(sweep_dir, list(args))
@@ -297,7 +285,7 @@ def submit_evaluation(
     if dry_run or not to_submit:
         return Submission(sweep_dir, to_submit if dry_run else [], skipped, [], [])
     write_json_atomic(sweep_dir / MANIFEST, {**manifest, "evaluate": evaluate})
-    jobs, job_of_run = _submit(cluster, config, f"{manifest['sweep']}-eval", sweep_dir, to_submit, args, evaluate)
+    jobs, job_of_run = _submit(backend, config, f"{manifest['sweep']}-eval", sweep_dir, to_submit, args, evaluate)
     record_jobs(sweep_dir, cluster, job_of_run)
     echo(f"submitted {len(to_submit)} evaluations as {cluster} job(s): {' '.join(dict.fromkeys(job_of_run.values()))}")
     echo(f"watch:       python launch/sweep.py status {sweep_dir}")

@@ -2,8 +2,9 @@
 
 A run's state, from the most to the least definite evidence:
 - ``done`` / ``diverged``: its run record says so (written by train);
-- ``running`` / ``pending``: its last job is still known to the scheduler (squeue for Slurm, the process for
-  local): running if it runs, pending if it is queued or being requeued (even after a failure: it is retried);
+- ``running`` / ``pending``: its last job is still known to the scheduler (its backend's
+  :meth:`~lit_dendrite.sweeps.backends.ClusterBackend.job_states`: squeue for Slurm, the process for local):
+  running if it runs, pending if it is queued or being requeued (even after a failure: it is retried);
 - ``failed``: its run record says so (written by the job wrapper) and no job of it is left;
 - ``running``: no result and no scheduler knows its job (no record, or status read on another machine), but
   a session's last checkpoint was written in the last ``RECENT_CHECKPOINT_S`` seconds;
@@ -15,14 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
 from lit_dendrite.runs import FINISHED, FileLock, RunDir, find_records
+from lit_dendrite.sweeps.backends import BACKENDS
 from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state
 
 MANIFEST = "sweep.json"
@@ -57,44 +57,18 @@ def record_jobs(sweep_dir: Path, cluster: str, jobs: dict[str, str]) -> None:
         write_json_atomic(sweep_dir / JOBS, records)
 
 
-def _slurm_job_states(job_ids: list[str]) -> dict[str, str] | None:
-    """``{job id: squeue state}`` of the still-known jobs (array elements as ``<id>_<index>``), None without squeue."""
-    if shutil.which("squeue") is None:
-        return None
-    base_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
-    if not base_ids:
-        return {}
-    shown = subprocess.run(
-        ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(base_ids)], capture_output=True, text=True, timeout=60
-    )
-    if shown.returncode != 0 and "Invalid job id" not in shown.stderr:
-        return None
-    return dict(line.split(maxsplit=1) for line in shown.stdout.splitlines() if line.strip())
-
-
-def _local_job_state(job_id: str) -> str:
-    """RUNNING while the local job's controller process lives (zombies count as ended)."""
-    try:
-        stat = Path(f"/proc/{job_id}/stat").read_text()
-    except OSError:
-        return "ENDED"
-    return "ENDED" if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") else "RUNNING"
-
-
 def job_states(records: dict[str, dict[str, str]]) -> dict[str, str | None]:
-    """Scheduler state of each run's last job: squeue's state (RUNNING, PENDING, REQUEUED, ...) while the job is
-    known, ENDED after, or None where the scheduler cannot be asked."""
-    slurm_ids = [r["job_id"] for r in records.values() if r["cluster"] == "slurm"]
-    slurm = _slurm_job_states(slurm_ids) if slurm_ids else {}
-    states: dict[str, str | None] = {}
-    for run, record in records.items():
-        if record["cluster"] == "slurm":
-            states[run] = None if slurm is None else slurm.get(record["job_id"], "ENDED")
-        elif record["cluster"] == "local":
-            states[run] = _local_job_state(record["job_id"])
-        else:
-            states[run] = "ENDED"
-    return states
+    """Scheduler state of each run's last job, asked of the backend that ran it (one query per backend): RUNNING,
+    PENDING, REQUEUED, ... while the job is known, ENDED after, or None where the scheduler cannot be asked (also
+    for a backend not registered in this process)."""
+    ids: dict[str, list[str]] = {}
+    for record in records.values():
+        ids.setdefault(record["cluster"], []).append(record["job_id"])
+    known = {
+        cluster: BACKENDS[cluster].job_states(job_ids) if cluster in BACKENDS else dict.fromkeys(job_ids)
+        for cluster, job_ids in ids.items()
+    }
+    return {run: known[record["cluster"]][record["job_id"]] for run, record in records.items()}
 
 
 def _recent_checkpoint(run_dir: Path, now: float) -> bool:

@@ -1,0 +1,196 @@
+"""Cluster backends: where a sweep's jobs run. ``--cluster NAME`` selects the backend registered under ``NAME`` in
+:data:`BACKENDS`; adding one is a :class:`ClusterBackend` subclass with :func:`register_backend` (docs/cluster.md,
+"Adding a cluster backend"). The sweep code asks the backend, never compares names."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+from lit_dendrite.sweeps.cluster import ClusterConfig, ClusterError, use_term_as_preempt_signal
+
+
+class ClusterBackend:
+    """Where a sweep's jobs run. The defaults fit a backend that submits each run as one job, passes the cluster
+    config's devices and nodes to the Trainer, needs no check before submitting and keeps no job alive."""
+
+    name: ClassVar[str]
+    """What ``--cluster`` and the sweep's job record (``jobs.json``) call this backend."""
+    default_config: ClassVar[str | None] = None
+    """The file in ``configs/cluster/`` used without ``--cluster-config`` (None: :class:`ClusterConfig`'s defaults)."""
+
+    def check(self, config: ClusterConfig) -> None:
+        """Raise a :class:`ClusterError` naming the fix where the jobs cannot run here (not called for a dry run)."""
+
+    def trainer_args(self, config: ClusterConfig) -> list[str]:
+        """Arguments appended to every run's ``train`` arguments."""
+        return config.trainer_args()
+
+    def executor(self, config: ClusterConfig, folder: Path, job_name: str) -> submitit.Executor:
+        """The submitit executor of the jobs, with logs under ``folder``."""
+        raise NotImplementedError(f"cluster backend {self.name!r} must define executor()")
+
+    def jobs(self, runs: dict[str, Callable[[], Any]], config: ClusterConfig) -> list[tuple[list[str], Callable]]:
+        """The callables to submit, each with the runs it trains, from ``{run dir: its job callable}``."""
+        return [([run], job) for run, job in runs.items()]
+
+    def after_submit(self, jobs: list[submitit.Job]) -> None:
+        """Called once the jobs are submitted (a backend that runs them in this process runs them here)."""
+
+    def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
+        """``{job id: state}``: the scheduler's state (RUNNING, PENDING, REQUEUED, ...) while a job is known, ENDED
+        after, or None where the scheduler cannot be asked."""
+        return dict.fromkeys(job_ids, "ENDED")
+
+    def dry_run_text(self, config: ClusterConfig, folder: Path, job_name: str, num_jobs: int) -> str | None:
+        """What a dry run prints of the submission beyond the runs' arguments (None: nothing)."""
+        return None
+
+
+BACKENDS: dict[str, ClusterBackend] = {}
+"""The cluster backends by name, in the order ``--cluster`` lists them."""
+
+
+def register_backend(cls: type[ClusterBackend]) -> type[ClusterBackend]:
+    """Class decorator: make ``--cluster <cls.name>`` select an instance of ``cls``."""
+    name = getattr(cls, "name", None)
+    if not (isinstance(cls, type) and issubclass(cls, ClusterBackend)) or not isinstance(name, str) or not name:
+        raise TypeError(f"register_backend takes a ClusterBackend subclass with a `name`, got {cls!r}")
+    if name in BACKENDS and type(BACKENDS[name]) is not cls:
+        raise ValueError(f"a cluster backend named {name!r} is already registered ({type(BACKENDS[name])}); rename it")
+    BACKENDS[name] = cls()
+    return cls
+
+
+def cluster_backend(name: str) -> ClusterBackend:
+    """The backend registered as ``name``, with an error listing the known ones."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ClusterError(f"unknown cluster {name!r}; choose one of {list(BACKENDS)}") from None
+
+
+@register_backend
+class SlurmBackend(ClusterBackend):
+    """One Slurm job array per submission; each run is an array element (DDP tasks per the cluster config)."""
+
+    name = "slurm"
+    default_config = "slurm_gpu.yaml"
+
+    def check(self, config: ClusterConfig) -> None:
+        """Fail early where Slurm cannot take the jobs: no sbatch/srun on PATH, or a partition Slurm rejects."""
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise ClusterError(
+                f"--cluster slurm needs {' and '.join(missing)} on PATH; run this on a Slurm login node, "
+                "or use --cluster local (workstation) or --cluster debug (in-process)"
+            )
+        if config.partition is not None:
+            shown = subprocess.run(
+                ["scontrol", "show", "partition", config.partition], capture_output=True, text=True, timeout=60
+            )
+            if shown.returncode != 0:
+                listed = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60)
+                raise ClusterError(
+                    f"Slurm rejects partition {config.partition!r} ({shown.stderr.strip() or shown.stdout.strip()}); "
+                    f"available partitions: {listed.stdout.split()}; fix `partition` in the cluster config"
+                )
+
+    def executor(self, config: ClusterConfig, folder: Path, job_name: str) -> submitit.Executor:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=config.max_timeouts)
+        executor.update_parameters(**config.slurm_parameters(job_name))
+        return executor
+
+    def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
+        """squeue's state of each job (array elements as ``<id>_<index>``); None for all without squeue."""
+        if shutil.which("squeue") is None:
+            return dict.fromkeys(job_ids)
+        base_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
+        shown = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(base_ids)], capture_output=True, text=True, timeout=60
+        )
+        if shown.returncode != 0 and "Invalid job id" not in shown.stderr:
+            return dict.fromkeys(job_ids)
+        known = dict(line.split(maxsplit=1) for line in shown.stdout.splitlines() if line.strip())
+        return {job_id: known.get(job_id, "ENDED") for job_id in job_ids}
+
+    def dry_run_text(self, config: ClusterConfig, folder: Path, job_name: str, num_jobs: int) -> str:
+        """The sbatch script submitit would submit for a job array of ``num_jobs`` runs."""
+        use_term_as_preempt_signal()
+        command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+        map_count = num_jobs if num_jobs > 1 else None
+        script = _make_sbatch_string(
+            command=command, folder=folder, map_count=map_count, **config.slurm_parameters(job_name)
+        )
+        return f"sbatch script (dry run, nothing submitted):\n{script}"
+
+
+@register_backend
+class LocalBackend(ClusterBackend):
+    """Background processes on this machine: the runs are dealt to ``array_parallelism`` processes, each running
+    its share one after the other."""
+
+    name = "local"
+    default_config = "local.yaml"
+
+    def executor(self, config: ClusterConfig, folder: Path, job_name: str) -> submitit.Executor:
+        if config.nodes != 1:
+            raise ClusterError(f"--cluster local runs on one machine; set nodes: 1 (got {config.nodes})")
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=config.max_timeouts)
+        executor.update_parameters(
+            timeout_min=config.time_min,
+            tasks_per_node=config.tasks_per_node,
+            gpus_per_node=config.gpus_per_node,
+            signal_delay_s=config.signal_delay_s,
+            setup=list(config.setup),
+        )
+        return executor
+
+    def jobs(self, runs: dict[str, Callable[[], Any]], config: ClusterConfig) -> list[tuple[list[str], Callable]]:
+        """The runs dealt round-robin into at most ``array_parallelism`` sequences."""
+        names, n = list(runs), config.array_parallelism
+        groups = [group for group in (names[i::n] for i in range(n)) if group]
+        jobs = []
+        for group in groups:
+            sequence = submitit.helpers.FunctionSequence()
+            for run in group:
+                sequence.add(runs[run])
+            jobs.append((group, sequence))
+        return jobs
+
+    def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
+        """RUNNING while a job's controller process lives (zombies count as ended), ENDED after."""
+        return {job_id: self._process_state(job_id) for job_id in job_ids}
+
+    @staticmethod
+    def _process_state(job_id: str) -> str:
+        try:
+            stat = Path(f"/proc/{job_id}/stat").read_text()
+        except OSError:
+            return "ENDED"
+        return "ENDED" if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") else "RUNNING"
+
+
+@register_backend
+class DebugBackend(ClusterBackend):
+    """Every run in this process, one after the other, with the experiment's own Trainer settings (for a debugger)."""
+
+    name = "debug"
+
+    def trainer_args(self, config: ClusterConfig) -> list[str]:
+        return []
+
+    def executor(self, config: ClusterConfig, folder: Path, job_name: str) -> submitit.Executor:
+        return submitit.DebugExecutor(folder=folder)
+
+    def after_submit(self, jobs: list[submitit.Job]) -> None:
+        for job in jobs:
+            job.result()
