@@ -13,10 +13,7 @@ from lit_dendrite.data.datasets import DATASETS, load_arrays
 from lit_dendrite.nn import DendriticMLP
 from lit_dendrite.nn.tabulated import tabulate_inner, tabulation_report
 from lit_dendrite.robustness.adversarial import (
-    ATTACKS,
-    DEFAULT_ATTACKS,
     SanityCheckError,
-    build_attack,
     check_clean_accuracy,
     check_curves,
     epsilons_for,
@@ -24,6 +21,7 @@ from lit_dendrite.robustness.adversarial import (
     predict,
     reported_epsilon,
 )
+from lit_dendrite.robustness.attacks import ATTACKS, build_attack, default_attacks
 
 EPSILONS = [0.0, 0.1, 0.2, 0.3]
 N_ATTACKED = 40
@@ -76,7 +74,7 @@ FAST_OVERRIDES = {
 }
 
 
-@pytest.mark.parametrize("name", DEFAULT_ATTACKS)
+@pytest.mark.parametrize("name", default_attacks())
 def test_attacks_lower_accuracy_as_eps_grows(trained, batch, name):
     net, _ = trained
     images, labels = batch

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -395,6 +396,66 @@ def test_each_attack_starts_from_the_seed(runs, monkeypatch):
     from_seed_0 = torch.rand(1).item()
     assert first_draws[:2] == [from_seed_0, from_seed_0]
     assert first_draws[2] == first_draws[3] != from_seed_0
+
+
+class SignNoise:
+    """An attack engine defined outside the package: every pixel moves by eps in a random direction (fixed per
+    pixel by ``seed``); a point broken at an eps (the moved image misclassified) stays broken at larger ones."""
+
+    defaults: ClassVar[dict] = {"seed": 0}
+
+    def __init__(self, spec, seed: int = 0) -> None:
+        self.seed = seed
+
+    def run(self, model, images, labels, epsilons):
+        signs = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(self.seed)) * 2.0 - 1
+        found, broken = images.clone(), predict(model, images) != labels
+        adversarials, successes = [], []
+        for eps in epsilons:  # ascending
+            moved = (images + eps * signs.to(images.device)).clamp(0, 1)
+            newly = ~broken & (predict(model, moved) != labels)
+            found[newly], broken = moved[newly], broken | newly
+            adversarials.append(found.clone())
+            successes.append(broken)
+        return torch.stack(adversarials), torch.stack(successes)
+
+
+@pytest.fixture
+def attack_registry():
+    """The attack and engine registries, restored after a test registers its own."""
+    from lit_dendrite.robustness.attacks import ATTACKS, ENGINES
+
+    saved = dict(ATTACKS), dict(ENGINES)
+    yield ATTACKS
+    for registry, entries in zip((ATTACKS, ENGINES), saved):
+        registry.clear()
+        registry.update(entries)
+
+
+def test_an_attack_registered_outside_the_package_is_evaluated_and_accepted_by_a_sweep(runs, attack_registry):
+    from lit_dendrite.robustness.attacks import AttackSpec, default_attacks, register_attack, register_engine
+    from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, parse_evaluate
+
+    register_engine("sign_noise")(SignNoise)
+    spec = register_attack("linf_sign_noise", AttackSpec("linf", "sign_noise", "random signs", {"seed": 3}))
+    assert "linf_sign_noise" in default_attacks()
+    with pytest.raises(ValueError, match="'linf_sign_noise' is already registered"):
+        register_attack("linf_sign_noise", AttackSpec("l2", "sign_noise", "random signs"))
+    with pytest.raises(ValueError, match="unknown engine 'noise'"):
+        register_attack("other", AttackSpec("linf", "noise", "random signs"))
+
+    argv = [str(runs["relu"]), "--attacks", "linf_sign_noise", "--n", "20"]
+    result = main(argv)["adversarial"]["linf_sign_noise"]
+    assert result["attack"] == {"name": "linf_sign_noise", "norm": "linf", "engine": "sign_noise",
+                                "method": spec.method, "seed": 3}  # fmt: skip
+    assert result["n"] == 20 and len(result["robust_accuracy"]) == len(result["epsilons"]) > 2
+    assert _saved(runs["relu"])["adversarial"]["linf_sign_noise"] == result
+    assert main(argv)["adversarial"]["linf_sign_noise"] == result  # the same identity: reused, not measured again
+
+    section = parse_evaluate("sweep.yaml", {"attacks": {"linf_sign_noise": {"seed": 4, "n": 20}}})
+    assert check_evaluate(section) == []
+    with pytest.raises(EvaluateSpecError, match=r"evaluate.attacks.linf_sign_noise: .*does not accept"):
+        check_evaluate(parse_evaluate("sweep.yaml", {"attacks": {"linf_sign_noise": {"steps": 5}}}))
 
 
 @pytest.mark.slow

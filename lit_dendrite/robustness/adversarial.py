@@ -1,4 +1,6 @@
-"""Adversarial robustness: named attacks behind a small engine adapter, robust accuracy per epsilon, checks.
+"""Adversarial robustness of a model under one attack: the epsilon grids, robust accuracy per epsilon, and the
+checks that catch a broken evaluation (the named attacks and their engines are in
+:mod:`lit_dendrite.robustness.attacks`).
 
 Every evaluation runs the model in ``eval()`` mode on pixels in [0,1] (normalisation is the model's first
 layer) with the exact inner net, never a tabulated fast path. Reported robust accuracy follows the standard
@@ -13,14 +15,16 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from lit_dendrite.nn.tabulated import exact_inner
+
+if TYPE_CHECKING:
+    from lit_dendrite.robustness.attacks import Attack
 
 NORMS = ("linf", "l2")
 
@@ -73,157 +77,6 @@ def exact_model(model: nn.Module) -> Iterator[nn.Module]:
     model.eval()
     with exact_inner(model):
         yield model
-
-
-class AttackEngine(Protocol):
-    """Attacks one batch at several epsilons; foolbox and AutoAttack implement it, others can be added."""
-
-    def run(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adversarial candidates ``(E, N, C, H, W)`` and the engine's own success flags ``(E, N)``."""
-        ...
-
-
-class FoolboxEngine:
-    """A foolbox 3 attack on ``PyTorchModel(bounds=(0, 1), preprocessing=None)``, repeated ``restarts`` times.
-
-    A point counts as broken at an epsilon if any restart breaks it there.
-    """
-
-    def __init__(self, attack_class: str, params: dict[str, Any], restarts: int = 1) -> None:
-        import foolbox as fb
-
-        if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
-        if restarts > 1 and not params.get("random_start", False):
-            raise ValueError(f"restarts={restarts} repeats {attack_class} identically; set random_start=True")
-        try:
-            attack = getattr(fb.attacks, attack_class)(**params)
-        except TypeError as error:
-            raise ValueError(f"foolbox {attack_class} does not accept parameters {params}: {error}") from None
-        self.attack = attack.repeat(restarts) if restarts > 1 else attack
-
-    def run(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        import foolbox as fb
-
-        fmodel = fb.PyTorchModel(model, bounds=(0, 1), preprocessing=None, device=images.device)
-        _, clipped, success = self.attack(fmodel, images, labels, epsilons=list(epsilons))
-        return torch.stack(clipped).detach(), success
-
-
-class AutoAttackEngine:
-    """AutoAttack (Croce & Hein 2020) from the ``pyautoattack`` package, run once per epsilon (eps 0 is the
-    clean prediction: all four of its attacks would only spend time there)."""
-
-    def __init__(self, norm: str, version: str = "standard", seed: int = 0) -> None:
-        try:
-            import pyautoattack  # noqa: F401
-        except ImportError:
-            raise ValueError("the autoattack engine needs the optional package: pip install pyautoattack") from None
-        self.norm = {"linf": "Linf", "l2": "L2"}[norm]
-        self.version, self.seed = version, seed
-
-    def run(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        from pyautoattack import AutoAttack
-
-        adversarials, successes = [], []
-        for eps in epsilons:
-            if eps == 0:
-                x_adv, y_adv = images, predict(model, images)
-            else:
-                autoattack = AutoAttack(
-                    model, norm=self.norm, eps=eps, version=self.version, device=images.device, seed=self.seed
-                )
-                x_adv, y_adv = autoattack.run_standard_evaluation(images, labels, batch_size=len(images))
-            adversarials.append(x_adv.detach())
-            successes.append(y_adv != labels)
-        return torch.stack(adversarials), torch.stack(successes)
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """What an attack name means: its norm, engine, method and default parameters."""
-
-    norm: str
-    engine: str
-    method: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    opt_in: bool = False
-
-
-ATTACKS: dict[str, AttackSpec] = {
-    "linf_pgd": AttackSpec(
-        "linf", "foolbox", "LinfPGD", dict(steps=40, rel_stepsize=2.5 / 40, abs_stepsize=None, random_start=True)
-    ),
-    "l2_pgd": AttackSpec(
-        "l2", "foolbox", "L2PGD", dict(steps=50, rel_stepsize=2.5 / 50, abs_stepsize=None, random_start=True)
-    ),
-    "fgsm": AttackSpec("linf", "foolbox", "FGSM", dict(random_start=False)),
-    "linf_deepfool": AttackSpec(
-        "linf", "foolbox", "LinfDeepFoolAttack", dict(steps=50, candidates=10, overshoot=0.02, loss="logits")
-    ),
-    "l2_cw": AttackSpec(
-        "l2",
-        "foolbox",
-        "L2CarliniWagnerAttack",
-        dict(binary_search_steps=9, steps=1000, stepsize=0.01, confidence=0.0, initial_const=0.001, abort_early=True),
-    ),
-    "boundary": AttackSpec(
-        "l2",
-        "foolbox",
-        "BoundaryAttack",
-        dict(steps=5000, spherical_step=0.01, source_step=0.01, step_adaptation=1.5),
-        opt_in=True,
-    ),
-    "autoattack_linf": AttackSpec("linf", "autoattack", "standard", dict(seed=0), opt_in=True),
-    "autoattack_l2": AttackSpec("l2", "autoattack", "standard", dict(seed=0), opt_in=True),
-}
-"""Attacks by name. ``opt_in`` ones are slow and run only when named explicitly. PGD steps follow Madry et al.
-(2018): step size 2.5 * eps / steps, so the steps can cross the eps-ball from a random start."""
-
-DEFAULT_ATTACKS = tuple(name for name, spec in ATTACKS.items() if not spec.opt_in)
-
-
-@dataclass(frozen=True)
-class Attack:
-    """A named attack ready to run: its norm, engine, and every parameter that shapes it."""
-
-    name: str
-    norm: str
-    engine: AttackEngine
-    params: dict[str, Any]
-
-    def describe(self) -> dict[str, Any]:
-        """What the results record about the attack."""
-        spec = ATTACKS[self.name]
-        return {"name": self.name, "norm": self.norm, "engine": spec.engine, "method": spec.method, **self.params}
-
-
-def build_attack(name: str, **overrides: Any) -> Attack:
-    """The attack ``name`` with its default parameters, some replaced by ``overrides`` (e.g. ``steps=100``).
-
-    Foolbox attacks also take ``restarts`` (default 1; needs ``random_start=True`` to differ).
-    """
-    try:
-        spec = ATTACKS[name]
-    except KeyError:
-        raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}") from None
-    params = {**spec.defaults, **overrides}
-    if spec.engine == "foolbox":
-        params.setdefault("restarts", 1)
-        attack_params = {k: v for k, v in params.items() if k != "restarts"}
-        engine: AttackEngine = FoolboxEngine(spec.method, attack_params, params["restarts"])
-    else:
-        unknown = set(params) - {"seed"}
-        if unknown:
-            raise ValueError(f"attack {name!r} accepts only 'seed', got {sorted(unknown)}")
-        engine = AutoAttackEngine(spec.norm, spec.method, **params)
-    return Attack(name, spec.norm, engine, params)
 
 
 def check_pixels(images: torch.Tensor) -> None:
@@ -392,35 +245,3 @@ def evaluate_attack(
         "convention": "robust_accuracy: worst case over eps' <= eps; robust_accuracy_raw: each eps on its own",
         "wall_time_s": time.perf_counter() - started,
     }
-
-
-def evaluate_attacks(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    dataset: str,
-    attacks: Sequence[str] = DEFAULT_ATTACKS,
-    overrides: dict[str, dict[str, Any]] | None = None,
-    epsilons: dict[str, Sequence[float]] | None = None,
-    **kwargs: Any,
-) -> dict[str, dict[str, Any]]:
-    """:func:`evaluate_attack` for each named attack, with its headline number.
-
-    ``overrides`` maps attack names to parameter overrides; ``epsilons`` maps norms to epsilon grids
-    (default: :func:`epsilons_for` the data set).
-    """
-    overrides, epsilons = overrides or {}, epsilons or {}
-    built = [build_attack(name, **overrides.get(name, {})) for name in attacks]
-    results = {}
-    for attack in built:
-        result = evaluate_attack(
-            model, images, labels, attack, epsilons.get(attack.norm) or epsilons_for(dataset, attack.norm), **kwargs
-        )
-        eps = reported_epsilon(dataset, attack.norm)
-        if eps in result["epsilons"]:
-            result["reported"] = {
-                "epsilon": eps,
-                "robust_accuracy": result["robust_accuracy"][result["epsilons"].index(eps)],
-            }
-        results[attack.name] = result
-    return results

@@ -30,18 +30,15 @@ from lit_dendrite.data.corrupted import METADATA_FILE, CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
 from lit_dendrite.models import load_net, load_result
 from lit_dendrite.robustness.adversarial import (
-    DEFAULT_ATTACKS,
-    Attack,
     SanityCheckError,
-    build_attack,
     check_clean_accuracy,
     check_deterministic,
     check_eval_mode,
     epsilons_for,
-    evaluate_attacks,
     exact_model,
     predict,
 )
+from lit_dendrite.robustness.attacks import ATTACKS, Attack, build_attack, default_attacks, evaluate_attacks
 from lit_dendrite.robustness.corruption import corruption_report
 from lit_dendrite.robustness.store import (
     ADVERSARIAL,
@@ -148,7 +145,7 @@ def evaluate_run(
     run_dir: str | Path,
     corruptions: str | None = None,
     corruption_root: str | Path = "data",
-    attacks: Sequence[str] = DEFAULT_ATTACKS,
+    attacks: Sequence[str] | None = None,
     n: int | None = None,
     baseline: str | Path | None = None,
     data_root: str | Path | None = None,
@@ -163,6 +160,7 @@ def evaluate_run(
     """Clean, corrupted and adversarial accuracy of a run's best checkpoint, merged into its robustness.json
     (returned) with plots.
 
+    ``attacks``: attack names (default: :func:`~lit_dendrite.robustness.attacks.default_attacks`);
     ``corruptions``: ``cifar10_c``, ``cifar100_c``, ``mnist_c`` (under ``corruption_root``) or ``generated:DIR``;
     ``n``: evaluate the first ``n`` test images only (clean accuracy is always measured on the whole test set
     and compared with the accuracy the run recorded); ``baseline``: the mCE baseline run (default: the sweep's
@@ -177,6 +175,7 @@ def evaluate_run(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     attack_overrides, epsilons = attack_overrides or {}, epsilons or {}
+    attacks = default_attacks() if attacks is None else attacks
     stray = sorted((set(attack_overrides) | set(epsilons)) - set(attacks))
     if stray:
         raise ValueError(f"overrides or epsilons given for attacks that are not run: {stray}; attacks: {list(attacks)}")
@@ -376,7 +375,6 @@ def _attack_list(text: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line of :func:`evaluate_run` (``python launch/evaluate.py RUN_DIR ...``); prints a summary."""
     from lit_dendrite.commandline import argument_parser, positive_int
-    from lit_dendrite.robustness.adversarial import ATTACKS
 
     parser = argument_parser("launch/evaluate.py", "Clean, corrupted and adversarial accuracy of a trained run.")
     parser.add_argument("run_dir", help="a finished run's directory")
@@ -387,8 +385,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--attacks",
         type=_attack_list,
-        default=list(DEFAULT_ATTACKS),
-        help=f"comma-separated attacks or 'none' (default: {','.join(DEFAULT_ATTACKS)}; all: {','.join(ATTACKS)})",
+        help=f"comma-separated attacks or 'none' (default: {','.join(default_attacks())}; all: {','.join(ATTACKS)})",
     )
     parser.add_argument("--n", type=positive_int, help="evaluate the first N test images only (default: all)")
     parser.add_argument("--baseline", help="mCE baseline run directory (default: the sweep's ReLU control)")
