@@ -15,6 +15,7 @@ from lit_dendrite.data.datasets import DATASETS, NET_ARGS, dataset_spec
 from lit_dendrite.models import load_net
 from lit_dendrite.nn import DendriticCNN, count_parameters, match_width
 from lit_dendrite.runs import RunDir, config_hash, record_config
+from lit_dendrite.sweeps.backends import cluster_backend
 from lit_dendrite.sweeps.cluster import load_cluster_config
 from lit_dendrite.sweeps.launch import config_mismatches, run_args
 from lit_dendrite.sweeps.spec import load_sweep
@@ -109,7 +110,7 @@ def test_runs_recorded_when_configs_stated_them_hold_the_same_configuration(tmp_
     sweep = load_sweep(REPO / "configs" / "sweep" / "digits_repro.yaml")
     sweep_dir = tmp_path / sweep.name
     cluster = load_cluster_config(REPO / "configs" / "cluster" / "local.yaml")
-    args = {run.relative_dir: run_args(run, sweep_dir, "local", cluster) for run in sweep.runs}
+    args = {run.relative_dir: run_args(run, sweep_dir, cluster_backend("local"), cluster) for run in sweep.runs}
     assert set(recorded) <= set(args) and {name.split("/")[0] for name in recorded} == {
         run.experiment for run in sweep.runs
     }
