@@ -1,7 +1,7 @@
 """Speed and memory of two-argument neurons and the baseline neurons against the ReLU control and a plain vectorised
 reference.
 
-    python benchmarks/neurons.py [--quick] [--gpu] [--threads N] [--compile] [--out PATH]
+    python benchmarks/neurons.py [--quick] [--gpu] [--threads N] [--compile] [--variants V...] [--out PATH]
 
 On the CPU, for the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50) it measures, in one
 process, the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along each path
@@ -9,7 +9,7 @@ process, the training step time (forward, backward, Adam step) and inference ima
 implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks;
 ``table``: the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs
 the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU
-control at matched parameters, each of :data:`BASELINE_NEURONS` (``kan``, ``celltypes`` with its 10 types)
+control at matched parameters, each of :data:`BASELINE_NEURONS` (``pau``, ``kan``, ``celltypes`` with its 10 types)
 at matched parameters along its own path, the analytic forward FLOPs per image, the machine's dense fp32 matmul
 GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a
 child process per model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold
@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ from lit_dendrite.sweeps.spec import load_sweep
 
 PATHS = ("reference", "plain", "lean", "fused", "table")
 """The 2-arg net's evaluation paths (see :func:`set_path`)."""
-BASELINE_NEURONS = ("kan", "celltypes")
+BASELINE_NEURONS = ("pau", "kan", "celltypes")
 """Other learned neurons, each timed as a variant of its own name, width-matched to the 2-arg net."""
 MIN_MEASURE_S = 0.05
 PAPER_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "paper.yaml"  # priced after a --gpu run
@@ -271,13 +272,16 @@ def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: in
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
-def benchmark_model(model: str, device: torch.device, quick: bool, compile_: bool) -> dict[str, object]:
+def benchmark_model(
+    model: str, device: torch.device, quick: bool, compile_: bool, only: Sequence[str] | None = None
+) -> dict[str, object]:
     batch = MODELS[model]["batch"]
     warmup, rounds = (1, 3) if quick else (2, 7)
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
-    paths = PATHS
-    variants = ["relu", *BASELINE_NEURONS, *paths] + (["compiled"] if compile_ else [])
+    variants = ["relu", *BASELINE_NEURONS, *PATHS] + (["compiled"] if compile_ else [])
+    variants = [v for v in variants if only is None or v == "relu" or v in only]  # ReLU is every ratio's baseline
+    paths = [v for v in variants if v in PATHS]
     nets, steps, inferences = {}, {}, {}
     for variant in variants:
         net = nets[variant] = build(model, variant_neuron(variant), device)
@@ -362,12 +366,13 @@ def print_table(result: dict[str, object]) -> None:
             f"{model:5} forward MFLOP/image: 2arg {flops['2arg']['total'] / 1e6:.1f} "
             f"(inner {flops['2arg']['inner'] / 1e6:.1f}), relu {flops['relu']['total'] / 1e6:.1f}"
         )
-    print(
-        "inner net training GFLOP/s on the CNN's first layer: "
-        + ", ".join(
-            f"{k} {v:.1f} ({v / result['matmul_gflops']:.3f} of matmul)" for k, v in result["inner_gflops"].items()
+    if result["inner_gflops"]:
+        print(
+            "inner net training GFLOP/s on the CNN's first layer: "
+            + ", ".join(
+                f"{k} {v:.1f} ({v / result['matmul_gflops']:.3f} of matmul)" for k, v in result["inner_gflops"].items()
+            )
         )
-    )
     print("ratios:")
     for key, value in result["ratios"].items():
         print(f"  {key}: {value:.3f}")
@@ -378,6 +383,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (numbers are noisier)")
     parser.add_argument("--gpu", action="store_true", help="the GPU measurements (benchmarks/neurons_gpu.py)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the plain path")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[*BASELINE_NEURONS, *PATHS, "compiled"],
+        default=None,
+        help="time only these variants beside the ReLU control (default: all); the inner net's GFLOP/s need a path",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default benchmarks/results/neurons_<device>.json)"
@@ -408,8 +420,9 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or BENCHMARK_RESULTS / CPU_RESULTS
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     matmul = matmul_gflops(device, 1024 if args.quick else 2048)
-    models = {name: benchmark_model(name, device, args.quick, args.compile) for name in MODELS}
-    inner = inner_gflops(device, MODELS["cnn"]["batch"], args.quick)
+    models = {name: benchmark_model(name, device, args.quick, args.compile, args.variants) for name in MODELS}
+    timed_paths = args.variants is None or any(v in PATHS for v in args.variants)
+    inner = inner_gflops(device, MODELS["cnn"]["batch"], args.quick) if timed_paths else {}
     result = {
         "command": command,
         "machine": machine,

@@ -179,8 +179,10 @@ class _TinyModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-@pytest.mark.parametrize("neuron, images", [("2arg", 2), ("relu", 0)])
-def test_surface_callback_logs_one_image_per_epoch(tmp_path, neuron, images):
+@pytest.mark.parametrize(
+    "neuron, tag", [("2arg", "inner/surface"), ("relu", None), ("1arg", "inner/curve"), ("pau", "inner/curve")]
+)
+def test_surface_callback_logs_one_image_per_epoch(tmp_path, neuron, tag):
     data = DataLoader(TensorDataset(torch.rand(8, 1, 4, 4)), batch_size=4)
     trainer = pl.Trainer(
         max_epochs=2,
@@ -193,6 +195,6 @@ def test_surface_callback_logs_one_image_per_epoch(tmp_path, neuron, images):
     trainer.fit(_TinyModule(neuron), data)
     events = EventAccumulator(str(tmp_path))
     events.Reload()
-    assert events.Tags()["images"] == (["inner/surface"] if images else [])
-    if images:
-        assert len(events.Images("inner/surface")) == images
+    assert events.Tags()["images"] == ([tag] if tag else [])
+    if tag:
+        assert len(events.Images(tag)) == 2  # one per epoch

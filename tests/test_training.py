@@ -83,7 +83,7 @@ def test_bf16_mixed_precision_runs_every_session(tmp_path):
 @pytest.mark.parametrize(
     ("config", "epochs"),
     [("mlp_digits_1arg", 8), ("mlp_digits_product", 8), ("mlp_digits_swiglu", 8), ("cnn_digits_relu", 4),
-     ("cnn_digits_2arg", 3)],
+     ("cnn_digits_2arg", 3), ("cnn_digits_pau", 3)],
 )  # fmt: skip
 def test_short_runs_of_every_other_neuron_beat_chance(tmp_path, config, epochs):
     result = quick_train(config, tmp_path / config, epochs, 2)

@@ -1,6 +1,7 @@
 """Analysis of trained runs and sweeps.
 
 ``surfaces``: the inner net on a grid, the input pairs reaching it, their 90% region; ``xor``: quadratic fit,
-saddle verdict, angular harmonics, saddle statistics; ``curves``: learning curves from TensorBoard files;
-``plots``: the figures; ``callbacks``: the surface image in TensorBoard; ``report``: the sweep report.
+saddle verdict, angular harmonics, saddle statistics; ``activations``: a learned one-argument activation's curve and
+the interval of its inputs; ``curves``: learning curves from TensorBoard files; ``plots``: the figures;
+``callbacks``: the surface (or curve) image in TensorBoard; ``report``: the sweep report.
 """

@@ -1,5 +1,5 @@
-"""Figures of the analysis: surfaces, the surface gallery, learning curves, learning speed, robustness curves
-(sweep means and one run's ``robustness.json``).
+"""Figures of the analysis: surfaces, the surface gallery, learned one-argument activations, learning curves,
+learning speed, robustness curves (sweep means and one run's ``robustness.json``).
 
 Built on ``matplotlib.figure.Figure`` (the Agg canvas, no pyplot state), so they work headless, in worker
 processes and in notebooks alike. ``save_figure`` writes a PNG atomically.
@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage, imsave
 
+from lit_dendrite.analysis.activations import CurveAnalysis
 from lit_dendrite.analysis.surfaces import Region, Surface
 from lit_dendrite.analysis.xor import QuadraticFit, XorAnalysis
 from lit_dendrite.io import atomic_path
@@ -120,6 +121,31 @@ def _panels(count: int, columns: int) -> tuple[Figure, np.ndarray]:
     for ax in axes[count:]:
         ax.set_axis_off()
     return figure, axes[:count]
+
+
+def activation_figure(panels: Mapping[str, Sequence[tuple[str, CurveAnalysis]]], columns: int = 3) -> Figure:
+    """Learned one-argument activations, one panel per key (a condition), one line per labelled curve (a run), ReLU
+    dashed; each curve's central input interval (where its inputs lie) shaded."""
+    if not panels:
+        raise ValueError("the activation figure needs at least one panel")
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(3.6 * columns, 3.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (title, curves) in zip(axes, panels.items()):
+        for label, curve in curves:
+            (line,) = ax.plot(curve.x, curve.values, label=label, linewidth=1)
+            if curve.interval is not None:
+                ax.axvspan(*curve.interval, color=line.get_color(), alpha=0.08)
+        if curves:
+            x = curves[0][1].x
+            ax.plot(x, np.maximum(x, 0), color="black", linestyle="dashed", linewidth=0.8, label="ReLU")
+        ax.set(xlabel="input", ylabel="activation")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    return figure
 
 
 def learning_curve_figure(curves: pd.DataFrame, offsets: pd.DataFrame, tags: Sequence[str] | None = None) -> Figure:

@@ -1,7 +1,8 @@
 """The sweep report: ``<sweep_dir>/report.md`` with its PNG figures beside it.
 
 Sections: clean test accuracy per condition, comparisons between conditions (Welch's t-test), learning curves
-and learning speed, inner-net surfaces with the saddle statistics, robustness where a run has robustness results.
+and learning speed, inner-net surfaces with the saddle statistics, learned one-argument activations (curves),
+robustness where a run has robustness results.
 A run that cannot be analysed is listed under "Problems" instead of stopping the report.
 """
 
@@ -17,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lit_dendrite.analysis import plots
+from lit_dendrite.analysis.activations import CurveAnalysis, analyse_curve
 from lit_dendrite.analysis.curves import (
     SESSIONS,
     epochs_to_fraction,
@@ -335,6 +337,62 @@ def _surface_section(
     return lines
 
 
+def analyse_curves(
+    runs: Sequence[RunRecord], n_images: int = SURFACE_IMAGES
+) -> tuple[dict[str, list[tuple[str, CurveAnalysis]]], list[str]]:
+    """Every finished run whose neuron's analysis is the curve (``1arg``, ``pau``): its activation and input interval
+    on test data, by condition and run name; failures come back as messages."""
+    from lit_dendrite.models import load_net
+
+    curves: dict[str, list[tuple[str, CurveAnalysis]]] = {}
+    problems = []
+    for run in runs:
+        if not run.done or neuron_analysis(run.neuron) != "curve":
+            continue
+        try:
+            analysis = analyse_curve(load_net(run.dir.path), run_test_images(run, n_images))
+        except UntrustedRecord:  # never reported as one run's problem: the caller must stop
+            raise
+        except Exception as error:  # a broken run must not hide the others
+            problems.append(f"`{run.name}`: activation analysis failed: {type(error).__name__}: {error}")
+            continue
+        curves.setdefault(run.condition, []).append((run.name.split("/")[-1], analysis))
+    return dict(sorted(curves.items())), problems
+
+
+def _curve_section(sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str], n_images: int) -> list[str]:
+    curves, failures = analyse_curves(runs, n_images)
+    problems += failures
+    if not curves:
+        return []
+    rows = [
+        {
+            "condition": condition,
+            "n": len(group),
+            "input_low": float(np.mean([c.interval[0] for _, c in group])),
+            "input_high": float(np.mean([c.interval[1] for _, c in group])),
+            "rms_from_relu": float(np.mean([c.relu_rms for _, c in group])),
+        }
+        for condition, group in curves.items()
+    ]
+    image = "report_activations.png"
+    plots.save_figure(plots.activation_figure(curves), sweep_dir / image)
+    formats = {"input_low": ".2f", "input_high": ".2f", "rms_from_relu": ".3f"}
+    return [
+        "## Learned one-argument activations",
+        "",
+        "The shared activation of each run whose neuron learns a one-argument function (`1arg`: the inner net; "
+        "`pau`: a rational function initialised to ReLU), with ReLU dashed. input_low / input_high: the interval "
+        f"holding the central 90% of the inputs all layers see on {n_images} test images at most (shaded per run); "
+        "rms_from_relu: the activation's RMS distance from ReLU over those inputs. Means over runs.",
+        "",
+        markdown_table(pd.DataFrame(rows), formats),
+        "",
+        f"![learned activations]({image})",
+        "",
+    ]
+
+
 def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES) -> Path:
     """Write ``<sweep_dir>/report.md`` and its PNGs from the sweep's run records, event and robustness files."""
     sweep_dir = Path(sweep_dir)
@@ -352,6 +410,8 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     lines += [*_accuracy_section(runs, conditions), ""]
     lines += [*_curves_section(sweep_dir, conditions), ""]
     lines += [*_surface_section(sweep_dir, runs, problems, grid, n_images), ""]
+    if curve_lines := _curve_section(sweep_dir, runs, problems, n_images):
+        lines += [*curve_lines, ""]
     lines += [*robustness_section(sweep_dir, runs, conditions, problems), ""]
     if problems:
         lines += ["## Problems", "", *(f"- {p}" for p in problems), ""]

@@ -17,6 +17,7 @@ from lit_dendrite.nn.neurons import (
     neuron_spec,
     register_neuron,
 )
+from lit_dendrite.nn.pau import PadeActivation, PadeNeuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "NeuronSpec",
     "Normalize",
     "OuterNet",
+    "PadeActivation",
+    "PadeNeuron",
     "SharedNeuron",
     "build_neuron",
     "count_parameters",
