@@ -99,3 +99,52 @@ def test_unknown_data_set_lists_known_ones():
     with pytest.raises(ValueError, match="choose one of"):
         ImageDataModule("svhn")
     assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10", "cifar100"}
+
+
+def first_batches(epoch=0, num_workers=0, augment="cifar"):
+    """The first training, validation and test batches of epoch ``epoch``, as a session seeded with 0 draws them."""
+    torch.manual_seed(0)  # the shuffle's seed defaults to the session's
+    dm = ImageDataModule("digits", batch_size=20, augment=augment, num_workers=num_workers)
+    dm.setup()
+    train = dm.train_dataloader()
+    train.sampler.set_epoch(epoch)
+    return [next(iter(loader)) for loader in (train, dm.val_dataloader(), dm.test_dataloader())]
+
+
+def test_cifar_augmentation_changes_only_training_images_and_repeats_exactly():
+    (train, labels), val, test = first_batches()
+    (plain, plain_labels), plain_val, plain_test = first_batches(augment="none")
+    assert torch.equal(labels, plain_labels)  # the same images in the same order, augmented
+    assert not torch.equal(train, plain)
+    assert train.shape == plain.shape and 0 <= train.min() and train.max() <= 1
+    for ours, reference in ((val, plain_val), (test, plain_test)):  # evaluation splits are never augmented
+        assert all(torch.equal(a, b) for a, b in zip(ours, reference))
+    # each image is its own crop of the zero-padded image, or of its mirror image
+    padded = torch.nn.functional.pad(plain, (4, 4, 4, 4))
+    for image, source in zip(train, padded):
+        windows = [source[:, i : i + 28, j : j + 28] for i in range(9) for j in range(9)]
+        assert any(torch.equal(image, w) or torch.equal(image, w.flip(-1)) for w in windows)
+    # the same seed gives the same batch; state consumed by other random draws does not change it
+    again = first_batches()[0][0]
+    torch.rand(100)
+    assert torch.equal(train, again)
+
+
+def test_augmented_epoch_is_the_same_whether_or_not_earlier_epochs_ran_and_in_workers():
+    torch.manual_seed(0)
+    dm = ImageDataModule("digits", batch_size=20, augment="cifar")
+    dm.setup()
+    loader = dm.train_dataloader()
+    for epoch in range(2):  # a process that trained epoch 0 first, as an uninterrupted run does
+        loader.sampler.set_epoch(epoch)
+        second_epoch = next(iter(loader))
+    resumed = first_batches(epoch=1)[0]  # a process that starts at epoch 1, as a resumed run does
+    assert all(torch.equal(a, b) for a, b in zip(second_epoch, resumed))
+    assert not torch.equal(second_epoch[0], first_batches(epoch=0)[0][0])
+    in_worker = first_batches(epoch=1, num_workers=1)[0]
+    assert all(torch.equal(a, b) for a, b in zip(second_epoch, in_worker))
+
+
+def test_unknown_augmentation_lists_the_choices():
+    with pytest.raises(ValueError, match=r"data.augment must be one of \['none', 'cifar'\]"):
+        ImageDataModule("digits", augment="autoaugment")

@@ -1,4 +1,5 @@
-"""LightningDataModule for the clean image sets: pixels in [0,1], fixed-by-seed validation split."""
+"""LightningDataModule for the clean image sets: pixels in [0,1], fixed-by-seed validation split, optional training
+augmentation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from lit_dendrite.data.datasets import check_available, dataset_spec, load_arrays
 from lit_dendrite.data.shuffle import EpochShuffle
@@ -35,6 +37,45 @@ class ImageArrayDataset(Dataset):
         return self.images[index].float().div_(255), self.labels[index]
 
 
+AUGMENTATIONS = ("none", "cifar")
+"""``data.augment`` choices. ``cifar``: the standard CIFAR training augmentation, a random crop of the image's size from
+the image zero-padded by 4 pixels, then a random horizontal flip (torchvision transforms v2)."""
+
+
+def augmentation(name: str, in_shape: tuple[int, int, int]) -> v2.Transform | None:
+    """The training augmentation ``name`` for images of ``in_shape`` (None for ``none``)."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"data.augment must be one of {list(AUGMENTATIONS)}, got {name!r}")
+    if name == "none":
+        return None
+    return v2.Compose([v2.RandomCrop(list(in_shape[1:]), padding=4), v2.RandomHorizontalFlip()])
+
+
+class AugmentedImages(Dataset):
+    """A split served through a random augmentation of each image, drawn from a seed per image and epoch: items are
+    the ``(index, seed)`` pairs of :class:`EpochShuffle` with ``sample_seeds``, so that an augmented epoch repeats
+    exactly on resume (the global random state is left as it was)."""
+
+    def __init__(self, base: ImageArrayDataset, transform: v2.Transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.__getitems__([item])
+        return images[0], labels[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor([i for i, _ in items])
+        augmented = []
+        with torch.random.fork_rng(devices=[]):
+            for image, (_, seed) in zip(self.base.images[index], items):
+                torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds every device: 20x slower
+                augmented.append(self.transform(image))
+        return torch.stack(augmented).float().div_(255), self.base.labels[index]
+
+
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch
 
@@ -48,7 +89,8 @@ class ImageDataModule(L.LightningDataModule):
     """Train/val/test loaders of one clean data set (digits, mnist, fashion_mnist, cifar10, cifar100).
 
     The validation set is ``val_fraction`` of the training set (default: the paper's, MNIST 1/6 and
-    CIFAR 1/5), drawn with ``split_seed`` so smaller copies of a set work too.
+    CIFAR 1/5), drawn with ``split_seed`` so smaller copies of a set work too. ``augment`` (one of
+    :data:`AUGMENTATIONS`, default ``none``) applies to the training split only.
     """
 
     def __init__(
@@ -60,6 +102,7 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: float | None = None,
         split_seed: int = 0,
         num_workers: int = 0,
+        augment: str = "none",
     ) -> None:
         super().__init__()
         self.spec = dataset_spec(dataset)
@@ -76,6 +119,8 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.split_seed = split_seed
         self.num_workers = num_workers
+        self.augment = augment
+        self.transform = augmentation(augment, self.in_shape)
         self.splits: dict[str, ImageArrayDataset] = {}
 
     @property
@@ -118,10 +163,14 @@ class ImageDataModule(L.LightningDataModule):
             )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset: Dataset = self.splits[split]
+        augmented = split == "train" and self.transform is not None
+        if augmented:
+            dataset = AugmentedImages(self.splits[split], self.transform)
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(self.splits[split])) if shuffle else None,
+            sampler=EpochShuffle(len(dataset), sample_seeds=augmented) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=_keep_batch,
             persistent_workers=self.num_workers > 0,

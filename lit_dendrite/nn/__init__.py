@@ -1,5 +1,6 @@
-"""Plain-torch building blocks (neurons and their registry, dendritic layers, the paper's outer networks), the fused
-inner net as a torch custom op (native CPU and Triton CUDA kernels) and the native kernel of the frozen tables."""
+"""Plain-torch building blocks (neurons and their registry, dendritic layers, the paper's outer networks, a dendritic
+ResNet-18), the fused inner net as a torch custom op (native CPU and Triton CUDA kernels) and the native kernel of the
+frozen tables."""
 
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.celltypes import CellTypeInnerNets, CellTypeNeuron
@@ -18,6 +19,7 @@ from lit_dendrite.nn.neurons import (
     register_neuron,
 )
 from lit_dendrite.nn.pau import PadeActivation, PadeNeuron
+from lit_dendrite.nn.resnet import DendriticResNet
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner, tabulation_report, use_exact_inner
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "DendriticConv2d",
     "DendriticLinear",
     "DendriticMLP",
+    "DendriticResNet",
     "InnerNet",
     "KANConv2d",
     "KANLinear",

@@ -1,0 +1,145 @@
+"""The dendritic CIFAR ResNet-18: shapes, parameter counts and matching, gradients, the residual sum per
+pre-activation, frozen tables, checkpoints and short runs through the protocol."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import quick_train
+
+from lit_dendrite.models import load_net
+from lit_dendrite.models.loading import build_net
+from lit_dendrite.nn import DendriticResNet, count_parameters, exact_inner, tabulate_inner
+from lit_dendrite.nn.neurons import LearnedNeuron, learned_neurons
+
+DIGITS = dict(in_shape=(1, 28, 28), mean=(0.3053,), std=(0.3247,))
+CIFAR100 = dict(in_shape=(3, 32, 32), num_classes=100)
+TINY = dict(width_multiplier=1 / 16)  # stage widths 4, 8, 16, 32
+
+
+@pytest.mark.parametrize("neuron", ["2arg", "1arg", "relu"])
+@pytest.mark.parametrize("data", [DIGITS, CIFAR100], ids=["digits", "cifar100"])
+def test_shapes_on_cifar_and_digits_input(neuron, data):
+    net = DendriticResNet(**data, **TINY, neuron=neuron)
+    x = torch.rand(3, *net.in_shape)
+    assert net(x).shape == (3, net.num_classes)
+    assert net.widths == (4, 8, 16, 32)
+    assert [block.first.conv.stride[0] for block in net.stages] == [1, 1, 2, 1, 2, 1, 2, 1]
+    assert net.stem.conv.out_channels == net.stem.arity * 4 and net.head.in_features == 32
+    assert len(learned_neurons(net)) == (17 if neuron != "relu" else 0)  # stem + 2 per BasicBlock
+
+
+def test_full_size_parameter_counts():
+    with torch.device("meta"):
+        relu = DendriticResNet(neuron="relu")
+        two_arg = DendriticResNet(neuron="2arg")
+    assert count_parameters(relu) == 11_173_962  # the CIFAR ResNet-18 (LayerNorm has no parameters)
+    assert count_parameters(two_arg) == 22_173_387
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 1 / 8])
+@pytest.mark.parametrize("control", ["1arg", "relu"])
+def test_controls_match_the_two_arg_net_within_one_percent(multiplier, control):
+    with torch.device("meta"):
+        reference = count_parameters(DendriticResNet(width_multiplier=multiplier))
+        matched = DendriticResNet(width_multiplier=multiplier, neuron=control, match_neuron="2arg")
+    assert abs(count_parameters(matched) - reference) / reference <= 0.01
+    assert matched.widths[0] > round(64 * multiplier)  # wider, since 2-arg units have two pre-activations each
+
+
+@pytest.mark.parametrize("neuron", ["2arg", "1arg", "relu"])
+def test_gradients_reach_every_parameter(neuron):
+    torch.manual_seed(0)
+    net = DendriticResNet(**DIGITS, **TINY, neuron=neuron).train()
+    # odd batch sizes: torch's strided 1x1 conv on channels-last maps crashed on them (see resnet.Projection)
+    for batch in (5, 3):
+        net.zero_grad()
+        F.cross_entropy(net(torch.rand(batch, 1, 28, 28)), torch.arange(batch) % 10).backward()
+        missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, missing
+    if neuron != "relu":
+        assert all(p.grad is not None for p in net.inner.parameters())
+
+
+def test_residual_is_added_to_each_pre_activation_of_a_unit():
+    torch.manual_seed(0)
+    net = DendriticResNet(**DIGITS, **TINY).eval()
+    block = net.stages[2]  # the first block of stage 2: a projection shortcut
+    torch.nn.init.zeros_(block.second.conv.weight)
+    seen = []
+    block.second.neuron.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    net(torch.rand(2, 1, 28, 28))
+    pairs = seen[0]
+    assert pairs.shape[-1] == 2 and pairs.shape[-2] == 8  # (N, H, W, units, arity)
+    torch.testing.assert_close(pairs[..., 0], pairs[..., 1])  # conv2 gives 0: both see the residual alone
+    assert pairs.std() > 0.5
+
+
+def test_frozen_tables_approximate_the_exact_net_and_train_the_outer_net():
+    torch.manual_seed(0)
+    net = DendriticResNet(**DIGITS, **TINY)
+    x = torch.rand(16, 1, 28, 28)
+    net.inner.requires_grad_(False)
+    reports = tabulate_inner(net, calibration=[x])
+    assert len(reports) == 17
+    net.eval()
+    with torch.no_grad():
+        tabulated = net(x)
+        with exact_inner(net):
+            exact = net(x)
+    torch.testing.assert_close(tabulated, exact, atol=2e-3, rtol=0)
+    net.train()
+    F.cross_entropy(net(x), torch.arange(16) % 10).backward()
+    assert all(n.table is not None for n in learned_neurons(net).values())
+    assert net.stem.conv.weight.grad.abs().sum() > 0 and net.inner.linears[0].weight.grad is None
+
+
+def test_checkpoint_reload_gives_the_same_predictions(tmp_path):
+    torch.manual_seed(0)
+    config = {"class_path": "lit_dendrite.nn.DendriticResNet", "init_args": {**DIGITS, **TINY, "neuron": "2arg"}}
+    net = build_net(config)
+    F.cross_entropy(net(torch.rand(8, 1, 28, 28)), torch.arange(8)).backward()  # moves BatchNorm's running stats
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    torch.manual_seed(1)
+    reloaded = build_net(config)
+    reloaded.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), reloaded.eval()(x))
+    assert isinstance(reloaded.stem.neuron, LearnedNeuron)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="width_multiplier"):
+        DendriticResNet(width_multiplier=0)
+    with pytest.raises(ValueError, match="one value per stage"):
+        DendriticResNet(widths=(8, 16), blocks=(2, 2, 2))
+    with pytest.raises(ValueError, match="blocks"):
+        DendriticResNet(blocks=(2, 0, 2, 2))
+
+
+def test_short_relu_run_learns_and_reloads_with_its_tested_accuracy(tmp_path):
+    from lit_dendrite.data import load_arrays
+
+    result = quick_train("resnet18_digits_relu", tmp_path / "run", 1, 0, "--data.batch_size", "50")
+    assert result["status"] == "done" and result["test_acc"] > 0.3, result["test_acc"]
+    images, labels = load_arrays("digits", "unused", train=False)
+    net = load_net(tmp_path / "run")
+    with torch.no_grad():
+        predictions = net(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1)
+    accuracy = (predictions == torch.from_numpy(labels)).float().mean().item()
+    assert accuracy == pytest.approx(result["test_acc"], abs=1e-6)
+
+
+def test_two_arg_run_goes_through_every_session_with_augmentation(tmp_path):
+    limits = [f"--trainer.limit_{stage}_batches" for stage in ("train", "val", "test")]  # "1" reads as 1.0: all
+    limits = [arg for limit in limits for arg in (limit, "2")] + ["--data.batch_size", "16"]
+    result = quick_train("resnet18_digits_2arg", tmp_path / "run", 1, 1, *limits, "--data.augment", "cifar")
+    assert result["status"] == "done" and set(result["epochs"]) == {"I_pretrain", "II_joint", "III_frozen"}
+    assert result["sessions"]["II_joint"]["wall_time_s"] < 60  # 2 batches of 16, not the whole epoch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["resnet18_digits_2arg", "resnet18_digits_1arg"])
+def test_short_learned_neuron_runs_beat_chance(tmp_path, config):
+    result = quick_train(config, tmp_path / "run", 2, 2)
+    assert result["test_acc"] > 0.3, result["test_acc"]
