@@ -14,7 +14,8 @@ sees the residual stream plus its own learned correction. Why this form: with ar
 parameter-free or as small as the ResNet's (a residual of ``arity`` values per unit would make the identity shortcut
 impossible), and no extra layer is added to feed the neuron after the sum (a 1x1 conv there would be a layer the
 ReLU control lacks). Parameters grow about ``arity``-fold: convs and BatchNorms have ``arity`` times the output
-channels, shortcuts and the readout do not.
+channels, shortcuts and the readout do not. Every neuron is an ordinary dendritic-layer neuron (called through
+``Neuron.normalized``), so session III's frozen lookup tables apply unchanged (``tabulate_inner``).
 """
 
 from __future__ import annotations
