@@ -135,7 +135,9 @@ def test_two_arg_run_goes_through_every_session_with_augmentation(tmp_path):
     limits = [arg for limit in limits for arg in (limit, "2")] + ["--data.batch_size", "16"]
     result = quick_train("resnet18_digits_2arg", tmp_path / "run", 1, 1, *limits, "--data.augment", "cifar")
     assert result["status"] == "done" and set(result["epochs"]) == {"I_pretrain", "II_joint", "III_frozen"}
-    assert result["sessions"]["II_joint"]["wall_time_s"] < 60  # 2 batches of 16, not the whole epoch
+    for session in ("II_joint", "III_frozen"):  # 2 batches of 16, not the whole epoch
+        checkpoint = torch.load(tmp_path / "run" / session / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == 2
 
 
 @pytest.mark.slow
