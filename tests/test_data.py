@@ -113,7 +113,7 @@ def first_batches(epoch=0, num_workers=0, augment="cifar"):
 
 def test_cifar_augmentation_changes_only_training_images_and_repeats_exactly():
     (train, labels), val, test = first_batches()
-    (plain, plain_labels), plain_val, plain_test = first_batches(augment="none")
+    (plain, plain_labels), plain_val, plain_test = first_batches(augment=None)
     assert torch.equal(labels, plain_labels)  # the same images in the same order, augmented
     assert not torch.equal(train, plain)
     assert train.shape == plain.shape and 0 <= train.min() and train.max() <= 1
@@ -146,5 +146,5 @@ def test_augmented_epoch_is_the_same_whether_or_not_earlier_epochs_ran_and_in_wo
 
 
 def test_unknown_augmentation_lists_the_choices():
-    with pytest.raises(ValueError, match=r"data.augment must be one of \['none', 'cifar'\]"):
+    with pytest.raises(ValueError, match=r"data.augment must be null \(none\) or one of \['cifar'\]"):
         ImageDataModule("digits", augment="autoaugment")

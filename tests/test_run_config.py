@@ -78,6 +78,13 @@ def test_config_differences_name_dotted_keys():
     assert config_differences(recorded, wanted) == {"model.lr": (0.001, 0.01), "seed_everything": (0, 1)}
 
 
+def test_an_option_added_later_at_its_default_keeps_the_identity_of_runs_recorded_without_it():
+    recorded = {"data": {"dataset": "digits"}, "seed_everything": 0}  # written before data.augment existed
+    assert config_differences(recorded, {**recorded, "data": {"dataset": "digits", "augment": None}}) == {}
+    augmented = {**recorded, "data": {"dataset": "digits", "augment": "cifar"}}
+    assert config_differences(recorded, augmented) == {"data.augment": (None, "cifar")}
+
+
 def test_rerunning_a_sweep_with_changed_overrides_reports_each_run(tmp_path):
     overrides = {"trainer.max_epochs": 1, "trainer.enable_progress_bar": False}
     path = tmp_path / "tiny.yaml"

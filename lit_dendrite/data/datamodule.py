@@ -37,17 +37,18 @@ class ImageArrayDataset(Dataset):
         return self.images[index].float().div_(255), self.labels[index]
 
 
-AUGMENTATIONS = ("none", "cifar")
-"""``data.augment`` choices. ``cifar``: the standard CIFAR training augmentation, a random crop of the image's size from
-the image zero-padded by 4 pixels, then a random horizontal flip (torchvision transforms v2)."""
+AUGMENTATIONS = ("cifar",)
+"""``data.augment`` choices besides null (none, the default: a null key is also how runs recorded before the option
+existed read). ``cifar``: the standard CIFAR training augmentation, a random crop of the image's size from the image
+zero-padded by 4 pixels, then a random horizontal flip (torchvision transforms v2)."""
 
 
-def augmentation(name: str, in_shape: tuple[int, int, int]) -> v2.Transform | None:
-    """The training augmentation ``name`` for images of ``in_shape`` (None for ``none``)."""
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"data.augment must be one of {list(AUGMENTATIONS)}, got {name!r}")
-    if name == "none":
+def augmentation(name: str | None, in_shape: tuple[int, int, int]) -> v2.Transform | None:
+    """The training augmentation ``name`` for images of ``in_shape`` (None for None)."""
+    if name is None:
         return None
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"data.augment must be null (none) or one of {list(AUGMENTATIONS)}, got {name!r}")
     return v2.Compose([v2.RandomCrop(list(in_shape[1:]), padding=4), v2.RandomHorizontalFlip()])
 
 
@@ -89,8 +90,8 @@ class ImageDataModule(L.LightningDataModule):
     """Train/val/test loaders of one clean data set (digits, mnist, fashion_mnist, cifar10, cifar100).
 
     The validation set is ``val_fraction`` of the training set (default: the paper's, MNIST 1/6 and
-    CIFAR 1/5), drawn with ``split_seed`` so smaller copies of a set work too. ``augment`` (one of
-    :data:`AUGMENTATIONS`, default ``none``) applies to the training split only.
+    CIFAR 1/5), drawn with ``split_seed`` so smaller copies of a set work too. ``augment`` (null, the default,
+    or one of :data:`AUGMENTATIONS`) applies to the training split only.
     """
 
     def __init__(
@@ -102,7 +103,7 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: float | None = None,
         split_seed: int = 0,
         num_workers: int = 0,
-        augment: str = "none",
+        augment: str | None = None,
     ) -> None:
         super().__init__()
         self.spec = dataset_spec(dataset)
