@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,12 +112,18 @@ class DendriticResNet(OuterNet):
         mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
         std: Sequence[float] = (0.2470, 0.2435, 0.2616),
         match_neuron: str | None = None,
+        neuron_args: dict[str, Any] | None = None,
     ) -> None:
         if not (math.isfinite(width_multiplier) and width_multiplier > 0):
             raise ValueError(f"{CONFIG_KEY}.width_multiplier must be a finite number > 0, got {width_multiplier}")
         # the reference of a matched control is built from the already scaled widths
         architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE} | {"width_multiplier": 1.0}
-        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout)
+        super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout, neuron_args)
+        if self.neuron_spec.conv is not None or self.neuron_spec.build is None:
+            raise ValueError(
+                f"neuron {neuron!r} brings its own conv layer, which {type(self).__name__} cannot put in a residual "
+                "block; choose a neuron that acts on a layer's pre-activations (such as 2arg, 1arg or relu)"
+            )
         blocks = positive_ints("blocks", blocks)
         scaled = [max(1, round(width_multiplier * w)) for w in positive_ints("widths", widths)]
         if len(scaled) != len(blocks):
