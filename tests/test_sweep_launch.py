@@ -245,6 +245,35 @@ def test_a_backend_registered_outside_the_package_is_a_cluster_choice_that_runs_
         register_backend(type("Debug", (InProcess,), {"name": "debug"}))
 
 
+def test_queued_jobs_train_the_experiment_config_as_submitted_even_if_the_file_changes(
+    sweep_file: Path, tmp_path: Path, pipeline: FakePipeline, backend_registry: dict
+) -> None:
+    import submitit
+
+    from lit_dendrite.sweeps.backends import ClusterBackend, register_backend
+
+    @register_backend
+    class Queued(ClusterBackend):
+        """Jobs wait in a queue until the test runs them."""
+
+        name = "queued"
+
+        def executor(self, config: ClusterConfig, folder: Path, job_name: str) -> submitit.Executor:
+            return submitit.DebugExecutor(folder=folder)
+
+    experiment = sweep_file.parent.parent / "experiment" / "mlp_digits_2arg.yaml"
+    submission = submit_sweep(load_sweep(sweep_file), "queued", ClusterConfig(), tmp_path / "runs", echo=lambda _: None)
+    experiment.write_text("seed_everything: 0\nmodel: {lr: 0.5}\n")  # edited while the jobs wait
+    for job in submission.jobs:
+        job.result()
+    configs = {Path(arg(call, "--config")) for call in pipeline.calls if "mlp_digits_2arg" in arg(call, "--run_dir")}
+    assert len(configs) == 1 and configs.pop().read_text() == "seed_everything: 0\n"
+    manifest_args = [run["args"] for run in read_manifest(submission.sweep_dir)["runs"]]
+    assert all(
+        arg(args, "--config").startswith(str(submission.sweep_dir / "submitted_configs")) for args in manifest_args
+    )
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

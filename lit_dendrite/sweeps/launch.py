@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import submitit
 
-from lit_dendrite.io import read_json, write_json_atomic
+from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
 from lit_dendrite.runs import FINISHED, RunDir, config_differences, recorded_config
 from lit_dendrite.sweeps.backends import ClusterBackend, cluster_backend
 from lit_dendrite.sweeps.cluster import ClusterConfig, use_term_as_preempt_signal
@@ -21,6 +22,7 @@ from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, ev
 from lit_dendrite.sweeps.job import TrainRun
 from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import (
+    CONFIG_SNAPSHOTS,
     MANIFEST,
     format_status,
     read_manifest,
@@ -100,14 +102,30 @@ def config_mismatches(
     return mismatches
 
 
-def _manifest(sweep: Sweep, sweep_dir: Path, backend: ClusterBackend, config: ClusterConfig) -> dict[str, Any]:
+def snapshot_configs(sweep_dir: Path, args: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The runs' arguments with each ``--config`` file replaced by a copy in ``sweep_dir/submitted_configs`` named
+    by its content: a job reads its experiment config as it was at submission, whatever happens to the file while the
+    job waits or runs (an edit, a checkout). Copies are never overwritten, so queued jobs keep theirs."""
+    snapshots: dict[str, str] = {}
+    result = {}
+    for run, given in args.items():
+        index = given.index("--config") + 1
+        original = given[index]
+        if original not in snapshots:
+            text = Path(original).read_text()
+            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+            snapshot = sweep_dir / CONFIG_SNAPSHOTS / f"{Path(original).stem}-{digest}.yaml"
+            if not snapshot.is_file():
+                write_text_atomic(snapshot, text)
+            snapshots[original] = str(snapshot)
+        result[run] = [*given[:index], snapshots[original], *given[index + 1 :]]
+    return result
+
+
+def _manifest(sweep: Sweep, args: dict[str, list[str]]) -> dict[str, Any]:
+    """The manifest: every run of the sweep with its axes and its arguments as submitted."""
     runs = [
-        {
-            "dir": run.relative_dir,
-            "experiment": run.experiment,
-            "axes": dict(run.axes),
-            "args": run_args(run, sweep_dir, backend, config),
-        }
+        {"dir": run.relative_dir, "experiment": run.experiment, "axes": dict(run.axes), "args": args[run.relative_dir]}
         for run in sweep.runs
     ]
     return {"sweep": sweep.name, "sweep_file": str(sweep.path), "runs": runs, "evaluate": sweep.evaluate}
@@ -206,7 +224,8 @@ def submit_sweep(
     if not to_submit:
         echo("nothing to submit: every run is finished, queued or running")
         return Submission(sweep_dir, [], skipped, [], [])
-    write_json_atomic(sweep_dir / MANIFEST, _manifest(sweep, sweep_dir, backend, config))
+    args = snapshot_configs(sweep_dir, args)
+    write_json_atomic(sweep_dir / MANIFEST, _manifest(sweep, args))
     for run in mismatches:
         RunDir(sweep_dir / run).discard_results()
     for run in to_submit:

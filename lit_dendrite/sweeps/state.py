@@ -27,6 +27,7 @@ from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state
 
 MANIFEST = "sweep.json"
 JOBS = "jobs.json"
+CONFIG_SNAPSHOTS = "submitted_configs"  # the experiment configs as submitted, named by content
 JOBS_LOCK = ".jobs.lock"
 JOBS_LOCK_WAIT_S = 60.0
 SUMMARY = "summary.csv"
