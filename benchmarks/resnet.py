@@ -1,12 +1,14 @@
-"""Training-step time and peak memory of the dendritic ResNet-18: 2-arg and 1-arg against the ReLU control.
+"""Training-step time, inference and peak memory of the dendritic ResNet-18: 2-arg and 1-arg against ReLU.
 
     python benchmarks/resnet.py [--width-multiplier M] [--batch N] [--rounds R] [--threads N] [--out PATH]
 
 Builds ``DendriticResNet`` on CIFAR-shaped input (2-arg, and 1-arg and ReLU with ``match_neuron: 2arg``), times
-a training step (forward, backward, Adam step) of each in interleaved rounds in one process (medians, see
-``benchmarks/neurons.py``), and measures each step's peak memory: on CUDA the allocator's peak, on the CPU in a
-child process per net (RSS high-water mark above the built model, as ``benchmarks/neurons.py`` does). Prints the
-ratios to ReLU and writes JSON atomically (default ``benchmarks/results/resnet_<device>.json``).
+a training step (forward, backward, Adam step) and inference (a forward pass in eval mode, with the exact inner net
+as attacks use it) of each in interleaved rounds in one process (medians, see ``benchmarks/neurons.py``), and
+measures each step's peak memory: on CUDA the allocator's peak, on the CPU in a child process per net (RSS
+high-water mark above the built model, as ``benchmarks/neurons.py`` does). Prints the ratios to ReLU and writes
+JSON atomically (default ``benchmarks/results/resnet_<device>.json``), which the sweep's cost estimate
+(``lit_dendrite/sweeps/cost.py``) reads for ResNet runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
-from neurons import CHILD_ENV, _status_kib, interleaved_medians, sync, train_step_fn  # next to this file
+from neurons import CHILD_ENV, _status_kib, inference_fn, interleaved_medians, sync, train_step_fn  # next to this
 
 from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
@@ -89,14 +91,18 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x, y = batch_data(args.batch, device)
     nets = {neuron: build(neuron, args.width_multiplier, device) for neuron in NEURONS}
-    steps = {neuron: train_step_fn(net, x, y, autocast=False) for neuron, net in nets.items()}
-    seconds = interleaved_medians(steps, device, warmup=1, rounds=args.rounds)
+    # training steps and inference (a second copy of each net, in eval mode) in the same interleaved rounds
+    timed = {f"train {neuron}": train_step_fn(net, x, y, autocast=False) for neuron, net in nets.items()}
+    for neuron in NEURONS:
+        timed[f"inference {neuron}"] = inference_fn(build(neuron, args.width_multiplier, device).eval(), x, False)
+    seconds = interleaved_medians(timed, device, warmup=1, rounds=args.rounds)
     sync(device)
     rows = {
         neuron: {
             "widths": list(net.widths),
             "parameters": count_parameters(net),
-            "train_step_s": seconds[neuron],
+            "train_step_s": seconds[f"train {neuron}"],
+            "inference_images_per_s": args.batch / seconds[f"inference {neuron}"],
             "peak_train_memory_mib": peak_memory_mib(neuron, args, device),
         }
         for neuron, net in nets.items()
@@ -117,11 +123,13 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }
     print(f"machine: {machine}  threads: {result['threads']}  load: {result['load_average'][0]:.1f}")
-    print(f"{'neuron':6} {'widths':>20} {'params':>10} {'step s':>8} {'x ReLU':>7} {'peak MiB':>9} {'x ReLU':>7}")
+    header = f"{'neuron':6} {'widths':>20} {'params':>10} {'step s':>8} {'x ReLU':>7} {'infer img/s':>11}"
+    print(f"{header} {'peak MiB':>9} {'x ReLU':>7}")
     for neuron, row in rows.items():
         print(
             f"{neuron:6} {row['widths']!s:>20} {row['parameters']:>10,} {row['train_step_s']:8.3f} "
-            f"{row['train_step_ratio']:7.2f} {row['peak_train_memory_mib']:9.1f} {row['peak_memory_ratio']:7.2f}"
+            f"{row['train_step_ratio']:7.2f} {row['inference_images_per_s']:11.1f} "
+            f"{row['peak_train_memory_mib']:9.1f} {row['peak_memory_ratio']:7.2f}"
         )
     out = args.out or BENCHMARK_RESULTS / f"resnet_{device.type}.json"
     write_json_atomic(out, result)

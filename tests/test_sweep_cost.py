@@ -111,3 +111,46 @@ def test_evaluation_hours_count_autoattack_stages_and_corrupted_sets():
     expected = 10_000 * (per_image + 0.1 * AUTOATTACK_QUERIES_ROBUST * forward) + 95 * 10_000 * forward
     assert evaluate_hours(times, shape("relu"), settings["cifar10"], 0.1) * 3600 == pytest.approx(expected)
     assert evaluate_hours(times, shape("relu"), settings["mnist"], 0.1) == 0.0
+
+
+def test_resnet_runs_are_timed_by_the_resnet_benchmark_scaled_by_width_and_input_area(tmp_path):
+    def row(step, images_per_s):
+        return {"train_step_s": step, "inference_images_per_s": images_per_s}
+
+    cpu_rows = {"relu": row(0.01, 1e5), "fused": row(0.05, 2e4), "table": row(0.02, 1e5)}
+    (tmp_path / "neurons_cpu.json").write_text(json.dumps({"models": {"cnn": {"batch": 50, "rows": cpu_rows}}}))
+    resnet = {"relu": row(1.6, 40.0), "2arg": row(12.8, 5.0), "1arg": row(16.0, 4.0)}
+    (tmp_path / "resnet_cpu.json").write_text(json.dumps({"width_multiplier": 0.5, "batch": 16, "rows": resnet}))
+    times = load_step_times(tmp_path, gpu_speedup=10)
+    assert times.train["resnet"]["2arg"] == pytest.approx(12.8 / 16 / 10) and times.resnet_width == 32
+
+    def resnet_shape(neuron, width, side=32):
+        return RunShape("resnet18_" + neuron, "cifar10", "DendriticResNet", neuron, side, 200, 2, 3, True, width)
+
+    assert session_paths(times, resnet_shape("2arg", 32)) == ("2arg", "2arg")  # no table row: exact in both
+    assert session_paths(times, resnet_shape("relu", 32)) == ("relu", None)
+    assert session_paths(times, resnet_shape("pau", 32))[0] == "2arg"  # a learned neuron it did not time
+
+    def epoch_s(neuron, scale):
+        step = max(200 * resnet[neuron]["train_step_s"] / 16 / 10 * scale, MIN_STEP_S)
+        return math.ceil(40_000 / 200) * step + 10_000 / resnet[neuron]["inference_images_per_s"] / 10 * scale
+
+    assert train_hours(times, resnet_shape("1arg", 32)) * 3600 == pytest.approx(5 * epoch_s("1arg", 1.0))
+    # twice the width: 4x the convolutions; 28x28 input: (28/32)^2 of the area
+    scale = 4 * (28 / 32) ** 2
+    assert train_hours(times, resnet_shape("relu", 64, 28)) * 3600 == pytest.approx(2 * epoch_s("relu", scale))
+    text = estimate([resnet_shape("2arg", 64)], times).format()
+    assert "ResNet: each neuron's own row of resnet_cpu.json, divided by the assumed 10x" in text
+
+
+def test_the_beyond_sweep_dry_run_estimates_its_resnet_runs_and_says_when_it_cannot(tmp_path):
+    from lit_dendrite.sweeps.cost import sweep_cost
+    from lit_dendrite.sweeps.spec import load_sweep
+
+    sweep = load_sweep(REPO / "configs" / "sweep" / "beyond.yaml")
+    text = sweep_cost(sweep)
+    assert "resnet18_cifar100_2arg" in text and "total:" in text and "ResNet: each neuron's own row" in text
+    (tmp_path / "neurons_cpu.json").write_text((RESULTS / "neurons_cpu.json").read_text())
+    missing = sweep_cost(sweep, tmp_path)
+    assert "not available: no benchmark results for DendriticResNet" in missing
+    assert "run `python benchmarks/resnet.py` first" in missing

@@ -18,6 +18,7 @@ import yaml
 
 from lit_dendrite.data.datasets import dataset_spec
 from lit_dendrite.nn.neurons import NEURONS
+from lit_dendrite.nn.resnet import RESNET18_WIDTHS
 from lit_dendrite.sweeps.evaluation import settings_for
 from lit_dendrite.sweeps.spec import Sweep
 
@@ -29,12 +30,14 @@ DATASET_IMAGES = {
     "cifar10": (50_000, 10_000),
     "cifar100": (50_000, 10_000),
 }
-# The benchmark's models and the input side it measured them at (MLP: MNIST 28x28; CNN: CIFAR 32x32).
-BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32)}
+# The benchmark's models and the input side it measured them at (MLP: MNIST 28x28; CNN and ResNet: CIFAR 32x32).
+BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32), "DendriticResNet": ("resnet", 32)}
+CONV_MODELS = ("cnn", "resnet")  # time scales with the input's area
 UNMEASURED_PATHS = ("reference", "table")  # not what session II trains with
 DEFAULT_GPU_SPEEDUP = 100.0
 BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GPU_RESULTS, CPU_RESULTS = "neurons_cuda.json", "neurons_cpu.json"
+RESNET_RESULTS = "resnet_{device}.json"  # benchmarks/resnet.py: the ResNet-18 and its controls, one width
 GPU_PRECISION = "fp32"
 MIN_STEP_S = 0.003  # a training step costs at least this on a GPU (Lightning's loop, the optimizer, kernel launches)
 # AutoAttack standard (Croce & Hein 2020): APGD-CE 100 iterations on every image; on the images still robust,
@@ -54,17 +57,23 @@ class StepTimes:
     speedup: float
     train: dict[str, dict[str, float]]
     inference: dict[str, dict[str, float]]
+    resnet_source: Path | None = None
+    resnet_width: int | None = None  # the benchmarked ResNet's first-stage width (64 at multiplier 1)
+    resnet_speedup: float = 1.0
 
     def learned_path(self, model: str) -> str:
         """The fastest measured path of the learned neuron (what ``impl="auto"`` is meant to pick)."""
         # rows named after a neuron (relu, kan, celltypes, ...) time that neuron, not a path of the inner net
         candidates = {p: t for p, t in self.train[model].items() if p not in (*UNMEASURED_PATHS, *NEURONS)}
+        if not candidates:  # a model timed per neuron only (benchmarks/resnet.py): the 2-arg neuron's row
+            return "2arg"
         return min(candidates, key=candidates.get)
 
 
 def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SPEEDUP) -> StepTimes:
     """The benchmark's GPU results (``neurons_cuda.json``) if they exist, else its CPU results divided by
-    ``gpu_speedup`` (an assumption the estimate states)."""
+    ``gpu_speedup`` (an assumption the estimate states); the ResNet's from ``resnet_cuda.json`` or, divided alike,
+    ``resnet_cpu.json`` where one exists."""
     results_dir = Path(results_dir)
     gpu, cpu = results_dir / GPU_RESULTS, results_dir / CPU_RESULTS
     source = gpu if gpu.is_file() else cpu
@@ -76,9 +85,35 @@ def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SP
     speedup = 1.0 if source == gpu else gpu_speedup
     train, inference = {}, {}
     for model, batch, rows in _measured_rows(data):
-        train[model] = {p: r["train_step_s"] / batch / speedup for p, r in rows.items()}
-        inference[model] = {p: 1 / r["inference_images_per_s"] / speedup for p, r in rows.items()}
-    return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, train, inference)
+        _add_rows(train, inference, model, batch, rows, speedup)
+    resnet: dict[str, Any] = {}
+    for device, divisor in (("cuda", 1.0), ("cpu", gpu_speedup)):
+        path = results_dir / RESNET_RESULTS.format(device=device)
+        if path.is_file():
+            measured = json.loads(path.read_text())
+            _add_rows(train, inference, "resnet", measured["batch"], measured["rows"], divisor)
+            width = _resnet_width(measured["width_multiplier"], RESNET18_WIDTHS)
+            resnet = {"resnet_source": path, "resnet_width": width, "resnet_speedup": divisor}
+            break
+    return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, train, inference, **resnet)
+
+
+def _resnet_width(multiplier: float, widths: Sequence[int]) -> int:
+    """The first-stage width of a ResNet of ``widths`` and ``multiplier`` (as ``DendriticResNet`` rounds it)."""
+    return max(1, round(multiplier * widths[0]))
+
+
+def _add_rows(
+    train: dict[str, dict[str, float]],
+    inference: dict[str, dict[str, float]],
+    model: str,
+    batch: int,
+    rows: Mapping[str, Mapping[str, float]],
+    divisor: float,
+) -> None:
+    """Per-image seconds of each measured path of ``model`` (rows timed at ``batch``), divided by ``divisor``."""
+    train[model] = {p: r["train_step_s"] / batch / divisor for p, r in rows.items()}
+    inference[model] = {p: 1 / r["inference_images_per_s"] / divisor for p, r in rows.items()}
 
 
 def _measured_rows(data: Mapping[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
@@ -106,6 +141,7 @@ class RunShape:
     joint_epochs: int
     frozen_epochs: int
     fixed_schedule: bool
+    width: int | None = None  # the ResNet's first-stage width (after its width multiplier)
 
 
 @dataclass
@@ -137,17 +173,21 @@ def _session_hours(times: StepTimes, shape: RunShape, batch_train: str, batch_ev
     model = BENCHMARK_MODELS[shape.net][0]
     train_images, _ = DATASET_IMAGES[shape.dataset]
     val = round(dataset_spec(shape.dataset).val_fraction * train_images)
-    scale = _input_scale(shape)
+    scale = _scale(times, shape)
     steps = math.ceil((train_images - val) / shape.batch_size)
     step_s = max(shape.batch_size * times.train[model][batch_train] * scale, MIN_STEP_S)
     per_epoch = steps * step_s + val * times.inference[model][batch_eval] * scale
     return epochs * per_epoch / 3600
 
 
-def _input_scale(shape: RunShape) -> float:
-    """CNN time scales with the input's area relative to the benchmark's; the MLP's is taken as unchanged."""
+def _scale(times: StepTimes, shape: RunShape) -> float:
+    """A run's time relative to the benchmark's model: conv nets scale with the input's area, the ResNet also with
+    the square of its width (its convolutions' cost); the MLP's is taken as unchanged."""
     model, side = BENCHMARK_MODELS[shape.net]
-    return (shape.input_side / side) ** 2 if model == "cnn" else 1.0
+    scale = (shape.input_side / side) ** 2 if model in CONV_MODELS else 1.0
+    if model == "resnet" and shape.width is not None:
+        scale *= (shape.width / times.resnet_width) ** 2
+    return scale
 
 
 def session_paths(times: StepTimes, shape: RunShape) -> tuple[str, str | None]:
@@ -200,7 +240,7 @@ def evaluate_hours(
         kind = corruptions["spec"].split(":", 1)[0]
         n = corruptions.get("n") or settings.get("n") or test_images
         seconds += CORRUPTED_SETS.get(kind, 95) * n * forward
-    return seconds * _input_scale(shape) / 3600
+    return seconds * _scale(times, shape) / 3600
 
 
 def estimate(
@@ -256,6 +296,14 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
         "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward "
         "pass per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
     ]
+    if times.resnet_source is not None and any(BENCHMARK_MODELS[s.net][0] == "resnet" for s in shapes):
+        divided = "" if times.resnet_speedup == 1 else f", divided by the assumed {times.resnet_speedup:g}x"
+        notes.append(
+            f"ResNet: each neuron's own row of {times.resnet_source.name}{divided} (first-stage width "
+            f"{times.resnet_width}), in both sessions (no lookup-table row); time scales with the square of the "
+            "run's width relative to it (its convolutions' cost; the inner net's share grows only linearly, so a "
+            "narrower run is underestimated, a wider one overestimated)"
+        )
     if any(not s.fixed_schedule for s in shapes):
         notes.append("experiments marked `max` stop early: their cost is an upper bound at trainer.max_epochs")
     return notes
@@ -268,6 +316,10 @@ def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
     if net_name not in BENCHMARK_MODELS:
         raise ValueError(f"no benchmark model for {net_name}; the estimate knows {sorted(BENCHMARK_MODELS)}")
     protocol, trainer = config.get("protocol") or {}, config.get("trainer") or {}
+    args = net.get("init_args") or {}
+    width = None
+    if BENCHMARK_MODELS[net_name][0] == "resnet":
+        width = _resnet_width(args.get("width_multiplier", 1.0), args.get("widths", RESNET18_WIDTHS))
     max_epochs = trainer.get("max_epochs") or 1000
     joint, frozen = protocol.get("joint_epochs"), protocol.get("frozen_epochs")
     return RunShape(
@@ -280,6 +332,7 @@ def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
         joint_epochs=joint or max_epochs,
         frozen_epochs=frozen or max_epochs,
         fixed_schedule=joint is not None and (frozen is not None or net["init_args"]["neuron"] == "relu"),
+        width=width,
     )
 
 
@@ -327,6 +380,11 @@ def sweep_cost(
         times = load_step_times(results_dir, gpu_speedup)
     except (ValueError, FileNotFoundError) as error:
         return f"Cost estimate: not available: {error}"
+    if unmeasured := sorted({s.net for s in shapes if BENCHMARK_MODELS[s.net][0] not in times.train}):
+        return (
+            f"Cost estimate: not available: no benchmark results for {', '.join(unmeasured)} in {results_dir}; "
+            "run `python benchmarks/resnet.py` first"
+        )
     datasets = sorted({shape.dataset for shape in shapes})
     evaluation = {d: settings_for(sweep.evaluate, d) for d in datasets} if sweep.evaluate else {}
     return estimate(shapes, times, evaluation, published_robust_fractions()).format()
