@@ -25,7 +25,8 @@ from lit_dendrite.data.datasets import load_arrays, pixels
 from lit_dendrite.nn import DendriticMLP
 from lit_dendrite.robustness import evaluate
 from lit_dendrite.robustness.adversarial import SanityCheckError, exact_model, predict
-from lit_dendrite.robustness.evaluate import find_baseline, main
+from lit_dendrite.robustness.cli import main
+from lit_dendrite.robustness.evaluate import find_baseline
 from lit_dendrite.runs import RunDir
 
 TINY = ["--trainer.max_epochs", "2", "--protocol.pretrain_epochs", "1", "--model.net.init_args.widths", "[16, 16]"]
