@@ -25,15 +25,23 @@ def quick_train(config: str, run_dir: Path, epochs: int = 3, pretrain_epochs: in
     return train(quick_args(config, run_dir, epochs, pretrain_epochs, *extra), **kwargs)
 
 
+def digits_test_set():
+    """The digits test set as the nets take it: images (N x C x H x W, floats in [0, 1]) and labels, as tensors."""
+    import torch
+
+    from lit_dendrite.data import load_arrays
+
+    images, labels = load_arrays("digits", "unused", train=False)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(labels)
+
+
 def assert_reload_gives_the_tested_accuracy(run_dir: Path, result: dict) -> None:
     """The net rebuilt from the run directory (``load_net``) predicts the test set with the accuracy the run tested."""
     import torch
 
-    from lit_dendrite.data import load_arrays
     from lit_dendrite.models import load_net
 
-    images, labels = load_arrays("digits", "unused", train=False)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x, labels = digits_test_set()
     with torch.no_grad():
-        accuracy = (load_net(run_dir)(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
+        accuracy = (load_net(run_dir)(x).argmax(1) == labels).float().mean().item()
     assert abs(accuracy - result["test_acc"]) <= 1e-6, (accuracy, result["test_acc"])

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import quick_train
+from helpers import digits_test_set, quick_train
 
 from lit_dendrite.analysis.activations import analyse_curve, evaluate_curve
 from lit_dendrite.analysis.report import write_report
@@ -108,12 +108,11 @@ def test_pau_run_learns_on_digits_and_freezes_its_unit_in_session_three(pau_run)
 def test_a_reloaded_pau_net_gives_the_tested_predictions(pau_run):
     run_dir, result = pau_run
     net = load_net(run_dir)
-    images, labels = load_arrays("digits", "unused", train=False)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x, labels = digits_test_set()
     with torch.no_grad():
         predictions = net(x).argmax(1)
         assert torch.equal(load_net(run_dir)(x).argmax(1), predictions)
-    accuracy = (predictions == torch.from_numpy(labels)).float().mean().item()
+    accuracy = (predictions == labels).float().mean().item()
     assert accuracy == pytest.approx(result["test_acc"], abs=1e-6)
 
 

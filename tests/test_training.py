@@ -7,7 +7,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from helpers import CONFIGS, quick_args, quick_train
+from helpers import CONFIGS, digits_test_set, quick_args, quick_train
 
 from lit_dendrite.cli import parse
 from lit_dendrite.models import InnerPretrain, load_net
@@ -46,18 +46,15 @@ def test_frozen_session_keeps_the_best_joint_inner_net_bit_identical(two_arg_run
 
 
 def test_load_net_restores_the_tested_accuracy(two_arg_run):
-    from lit_dendrite.data import load_arrays
-
     run_dir, result = two_arg_run
     net = load_net(run_dir)
-    images, labels = load_arrays("digits", "unused", train=False)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x, labels = digits_test_set()
     with torch.no_grad():
-        accuracy = (net(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
+        accuracy = (net(x).argmax(1) == labels).float().mean().item()
     assert accuracy == pytest.approx(result["test_acc"], abs=1e-6)
     tabulate_inner(net, calibration=[x[:200]])
     with torch.no_grad():
-        tabulated = (net(x).argmax(1) == torch.from_numpy(labels)).float().mean().item()
+        tabulated = (net(x).argmax(1) == labels).float().mean().item()
     assert abs(tabulated - accuracy) <= 1 / len(labels) + 1e-9
 
 
