@@ -69,6 +69,7 @@ class TrainCLI(LightningCLI):
             "(a run directory holds one configuration; without this, a mismatch is an error)",
         )
         parser.add_class_arguments(Protocol, "protocol")
+        batch_counts_first(parser)
         for name in NET_ARGS:
             parser.link_arguments(
                 "data.dataset",
@@ -89,6 +90,18 @@ class TrainCLI(LightningCLI):
 
     def _set_seed(self) -> None:
         """Parsing has no side effects: the protocol seeds each session itself."""
+
+
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def batch_counts_first(parser: LightningArgumentParser) -> None:
+    """Read ``--trainer.limit_*_batches 1`` as one batch, as Lightning means an int. Lightning annotates these
+    ``float | int | None`` and jsonargparse takes the first type that accepts a value, so every integer became a
+    float and ``1`` the whole epoch (``1.0``); trying int first keeps ``1.0`` and ``0.5`` the fractions they are."""
+    for action in parser._actions:  # no public way to change a parsed class's argument type (jsonargparse 4.53)
+        if action.dest.removeprefix("trainer.") in BATCH_LIMITS:
+            action._typehint = int | float | None
 
 
 def check_no_data_set_facts(given: Namespace, dataset: str) -> None:

@@ -82,6 +82,16 @@ def test_trainer_options_without_a_best_checkpoint_fail_when_parsed(override, me
         parse(["--config", MLP_2ARG, "--trainer.max_epochs", "3", *override])
 
 
+@pytest.mark.parametrize(("given", "expected"), [("1", 1), ("3", 3), ("1.0", 1.0), ("0.25", 0.25)])
+def test_batch_limits_are_counts_when_integers_and_fractions_otherwise(tmp_path, given, expected):
+    """Lightning reads an int as a number of batches and a float as a fraction of the epoch: ``1`` is one batch."""
+    from_file = tmp_path / "limits.yaml"
+    from_file.write_text(f"trainer:\n  limit_val_batches: {given}\n")
+    config = parse(["--config", MLP_2ARG, "--config", str(from_file), "--trainer.limit_train_batches", given]).config
+    for key in ("limit_train_batches", "limit_val_batches"):
+        assert config.trainer[key] == expected and type(config.trainer[key]) is type(expected), key
+
+
 def test_key_prefixes_are_not_accepted():
     with pytest.raises(Exception, match=r"model\.l\b"):
         parse(["--config", MLP_2ARG, "--model.l", "5"])
