@@ -4,9 +4,8 @@ pre-activation, frozen tables, checkpoints and short runs through the protocol."
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import quick_train
+from helpers import assert_reload_gives_the_tested_accuracy, quick_train
 
-from lit_dendrite.models import load_net
 from lit_dendrite.models.loading import build_net
 from lit_dendrite.nn import DendriticResNet, count_parameters, exact_inner, tabulate_inner
 from lit_dendrite.nn.neurons import LearnedNeuron, learned_neurons
@@ -118,20 +117,13 @@ def test_bad_arguments_are_clear_errors():
 
 
 def test_short_relu_run_learns_and_reloads_with_its_tested_accuracy(tmp_path):
-    from lit_dendrite.data import load_arrays
-
     result = quick_train("resnet18_digits_relu", tmp_path / "run", 1, 0, "--data.batch_size", "50")
     assert result["status"] == "done" and result["test_acc"] > 0.3, result["test_acc"]
-    images, labels = load_arrays("digits", "unused", train=False)
-    net = load_net(tmp_path / "run")
-    with torch.no_grad():
-        predictions = net(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1)
-    accuracy = (predictions == torch.from_numpy(labels)).float().mean().item()
-    assert accuracy == pytest.approx(result["test_acc"], abs=1e-6)
+    assert_reload_gives_the_tested_accuracy(tmp_path / "run", result)
 
 
 def test_two_arg_run_goes_through_every_session_with_augmentation(tmp_path):
-    limits = [f"--trainer.limit_{stage}_batches" for stage in ("train", "val", "test")]  # "1" reads as 1.0: all
+    limits = [f"--trainer.limit_{stage}_batches" for stage in ("train", "val", "test")]
     limits = [arg for limit in limits for arg in (limit, "2")] + ["--data.batch_size", "16"]
     result = quick_train("resnet18_digits_2arg", tmp_path / "run", 1, 1, *limits, "--data.augment", "cifar")
     assert result["status"] == "done" and set(result["epochs"]) == {"I_pretrain", "II_joint", "III_frozen"}
