@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_dendrite.analysis.report import SURFACE_IMAGES, accuracy_section, write_report
+from lit_dendrite.analysis.nonlinearity_report import SURFACE_IMAGES
+from lit_dendrite.analysis.report import accuracy_section, write_report
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.backends import BACKENDS

@@ -131,12 +131,12 @@ def test_sweep_collect_fails_on_the_poisoned_run_instead_of_swallowing_it(tmp_pa
 
 
 def test_notebook_loading_path_refuses_the_poisoned_run(tmp_path):
-    """The notebook loads runs through report.load_runs and report.analyse_surfaces (then load_net)."""
-    from lit_dendrite.analysis import report
+    """The notebook loads runs through report.load_runs and nonlinearity_report.analyse_surfaces (then load_net)."""
+    from lit_dendrite.analysis import nonlinearity_report, report
 
     sweep, marker = _poisoned_sweep(tmp_path)
     with pytest.raises(ValueError, match="refusing to build"):
-        report.analyse_surfaces(report.load_runs(sweep), n_images=50)
+        nonlinearity_report.analyse_surfaces(report.load_runs(sweep), n_images=50)
     assert not marker.exists()
 
 

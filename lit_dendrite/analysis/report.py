@@ -9,16 +9,11 @@ A run that cannot be analysed is listed under "Problems" instead of stopping the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from lit_dendrite.analysis import plots
-from lit_dendrite.analysis.activations import CurveAnalysis, analyse_curve
 from lit_dendrite.analysis.curves import (
     SESSIONS,
     epochs_to_fraction,
@@ -27,24 +22,15 @@ from lit_dendrite.analysis.curves import (
     session_offsets,
     summarise_speed,
 )
-from lit_dendrite.analysis.paper import authors_layer, paper_numbers, published_saddle
+from lit_dendrite.analysis.nonlinearity_report import SURFACE_IMAGES, curve_section, surface_section
+from lit_dendrite.analysis.paper import paper_numbers
 from lit_dendrite.analysis.robustness_report import robustness_section
-from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid, Surface, surface_module
-from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd, slug
-from lit_dendrite.analysis.xor import (
-    QuadraticFit,
-    XorAnalysis,
-    analyse_inner_nets,
-    angular_power,
-    initial_surfaces,
-    saddle_statistics,
-)
+from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid
+from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd
 from lit_dendrite.io import write_text_atomic
-from lit_dendrite.nn.neurons import NEURONS
-from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, UntrustedRecord, find_records
+from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, find_records
 
 REPORT_NAME = "report.md"
-SURFACE_IMAGES = 10_000  # test images whose input pairs define the surface regions (the paper: the test set)
 ACCURACY_HEADING = "## Clean test accuracy"
 
 
@@ -161,238 +147,6 @@ def _curves_section(sweep_dir: Path, conditions: pd.DataFrame) -> list[str]:
     return lines
 
 
-@lru_cache(maxsize=4)
-def _test_images(dataset: str, root: str) -> np.ndarray:
-    from lit_dendrite.data.datasets import load_arrays
-
-    return load_arrays(dataset, root, train=False)[0]
-
-
-def run_test_images(run: RunRecord, n_images: int = SURFACE_IMAGES) -> np.ndarray:
-    """The first ``n_images`` test images (uint8, N x H x W x C) of the run's data set, from its data root."""
-    return _test_images(run.dataset, str(run.data_root))[:n_images]
-
-
-def neuron_analysis(neuron: str | None) -> str | None:
-    """The analysis a run's neuron gets (its registry entry's ``analysis``); None for a name not registered here."""
-    spec = NEURONS.get(neuron) if isinstance(neuron, str) else None
-    return None if spec is None else spec.analysis
-
-
-@dataclass(frozen=True)
-class RunSurface:
-    """The XOR analysis of one of a run's inner nets (pooled over layers, and per layer) and the mean l = 2 power
-    share of Xavier-initialised inner nets on its pooled region; ``inner`` names that inner net where the run has
-    several (``inner.types.<k>``: cell type k), else None."""
-
-    run: RunRecord
-    analysis: XorAnalysis
-    layers: dict[str, QuadraticFit | ValueError]
-    initial_l2: float
-    inner: str | None = None
-
-    @property
-    def condition(self) -> str:
-        """The run's condition, and with several inner nets the one analysed: the rows of the surface tables."""
-        return self.run.condition if self.inner is None else f"{self.run.condition} {self.inner}"
-
-
-def analyse_surfaces(
-    runs: Sequence[RunRecord], grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES
-) -> tuple[list[RunSurface], list[str]]:
-    """Load every finished run whose neuron's analysis is the surface (2arg, celltypes) and analyse each of its
-    inner nets' surfaces on test data (one per cell type); failures come back as messages."""
-    from lit_dendrite.models import load_net
-
-    surfaces, problems = [], []
-    baselines: dict[tuple[int, ...], list[Surface]] = {}
-    for run in runs:
-        if not run.done or neuron_analysis(run.neuron) != "surface":
-            continue
-        try:
-            net = load_net(run.dir.path)
-            analyses = analyse_inner_nets(net, run_test_images(run, n_images), grid)
-        except UntrustedRecord:  # never reported as one run's problem: the caller must stop
-            raise
-        except Exception as error:  # a broken run must not hide the others
-            problems.append(f"`{run.name}`: surface analysis failed: {type(error).__name__}: {error}")
-            continue
-        hidden = surface_module(net).hidden
-        if hidden not in baselines:
-            baselines[hidden] = initial_surfaces(grid, hidden)
-        for name, inner_analysis in analyses.items():
-            analysis = inner_analysis.pooled
-            initial = np.mean([angular_power(s, analysis.region).fraction[2] for s in baselines[hidden]])
-            inner = name if len(analyses) > 1 else None
-            surfaces.append(RunSurface(run, analysis, inner_analysis.layers, float(initial), inner))
-    return surfaces, problems
-
-
-def surface_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
-    """Per condition: saddles out of n, their fraction, the binomial p, mean R^2 and l = 2 power shares."""
-    rows = []
-    for condition in sorted({s.condition for s in surfaces}):
-        group = [s for s in surfaces if s.condition == condition]
-        stats = saddle_statistics([s.analysis.fit.is_saddle for s in group])
-        rows.append(
-            {
-                "condition": condition,
-                "saddles": f"{stats.saddles}/{stats.n}",
-                "fraction": stats.fraction,
-                "binomial_p": stats.p_value,
-                "mean_R2": float(np.mean([s.analysis.fit.r_squared for s in group])),
-                "mean_R2_gain": float(
-                    np.mean([s.analysis.fit.r_squared - s.analysis.fit.linear_r_squared for s in group])
-                ),
-                "l2_power": float(np.mean([s.analysis.harmonics.fraction[2] for s in group])),
-                "l2_power_xavier": float(np.mean([s.initial_l2 for s in group])),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def layer_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
-    """Per condition and learned-neuron layer (1-based, in forward order): saddles out of n, their fraction and
-    the binomial p, with the paper's published fraction and p beside the layer the authors analysed."""
-    rows = []
-    for condition in sorted({s.condition for s in surfaces}):
-        group = [s for s in surfaces if s.condition == condition]
-        net = group[0].run.net
-        names = list(group[0].layers)
-        published = published_saddle(net) if group[0].inner is None else None  # the paper had one inner net
-        for index, name in enumerate(names, start=1):
-            fits = [s.layers[name] for s in group if isinstance(s.layers.get(name), QuadraticFit)]
-            if not fits:
-                continue
-            stats = saddle_statistics([fit.is_saddle for fit in fits])
-            authors = index == authors_layer(net)
-            rows.append(
-                {
-                    "condition": condition,
-                    "layer": f"{index} ({name})" + (" authors'" if authors else ""),
-                    "saddles": f"{stats.saddles}/{stats.n}",
-                    "fraction": stats.fraction,
-                    "binomial_p": stats.p_value,
-                    "mean_R2_gain": float(np.mean([fit.r_squared - fit.linear_r_squared for fit in fits])),
-                    "paper fraction": published["fraction"] if authors and published else np.nan,
-                    "paper p": published["binomial_p"] if authors and published else np.nan,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def gallery(surfaces: Sequence[RunSurface], condition: str) -> Figure:
-    """The surface gallery of one condition, panels labelled by run name."""
-    chosen = [(s.run.name.split("/")[-1], s.analysis) for s in surfaces if s.condition == condition]
-    return plots.surface_gallery(chosen)
-
-
-def _surface_section(
-    sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str], grid: Grid, n_images: int
-) -> list[str]:
-    lines = ["## Inner-net surfaces: soft XOR?", ""]
-    surfaces, failures = analyse_surfaces(runs, grid, n_images)
-    problems += failures
-    if not surfaces:
-        return [*lines, "No finished run with a two-argument inner net (such as neuron `2arg`) could be analysed."]
-    images = sorted({len(run_test_images(s.run, n_images)) for s in surfaces})
-    lines += [
-        "Each panel: the trained inner net on the grid, the white outline enclosing the region that holds 90% of "
-        f"the input pairs reaching it (all layers) on {' / '.join(map(str, images))} test images. Inside the region "
-        "a least-squares quadratic c0 x² + c1 y² + c2 xy + c3 x + c4 y + c5 is fitted; a saddle (4 c0 c1 − c2² < 0) "
-        "is a soft XOR. R2 gain: the quadratic fit's R² minus the best plane's (near 0: a nearly planar surface, "
-        "whose saddle verdict rests on little curvature). p: two-sided binomial test of P(saddle) = 0.5 "
-        "(scipy.stats.binomtest). l=2 power: share of the centred surface's power in the second angular harmonic, "
-        "trained vs 20 Xavier-initialised inner nets on the same regions. A net of several cell types has one row "
-        "per type (`inner.types.<k>`: type k's inner net, its region from the pairs reaching that type's units).",
-        "",
-    ]
-    formats = {"fraction": ".2f", "binomial_p": ".3g", "l2_power": ".3f", "l2_power_xavier": ".3f"}
-    formats |= {"mean_R2": ".3f", "mean_R2_gain": ".3f", "paper fraction": ".2f", "paper p": ".3g"}
-    table = surface_statistics(surfaces)
-    lines += [markdown_table(table, formats), ""]
-    by_layer = layer_statistics(surfaces)
-    if not by_layer.empty:
-        lines += [
-            "### Per layer",
-            "",
-            "The same verdicts with the region taken from one learned-neuron layer's input pairs only (the surface "
-            "is the same: one inner net serves every layer, or every layer's units of one cell type); `authors'` "
-            "marks the layer the authors analysed, "
-            "with the paper's published fraction and p beside it (as published; "
-            f"{paper_numbers()['source']}).",
-            "",
-            markdown_table(by_layer, formats),
-            "",
-        ]
-        failed = sorted(
-            f"`{s.run.name}` {name}" for s in surfaces for name, a in s.layers.items() if isinstance(a, ValueError)
-        )
-        if failed:
-            lines += [f"No per-layer verdict (region too small): {', '.join(failed)}.", ""]
-    for condition in table["condition"]:
-        image = f"report_surfaces_{slug(condition)}.png"
-        plots.save_figure(gallery(surfaces, condition), sweep_dir / image)
-        lines += [f"### {condition}", "", f"![surfaces of {condition}]({image})", ""]
-    return lines
-
-
-def analyse_curves(
-    runs: Sequence[RunRecord], n_images: int = SURFACE_IMAGES
-) -> tuple[dict[str, list[tuple[str, CurveAnalysis]]], list[str]]:
-    """Every finished run whose neuron's analysis is the curve (``1arg``, ``pau``): its activation and input interval
-    on test data, by condition and run name; failures come back as messages."""
-    from lit_dendrite.models import load_net
-
-    curves: dict[str, list[tuple[str, CurveAnalysis]]] = {}
-    problems = []
-    for run in runs:
-        if not run.done or neuron_analysis(run.neuron) != "curve":
-            continue
-        try:
-            analysis = analyse_curve(load_net(run.dir.path), run_test_images(run, n_images))
-        except UntrustedRecord:  # never reported as one run's problem: the caller must stop
-            raise
-        except Exception as error:  # a broken run must not hide the others
-            problems.append(f"`{run.name}`: activation analysis failed: {type(error).__name__}: {error}")
-            continue
-        curves.setdefault(run.condition, []).append((run.name.split("/")[-1], analysis))
-    return dict(sorted(curves.items())), problems
-
-
-def _curve_section(sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str], n_images: int) -> list[str]:
-    curves, failures = analyse_curves(runs, n_images)
-    problems += failures
-    if not curves:
-        return []
-    rows = [
-        {
-            "condition": condition,
-            "n": len(group),
-            "input_low": float(np.mean([c.interval[0] for _, c in group])),
-            "input_high": float(np.mean([c.interval[1] for _, c in group])),
-            "rms_from_relu": float(np.mean([c.relu_rms for _, c in group])),
-        }
-        for condition, group in curves.items()
-    ]
-    image = "report_activations.png"
-    plots.save_figure(plots.activation_figure(curves), sweep_dir / image)
-    formats = {"input_low": ".2f", "input_high": ".2f", "rms_from_relu": ".3f"}
-    return [
-        "## Learned one-argument activations",
-        "",
-        "The shared activation of each run whose neuron learns a one-argument function (`1arg`: the inner net; "
-        "`pau`: a rational function initialised to ReLU), with ReLU dashed. input_low / input_high: the interval "
-        f"holding the central 90% of the inputs all layers see on {n_images} test images at most (shaded per run); "
-        "rms_from_relu: the activation's RMS distance from ReLU over those inputs. Means over runs.",
-        "",
-        markdown_table(pd.DataFrame(rows), formats),
-        "",
-        f"![learned activations]({image})",
-        "",
-    ]
-
-
 def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES) -> Path:
     """Write ``<sweep_dir>/report.md`` and its PNGs from the sweep's run records, event and robustness files."""
     sweep_dir = Path(sweep_dir)
@@ -409,8 +163,8 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     ]
     lines += [*_accuracy_section(runs, conditions), ""]
     lines += [*_curves_section(sweep_dir, conditions), ""]
-    lines += [*_surface_section(sweep_dir, runs, problems, grid, n_images), ""]
-    if curve_lines := _curve_section(sweep_dir, runs, problems, n_images):
+    lines += [*surface_section(sweep_dir, runs, problems, grid, n_images), ""]
+    if curve_lines := curve_section(sweep_dir, runs, problems, n_images):
         lines += [*curve_lines, ""]
     lines += [*robustness_section(sweep_dir, runs, conditions, problems), ""]
     if problems:
