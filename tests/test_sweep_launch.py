@@ -421,3 +421,30 @@ def test_an_error_after_checkpoint_is_an_interruption_not_a_failure(
     module.train = lambda args, extra_callbacks: 1 / 0  # the requeued run starts afresh and fails for real
     assert run()["status"] == "failed"
     assert "ZeroDivisionError" in json.loads((tmp_path / "run" / "result.json").read_text())["error"]
+
+
+def test_a_job_running_several_runs_shows_running_only_the_one_it_trains(
+    tmp_path: Path, backend_registry: dict
+) -> None:
+    """--cluster local deals several runs to one process: the runs it has not reached are pending, as is one whose
+    trainer died (its lock names a dead process); the one whose lock a live process holds is running."""
+    from lit_dendrite.runs import FileLock, RunDir
+    from lit_dendrite.sweeps.backends import ClusterBackend, register_backend
+    from lit_dendrite.sweeps.state import record_jobs, run_states
+
+    @register_backend
+    class Busy(ClusterBackend):
+        name = "busy"
+
+        def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
+            return dict.fromkeys(job_ids, "RUNNING")
+
+    runs = ["e/seed=1", "e/seed=2", "e/seed=3"]
+    record_jobs(tmp_path, "busy", dict.fromkeys(runs, "7"))
+    dead = {"host": os.uname().nodename, "pid": 2**22 + 1, "slurm_job": None, "since": "2026-11-30T00:00:00+0000"}
+    RunDir(tmp_path / runs[2]).lock.parent.mkdir(parents=True)
+    RunDir(tmp_path / runs[2]).lock.write_text(json.dumps(dead))
+    with FileLock(RunDir(tmp_path / runs[0]).lock, "test"):
+        states = {run: info["state"] for run, info in run_states(tmp_path, runs).items()}
+    assert states == {"e/seed=1": "running", "e/seed=2": "pending", "e/seed=3": "pending"}
+    assert run_states(tmp_path, runs[:1])[runs[0]]["state"] == "pending"  # released: the holder is cleared

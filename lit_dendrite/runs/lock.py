@@ -71,6 +71,14 @@ class FileLock:
             return None
         return data if isinstance(data, dict) else None
 
+    def held(self) -> bool:
+        """Whether a process holds the lock now, as far as can be told without taking it: a holder is recorded (a
+        release clears it) and, on this host, its process is alive; a holder on another host counts as holding it."""
+        holder = self.holder()
+        if not holder:
+            return False
+        return holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", 0)))
+
     def _ended_holder(self, holder: dict[str, Any] | None) -> bool:
         """True where the holder is gone although the lock is still reported (lease not expired yet)."""
         if not holder:

@@ -89,8 +89,9 @@ def run_states(sweep_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
         live = job_state not in (None, "ENDED")
         if result.get("status") in FINISHED:
             state = result["status"]
-        elif live:
-            state = "running" if job_state in RUNNING_JOB_STATES else "pending"
+        elif live:  # a job running several runs in turn (--cluster local) has started only the one it trains
+            started = job_state in RUNNING_JOB_STATES and FileLock(RunDir(sweep_dir / run).lock, "").held()
+            state = "running" if started else "pending"
         elif result.get("status") == "failed":
             state = "failed"
         elif job_state is None and _recent_checkpoint(sweep_dir / run, now):
