@@ -10,7 +10,7 @@ import torch
 from scipy.stats import ttest_ind
 
 from lit_dendrite.analysis.paper import authors_layer, paper_numbers, published_robust_accuracy
-from lit_dendrite.analysis.robustness_report import corruption_metrics, table_one
+from lit_dendrite.analysis.robustness_report import corruption_metrics, epsilon_comparison, table_one
 from lit_dendrite.analysis.surfaces import collect_input_pairs, density_region, learned_neurons, pixel_batches
 from lit_dendrite.analysis.xor import analyse_layers, analyse_net, fit_quadratic
 from lit_dendrite.nn import DendriticMLP
@@ -50,6 +50,19 @@ def test_table_one_sets_each_measured_value_beside_the_published_one():
     expected = ttest_ind(values["2arg"], values["relu"], equal_var=False).pvalue
     assert row["p 2-arg vs ReLU"] == f"{expected:.3g}"
     assert list(table.columns[:3]) == ["data set", "net", "eps"] and len(table) == 1
+
+
+def test_robust_accuracy_is_compared_with_the_control_at_every_epsilon():
+    values = {"2arg": [0.40, 0.42, 0.44], "relu": [0.25, 0.27, 0.26]}
+    rows = pd.DataFrame(robust_rows("mnist", "DendriticMLP", values, 0.3))
+    conditions = pd.DataFrame(
+        [{"condition": f"x_{n}", "dataset": "mnist", "net": "DendriticMLP", "neuron": n} for n in values]
+    )
+    table = epsilon_comparison(rows, conditions)
+    assert list(table.columns) == ["condition", "versus", "eps=0.15", "eps=0.3"] and len(table) == 1
+    expected = ttest_ind(values["2arg"], values["relu"], equal_var=False).pvalue
+    assert table.iloc[0]["eps=0.3"] == f"+16.00 (p {expected:.3g})"
+    assert table.iloc[0]["eps=0.15"].startswith("+0.00 (p ")  # every run at 0.99
 
 
 def corruption_rows(neuron, runs, clean, accuracies, spec="cifar10_c"):

@@ -23,7 +23,15 @@ from scipy.stats import ttest_ind
 
 from lit_dendrite.analysis import plots
 from lit_dendrite.analysis.paper import NEURONS, paper_numbers, published_corruption, published_robust_accuracy
-from lit_dendrite.analysis.tables import CONTROL_NEURON, WELCH, comparison_lines, markdown_table, mean_sd, slug
+from lit_dendrite.analysis.tables import (
+    CONTROL_NEURON,
+    WELCH,
+    compare_conditions,
+    comparison_lines,
+    markdown_table,
+    mean_sd,
+    slug,
+)
 from lit_dendrite.data.corrupted import CIFAR_C_BENCHMARK, MNIST_C_CORRUPTIONS
 from lit_dendrite.robustness.corruption import corruption_errors, relative_corruption_errors
 
@@ -317,7 +325,28 @@ def _adversarial_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataF
             eps = reported["epsilon"].iloc[0]
             values = reported[["condition", "robust_accuracy"]].rename(columns={"robust_accuracy": "value"})
             lines += [*comparison_lines(values, conditions, f"{attack} robust accuracy (%) at eps={eps:g}", 100.0), ""]
+        by_epsilon = epsilon_comparison(part, conditions)
+        if not by_epsilon.empty:
+            lines += [
+                f"{attack} at every epsilon: robust accuracy minus the control's (percentage points), with the p of "
+                f"{WELCH} (where every run is at 0, as on digits at large epsilons, there is nothing to compare).",
+                "",
+                markdown_table(by_epsilon),
+                "",
+            ]
     return lines
+
+
+def epsilon_comparison(rows: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataFrame:
+    """One attack's robust accuracy against the control at each epsilon > 0: rows (condition, versus), a column per
+    epsilon holding ``difference (p)`` in percentage points (Welch's test, ``–`` where it cannot be computed)."""
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for eps, at in rows[rows["epsilon"] > 0].groupby("epsilon"):
+        values = at[["condition", "robust_accuracy"]].rename(columns={"robust_accuracy": "value"})
+        for row in compare_conditions(values, conditions).itertuples():
+            p = "–" if np.isnan(row.p) else f"{row.p:.3g}"
+            cells.setdefault((row.condition, row.versus), {})[f"eps={eps:g}"] = f"{100 * row.difference:+.2f} (p {p})"
+    return pd.DataFrame([{"condition": a, "versus": b, **by_eps} for (a, b), by_eps in cells.items()])
 
 
 def robustness_section(
