@@ -33,6 +33,18 @@ def test_two_arg_run_beats_chance_and_writes_a_complete_result(two_arg_run):
     assert on_disk["best_checkpoint"] == "III_frozen/checkpoints/best.ckpt"
 
 
+def test_the_recorded_commit_is_read_when_the_code_is_imported(monkeypatch):
+    """A job that trains several runs keeps the code it imported: a later checkout must not change what it records."""
+    import re
+
+    from lit_dendrite.runs import record
+
+    commit = record.git_commit()
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit), commit
+    monkeypatch.setattr(record.subprocess, "run", lambda *args, **kwargs: pytest.fail(f"git asked again: {args}"))
+    assert record.git_commit() == commit
+
+
 def test_frozen_session_keeps_the_best_joint_inner_net_bit_identical(two_arg_run):
     run_dir, _ = two_arg_run
     joint_inner = torch.load(run_dir / "II_joint" / "inner_best.pt", weights_only=True)

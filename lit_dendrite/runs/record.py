@@ -139,15 +139,31 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
+def _checkout_commit() -> str | None:
+    """HEAD of the checkout this package lies in, with ``+dirty`` where tracked files differ from it; None outside a
+    git checkout."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    if not head:
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+IMPORTED_COMMIT = _checkout_commit()
+"""The commit of the code this process runs: read once, when the package is imported, because a process keeps the
+code it imported while the checkout may move on (a ``git pull`` under a sweep job that trains several runs)."""
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package was imported from (``+dirty``: with uncommitted changes), or None."""
+    return IMPORTED_COMMIT
 
 
 def provenance() -> dict[str, Any]:
