@@ -174,3 +174,5 @@ def test_cell_type_run_freezes_every_type_in_session_three_reloads_and_reports_e
     report = write_report(tmp_path, n_images=100).read_text()
     rows = [line for line in report.splitlines() if line.startswith("| mlp_digits_celltypes inner.types.")]
     assert len(rows) == 3 + 3 * 3, report  # a surface row per cell type, and per type and layer
+    pooled = [line for line in report.splitlines() if line.startswith("| mlp_digits_celltypes all types |")]
+    assert len(pooled) == 1 and pooled[0].split(" | ")[1].endswith("/3"), report  # the 3 types of the one run

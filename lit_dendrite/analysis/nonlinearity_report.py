@@ -98,11 +98,19 @@ def analyse_surfaces(
     return surfaces, problems
 
 
+ALL_TYPES = "all types"
+
+
 def surface_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
-    """Per condition: saddles out of n, their fraction, the binomial p, mean R^2 and l = 2 power shares."""
+    """Per condition: saddles out of n, their fraction, the binomial p, mean R^2 and l = 2 power shares; a net of
+    several cell types has a row per type and one pooling its types (``<condition> all types``)."""
+    groups: dict[str, list[RunSurface]] = {}
+    for surface in surfaces:
+        groups.setdefault(surface.condition, []).append(surface)
+        if surface.inner is not None:
+            groups.setdefault(f"{surface.run.condition} {ALL_TYPES}", []).append(surface)
     rows = []
-    for condition in sorted({s.condition for s in surfaces}):
-        group = [s for s in surfaces if s.condition == condition]
+    for condition, group in sorted(groups.items()):
         stats = saddle_statistics([s.analysis.fit.is_saddle for s in group])
         rows.append(
             {
@@ -174,7 +182,8 @@ def surface_section(
         "whose saddle verdict rests on little curvature). p: two-sided binomial test of P(saddle) = 0.5 "
         "(scipy.stats.binomtest). l=2 power: share of the centred surface's power in the second angular harmonic, "
         "trained vs 20 Xavier-initialised inner nets on the same regions. A net of several cell types has one row "
-        "per type (`inner.types.<k>`: type k's inner net, its region from the pairs reaching that type's units).",
+        "per type (`inner.types.<k>`: type k's inner net, its region from the pairs reaching that type's units) and "
+        f"one pooling its types (`{ALL_TYPES}`: every type of every run, counted as independent surfaces).",
         "",
     ]
     formats = {"fraction": ".2f", "binomial_p": ".3g", "l2_power": ".3f", "l2_power_xavier": ".3f"}
@@ -201,6 +210,8 @@ def surface_section(
         if failed:
             lines += [f"No per-layer verdict (region too small): {', '.join(failed)}.", ""]
     for condition in table["condition"]:
+        if condition.endswith(ALL_TYPES):  # its types have their own galleries
+            continue
         image = f"report_surfaces_{slug(condition)}.png"
         plots.save_figure(gallery(surfaces, condition), sweep_dir / image)
         lines += [f"### {condition}", "", f"![surfaces of {condition}]({image})", ""]
