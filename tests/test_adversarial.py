@@ -294,3 +294,54 @@ def test_autoattack_is_at_least_as_strong_as_fgsm(trained, batch):
     fgsm = evaluate_attack(net, images[:40], labels[:40], build_attack("fgsm"), [0.1], progress=False)
     assert auto["robust_accuracy"][0] == fgsm["robust_accuracy"][0]
     assert auto["robust_accuracy"][1] <= fgsm["robust_accuracy"][1]
+
+
+class CountingEngine:
+    """Wraps a real engine and counts its calls; ``splits_epsilons`` as given."""
+
+    def __init__(self, inner, splits_epsilons: bool) -> None:
+        self.inner, self.splits_epsilons, self.calls = inner, splits_epsilons, 0
+
+    def run(self, model, images, labels, epsilons):
+        self.calls += 1
+        return self.inner.run(model, images, labels, epsilons)
+
+
+def test_an_interrupted_attack_resumes_from_its_finished_units_and_ends_as_an_uninterrupted_one(trained, batch):
+    net, _ = trained
+    images, labels = batch
+    pgd = build_attack("linf_pgd", **FAST_OVERRIDES["linf_pgd"]).engine
+    assert pgd.splits_epsilons and not build_attack("linf_deepfool").engine.splits_epsilons
+
+    def attack(splits: bool):
+        return _with_engine("linf_pgd", CountingEngine(pgd, splits))
+
+    def run(engine_attack, **units):
+        return evaluate_attack(net, images, labels, engine_attack, EPSILONS, batch_size=16, progress=False, **units)
+
+    torch.manual_seed(0)
+    whole = run(attack(False))  # one call per batch over all epsilons, as before units existed
+    torch.manual_seed(0)
+    split = run(attack(True))
+    assert split["robust_accuracy_raw"] == whole["robust_accuracy_raw"]  # the same random starts, epsilon by epsilon
+
+    units = {}
+
+    class Preempted(Exception):
+        pass
+
+    def record(key, unit):
+        units[key] = unit
+        if len(units) == 5:
+            raise Preempted
+
+    torch.manual_seed(0)
+    with pytest.raises(Preempted):
+        run(attack(True), record=record)
+    assert len(units) == 5  # 3 batches x 4 epsilons: the interrupted run finished 5 units
+    torch.manual_seed(123)  # a new process, whose generator is elsewhere
+    resumed_attack = attack(True)
+    resumed = run(resumed_attack, finished=dict(units), record=units.__setitem__)
+    assert resumed_attack.engine.calls == 12 - 5 and len(units) == 12
+    assert resumed["robust_accuracy_raw"] == whole["robust_accuracy_raw"]
+    assert resumed["robust_accuracy"] == whole["robust_accuracy"]

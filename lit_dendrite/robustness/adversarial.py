@@ -11,10 +11,11 @@ of :func:`evaluate_attack` raise :class:`SanityCheckError` instead of returning 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -198,6 +199,20 @@ def check_curves(
             )
 
 
+def _rng_state(device: torch.device) -> str:
+    """The state of the generator attacks draw from on ``device``, as text for the resume store."""
+    state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _set_rng_state(text: str, device: torch.device) -> None:
+    state = torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 def evaluate_attack(
     model: nn.Module,
     images: torch.Tensor,
@@ -207,11 +222,16 @@ def evaluate_attack(
     batch_size: int = 500,
     rise_tolerance: float = 0.02,
     progress: bool = True,
+    finished: Mapping[str, Any] | None = None,
+    record: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Robust accuracy of ``model`` under ``attack`` at each epsilon (0 is always included), with every check.
 
     ``rise_tolerance`` is the largest rise of the raw (per-epsilon) curve accepted before raising, as a
-    fraction of the examples but at least one example.
+    fraction of the examples but at least one example. The attack runs in units (one batch at one epsilon where
+    the engine ``splits_epsilons``, else one batch at all of them); ``record(key, unit)`` is called with each
+    finished one, and those in ``finished`` are not run again. A unit keeps the random number generator's state
+    after it, from which the next one resumes, so an interrupted attack ends as an uninterrupted one.
     """
     check_pixels(images)
     if len(images) != len(labels) or len(images) == 0:
@@ -226,12 +246,27 @@ def evaluate_attack(
         correct = predict(model, images) == labels
         success = torch.zeros(len(epsilons), len(images), dtype=torch.bool, device=device)
         batches = range(0, len(images), batch_size)
+        split = getattr(attack.engine, "splits_epsilons", False)  # an engine registered without it: one unit a batch
+        groups = [[i] for i in range(len(epsilons))] if split else [list(range(len(epsilons)))]
+        finished, resume_from = finished or {}, None
         for start in tqdm(batches, desc=attack.name, unit="batch", disable=not progress, leave=False):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            adversarials, batch_success = attack.engine.run(model, x, y, epsilons)
-            batch_success = torch.as_tensor(batch_success, device=device).bool()
-            check_successes(model, x, y, adversarials, batch_success, epsilons, attack.norm)
-            success[:, start : start + batch_size] = batch_success
+            for rows in groups:
+                key = f"{start}:{','.join(repr(epsilons[i]) for i in rows)}"
+                if key in finished:
+                    success[rows, start : start + batch_size] = torch.tensor(finished[key]["success"], device=device)
+                    resume_from = finished[key]["rng"]
+                    continue
+                if resume_from is not None:
+                    _set_rng_state(resume_from, device)
+                    resume_from = None
+                group = [epsilons[i] for i in rows]
+                adversarials, batch_success = attack.engine.run(model, x, y, group)
+                batch_success = torch.as_tensor(batch_success, device=device).bool()
+                check_successes(model, x, y, adversarials, batch_success, group, attack.norm)
+                success[rows, start : start + batch_size] = batch_success
+                if record is not None:
+                    record(key, {"success": batch_success.tolist(), "rng": _rng_state(device)})
     check_curves(correct, success, epsilons, max(rise_tolerance, 1 / len(images)))
     raw = (~success).float().mean(1).tolist()
     worst = (correct & ~success.cummax(0).values).float().mean(1).tolist()

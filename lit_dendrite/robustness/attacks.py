@@ -22,6 +22,10 @@ from lit_dendrite.robustness.adversarial import NORMS, epsilons_for, evaluate_at
 class AttackEngine(Protocol):
     """Attacks one batch at several epsilons; foolbox and AutoAttack implement it, others can be added."""
 
+    splits_epsilons: bool
+    """Whether running the epsilons one call at a time gives what one call over all of them gives (the unit an
+    interrupted evaluation resumes from is then one epsilon of one batch, else one batch)."""
+
     def run(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +87,9 @@ class FoolboxEngine:
         except TypeError as error:
             raise ValueError(f"foolbox {spec.method} does not accept parameters {params}: {error}") from None
         self.attack = attack.repeat(restarts) if restarts > 1 else attack
+        # one epsilon at a time draws the same random numbers as all at once only for a single fixed-epsilon run
+        # (a minimization attack runs once for every epsilon; restarts draw restart by restart)
+        self.splits_epsilons = restarts == 1 and isinstance(attack, fb.attacks.base.FixedEpsilonAttack)
 
     def run(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]
@@ -108,6 +115,7 @@ class AutoAttackEngine:
             raise ValueError("the autoattack engine needs the optional package: pip install pyautoattack") from None
         self.norm = {"linf": "Linf", "l2": "L2"}[spec.norm]
         self.version, self.seed = spec.method, seed
+        self.splits_epsilons = True  # one AutoAttack per epsilon, seeded by itself
 
     def run(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float]

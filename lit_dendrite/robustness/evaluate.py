@@ -363,6 +363,8 @@ class _Evaluation:
                     epsilons={attack.norm: grid},
                     batch_size=batch_size,
                     progress=self.progress,
+                    finished={key: unit for key, unit in units.items() if key != "result"},
+                    record=functools.partial(self.partial.record, section),
                 )[attack.name]
             self.partial.record(section, "result", measured)
         return {**units["result"], "identity": identity}

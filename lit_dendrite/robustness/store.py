@@ -15,9 +15,10 @@ its sections into the file: a section it ran replaces the saved one, the others 
 on another checkpoint (then they are dropped, saying so). The file is written atomically.
 
 The resume store (``robustness/partial.json``) keeps the finished units of an evaluation (one corrupted test set
-of the run or of its baseline, one attack at all its epsilons) by section, each section under its identity plus
-the device, batch size and package versions; a section saved under another identity is dropped when that section
-is next evaluated, the others are kept. A section leaves the store once ``robustness.json`` holds it.
+of the run or of its baseline; one batch of an attack at one epsilon, or at all of them for an attack that cannot
+split them, with the random generator's state after it; an attack's result) by section, each section under its
+identity plus the device, batch size and package versions; a section saved under another identity is dropped when
+that section is next evaluated, the others are kept. A section leaves the store once ``robustness.json`` holds it.
 
 This module imports no torch, so ``launch/sweep.py status`` can read evaluation states at once.
 """
