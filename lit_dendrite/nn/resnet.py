@@ -88,6 +88,11 @@ class DendriticBasicBlock(nn.Module):
         return self.second(self.first(x), residual=self.shortcut(x))
 
 
+def scaled_widths(widths: Sequence[int], width_multiplier: float) -> list[int]:
+    """Stage widths times ``width_multiplier``, rounded, at least 1 (before any parameter matching)."""
+    return [max(1, round(width_multiplier * w)) for w in widths]
+
+
 @register_net
 class DendriticResNet(OuterNet):
     """CIFAR ResNet-18 with dendritic units: 3x3 stem (stride 1, no max-pool), stages of BasicBlocks (``blocks``
@@ -125,7 +130,7 @@ class DendriticResNet(OuterNet):
                 "block; choose a neuron that acts on a layer's pre-activations (such as 2arg, 1arg or relu)"
             )
         blocks = positive_ints("blocks", blocks)
-        scaled = [max(1, round(width_multiplier * w)) for w in positive_ints("widths", widths)]
+        scaled = scaled_widths(positive_ints("widths", widths), width_multiplier)
         if len(scaled) != len(blocks):
             raise ValueError(
                 f"{CONFIG_KEY}.widths and .blocks need one value per stage, got widths={list(widths)}, "

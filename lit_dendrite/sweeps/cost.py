@@ -18,7 +18,7 @@ import yaml
 
 from lit_dendrite.data.datasets import dataset_spec
 from lit_dendrite.nn.neurons import NEURONS
-from lit_dendrite.nn.resnet import RESNET18_WIDTHS
+from lit_dendrite.nn.resnet import RESNET18_WIDTHS, scaled_widths
 from lit_dendrite.sweeps.evaluation import settings_for
 from lit_dendrite.sweeps.spec import Sweep
 
@@ -92,15 +92,10 @@ def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SP
         if path.is_file():
             measured = json.loads(path.read_text())
             _add_rows(train, inference, "resnet", measured["batch"], measured["rows"], divisor)
-            width = _resnet_width(measured["width_multiplier"], RESNET18_WIDTHS)
+            width = scaled_widths(RESNET18_WIDTHS, measured["width_multiplier"])[0]
             resnet = {"resnet_source": path, "resnet_width": width, "resnet_speedup": divisor}
             break
     return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, train, inference, **resnet)
-
-
-def _resnet_width(multiplier: float, widths: Sequence[int]) -> int:
-    """The first-stage width of a ResNet of ``widths`` and ``multiplier`` (as ``DendriticResNet`` rounds it)."""
-    return max(1, round(multiplier * widths[0]))
 
 
 def _add_rows(
@@ -319,7 +314,7 @@ def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
     args = net.get("init_args") or {}
     width = None
     if BENCHMARK_MODELS[net_name][0] == "resnet":
-        width = _resnet_width(args.get("width_multiplier", 1.0), args.get("widths", RESNET18_WIDTHS))
+        width = scaled_widths(args.get("widths", RESNET18_WIDTHS), args.get("width_multiplier", 1.0))[0]
     max_epochs = trainer.get("max_epochs") or 1000
     joint, frozen = protocol.get("joint_epochs"), protocol.get("frozen_epochs")
     return RunShape(
