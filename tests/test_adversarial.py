@@ -18,6 +18,7 @@ from lit_dendrite.robustness.adversarial import (
     check_curves,
     epsilons_for,
     evaluate_attack,
+    exact_model,
     predict,
     reported_epsilon,
 )
@@ -115,6 +116,25 @@ def test_attacks_use_the_exact_inner_net(trained, batch):
     after = tabulation_report(tabulated)
     assert {name: table["rows_total"] for name, table in after.items()} == rows_before, "a table was used"
     assert set(after) == set(rows_before), "the tables come back after the evaluation"
+
+
+def test_attacks_take_image_gradients_only_and_restore_the_parameter_flags(trained, digits):
+    net = copy.deepcopy(trained[0])
+    net.inner.requires_grad_(False)  # as after session III
+    flags = {name: p.requires_grad for name, p in net.named_parameters()}
+    _, _, images, labels = digits  # all 360: enough rows for the fused inner-net kernel
+
+    def image_gradient() -> torch.Tensor:
+        x = images.clone().requires_grad_(True)
+        return torch.autograd.grad(F.cross_entropy(net(x), labels), x)[0]
+
+    reference = image_gradient()
+    with exact_model(net):
+        assert not any(p.requires_grad for p in net.parameters())
+        assert torch.equal(image_gradient(), reference), "freezing the weights changed the image gradients"
+    evaluate_attack(net, images[:20], labels[:20], build_attack("linf_pgd", steps=2), [0.1], progress=False)
+    assert {name: p.requires_grad for name, p in net.named_parameters()} == flags
+    assert all(p.grad is None for p in net.parameters()), "an attack accumulated weight gradients"
 
 
 class ForcedTrainMode(nn.Module):

@@ -74,10 +74,21 @@ def reported_epsilon(dataset: str, norm: str) -> float:
 
 @contextlib.contextmanager
 def exact_model(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in ``eval()`` mode, computing with its exact inner net (no lookup tables) inside the block."""
+    """The model in ``eval()`` mode, computing with its exact inner net (no lookup tables) and with its parameters
+    frozen inside the block; their ``requires_grad`` flags come back after.
+
+    Attacks need gradients with respect to the images only: frozen parameters spare the weight gradients (a third
+    of a 1-arg CNN's attack step) and leave the image gradients bit for bit the same.
+    """
     model.eval()
-    with exact_inner(model):
-        yield model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.requires_grad_(False)
+    try:
+        with exact_inner(model):
+            yield model
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def check_pixels(images: torch.Tensor) -> None:
