@@ -3,6 +3,7 @@
     python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
                            [--dry-run [--gpu-speedup X]] [--max-parallel N] [--overwrite] [--wait]
     python launch/sweep.py status DIR
+    python launch/sweep.py cancel DIR
     python launch/sweep.py collect DIR [--surface-images N]
     python launch/sweep.py evaluate DIR --cluster slurm|local|debug [--sweep FILE] [--cluster-config FILE]
                            [--dry-run] [--max-parallel N] [--wait]
@@ -25,7 +26,7 @@ from lit_dendrite.sweeps.cluster import ClusterError, load_cluster_config
 from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP, sweep_cost
 from lit_dendrite.sweeps.launch import submit_evaluation, submit_sweep, wait_for
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
-from lit_dendrite.sweeps.state import collect, format_status, unfinished_runs
+from lit_dendrite.sweeps.state import cancel_jobs, collect, format_status, unfinished_runs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_SWEEP = CONFIGS / "sweep" / "paper.yaml"
@@ -118,9 +119,22 @@ def collect_main(sweep_dir: Path, surface_images: int = SURFACE_IMAGES) -> int:
     return 0
 
 
+def cancel_main(sweep_dir: Path) -> int:
+    """Cancel the sweep's queued and running jobs and say which."""
+    cancelled = cancel_jobs(sweep_dir)
+    if not cancelled:
+        print(f"no job of {sweep_dir} is queued or running")
+    for job_id, runs in cancelled.items():
+        print(f"cancelled job {job_id}: {', '.join(runs)}")
+    if cancelled:
+        print(f"resume with the same submission command; see `python launch/sweep.py status {sweep_dir}`")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    """Dispatch to `status DIR`, `collect DIR`, or submission (of a sweep, or with `evaluate DIR` its evaluation)."""
-    if argv[:1] in (["status"], ["collect"]):
+    """Dispatch to `status DIR`, `cancel DIR`, `collect DIR`, or submission (of a sweep, or with `evaluate DIR` its
+    evaluation)."""
+    if argv[:1] in (["status"], ["cancel"], ["collect"]):
         parser = argument_parser(f"launch/sweep.py {argv[0]}")
         parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")
         if argv[0] == "collect":
@@ -135,8 +149,10 @@ def main(argv: list[str]) -> int:
             if argv[0] == "status":
                 print(format_status(args.sweep_dir))
                 return 0
+            if argv[0] == "cancel":
+                return cancel_main(args.sweep_dir)
             return collect_main(args.sweep_dir, args.surface_images)
-        except (FileNotFoundError, UntrustedRecord) as error:
+        except (FileNotFoundError, UntrustedRecord, ClusterError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     return submit_main(argv)

@@ -1,10 +1,13 @@
 """Shared helpers for tests that train real (tiny) runs on the embedded digits data."""
 
+import importlib.util
+import types
 from pathlib import Path
 
 from lit_dendrite.cli import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "experiment"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
@@ -45,3 +48,11 @@ def assert_reload_gives_the_tested_accuracy(run_dir: Path, result: dict) -> None
     with torch.no_grad():
         accuracy = (load_net(run_dir)(x).argmax(1) == labels).float().mean().item()
     assert abs(accuracy - result["test_acc"]) <= 1e-6, (accuracy, result["test_acc"])
+
+
+def load_launcher() -> types.ModuleType:
+    """``launch/sweep.py`` as a module (its ``main`` takes the command's arguments)."""
+    spec = importlib.util.spec_from_file_location("sweep_launcher", REPO / "launch" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

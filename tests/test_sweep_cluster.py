@@ -1,6 +1,7 @@
 """Sweeps on a real single-node Slurm cluster (fixture ``slurm_cluster`` from tests/slurm_cluster.py): a job
 array runs to completion, reruns submit nothing, ``scontrol requeue`` and time limits resume from
-``last.ckpt`` with the same epoch count as an uninterrupted run, and a two-task CPU DDP job trains."""
+``last.ckpt`` with the same epoch count as an uninterrupted run, ``sweep.py cancel`` stops a job that the next
+submission resumes, and a two-task CPU DDP job trains."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import load_launcher
 
 from lit_dendrite.sweeps.cluster import load_cluster_config
 from lit_dendrite.sweeps.launch import Submission, submit_sweep
@@ -134,6 +136,23 @@ def test_scontrol_requeue_resumes_from_last_checkpoint(uninterrupted: dict, slur
     (job_id,) = submission.job_ids
     slurm_cluster.run("scontrol", "requeue", job_id)
     check_resumed_like_uninterrupted(uninterrupted, submission.sweep_dir)
+
+
+def test_cancel_stops_the_job_for_good_and_the_next_submission_resumes_it(
+    uninterrupted: dict, slurm_cluster, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sweep_file = write_sweep(tmp_path, "cancel", ["mlp_digits_relu"], LONG)
+    submission = submit(sweep_file, tmp_path / "runs", slurm_cluster.partition)
+    run, sweep_dir = "mlp_digits_relu/seed=1", submission.sweep_dir
+    last = sweep_dir / run / "II_joint/checkpoints/last.ckpt"
+    wait_until(last.is_file, JOB_TIMEOUT_S, "the first last.ckpt")
+    assert load_launcher().main(["cancel", str(sweep_dir)]) == 0
+    assert f"cancelled job {submission.job_ids[0]}: {run}" in capsys.readouterr().out
+    wait_until(lambda: not run_states(sweep_dir, [run])[run]["live"], 60, "the cancelled job to leave the queue")
+    assert run_states(sweep_dir, [run])[run]["state"] == "pending"
+    assert job_log(sweep_dir).count("Starting with JobEnvironment") == 1, "the cancelled job was requeued"
+    submit(sweep_file, tmp_path / "runs", slurm_cluster.partition)
+    check_resumed_like_uninterrupted(uninterrupted, sweep_dir)
 
 
 def test_time_limit_requeues_and_resumes_from_last_checkpoint(

@@ -1,11 +1,11 @@
 """The paper sweep's dry run: its runs and a GPU-hour estimate from the benchmark's step times, with assumptions."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from helpers import load_launcher
 
 from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.sweeps.cost import (
@@ -19,13 +19,6 @@ from lit_dendrite.sweeps.cost import (
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def load_launcher():
-    spec = importlib.util.spec_from_file_location("sweep_launcher", REPO / "launch" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_paper_dry_run_lists_every_run_and_the_cost_estimate(tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_sweep_launch import load_launcher
+from helpers import load_launcher
 
 from lit_dendrite.data.corrupt import write_corrupted_set
 from lit_dendrite.data.datasets import load_arrays

@@ -4,7 +4,6 @@ skipping of finished runs, failure isolation, status and collect; the Slurm Trai
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import load_launcher
 
 from lit_dendrite.sweeps.cluster import ClusterConfig, ClusterError, load_cluster_config
 from lit_dendrite.sweeps.job import TrainRun
@@ -24,13 +24,6 @@ from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def load_launcher() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("sweep_launcher", REPO / "launch" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def arg(args: list[str], key: str) -> str:
@@ -448,3 +441,22 @@ def test_a_job_running_several_runs_shows_running_only_the_one_it_trains(
         states = {run: info["state"] for run, info in run_states(tmp_path, runs).items()}
     assert states == {"e/seed=1": "running", "e/seed=2": "pending", "e/seed=3": "pending"}
     assert run_states(tmp_path, runs[:1])[runs[0]]["state"] == "pending"  # released: the holder is cleared
+
+
+def test_cancel_through_a_backend_that_cannot_cancel_names_it(
+    tmp_path: Path, backend_registry: dict, capsys: pytest.CaptureFixture
+) -> None:
+    from lit_dendrite.sweeps.backends import ClusterBackend, register_backend
+    from lit_dendrite.sweeps.state import MANIFEST, record_jobs
+
+    @register_backend
+    class Busy(ClusterBackend):
+        name = "busy"
+
+        def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
+            return dict.fromkeys(job_ids, "RUNNING")
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"name": "sweep", "runs": [{"dir": "e/seed=1"}]}))
+    record_jobs(tmp_path, "busy", {"e/seed=1": "7"})
+    assert load_launcher().main(["cancel", str(tmp_path)]) == 2
+    assert "cluster backend 'busy' cannot cancel jobs" in capsys.readouterr().err

@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +57,10 @@ class ClusterBackend:
     def dry_run_text(self, config: ClusterConfig, folder: Path, job_name: str, num_jobs: int) -> str | None:
         """What a dry run prints of the submission beyond the runs' arguments (None: nothing)."""
         return None
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Stop the given live jobs for good (not requeued); their runs resume at the next submission."""
+        raise ClusterError(f"cluster backend {self.name!r} cannot cancel jobs; stop them with the scheduler's tools")
 
 
 BACKENDS: dict[str, ClusterBackend] = {}
@@ -122,6 +130,43 @@ class SlurmBackend(ClusterBackend):
         known = dict(line.split(maxsplit=1) for line in shown.stdout.splitlines() if line.strip())
         return {job_id: known.get(job_id, "ENDED") for job_id in job_ids}
 
+    def cancel(self, job_ids: list[str], timeout_s: float = 60.0) -> None:
+        """Cancel the jobs (array elements as ``<id>_<index>``) so that they are not requeued.
+
+        ``scancel`` of a job sends SIGTERM to its tasks, which submitit takes for a preemption
+        (``SUBMITIT_PREEMPT_SIGNAL``): it requeues the job (measured on Slurm 22.05). So the tasks of a running job
+        get SIGKILL through its steps (``scancel --signal=KILL <id>.<step>``), which ends the job without
+        requeueing it, and only a job with no step running (queued, or before its first step) is cancelled.
+        Repeated until none is left queued or running: a job may start meanwhile.
+        """
+        if shutil.which("scancel") is None:
+            raise ClusterError("cancelling Slurm jobs needs scancel on PATH; run this on the cluster's login node")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            live = [job for job, state in self.job_states(job_ids).items() if state not in (None, "ENDED")]
+            if not live:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"Slurm jobs {live} are still queued or running after {timeout_s:.0f} s")
+            steps = self._task_steps(live)
+            stepless = [job for job in live if job not in {step.rsplit(".", 1)[0] for step in steps}]
+            # An error for a job or step that ended meanwhile is expected: the next round looks again.
+            if steps:
+                subprocess.run(["scancel", "--signal=KILL", *steps], capture_output=True, timeout=60)
+            if stepless:
+                subprocess.run(["scancel", *stepless], capture_output=True, timeout=60)
+            time.sleep(1.0)
+
+    @staticmethod
+    def _task_steps(job_ids: list[str]) -> list[str]:
+        """The running steps (``<job>.<n>``, not the batch or extern step) of the given jobs."""
+        base_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
+        shown = subprocess.run(
+            ["squeue", "-h", "-s", "-o", "%i", "-j", ",".join(base_ids)], capture_output=True, text=True, timeout=60
+        )
+        steps = [line.strip() for line in shown.stdout.splitlines() if line.strip()]
+        return [step for step in steps if step.rsplit(".", 1)[-1].isdigit() and step.rsplit(".", 1)[0] in job_ids]
+
     def dry_run_text(self, config: ClusterConfig, folder: Path, job_name: str, num_jobs: int) -> str:
         """The sbatch script submitit would submit for a job array of ``num_jobs`` runs."""
         use_term_as_preempt_signal()
@@ -167,16 +212,59 @@ class LocalBackend(ClusterBackend):
         return jobs
 
     def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
-        """RUNNING while a job's controller process lives (zombies count as ended), ENDED after."""
-        return {job_id: self._process_state(job_id) for job_id in job_ids}
+        """RUNNING while a job's controller process lives, ENDED after (also when its process id now belongs to
+        another program, e.g. after a reboot)."""
+        return {job_id: "RUNNING" if _is_local_job(int(job_id)) else "ENDED" for job_id in job_ids}
 
-    @staticmethod
-    def _process_state(job_id: str) -> str:
-        try:
-            stat = Path(f"/proc/{job_id}/stat").read_text()
-        except OSError:
-            return "ENDED"
-        return "ENDED" if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") else "RUNNING"
+    def cancel(self, job_ids: list[str]) -> None:
+        """Kill each job's processes, parents first, each stopped before its children are listed so that none can
+        start another: a killed job is not requeued (SIGTERM would requeue it, as a preemption)."""
+        for job_id in job_ids:
+            if not _is_local_job(int(job_id)):
+                continue
+            stopped: list[int] = []
+            to_stop = [int(job_id)]
+            while to_stop:
+                pid = to_stop.pop()
+                _signal(pid, signal.SIGSTOP)
+                stopped.append(pid)
+                to_stop += _children(pid)
+            for pid in stopped:
+                _signal(pid, signal.SIGKILL)
+
+
+def _process_status(pid: int) -> tuple[str, int] | None:
+    """``(state letter, parent pid)`` of a live process, None when there is none (zombies included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else (fields[0], int(fields[1]))
+
+
+def _is_local_job(pid: int) -> bool:
+    """Whether ``pid`` is a live submitit local job (the job id is its controller's, or its shell's, process id)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"submitit.local._local" in command and _process_status(pid) is not None
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            status = _process_status(int(entry.name))
+            if status is not None and status[1] == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(pid, signum)
 
 
 @register_backend

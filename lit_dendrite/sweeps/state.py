@@ -72,6 +72,21 @@ def job_states(records: dict[str, dict[str, str]]) -> dict[str, str | None]:
     return {run: known[record["cluster"]][record["job_id"]] for run, record in records.items()}
 
 
+def cancel_jobs(sweep_dir: Path) -> dict[str, list[str]]:
+    """Cancel the sweep's queued and running jobs, each through the backend that submitted it; ``{job id: its
+    runs}`` of those cancelled. Their runs show as pending and resume at the next submission."""
+    read_manifest(sweep_dir)
+    records = read_json(sweep_dir / JOBS) or {}
+    states = job_states(records)
+    live: dict[str, dict[str, list[str]]] = {}
+    for run, record in records.items():
+        if states[run] not in (None, "ENDED"):
+            live.setdefault(record["cluster"], {}).setdefault(record["job_id"], []).append(run)
+    for cluster, jobs in live.items():
+        BACKENDS[cluster].cancel(list(jobs))
+    return {job_id: runs for jobs in live.values() for job_id, runs in jobs.items()}
+
+
 def _recent_checkpoint(run_dir: Path, now: float) -> bool:
     return any(now - ckpt.stat().st_mtime < RECENT_CHECKPOINT_S for ckpt in RunDir(run_dir).last_checkpoints())
 

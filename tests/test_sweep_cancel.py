@@ -1,0 +1,94 @@
+"""`launch/sweep.py cancel`: a local job is killed for good (SIGTERM would requeue it), a process that is not a
+submitit job is left alone, and the cancelled run is pending, to be resumed by the next submission."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import load_launcher
+
+from lit_dendrite.sweeps.backends import cluster_backend
+from lit_dendrite.sweeps.cluster import ClusterConfig
+from lit_dendrite.sweeps.state import MANIFEST, record_jobs, run_states
+
+RUN = "e/seed=1"
+
+
+def _wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {condition.__doc__}")
+        time.sleep(0.2)
+
+
+def _processes_running(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and marker.encode() in command and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_cancel_kills_a_local_job_for_good_and_its_run_resumes_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "TERM")  # as sweep.py submits: a SIGTERM requeues the job
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / MANIFEST).write_text(json.dumps({"name": "sweep", "runs": [{"dir": RUN}]}))
+    logs = sweep_dir / "logs"
+    backend = cluster_backend("local")
+    job = backend.executor(ClusterConfig(setup=["export OMP_NUM_THREADS=1"]), logs, "sleep").submit(time.sleep, 600)
+    record_jobs(sweep_dir, "local", {RUN: job.job_id})
+
+    def task_started() -> bool:
+        """the job's task"""
+        return any(b"Loading pickle" in path.read_bytes() for path in logs.rglob("*_log.out"))
+
+    _wait_for(task_started)
+    assert len(_processes_running(str(logs))) >= 3, "expected the shell, the controller and the task"
+    assert run_states(sweep_dir, [RUN])[RUN]["live"]
+
+    launcher = load_launcher()
+    assert launcher.main(["cancel", str(sweep_dir)]) == 0
+    assert f"cancelled job {job.job_id}: {RUN}" in capsys.readouterr().out
+
+    def all_gone() -> bool:
+        """every process of the job to end"""
+        return not _processes_running(str(logs))
+
+    _wait_for(all_gone, 10)
+    time.sleep(2)
+    assert all_gone(), "the cancelled job was requeued"
+    assert run_states(sweep_dir, [RUN])[RUN]["state"] == "pending"
+    assert launcher.main(["cancel", str(sweep_dir)]) == 0
+    assert "no job of" in capsys.readouterr().out
+
+
+def test_a_process_id_that_is_not_a_local_job_is_ended_and_left_alone() -> None:
+    backend = cluster_backend("local")
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert backend.job_states([str(other.pid)]) == {str(other.pid): "ENDED"}
+        backend.cancel([str(other.pid)])
+        time.sleep(0.2)
+        assert other.poll() is None, "cancel killed a process that is not a submitit job"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_cancel_of_a_directory_that_is_not_a_sweep_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert load_launcher().main(["cancel", str(tmp_path)]) == 2
+    assert "is not a sweep directory" in capsys.readouterr().err
