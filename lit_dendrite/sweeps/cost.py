@@ -288,8 +288,9 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
         f"AutoAttack standard: {AUTOATTACK_GRADIENTS_ALL} gradients per image, and on the images still robust "
         f"{AUTOATTACK_GRADIENTS_ROBUST} gradients and {AUTOATTACK_QUERIES_ROBUST} forward queries; the fraction "
         f"still robust is the paper's published robust accuracy where it has one, else {ASSUMED_ROBUST_FRACTION}",
-        "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward "
-        "pass per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
+        "other attacks: `steps` gradients per image and epsilon (100 when not set); an attack's gradient costs a "
+        "training step (an upper bound: attacks compute no weight gradients); corrupted sets: one forward pass per "
+        "image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
     ]
     if times.resnet_source is not None and any(BENCHMARK_MODELS[s.net][0] == "resnet" for s in shapes):
         divided = "" if times.resnet_speedup == 1 else f", divided by the assumed {times.resnet_speedup:g}x"
