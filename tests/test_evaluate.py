@@ -27,7 +27,7 @@ from lit_dendrite.robustness import evaluate
 from lit_dendrite.robustness.adversarial import SanityCheckError, exact_model, predict
 from lit_dendrite.robustness.cli import main
 from lit_dendrite.robustness.evaluate import find_baseline
-from lit_dendrite.runs import RunDir
+from lit_dendrite.runs import FileLock, RunDir
 
 TINY = ["--trainer.max_epochs", "2", "--protocol.pretrain_epochs", "1", "--model.net.init_args.widths", "[16, 16]"]
 CORRUPTIONS = ["gaussian_noise", "brightness"]
@@ -288,6 +288,17 @@ def test_recorded_accuracy_mismatch_fails(runs):
     result_path.write_text(json.dumps(result))
     with pytest.raises(SanityCheckError, match="recorded by the run"):
         main([str(runs["relu"]), "--attacks", "none"])
+
+
+def test_a_run_being_trained_or_evaluated_by_another_process_is_refused_naming_it(runs, tmp_path, capsys):
+    run = tmp_path / "mlp_digits_relu" / "seed=0"
+    shutil.copytree(runs["relu"], run)
+    with FileLock(RunDir(run).lock, "test"), pytest.raises(SystemExit) as stopped:
+        main([str(run), "--attacks", "fgsm", "--n", "10"])
+    assert stopped.value.code == 2
+    assert re.search(f"error: .* locked by pid {os.getpid()}.*training or evaluating", capsys.readouterr().err)
+    assert "adversarial" in main([str(run), "--attacks", "fgsm", "--n", "10"]), "the lock is free again"
+    assert not FileLock(RunDir(run).lock, "").held(), "the evaluation released the lock"
 
 
 def test_bad_arguments_fail_before_loading(tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 
 from lit_dendrite.robustness.attacks import ATTACKS, default_attacks
 from lit_dendrite.robustness.evaluate import evaluate_run
-from lit_dendrite.runs import PARTIAL_FILE, RunDir, UntrustedRecord
+from lit_dendrite.runs import PARTIAL_FILE, Locked, RunDir, UntrustedRecord
 
 
 def _attack_list(text: str) -> list[str]:
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             seed=args.seed,
             fresh=args.fresh,
         )
-    except (UntrustedRecord, FileNotFoundError) as error:  # a bad run directory: one line, no traceback
+    except (UntrustedRecord, FileNotFoundError, Locked) as error:  # a bad or busy run directory: one line
         parser.exit(2, f"error: {error}\n")
     print(format_summary(report))
     return report

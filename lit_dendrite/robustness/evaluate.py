@@ -54,7 +54,7 @@ from lit_dendrite.robustness.store import (
     saved_corruption_accuracies,
     write_report,
 )
-from lit_dendrite.runs import RunDir, RunRecord, versions
+from lit_dendrite.runs import FileLock, RunDir, RunRecord, versions
 
 # Sections of the resume store: the run's and the baseline's corrupted sets ("gaussian_noise/3"), one per attack.
 CORRUPTED_SETS = "corrupted_sets"
@@ -184,67 +184,70 @@ def evaluate_run(
         CorruptedDataModule.from_spec(corruptions, corruption_root, batch_size=batch_size, n=n) if corruptions else None
     )
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result, net = _load_checked(run_dir, torch_device)
-    baseline_dir = None
-    if datamodule is not None:
-        datamodule.source.check_made_from(result.dataset)
-        datamodule.setup("test")
-        baseline_dir = Path(baseline) if baseline is not None else find_baseline(run_dir)
-    root = _data_root(result, data_root)
-    images, labels = _test_set(result, root)
-    subset = slice(None) if n is None else slice(0, n)
+    # One process per run directory: a second evaluation, or one of a run still training, would redo or overwrite
+    # the sections and units the first is writing.
+    with FileLock(RunDir(run_dir).lock, "another process is training or evaluating this run; wait for it or stop it"):
+        result, net = _load_checked(run_dir, torch_device)
+        baseline_dir = None
+        if datamodule is not None:
+            datamodule.source.check_made_from(result.dataset)
+            datamodule.setup("test")
+            baseline_dir = Path(baseline) if baseline is not None else find_baseline(run_dir)
+        root = _data_root(result, data_root)
+        images, labels = _test_set(result, root)
+        subset = slice(None) if n is None else slice(0, n)
 
-    with exact_model(net):
-        check_eval_mode(net)
-        check_deterministic(net, images[:batch_size].to(torch_device))
-        correct = predict(net, images.to(torch_device)).cpu() == labels
-    clean_accuracy = correct.float().mean().item()
-    check_clean_accuracy(clean_accuracy, result.test_acc)
-    checkpoint = checkpoint_identity(result)
-    evaluation = _Evaluation(
-        run_dir=run_dir,
-        net=net,
-        checkpoint=checkpoint,
-        device=torch_device,
-        saved={} if fresh else read_report(run_dir),
-        partial=PartialResults.open(run_dir, fresh),
-        unit_context={"device": str(torch_device), "batch_size": batch_size, "versions": versions()},
-        fresh=fresh,
-        progress=progress,
-    )
-    report: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "experiment": result.experiment,
-        "dataset": result.dataset,
-        "net": result.net,
-        "neuron": result.neuron,
-        "checkpoint": checkpoint,
-        "device": str(torch_device),
-        "versions": versions(),
-        "clean": {"accuracy": clean_accuracy, "recorded_test_acc": result.test_acc, "n": len(labels)},
-    }
-    sections = []
-    if datamodule is not None:
-        request = corruption_request(corruptions, corruption_root, n, baseline)
-        report[CORRUPTIONS] = evaluation.corruptions(request, clean_accuracy, datamodule, baseline_dir)
-        sections += [CORRUPTED_SETS, BASELINE_CORRUPTED_SETS]
-    report[ADVERSARIAL] = {}
-    for attack in built:
-        grid = list(epsilons.get(attack.name) or epsilons_for(result.dataset, attack.norm))
-        request = attack_request(
-            attack.name, attack_overrides.get(attack.name), epsilons.get(attack.name), n, seed, batch_size
+        with exact_model(net):
+            check_eval_mode(net)
+            check_deterministic(net, images[:batch_size].to(torch_device))
+            correct = predict(net, images.to(torch_device)).cpu() == labels
+        clean_accuracy = correct.float().mean().item()
+        check_clean_accuracy(clean_accuracy, result.test_acc)
+        checkpoint = checkpoint_identity(result)
+        evaluation = _Evaluation(
+            run_dir=run_dir,
+            net=net,
+            checkpoint=checkpoint,
+            device=torch_device,
+            saved={} if fresh else read_report(run_dir),
+            partial=PartialResults.open(run_dir, fresh),
+            unit_context={"device": str(torch_device), "batch_size": batch_size, "versions": versions()},
+            fresh=fresh,
+            progress=progress,
         )
-        identity = {"request": request, "attack": attack.describe(), "epsilons": grid, "data_root": root.resolve()}
-        report[ADVERSARIAL][attack.name] = evaluation.attack(
-            attack, identity, grid, result.dataset, images[subset], labels[subset], seed, batch_size
-        )
-        sections.append(ATTACK_SECTION.format(attack.name))
-    check_attacks_start_clean(report[ADVERSARIAL], correct[subset])
-    report["wall_time_s"] = time.perf_counter() - started
-    merged = write_report(run_dir, report)
-    write_robustness_figures(merged, RunDir(run_dir).robustness_dir)
-    evaluation.partial.discard(sections)
-    return merged
+        report: dict[str, Any] = {
+            "run_dir": str(run_dir),
+            "experiment": result.experiment,
+            "dataset": result.dataset,
+            "net": result.net,
+            "neuron": result.neuron,
+            "checkpoint": checkpoint,
+            "device": str(torch_device),
+            "versions": versions(),
+            "clean": {"accuracy": clean_accuracy, "recorded_test_acc": result.test_acc, "n": len(labels)},
+        }
+        sections = []
+        if datamodule is not None:
+            request = corruption_request(corruptions, corruption_root, n, baseline)
+            report[CORRUPTIONS] = evaluation.corruptions(request, clean_accuracy, datamodule, baseline_dir)
+            sections += [CORRUPTED_SETS, BASELINE_CORRUPTED_SETS]
+        report[ADVERSARIAL] = {}
+        for attack in built:
+            grid = list(epsilons.get(attack.name) or epsilons_for(result.dataset, attack.norm))
+            request = attack_request(
+                attack.name, attack_overrides.get(attack.name), epsilons.get(attack.name), n, seed, batch_size
+            )
+            identity = {"request": request, "attack": attack.describe(), "epsilons": grid, "data_root": root.resolve()}
+            report[ADVERSARIAL][attack.name] = evaluation.attack(
+                attack, identity, grid, result.dataset, images[subset], labels[subset], seed, batch_size
+            )
+            sections.append(ATTACK_SECTION.format(attack.name))
+        check_attacks_start_clean(report[ADVERSARIAL], correct[subset])
+        report["wall_time_s"] = time.perf_counter() - started
+        merged = write_report(run_dir, report)
+        write_robustness_figures(merged, RunDir(run_dir).robustness_dir)
+        evaluation.partial.discard(sections)
+        return merged
 
 
 class _Evaluation:
