@@ -122,12 +122,12 @@ def collect_main(sweep_dir: Path, surface_images: int = SURFACE_IMAGES) -> int:
 def cancel_main(sweep_dir: Path) -> int:
     """Cancel the sweep's queued and running jobs and say which."""
     cancelled = cancel_jobs(sweep_dir)
-    if not cancelled:
-        print(f"no job of {sweep_dir} is queued or running")
     for job_id, runs in cancelled.items():
         print(f"cancelled job {job_id}: {', '.join(runs)}")
     if cancelled:
         print(f"resume with the same submission command; see `python launch/sweep.py status {sweep_dir}`")
+    else:
+        print(f"no job of {sweep_dir} is queued or running")
     return 0
 
 

@@ -10,20 +10,13 @@ from pathlib import Path
 
 import pytest
 from helpers import load_launcher
+from slurm_cluster import wait_until
 
 from lit_dendrite.sweeps.backends import cluster_backend
 from lit_dendrite.sweeps.cluster import ClusterConfig
 from lit_dendrite.sweeps.state import MANIFEST, record_jobs, run_states
 
 RUN = "e/seed=1"
-
-
-def _wait_for(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {condition.__doc__}")
-        time.sleep(0.2)
 
 
 def _processes_running(marker: str) -> list[int]:
@@ -53,10 +46,9 @@ def test_cancel_kills_a_local_job_for_good_and_its_run_resumes_later(
     record_jobs(sweep_dir, "local", {RUN: job.job_id})
 
     def task_started() -> bool:
-        """the job's task"""
         return any(b"Loading pickle" in path.read_bytes() for path in logs.rglob("*_log.out"))
 
-    _wait_for(task_started)
+    wait_until(task_started, 60, "the job's task to start")
     assert len(_processes_running(str(logs))) >= 3, "expected the shell, the controller and the task"
     assert run_states(sweep_dir, [RUN])[RUN]["live"]
 
@@ -65,10 +57,9 @@ def test_cancel_kills_a_local_job_for_good_and_its_run_resumes_later(
     assert f"cancelled job {job.job_id}: {RUN}" in capsys.readouterr().out
 
     def all_gone() -> bool:
-        """every process of the job to end"""
         return not _processes_running(str(logs))
 
-    _wait_for(all_gone, 10)
+    wait_until(all_gone, 10, "every process of the job to end")
     time.sleep(2)
     assert all_gone(), "the cancelled job was requeued"
     assert run_states(sweep_dir, [RUN])[RUN]["state"] == "pending"

@@ -121,9 +121,8 @@ class SlurmBackend(ClusterBackend):
         """squeue's state of each job (array elements as ``<id>_<index>``); None for all without squeue."""
         if shutil.which("squeue") is None:
             return dict.fromkeys(job_ids)
-        base_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
         shown = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(base_ids)], capture_output=True, text=True, timeout=60
+            ["squeue", "-h", "-r", "-o", "%i %T", "-j", _array_ids(job_ids)], capture_output=True, text=True, timeout=60
         )
         if shown.returncode != 0 and "Invalid job id" not in shown.stderr:
             return dict.fromkeys(job_ids)
@@ -160,9 +159,8 @@ class SlurmBackend(ClusterBackend):
     @staticmethod
     def _task_steps(job_ids: list[str]) -> list[str]:
         """The running steps (``<job>.<n>``, not the batch or extern step) of the given jobs."""
-        base_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
         shown = subprocess.run(
-            ["squeue", "-h", "-s", "-o", "%i", "-j", ",".join(base_ids)], capture_output=True, text=True, timeout=60
+            ["squeue", "-h", "-s", "-o", "%i", "-j", _array_ids(job_ids)], capture_output=True, text=True, timeout=60
         )
         steps = [line.strip() for line in shown.stdout.splitlines() if line.strip()]
         return [step for step in steps if step.rsplit(".", 1)[-1].isdigit() and step.rsplit(".", 1)[0] in job_ids]
@@ -233,13 +231,18 @@ class LocalBackend(ClusterBackend):
                 _signal(pid, signal.SIGKILL)
 
 
-def _process_status(pid: int) -> tuple[str, int] | None:
-    """``(state letter, parent pid)`` of a live process, None when there is none (zombies included)."""
+def _array_ids(job_ids: list[str]) -> str:
+    """The jobs' array ids (``<id>`` of ``<id>_<index>``) as squeue's ``-j`` takes them."""
+    return ",".join(sorted({job_id.split("_")[0] for job_id in job_ids}))
+
+
+def _live_parent(pid: int) -> int | None:
+    """The parent pid of a live process, None when there is none (zombies included)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
         return None
-    return None if fields[0] in ("Z", "X") else (fields[0], int(fields[1]))
+    return None if fields[0] in ("Z", "X") else int(fields[1])
 
 
 def _is_local_job(pid: int) -> bool:
@@ -248,18 +251,13 @@ def _is_local_job(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"submitit.local._local" in command and _process_status(pid) is not None
+    return b"submitit.local._local" in command and _live_parent(pid) is not None
 
 
 def _children(pid: int) -> list[int]:
     """The live child processes of ``pid``."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            status = _process_status(int(entry.name))
-            if status is not None and status[1] == pid:
-                children.append(int(entry.name))
-    return children
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [child for child in pids if _live_parent(child) == pid]
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:
