@@ -9,11 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_dendrite.data.datasets import DATASETS
 from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import match_width
 from lit_dendrite.nn.neurons import NET_CONFIG_KEY as CONFIG_KEY
 from lit_dendrite.nn.neurons import NeuronSpec, build_neuron, neuron_spec
 
+MNIST, CIFAR10 = DATASETS["mnist"], DATASETS["cifar10"]
+"""The data sets whose shapes and statistics are the nets' defaults (training sets them from its own data set)."""
 NOT_ARCHITECTURE = ("self", "__class__", "widths", "match_neuron")
 """Constructor arguments that a width-matched reference does not share with the net being built."""
 
@@ -151,14 +154,14 @@ class DendriticMLP(OuterNet):
 
     def __init__(
         self,
-        in_shape: Sequence[int] = (1, 28, 28),
-        num_classes: int = 10,
+        in_shape: Sequence[int] = MNIST.in_shape,
+        num_classes: int = MNIST.num_classes,
         widths: Sequence[int] = (64, 64, 64),
         neuron: str = "2arg",
         dropout: float = 0.5,
         inner_hidden: Sequence[int] = (64, 64),
-        mean: Sequence[float] = (0.1307,),
-        std: Sequence[float] = (0.3081,),
+        mean: Sequence[float] = MNIST.mean,
+        std: Sequence[float] = MNIST.std,
         match_neuron: str | None = None,
         neuron_args: dict[str, Any] | None = None,
     ) -> None:
@@ -183,16 +186,16 @@ class DendriticCNN(OuterNet):
 
     def __init__(
         self,
-        in_shape: Sequence[int] = (3, 32, 32),
-        num_classes: int = 10,
+        in_shape: Sequence[int] = CIFAR10.in_shape,
+        num_classes: int = CIFAR10.num_classes,
         widths: Sequence[int] = (60, 120, 120, 120),
         kernels: Sequence[int] = (3, 3, 3),
         pool: int = 2,
         neuron: str = "2arg",
         dropout: float = 0.5,
         inner_hidden: Sequence[int] = (64, 64),
-        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-        std: Sequence[float] = (0.2470, 0.2435, 0.2616),
+        mean: Sequence[float] = CIFAR10.mean,
+        std: Sequence[float] = CIFAR10.std,
         match_neuron: str | None = None,
         neuron_args: dict[str, Any] | None = None,
     ) -> None:

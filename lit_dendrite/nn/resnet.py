@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_dendrite.nn.nets import CONFIG_KEY, NOT_ARCHITECTURE, OuterNet, positive_ints, register_net
+from lit_dendrite.nn.nets import CIFAR10, CONFIG_KEY, NOT_ARCHITECTURE, OuterNet, positive_ints, register_net
 from lit_dendrite.nn.neurons import Neuron
 
 RESNET18_WIDTHS = (64, 128, 256, 512)
@@ -106,16 +106,16 @@ class DendriticResNet(OuterNet):
 
     def __init__(
         self,
-        in_shape: Sequence[int] = (3, 32, 32),
-        num_classes: int = 10,
+        in_shape: Sequence[int] = CIFAR10.in_shape,
+        num_classes: int = CIFAR10.num_classes,
         widths: Sequence[int] = RESNET18_WIDTHS,
         width_multiplier: float = 1.0,
         blocks: Sequence[int] = RESNET18_BLOCKS,
         neuron: str = "2arg",
         dropout: float = 0.0,
         inner_hidden: Sequence[int] = (64, 64),
-        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-        std: Sequence[float] = (0.2470, 0.2435, 0.2616),
+        mean: Sequence[float] = CIFAR10.mean,
+        std: Sequence[float] = CIFAR10.std,
         match_neuron: str | None = None,
         neuron_args: dict[str, Any] | None = None,
     ) -> None:
