@@ -8,7 +8,9 @@ process, the training step time (forward, backward, Adam step) and inference ima
 (``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``fused``: the library's exact
 implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks;
 ``table``: the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs
-the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the ReLU
+the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the image
+gradient an attack takes at every step (eval mode, exact inner net, frozen weights; not for ``reference`` and
+``table``, which no attack runs), the ReLU
 control at matched parameters, each of :data:`BASELINE_NEURONS` (``pau``, ``kan``, ``celltypes`` with its 10 types)
 at matched parameters along its own path, the analytic forward FLOPs per image, the machine's dense fp32 matmul
 GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a
@@ -43,7 +45,8 @@ from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
-from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS, sweep_cost
+from lit_dendrite.robustness.adversarial import exact_model
+from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS, UNMEASURED_PATHS, sweep_cost
 from lit_dendrite.sweeps.spec import load_sweep
 
 PATHS = ("reference", "plain", "lean", "fused", "table")
@@ -142,6 +145,18 @@ def inference_fn(net: nn.Module, x: torch.Tensor, autocast: bool):
             net(x)
 
     return infer
+
+
+def attack_gradient_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """One gradient of the loss with respect to the images, as an attack takes it (``exact_model``: eval mode, exact
+    inner net, frozen weights)."""
+
+    def gradient() -> None:
+        with exact_model(net):
+            images = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(net(images), y), images)
+
+    return gradient
 
 
 def data(model: str, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,9 +309,13 @@ def benchmark_model(
     for net in nets.values():
         net.eval()
     inference_s = interleaved_medians(inferences, device, warmup, rounds)
+    gradients = {v: attack_gradient_fn(net, x_eval, y) for v, net in nets.items() if v not in UNMEASURED_PATHS}
+    gradient_s = interleaved_medians(gradients, device, warmup, rounds)
     rows: dict[str, dict[str, float]] = {}
     for variant, net in nets.items():
         row = {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
+        if variant in gradient_s:
+            row["attack_gradient_s"] = gradient_s[variant]
         if variant != "compiled":
             row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
         if variant == "table":
@@ -330,6 +349,10 @@ def ratios(models: dict[str, dict[str, object]], matmul: float, inner: dict[str,
             out[f"{model}_{path}_inference_speed_ratio"] = (
                 rows[path]["inference_images_per_s"] / relu["inference_images_per_s"]
             )
+            if "attack_gradient_s" in rows[path]:
+                out[f"{model}_{path}_attack_gradient_ratio"] = (
+                    rows[path]["attack_gradient_s"] / relu["attack_gradient_s"]
+                )
             if "peak_train_memory_mib" in rows[path]:
                 out[f"{model}_{path}_peak_memory_ratio"] = (
                     rows[path]["peak_train_memory_mib"] / relu["peak_train_memory_mib"]
@@ -345,15 +368,20 @@ def print_table(result: dict[str, object]) -> None:
         f"{result['matmul_gflops']:.1f} GFLOP/s"
     )
     header = f"{'model':5} {'variant':10} {'train step s':>12} {'x ReLU':>7} {'infer img/s':>12} {'x ReLU':>7} "
-    print(header + f"{'peak MiB':>9} {'x ReLU':>7} {'disagree pp':>11}")
+    print(header + f"{'attack grad s':>13} {'x ReLU':>7} {'peak MiB':>9} {'x ReLU':>7} {'disagree pp':>11}")
     for model, res in result["models"].items():
         relu = res["rows"]["relu"]
         for variant, row in res["rows"].items():
-            mem = row.get("peak_train_memory_mib")
+            mem, gradient = row.get("peak_train_memory_mib"), row.get("attack_gradient_s")
             print(
                 f"{model:5} {variant:10} {row['train_step_s']:12.4f} {row['train_step_s'] / relu['train_step_s']:7.2f} "
                 f"{row['inference_images_per_s']:12.1f} "
                 f"{row['inference_images_per_s'] / relu['inference_images_per_s']:7.3f} "
+                + (
+                    f"{gradient:13.4f} {gradient / relu['attack_gradient_s']:7.2f} "
+                    if gradient is not None
+                    else f"{'-':>13} {'-':>7} "
+                )
                 + (
                     f"{mem:9.1f} {mem / relu['peak_train_memory_mib']:7.2f} "
                     if mem is not None

@@ -1,7 +1,8 @@
 """The GPU half of ``benchmarks/neurons.py`` (``--gpu``): speed and memory of two-argument nets on one CUDA device.
 
 For the paper's MLP (batch 200) and CNN (batch 50 and 256), in fp32, tf32 and bf16-mixed, it measures the training
-step (forward, backward, Adam step), inference images/s and the step's CUDA allocator peak above the built model
+step (forward, backward, Adam step), inference images/s, an attack's image gradient (eval mode, exact inner net,
+frozen weights; not for ``table``) and the step's CUDA allocator peak above the built model
 (``max_memory_allocated``) of the ReLU control and of the 2-arg net along three paths: ``lean`` (chunked torch ops;
 under bf16-mixed, where it cannot run, ``plain``: what ``impl="auto"`` did there before the fused op), ``fused`` (the
 Triton kernel, what ``impl="auto"`` picks on CUDA) and ``table`` (the frozen table of session III). Then the inner
@@ -18,10 +19,20 @@ import math
 from typing import Any
 
 import torch
-from neurons import data, forward_flops, inference_fn, interleaved_medians, set_path, sync, train_step_fn
+from neurons import (
+    attack_gradient_fn,
+    data,
+    forward_flops,
+    inference_fn,
+    interleaved_medians,
+    set_path,
+    sync,
+    train_step_fn,
+)
 from torch import nn
 
 from lit_dendrite.nn import DendriticCNN, DendriticMLP
+from lit_dendrite.sweeps.cost import UNMEASURED_PATHS
 
 CASES = (("mlp", 200), ("cnn", 50), ("cnn", 256))
 PRECISIONS = ("fp32", "tf32", "bf16-mixed")
@@ -82,11 +93,17 @@ def benchmark_case(model: str, batch: int, precision: str, quick: bool, device: 
     inference_s = interleaved_medians(
         {v: inference_fn(n, x_eval, autocast) for v, n in nets.items()}, device, warmup, rounds
     )
+    # attacks take their gradients in the evaluation's precision: fp32 (tf32 where the case allows it)
+    gradients = {v: attack_gradient_fn(n, x_eval, y) for v, n in nets.items() if v not in UNMEASURED_PATHS}
+    gradient_s = interleaved_medians(gradients, device, warmup, rounds)
     relu = train_s["relu"], inference_s["relu"], rows["relu"]["peak_train_memory_mib"]
     for variant in variants:
         row = rows[variant]
         row |= {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
         row["train_step_x_relu"] = train_s[variant] / relu[0]
+        if variant in gradient_s:
+            row["attack_gradient_s"] = gradient_s[variant]
+            row["attack_gradient_x_relu"] = gradient_s[variant] / gradient_s["relu"]
         row["inference_speed_x_relu"] = relu[1] / inference_s[variant]
         row["peak_memory_x_relu"] = row["peak_train_memory_mib"] / relu[2]
     del nets, steps

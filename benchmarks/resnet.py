@@ -3,12 +3,12 @@
     python benchmarks/resnet.py [--width-multiplier M] [--batch N] [--rounds R] [--threads N] [--out PATH]
 
 Builds ``DendriticResNet`` on CIFAR-shaped input (2-arg, and 1-arg and ReLU with ``match_neuron: 2arg``), times
-a training step (forward, backward, Adam step) and inference (a forward pass in eval mode, with the exact inner net
-as attacks use it) of each in interleaved rounds in one process (medians, see ``benchmarks/neurons.py``), and
-measures each step's peak memory: on CUDA the allocator's peak, on the CPU in a child process per net (RSS
-high-water mark above the built model, as ``benchmarks/neurons.py`` does). Prints the ratios to ReLU and writes
-JSON atomically (default ``benchmarks/results/resnet_<device>.json``), which the sweep's cost estimate
-(``lit_dendrite/sweeps/cost.py``) reads for ResNet runs.
+a training step (forward, backward, Adam step), inference (a forward pass in eval mode, with the exact inner net
+as attacks use it) and an attack's image gradient (the same, with frozen weights) of each in interleaved rounds in
+one process (medians, see ``benchmarks/neurons.py``), and measures each step's peak memory: on CUDA the allocator's
+peak, on the CPU in a child process per net (RSS high-water mark above the built model, as ``benchmarks/neurons.py``
+does). Prints the ratios to ReLU and writes JSON atomically (default ``benchmarks/results/resnet_<device>.json``),
+which the sweep's cost estimate (``lit_dendrite/sweeps/cost.py``) reads for ResNet runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ import sys
 from pathlib import Path
 
 import torch
-from neurons import CHILD_ENV, _status_kib, inference_fn, interleaved_medians, sync, train_step_fn  # next to this
+from neurons import (  # next to this file
+    CHILD_ENV,
+    _status_kib,
+    attack_gradient_fn,
+    inference_fn,
+    interleaved_medians,
+    sync,
+    train_step_fn,
+)
 
 from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
@@ -91,10 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x, y = batch_data(args.batch, device)
     nets = {neuron: build(neuron, args.width_multiplier, device) for neuron in NEURONS}
-    # training steps and inference (a second copy of each net, in eval mode) in the same interleaved rounds
+    # training steps, inference and attack gradients (a second copy of each net, in eval mode) in the same
+    # interleaved rounds
     timed = {f"train {neuron}": train_step_fn(net, x, y, autocast=False) for neuron, net in nets.items()}
     for neuron in NEURONS:
-        timed[f"inference {neuron}"] = inference_fn(build(neuron, args.width_multiplier, device).eval(), x, False)
+        evaluated = build(neuron, args.width_multiplier, device).eval()
+        timed[f"inference {neuron}"] = inference_fn(evaluated, x, False)
+        timed[f"attack {neuron}"] = attack_gradient_fn(evaluated, x, y)
     seconds = interleaved_medians(timed, device, warmup=1, rounds=args.rounds)
     sync(device)
     rows = {
@@ -103,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             "parameters": count_parameters(net),
             "train_step_s": seconds[f"train {neuron}"],
             "inference_images_per_s": args.batch / seconds[f"inference {neuron}"],
+            "attack_gradient_s": seconds[f"attack {neuron}"],
             "peak_train_memory_mib": peak_memory_mib(neuron, args, device),
         }
         for neuron, net in nets.items()
@@ -110,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     relu = rows["relu"]
     for row in rows.values():
         row["train_step_ratio"] = row["train_step_s"] / relu["train_step_s"]
+        row["attack_gradient_ratio"] = row["attack_gradient_s"] / relu["attack_gradient_s"]
         row["peak_memory_ratio"] = row["peak_train_memory_mib"] / relu["peak_train_memory_mib"]
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()}, {os.cpu_count()} CPUs"
     result = {
@@ -124,11 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"machine: {machine}  threads: {result['threads']}  load: {result['load_average'][0]:.1f}")
     header = f"{'neuron':6} {'widths':>20} {'params':>10} {'step s':>8} {'x ReLU':>7} {'infer img/s':>11}"
-    print(f"{header} {'peak MiB':>9} {'x ReLU':>7}")
+    print(f"{header} {'attack s':>8} {'x ReLU':>7} {'peak MiB':>9} {'x ReLU':>7}")
     for neuron, row in rows.items():
         print(
             f"{neuron:6} {row['widths']!s:>20} {row['parameters']:>10,} {row['train_step_s']:8.3f} "
             f"{row['train_step_ratio']:7.2f} {row['inference_images_per_s']:11.1f} "
+            f"{row['attack_gradient_s']:8.3f} {row['attack_gradient_ratio']:7.2f} "
             f"{row['peak_train_memory_mib']:9.1f} {row['peak_memory_ratio']:7.2f}"
         )
     out = args.out or BENCHMARK_RESULTS / f"resnet_{device.type}.json"

@@ -101,7 +101,7 @@ def test_evaluation_hours_count_autoattack_stages_and_corrupted_sets():
     section = parse_evaluate("test", {"batch_size": 500, "datasets": {"cifar10": cifar}})
     settings = {dataset: settings_for(section, dataset) for dataset in ("cifar10", "mnist")}
     assert settings["mnist"]["batch_size"] == 500 and not settings["mnist"]["attacks"]
-    gradient, forward = times.train["cnn"]["relu"], times.inference["cnn"]["relu"]
+    gradient, forward = times.attack_gradient["cnn"]["relu"], times.inference["cnn"]["relu"]
     per_image = (AUTOATTACK_GRADIENTS_ALL + 0.1 * AUTOATTACK_GRADIENTS_ROBUST) * gradient
     expected = 10_000 * (per_image + 0.1 * AUTOATTACK_QUERIES_ROBUST * forward) + 95 * 10_000 * forward
     assert evaluate_hours(times, shape("relu"), settings["cifar10"], 0.1) * 3600 == pytest.approx(expected)
@@ -149,3 +149,31 @@ def test_the_beyond_sweep_dry_run_estimates_its_resnet_runs_and_says_when_it_can
     missing = sweep_cost(sweep, tmp_path)
     assert "not available: no benchmark results for DendriticResNet" in missing
     assert "run `python benchmarks/resnet.py` first" in missing
+
+
+def test_attacks_cost_the_benchmarks_image_gradient_and_a_training_step_only_where_it_timed_none(tmp_path):
+    from lit_dendrite.sweeps.cost import evaluate_hours
+    from lit_dendrite.sweeps.evaluation import parse_evaluate, settings_for
+
+    def rows(with_gradients):
+        timed = {"relu": (0.01, 0.004), "fused": (0.05, 0.02), "table": (0.02, None)}
+        return {
+            path: {"train_step_s": step, "inference_images_per_s": 1e5}
+            | ({"attack_gradient_s": gradient} if with_gradients and gradient else {})
+            for path, (step, gradient) in timed.items()
+        }
+
+    pgd = {"attacks": {"linf_pgd": {"epsilons": [0.1, 0.2], "steps": 10, "n": 100}}}
+    settings = settings_for(parse_evaluate("test", {"datasets": {"cifar10": pgd}}), "cifar10")
+    for measured, per_gradient in ((True, 0.02), (False, 0.05)):
+        (tmp_path / "neurons_cpu.json").write_text(
+            json.dumps({"models": {"cnn": {"batch": 50, "rows": rows(measured)}}})
+        )
+        times = load_step_times(tmp_path, gpu_speedup=10)
+        expected = 100 * 10 * 2 * per_gradient / 50 / 10  # images x steps x epsilons x per-image gradient
+        assert evaluate_hours(times, shape("2arg"), settings, None) * 3600 == pytest.approx(expected)
+        text = estimate([shape("2arg")], times, {"cifar10": settings}).format()
+        if measured:
+            assert "an attack's gradient costs the benchmark's image gradient with frozen weights (cnn)" in text
+        else:
+            assert "a training step where the benchmark timed no image gradient (cnn: an upper bound)" in text

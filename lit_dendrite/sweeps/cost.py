@@ -33,7 +33,7 @@ DATASET_IMAGES = {
 # The benchmark's models and the input side it measured them at (MLP: MNIST 28x28; CNN and ResNet: CIFAR 32x32).
 BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32), "DendriticResNet": ("resnet", 32)}
 CONV_MODELS = ("cnn", "resnet")  # time scales with the input's area
-UNMEASURED_PATHS = ("reference", "table")  # not what session II trains with
+UNMEASURED_PATHS = ("reference", "table")  # neither what session II trains with nor what attacks run
 DEFAULT_GPU_SPEEDUP = 100.0
 BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GPU_RESULTS, CPU_RESULTS = "neurons_cuda.json", "neurons_cpu.json"
@@ -57,6 +57,8 @@ class StepTimes:
     speedup: float
     train: dict[str, dict[str, float]]
     inference: dict[str, dict[str, float]]
+    # an attack's image gradient (eval mode, frozen weights, exact inner net), where the benchmark timed one
+    attack_gradient: dict[str, dict[str, float]] = field(default_factory=dict)
     resnet_source: Path | None = None
     resnet_width: int | None = None  # the benchmarked ResNet's first-stage width (64 at multiplier 1)
     resnet_speedup: float = 1.0
@@ -83,32 +85,35 @@ def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SP
         raise ValueError(f"the GPU speedup must be positive, got {gpu_speedup}")
     data = json.loads(source.read_text())
     speedup = 1.0 if source == gpu else gpu_speedup
-    train, inference = {}, {}
+    tables: tuple[dict[str, dict[str, float]], ...] = ({}, {}, {})
     for model, batch, rows in _measured_rows(data):
-        _add_rows(train, inference, model, batch, rows, speedup)
+        _add_rows(tables, model, batch, rows, speedup)
     resnet: dict[str, Any] = {}
     for device, divisor in (("cuda", 1.0), ("cpu", gpu_speedup)):
         path = results_dir / RESNET_RESULTS.format(device=device)
         if path.is_file():
             measured = json.loads(path.read_text())
-            _add_rows(train, inference, "resnet", measured["batch"], measured["rows"], divisor)
+            _add_rows(tables, "resnet", measured["batch"], measured["rows"], divisor)
             width = scaled_widths(RESNET18_WIDTHS, measured["width_multiplier"])[0]
             resnet = {"resnet_source": path, "resnet_width": width, "resnet_speedup": divisor}
             break
-    return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, train, inference, **resnet)
+    return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, *tables, **resnet)
 
 
 def _add_rows(
-    train: dict[str, dict[str, float]],
-    inference: dict[str, dict[str, float]],
+    tables: tuple[dict[str, dict[str, float]], ...],
     model: str,
     batch: int,
     rows: Mapping[str, Mapping[str, float]],
     divisor: float,
 ) -> None:
-    """Per-image seconds of each measured path of ``model`` (rows timed at ``batch``), divided by ``divisor``."""
+    """Per-image seconds of each measured path of ``model`` (rows timed at ``batch``), divided by ``divisor``, into
+    ``tables`` (training step, inference, attack gradient: the last only for rows that time one)."""
+    train, inference, attack_gradient = tables
     train[model] = {p: r["train_step_s"] / batch / divisor for p, r in rows.items()}
     inference[model] = {p: 1 / r["inference_images_per_s"] / divisor for p, r in rows.items()}
+    if gradients := {p: r["attack_gradient_s"] / batch / divisor for p, r in rows.items() if "attack_gradient_s" in r}:
+        attack_gradient[model] = gradients
 
 
 def _measured_rows(data: Mapping[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
@@ -217,7 +222,8 @@ def evaluate_hours(
         return 0.0
     model = BENCHMARK_MODELS[shape.net][0]
     path = session_paths(times, shape)[0]
-    gradient, forward = times.train[model][path], times.inference[model][path]
+    gradient = times.attack_gradient.get(model, {}).get(path, times.train[model][path])
+    forward = times.inference[model][path]
     _, test_images = DATASET_IMAGES[shape.dataset]
     seconds = 0.0
     fraction = ASSUMED_ROBUST_FRACTION if robust_fraction is None else robust_fraction
@@ -288,9 +294,9 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
         f"AutoAttack standard: {AUTOATTACK_GRADIENTS_ALL} gradients per image, and on the images still robust "
         f"{AUTOATTACK_GRADIENTS_ROBUST} gradients and {AUTOATTACK_QUERIES_ROBUST} forward queries; the fraction "
         f"still robust is the paper's published robust accuracy where it has one, else {ASSUMED_ROBUST_FRACTION}",
-        "other attacks: `steps` gradients per image and epsilon (100 when not set); an attack's gradient costs a "
-        "training step (an upper bound: attacks compute no weight gradients); corrupted sets: one forward pass per "
-        "image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
+        "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward pass "
+        "per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
+        _gradient_assumption(times, shapes),
     ]
     if times.resnet_source is not None and any(BENCHMARK_MODELS[s.net][0] == "resnet" for s in shapes):
         divided = "" if times.resnet_speedup == 1 else f", divided by the assumed {times.resnet_speedup:g}x"
@@ -303,6 +309,19 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
     if any(not s.fixed_schedule for s in shapes):
         notes.append("experiments marked `max` stop early: their cost is an upper bound at trainer.max_epochs")
     return notes
+
+
+def _gradient_assumption(times: StepTimes, shapes: Sequence[RunShape]) -> str:
+    models = sorted({BENCHMARK_MODELS[shape.net][0] for shape in shapes})
+    measured = [model for model in models if model in times.attack_gradient]
+    text = "an attack's gradient costs "
+    if measured:
+        text += f"the benchmark's image gradient with frozen weights ({', '.join(measured)})"
+    unmeasured = [model for model in models if model not in measured]
+    if unmeasured:
+        text += "; " if measured else ""
+        text += f"a training step where the benchmark timed no image gradient ({', '.join(unmeasured)}: an upper bound)"
+    return text
 
 
 def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
