@@ -125,7 +125,7 @@ def test_sweep_evaluates_its_runs_and_reports_robustness(tmp_path: Path, capsys:
     capsys.readouterr()
     assert launcher.main(["status", str(sweep_dir)]) == 0
     status = capsys.readouterr().out
-    assert "done 2, failed 0" in status and "evaluation: done 2, to do 0, failed 0" in status, status
+    assert "done 2, failed 0" in status and "evaluation: done 2, running 0, to do 0, failed 0" in status, status
     two_arg = json.loads(RunDir(sweep_dir / "mlp_digits_2arg" / "seed=1").robustness.read_text())
     assert two_arg["corruptions"]["baseline"]["chosen"] == "sweep ReLU control" and two_arg["corruptions"]["mCE"] > 0
     assert two_arg["adversarial"]["fgsm"]["n"] == 40
@@ -149,7 +149,7 @@ def test_sweep_evaluates_its_runs_and_reports_robustness(tmp_path: Path, capsys:
     assert relu["adversarial"]["linf_deepfool"]["attack"]["steps"] == 10
     assert relu["adversarial"]["fgsm"] == fgsm  # done with these settings: kept, not measured again
     assert launcher.main(["status", str(sweep_dir)]) == 0
-    assert "evaluation: done 2, to do 0, failed 0" in capsys.readouterr().out
+    assert "evaluation: done 2, running 0, to do 0, failed 0" in capsys.readouterr().out
     assert launcher.main(argv) == 0
     assert "2 runs, 0 to evaluate" in capsys.readouterr().out
 
@@ -224,6 +224,30 @@ def test_failed_evaluation_is_shown_by_status(tmp_path: Path) -> None:
     (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
     status = format_status(tmp_path / "sweep")
     assert "evaluation error: SanityCheckError: robust accuracy rises" in status
-    assert "evaluation: done 0, to do 0, failed 1" in status
+    assert "evaluation: done 0, running 0, to do 0, failed 1" in status
     evaluate_trained_run(run_dir, evaluate)
     assert evaluation_state(run_dir, evaluate) == "done"
+
+
+def test_status_tells_a_run_being_evaluated_from_one_waiting_for_its_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_evaluate import untrained_run
+
+    from lit_dendrite.runs import FileLock
+    from lit_dendrite.sweeps import state
+
+    runs = [untrained_run(tmp_path / "sweep", neuron) for neuron in ("relu", "2arg")]
+    names = [str(run.relative_to(tmp_path / "sweep")) for run in runs]
+    evaluate = parse_evaluate("sweep.yaml", {"attacks": ["fgsm"]})
+    manifest = {"sweep": "s", "sweep_file": "s.yaml", "evaluate": evaluate,
+                "runs": [{"dir": name, "axes": {}, "args": []} for name in names]}  # fmt: skip
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
+    state.record_jobs(tmp_path / "sweep", "local", dict.fromkeys(names, "7"))
+    monkeypatch.setattr(state, "job_states", lambda records: dict.fromkeys(records, "RUNNING"))
+    with FileLock(RunDir(runs[0]).lock, "evaluating"):  # the job evaluates the first run; the second waits its turn
+        status = format_status(tmp_path / "sweep")
+    lines = {name: line for name in names for line in status.splitlines() if line.startswith(name)}
+    assert "0/1, running" in lines[names[0]] and "running" not in lines[names[1]].replace("7 (running)", ""), status
+    assert "evaluation: done 0, running 1, to do 1, failed 0" in status
+    assert "evaluation: done 0, running 0, to do 2, failed 0" in format_status(tmp_path / "sweep")  # lock released

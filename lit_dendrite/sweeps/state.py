@@ -134,20 +134,23 @@ def unfinished_runs(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
 
 def format_status(sweep_dir: Path) -> str:
     """A table of every run of the sweep in ``sweep_dir`` with its state and job (and, for a sweep with an
-    ``evaluate:`` section, its evaluation state), then the counts per state."""
+    ``evaluate:`` section, its evaluation state: calls done of all, and whether a job evaluates it now), then the
+    counts per state."""
     manifest = read_manifest(sweep_dir)
     runs = [run["dir"] for run in manifest["runs"]]
     evaluate = manifest.get("evaluate")
     states = run_states(sweep_dir, runs)
     evaluations = {run: evaluation_state(sweep_dir / run, evaluate) for run in runs} if evaluate else {}
+    evaluating = {run for run, state in evaluations.items() if _evaluating(sweep_dir / run, states[run], state)}
     width = max(len(run) for run in runs)
-    lines = [f"{'run':<{width}}  {'state':<8}  " + ("evaluation  " if evaluate else "") + "job"]
+    lines = [f"{'run':<{width}}  {'state':<8}  " + (f"{'evaluation':<14}  " if evaluate else "") + "job"]
     for run in runs:
         info = states[run]
         job = info["job_id"] or "-"
         if info["live"]:
             job += f" ({info['job_state'].lower()})"
-        evaluation = f"{evaluations[run]:<10}  " if evaluate else ""
+        evaluation = evaluations.get(run, "") + (", running" if run in evaluating else "")
+        evaluation = f"{evaluation:<14}  " if evaluate else ""
         lines.append(f"{run:<{width}}  {info['state']:<8}  {evaluation}{job}")
         if info["state"] == "failed":
             error = (info["result"].get("error") or "").strip().splitlines()
@@ -163,9 +166,16 @@ def format_status(sweep_dir: Path) -> str:
     if evaluate:
         done = sum(state == "done" for state in evaluations.values())
         failed = sum(state == "failed" for state in evaluations.values())
-        todo = sum(state not in ("done", "failed", "-") for state in evaluations.values())
-        lines.append(f"evaluation: done {done}, to do {todo}, failed {failed}")
+        todo = sum(state not in ("done", "failed", "-") for state in evaluations.values()) - len(evaluating)
+        lines.append(f"evaluation: done {done}, running {len(evaluating)}, to do {todo}, failed {failed}")
     return "\n".join(lines)
+
+
+def _evaluating(run_dir: Path, info: dict[str, Any], evaluation: str) -> bool:
+    """Whether a job evaluates the run now: it is trained, its evaluation unfinished, its job running and the run's
+    lock (held while a process trains or evaluates it) taken."""
+    unfinished = info["state"] == "done" and evaluation not in ("done", "failed", "-")
+    return unfinished and info["job_state"] in RUNNING_JOB_STATES and FileLock(RunDir(run_dir).lock, "").held()
 
 
 def _flatten(result: dict[str, Any]) -> dict[str, Any]:
