@@ -121,3 +121,19 @@ def test_match_width_within_one_percent():
 def test_wrong_input_shape_names_the_problem():
     with pytest.raises(ValueError, match=r"expects images of shape \(N, 1, 28, 28\)"):
         DendriticMLP(**MNIST)(torch.rand(2, 3, 32, 32))
+
+
+def test_the_nets_are_plain_torch_and_default_to_their_data_sets_table():
+    import subprocess
+    import sys
+
+    from lit_dendrite.data import DATASETS
+
+    # a notebook or benchmark that builds nets does not pay for Lightning's import
+    code = "import sys, lit_dendrite.nn; print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+    for net, dataset in ((DendriticMLP(), "mnist"), (DendriticCNN(), "cifar10")):
+        spec = DATASETS[dataset]
+        assert net.in_shape == spec.in_shape and net.num_classes == spec.num_classes
+        assert net.normalize.mean.flatten().tolist() == pytest.approx(spec.mean)
+        assert net.normalize.std.flatten().tolist() == pytest.approx(spec.std)
