@@ -1,11 +1,16 @@
-"""`launch/sweep.py cancel`: a local job is killed for good (SIGTERM would requeue it), a process that is not a
-submitit job is left alone, and the cancelled run is pending, to be resumed by the next submission."""
+"""`launch/sweep.py cancel`: a local job is killed for good (SIGTERM would requeue it), also after its shell was
+killed, a process that is not a submitit job is left alone, and the cancelled run is pending, to be resumed by the
+next submission."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,9 +38,10 @@ def _processes_running(marker: str) -> list[int]:
     return found
 
 
-def test_cancel_kills_a_local_job_for_good_and_its_run_resumes_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+@pytest.fixture
+def sleeping_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str, Path]]:
+    """A local job whose task sleeps, submitted as sweep.py submits it, its task started: (sweep directory, job
+    id, logs). Whatever of it a failed test leaves alive is killed after."""
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "TERM")  # as sweep.py submits: a SIGTERM requeues the job
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
@@ -50,11 +56,16 @@ def test_cancel_kills_a_local_job_for_good_and_its_run_resumes_later(
 
     wait_until(task_started, 60, "the job's task to start")
     assert len(_processes_running(str(logs))) >= 3, "expected the shell, the controller and the task"
-    assert run_states(sweep_dir, [RUN])[RUN]["live"]
+    yield sweep_dir, job.job_id, logs
+    for pid in _processes_running(str(logs)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
+
+def _cancel_ends_every_process(sweep_dir: Path, job_id: str, logs: Path, capsys: pytest.CaptureFixture) -> None:
     launcher = load_launcher()
     assert launcher.main(["cancel", str(sweep_dir)]) == 0
-    assert f"cancelled job {job.job_id}: {RUN}" in capsys.readouterr().out
+    assert f"cancelled job {job_id}: {RUN}" in capsys.readouterr().out
 
     def all_gone() -> bool:
         return not _processes_running(str(logs))
@@ -65,6 +76,25 @@ def test_cancel_kills_a_local_job_for_good_and_its_run_resumes_later(
     assert run_states(sweep_dir, [RUN])[RUN]["state"] == "pending"
     assert launcher.main(["cancel", str(sweep_dir)]) == 0
     assert "no job of" in capsys.readouterr().out
+
+
+def test_cancel_kills_a_local_job_for_good_and_its_run_resumes_later(
+    sleeping_job: tuple[Path, str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    sweep_dir, job_id, logs = sleeping_job
+    assert run_states(sweep_dir, [RUN])[RUN]["live"]
+    _cancel_ends_every_process(sweep_dir, job_id, logs, capsys)
+
+
+def test_a_local_job_whose_shell_was_killed_still_shows_live_and_cancel_ends_its_orphaned_processes(
+    sleeping_job: tuple[Path, str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    sweep_dir, job_id, logs = sleeping_job
+    os.kill(int(job_id), signal.SIGTERM)  # a plain `kill JOB_ID`: the job's shell ends, its controller lives on
+    wait_until(lambda: int(job_id) not in _processes_running(str(logs)), 10, "the job's shell to end")
+    assert _processes_running(str(logs)), "the controller and its task should outlive the shell"
+    assert run_states(sweep_dir, [RUN])[RUN]["live"], "the orphaned job is still running"
+    _cancel_ends_every_process(sweep_dir, job_id, logs, capsys)
 
 
 def test_a_process_id_that_is_not_a_local_job_is_ended_and_left_alone() -> None:

@@ -210,18 +210,17 @@ class LocalBackend(ClusterBackend):
         return jobs
 
     def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
-        """RUNNING while a job's controller process lives, ENDED after (also when its process id now belongs to
-        another program, e.g. after a reboot)."""
-        return {job_id: "RUNNING" if _is_local_job(int(job_id)) else "ENDED" for job_id in job_ids}
+        """RUNNING while a process of the job lives (see :func:`_local_job_roots`), ENDED after (also when its
+        process id now belongs to another program, e.g. after a reboot)."""
+        roots = _local_job_roots(job_ids)
+        return {job_id: "RUNNING" if roots[job_id] else "ENDED" for job_id in job_ids}
 
     def cancel(self, job_ids: list[str]) -> None:
         """Kill each job's processes, parents first, each stopped before its children are listed so that none can
         start another: a killed job is not requeued (SIGTERM would requeue it, as a preemption)."""
-        for job_id in job_ids:
-            if not _is_local_job(int(job_id)):
-                continue
+        for roots in _local_job_roots(job_ids).values():
             stopped: list[int] = []
-            to_stop = [int(job_id)]
+            to_stop = list(roots)
             while to_stop:
                 pid = to_stop.pop()
                 _signal(pid, signal.SIGSTOP)
@@ -252,6 +251,37 @@ def _is_local_job(pid: int) -> bool:
     except OSError:
         return False
     return b"submitit.local._local" in command and _live_parent(pid) is not None
+
+
+def _local_job_roots(job_ids: list[str]) -> dict[str, list[int]]:
+    """The live processes at the top of each local job: its shell (or controller), whose process id is the job
+    id, and the controller of each task that carries the job id in ``SUBMITIT_LOCAL_JOB_ID``, found even after
+    the shell was killed (a plain ``kill`` of the job id) and the controller, orphaned, started a new task."""
+    roots = {job_id: [int(job_id)] if _is_local_job(int(job_id)) else [] for job_id in job_ids}
+    wanted = {f"SUBMITIT_LOCAL_JOB_ID={job_id}".encode(): job_id for job_id in job_ids}
+    for entry in Path("/proc").iterdir():
+        try:
+            environment = set((entry / "environ").read_bytes().split(b"\0")) if entry.name.isdigit() else set()
+        except OSError:  # ended, or another user's
+            continue
+        for variable in environment & wanted.keys():
+            task, job_roots = int(entry.name), roots[wanted[variable]]
+            controller = _live_parent(task)
+            if controller is None:  # a zombie
+                continue
+            top = controller if _is_local_job(controller) else task
+            if not any(_descends(top, root) for root in job_roots):
+                job_roots.append(top)
+    return roots
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    """Whether ``pid`` is ``ancestor`` or one of its live descendants."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = _live_parent(pid) or 0
+    return False
 
 
 def _children(pid: int) -> list[int]:
