@@ -6,7 +6,7 @@ import re
 import pandas as pd
 import pytest
 from scipy.stats import ttest_ind
-from tiny_sweep import CONDITIONS, make_fake_sweep, train_tiny_sweep
+from tiny_sweep import CONDITIONS, make_fake_sweep, train_tiny_sweep, write_session_events
 
 from lit_dendrite.analysis.report import load_runs, summary_table, write_report
 from lit_dendrite.analysis.tables import compare_conditions, markdown_table
@@ -69,6 +69,7 @@ def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep)
     (failed_dir / "result.json").write_text(json.dumps({"status": "diverged", "error": "loss is NaN"}))
     broken = json.loads((fake_sweep / "mlp_digits_2arg" / "seed=3" / "result.json").read_text())
     (fake_sweep / "mlp_digits_2arg" / "seed=3" / broken["best_checkpoint"]).unlink()
+    write_session_events(fake_sweep / "mlp_digits_relu" / "seed=4" / "II_joint", [0.5, 0.9])  # still training
 
     path = write_report(fake_sweep, n_images=100)
     report = path.read_text()
@@ -84,6 +85,8 @@ def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep)
     assert "seed=8`: status 'diverged': loss is NaN" in report
     assert "| mlp_digits_2arg | 3 | 67.00 ± 1.00 | 86.61 ± 2.68 | 100.00 ± 0.00 |" in report, "corruption table"
     assert "| mlp_digits_relu | 82.00 ± 1.00 | 50.00 ± 0.00 | 12.00 ± 1.00 |" in report, "robust accuracy vs eps"
+    # learning speed of the three finished ReLU runs only (their curves reach their end at their 4th epoch)
+    assert "| mlp_digits_relu | II_joint | 4.0 ± 0.0 | 4.0 ± 0.0 | 3 |" in report, "a partial curve was counted"
     images = referenced_images(report)
     assert {"report_curves.png", "report_speed.png", "report_surfaces_mlp_digits_2arg.png"} <= set(images)
     for image in images:

@@ -111,18 +111,20 @@ def _accuracy_section(runs: Sequence[RunRecord], conditions: pd.DataFrame) -> li
     return lines
 
 
-def _curves_section(sweep_dir: Path, conditions: pd.DataFrame) -> list[str]:
+def _curves_section(sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.DataFrame) -> list[str]:
     lines = ["## Learning curves", ""]
     scalars = read_scalars(sweep_dir)
+    # a run still training (or failed) has a partial curve, whose "final value" would make it look fast
+    scalars = scalars[scalars["run"].isin({run.name for run in runs if run.done})]
     if scalars.empty or not scalars["tag"].isin(["val/acc", "val/loss"]).any():
-        return [*lines, "No TensorBoard scalars val/acc or val/loss were found under the sweep."]
+        return [*lines, "No TensorBoard scalars val/acc or val/loss were found for the sweep's finished runs."]
     curves = learning_curves(scalars)
     plots.save_figure(plots.learning_curve_figure(curves, session_offsets(scalars)), sweep_dir / "report_curves.png")
     speed = epochs_to_fraction(scalars)
     summary = summarise_speed(speed)
     plots.save_figure(plots.speed_figure(summary), sweep_dir / "report_speed.png")
     lines += [
-        "Validation accuracy and loss, mean ± sd over runs, against epoch: session II (joint), then "
+        "Validation accuracy and loss, mean ± sd over the finished runs, against epoch: session II (joint), then "
         "session III (frozen inner net, re-initialised outer net) after the dotted line.",
         "",
         "![learning curves](report_curves.png)",
@@ -162,7 +164,7 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
         "",
     ]
     lines += [*_accuracy_section(runs, conditions), ""]
-    lines += [*_curves_section(sweep_dir, conditions), ""]
+    lines += [*_curves_section(sweep_dir, runs, conditions), ""]
     lines += [*surface_section(sweep_dir, runs, problems, grid, n_images), ""]
     if curve_lines := curve_section(sweep_dir, runs, problems, n_images):
         lines += [*curve_lines, ""]
