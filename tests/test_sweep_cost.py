@@ -78,13 +78,22 @@ def test_a_neuron_measured_as_its_own_variant_is_timed_by_its_row_and_never_as_t
         return {"train_step_s": step, "inference_images_per_s": 1e5}
 
     rows = {"relu": row(0.01), "fused": row(0.08), "table": row(0.02), "kan": row(0.03), "celltypes": row(0.09)}
+    rows["1arg"] = row(0.1)
     cases = [{"model": "cnn", "batch": 256, "precision": "fp32", "rows": rows}]
     (tmp_path / "neurons_cuda.json").write_text(json.dumps({"device": "NVIDIA H200", "cases": cases}))
     times = load_step_times(tmp_path)
     assert times.learned_path("cnn") == "fused"  # kan's row is faster, but it is not a path of the inner net
     assert session_paths(times, shape("kan")) == ("kan", None)  # session II only
-    assert session_paths(times, shape("celltypes")) == ("celltypes", "celltypes")
+    # session III of a neuron with tables runs the frozen tables, whatever its own row
+    assert session_paths(times, shape("celltypes")) == ("celltypes", "table")
+    assert session_paths(times, shape("1arg")) == ("1arg", "table")
     assert session_paths(times, shape("2arg")) == ("fused", "table")
+    assert session_paths(times, shape("3arg")) == ("fused", "table")
+    # 1-arg at its own step time: (0.1 - 0.08) / 256 s more per image than 2-arg, over 2 epochs of 40,000 images
+    extra_s = train_hours(times, shape("1arg")) * 3600 - train_hours(times, shape("2arg")) * 3600
+    assert extra_s == pytest.approx(2 * 40_000 * 0.02 / 256)
+    text = estimate([shape(n) for n in ("2arg", "1arg", "3arg", "pau", "relu")], times).format()
+    assert "the benchmark has no row of its own for 3arg (cnn), pau (cnn): priced as the 2-arg neuron" in text
 
 
 def test_evaluation_hours_count_autoattack_stages_and_corrupted_sets():

@@ -192,19 +192,28 @@ def _scale(times: StepTimes, shape: RunShape) -> float:
 
 def session_paths(times: StepTimes, shape: RunShape) -> tuple[str, str | None]:
     """The benchmark paths that time sessions II and III (None: the neuron has no session III, see its registry
-    entry). A neuron the benchmark measured as its own variant (relu, kan, celltypes) is timed by that row in
-    both sessions; another fixed neuron as the ReLU control, a learned one as the inner net (the frozen tables in
-    session III where they apply); a name not registered here counts as a learned neuron, the dearer guess."""
+    entry). Session II: a neuron the benchmark measured as its own variant (relu, 1arg, kan, celltypes) is timed
+    by that row; another fixed neuron as the ReLU control, another learned one as the 2-arg inner net (see
+    :func:`priced_as_2arg`). Session III: the frozen lookup tables where the neuron has them and the benchmark timed
+    them, else session II's path. A name not registered here counts as a learned neuron, the dearer guess."""
     spec = NEURONS.get(shape.neuron)
-    if shape.neuron in times.train[BENCHMARK_MODELS[shape.net][0]]:  # the benchmark times it as its own variant
-        return shape.neuron, shape.neuron if spec is not None and spec.freeze else None
-    if spec is not None and not spec.learned:
+    rows = times.train[BENCHMARK_MODELS[shape.net][0]]
+    if shape.neuron in rows:  # the benchmark times it as its own variant
+        joint = shape.neuron
+    elif spec is not None and not spec.learned:
         return "relu", None
-    learned = times.learned_path(BENCHMARK_MODELS[shape.net][0])
+    else:
+        joint = times.learned_path(BENCHMARK_MODELS[shape.net][0])
     if spec is not None and not spec.freeze:
-        return learned, None
-    tables = (spec is None or spec.tables) and "table" in times.train[BENCHMARK_MODELS[shape.net][0]]
-    return learned, "table" if tables else learned
+        return joint, None
+    tables = (spec is None or spec.tables) and "table" in rows
+    return joint, "table" if tables else joint
+
+
+def priced_as_2arg(times: StepTimes, shape: RunShape) -> bool:
+    """Whether the estimate times this run's learned neuron by the 2-arg inner net's rows, for want of its own."""
+    learned = NEURONS[shape.neuron].learned if shape.neuron in NEURONS else True
+    return learned and shape.neuron != "2arg" and shape.neuron not in times.train[BENCHMARK_MODELS[shape.net][0]]
 
 
 def train_hours(times: StepTimes, shape: RunShape) -> float:
@@ -286,8 +295,9 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
             "(neurons_cuda.json) exists yet. Replace with --gpu-speedup, or run `python benchmarks/neurons.py --gpu`"
         )
     notes += [
-        "session II of learned neurons runs the fastest measured exact path; session III the frozen lookup-table "
-        "path; 1-arg neurons cost as much as 2-arg ones (the benchmark has no 1-arg row); session I is not counted",
+        "a neuron the benchmark timed as its own variant costs its row; session II of other learned neurons runs "
+        "the 2-arg net's fastest measured exact path; session III the frozen lookup-table path where the neuron has "
+        "tables; session I is not counted",
         "CNN time scales with the input's area relative to CIFAR's 32x32; MLP time does not depend on the input",
         "every epoch trains on the training split and validates on the validation split; time is linear in images "
         f"(batch-normalised), with at least {MIN_STEP_S * 1000:g} ms per training step",
@@ -298,6 +308,8 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
         "per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
         _gradient_assumption(times, shapes),
     ]
+    if proxied := sorted({f"{s.neuron} ({BENCHMARK_MODELS[s.net][0]})" for s in shapes if priced_as_2arg(times, s)}):
+        notes.append(f"the benchmark has no row of its own for {', '.join(proxied)}: priced as the 2-arg neuron")
     if times.resnet_source is not None and any(BENCHMARK_MODELS[s.net][0] == "resnet" for s in shapes):
         divided = "" if times.resnet_speedup == 1 else f", divided by the assumed {times.resnet_speedup:g}x"
         notes.append(
