@@ -3,20 +3,21 @@ reference.
 
     python benchmarks/neurons.py [--quick] [--gpu] [--threads N] [--compile] [--variants V...] [--out PATH]
 
-On the CPU, for the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50) it measures, in one
-process, the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along each path
+On the CPU, for the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50) it measures, in one process,
+the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along each path
 (``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``fused``: the library's exact
-implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks;
-``table``: the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs
-the native pass of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the image
-gradient an attack takes at every step (eval mode, exact inner net, frozen weights; not for ``reference`` and
-``table``, which no attack runs), the ReLU
-control at matched parameters, each of :data:`BASELINE_NEURONS` (``pau``, ``kan``, ``celltypes`` with its 10 types)
-at matched parameters along its own path, the analytic forward FLOPs per image, the machine's dense fp32 matmul
-GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a
-child process per model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold
-fixed so that the mark follows live memory). Step and inference times are medians over rounds that time every variant
-in turn, so that load coming and going on a shared machine hits them alike. Prints a table and writes JSON atomically.
+implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks; ``table``:
+the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs the native pass
+of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the image gradient an attack
+takes at every step (eval mode, exact inner net, frozen weights; not for ``reference`` and ``table``, which no attack
+runs), the paper's controls at matched parameters (:data:`CONTROLS`: ReLU, and the 1-arg neuron along its
+``impl="auto"`` path), each of :data:`BASELINE_NEURONS` (``pau``, ``kan``, ``celltypes`` with its 10 types) at matched
+parameters along its own path, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the
+inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per
+model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold fixed so that the
+mark follows live memory). Step, inference and attack-gradient times are medians over rounds that time each of them for
+every variant in turn, so that load coming and going on a shared machine hits them alike. Prints a table and writes JSON
+atomically.
 
 ``--gpu`` runs the GPU measurements of ``benchmarks/neurons_gpu.py`` instead (CNN batch 50 and 256, fp32, tf32 and
 bf16-mixed, CUDA allocator peaks, the inner net's TFLOP/s and the paper sweep's GPU-hours).
@@ -51,6 +52,9 @@ from lit_dendrite.sweeps.spec import load_sweep
 
 PATHS = ("reference", "plain", "lean", "fused", "table")
 """The 2-arg net's evaluation paths (see :func:`set_path`)."""
+CONTROLS = ("relu", "1arg")
+"""The paper's controls, each timed as a variant of its own name, width-matched to the 2-arg net (ReLU is every
+ratio's baseline)."""
 BASELINE_NEURONS = ("pau", "kan", "celltypes")
 """Other learned neurons, each timed as a variant of its own name, width-matched to the 2-arg net."""
 MIN_MEASURE_S = 0.05
@@ -87,8 +91,8 @@ def build(model: str, neuron: str, device: torch.device) -> nn.Module:
 
 
 def variant_neuron(variant: str) -> str:
-    """The neuron a benchmark variant builds: the ReLU control, a baseline neuron, or the 2-arg net (its paths)."""
-    return variant if variant == "relu" or variant in BASELINE_NEURONS else "2arg"
+    """The neuron a benchmark variant builds: a control, a baseline neuron, or the 2-arg net (its paths)."""
+    return variant if variant in (*CONTROLS, *BASELINE_NEURONS) else "2arg"
 
 
 def set_path(net: nn.Module, path: str, calibration: torch.Tensor | None) -> None:
@@ -126,10 +130,12 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
 
 
 def train_step_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool):
+    """One training step (train mode, forward, backward, Adam step)."""
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
 
     def step() -> None:
+        net.train()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(net(x), y)
@@ -140,7 +146,10 @@ def train_step_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bo
 
 
 def inference_fn(net: nn.Module, x: torch.Tensor, autocast: bool):
+    """One forward pass in eval mode, without gradients."""
+
     def infer() -> None:
+        net.eval()
         with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             net(x)
 
@@ -157,6 +166,35 @@ def attack_gradient_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
             torch.autograd.grad(F.cross_entropy(net(images), y), images)
 
     return gradient
+
+
+def timed_kinds(
+    nets: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_eval: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    autocast: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Median seconds of each net's training step (on ``x``), inference and attack gradient (on ``x_eval``; none for
+    :data:`UNMEASURED_PATHS`), ``{"train" | "inference" | "attack": {variant: s}}``. All are timed in the same
+    interleaved rounds, so that load coming and going hits the ratio of an attack gradient to a training step as
+    little as the ratio of one variant to another. Attacks take their gradients without autocast, as evaluations
+    run."""
+    fns = {}
+    for variant, net in nets.items():
+        fns[f"train {variant}"] = train_step_fn(net, x, y, autocast)
+        fns[f"inference {variant}"] = inference_fn(net, x_eval, autocast)
+        if variant not in UNMEASURED_PATHS:
+            fns[f"attack {variant}"] = attack_gradient_fn(net, x_eval, y)
+    seconds = interleaved_medians(fns, device, warmup, rounds)
+    kinds: dict[str, dict[str, float]] = {"train": {}, "inference": {}, "attack": {}}
+    for name, value in seconds.items():
+        kind, variant = name.split(" ", 1)
+        kinds[kind][variant] = value
+    return kinds
 
 
 def data(model: str, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,28 +332,23 @@ def benchmark_model(
     warmup, rounds = (1, 3) if quick else (2, 7)
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
-    variants = ["relu", *BASELINE_NEURONS, *PATHS] + (["compiled"] if compile_ else [])
+    variants = [*CONTROLS, *BASELINE_NEURONS, *PATHS] + (["compiled"] if compile_ else [])
     variants = [v for v in variants if only is None or v == "relu" or v in only]  # ReLU is every ratio's baseline
     paths = [v for v in variants if v in PATHS]
-    nets, steps, inferences = {}, {}, {}
+    nets = {}
     for variant in variants:
         net = nets[variant] = build(model, variant_neuron(variant), device)
         if variant in paths:
             set_path(net, variant, x)
         maybe_compile(net, variant == "compiled")
-        steps[variant] = train_step_fn(net.train(), x, y, autocast=False)
-        inferences[variant] = inference_fn(net, x_eval, autocast=False)
-    train_s = interleaved_medians(steps, device, warmup, rounds)
-    for net in nets.values():
-        net.eval()
-    inference_s = interleaved_medians(inferences, device, warmup, rounds)
-    gradients = {v: attack_gradient_fn(net, x_eval, y) for v, net in nets.items() if v not in UNMEASURED_PATHS}
-    gradient_s = interleaved_medians(gradients, device, warmup, rounds)
+    seconds = timed_kinds(nets, x, y, x_eval, device, warmup, rounds)
     rows: dict[str, dict[str, float]] = {}
     for variant, net in nets.items():
-        row = {"train_step_s": train_s[variant], "inference_images_per_s": batch / inference_s[variant]}
-        if variant in gradient_s:
-            row["attack_gradient_s"] = gradient_s[variant]
+        net.eval()
+        row = {"train_step_s": seconds["train"][variant]}
+        row["inference_images_per_s"] = batch / seconds["inference"][variant]
+        if variant in seconds["attack"]:
+            row["attack_gradient_s"] = seconds["attack"][variant]
         if variant != "compiled":
             row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
         if variant == "table":
@@ -335,14 +368,15 @@ def benchmark_model(
 
 
 def ratios(models: dict[str, dict[str, object]], matmul: float, inner: dict[str, float]) -> dict[str, float]:
-    """The issue's target figures: 2-arg (each path) and the baseline neurons over the ReLU control, and the inner
+    """The issue's target figures: 2-arg (each path), the 1-arg control and the baseline neurons over the ReLU
+    control, and the inner
     net's fraction of dense matmul."""
     out = {}
     for model, result in models.items():
         rows, relu = result["rows"], result["rows"]["relu"]
         flops = result["forward_flops_per_image"]
         out[f"{model}_flop_ratio"] = flops["2arg"]["total"] / flops["relu"]["total"]
-        for path in (*PATHS, *BASELINE_NEURONS, "compiled"):
+        for path in (*PATHS, *CONTROLS[1:], *BASELINE_NEURONS, "compiled"):
             if path not in rows:
                 continue
             out[f"{model}_{path}_train_step_ratio"] = rows[path]["train_step_s"] / relu["train_step_s"]
@@ -414,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        choices=[*BASELINE_NEURONS, *PATHS, "compiled"],
+        choices=[*CONTROLS[1:], *BASELINE_NEURONS, *PATHS, "compiled"],
         default=None,
         help="time only these variants beside the ReLU control (default: all); the inner net's GFLOP/s need a path",
     )

@@ -3,7 +3,8 @@
 For the paper's MLP (batch 200) and CNN (batch 50 and 256), in fp32, tf32 and bf16-mixed, it measures the training
 step (forward, backward, Adam step), inference images/s, an attack's image gradient (eval mode, exact inner net,
 frozen weights; not for ``table``) and the step's CUDA allocator peak above the built model
-(``max_memory_allocated``) of the ReLU control and of the 2-arg net along three paths: ``lean`` (chunked torch ops;
+(``max_memory_allocated``) of the paper's controls (ReLU, and 1-arg along its ``impl="auto"`` path) and of the 2-arg
+net along three paths: ``lean`` (chunked torch ops;
 under bf16-mixed, where it cannot run, ``plain``: what ``impl="auto"`` did there before the fused op), ``fused`` (the
 Triton kernel, what ``impl="auto"`` picks on CUDA) and ``table`` (the frozen table of session III). Then the inner
 net's achieved TFLOP/s in forward and forward+backward on the CNN's first layer (batch 256) for each precision,
@@ -20,19 +21,19 @@ from typing import Any
 
 import torch
 from neurons import (
-    attack_gradient_fn,
+    CONTROLS,
+    PATHS,
+    build,
     data,
     forward_flops,
-    inference_fn,
     interleaved_medians,
     set_path,
     sync,
+    timed_kinds,
     train_step_fn,
+    variant_neuron,
 )
 from torch import nn
-
-from lit_dendrite.nn import DendriticCNN, DendriticMLP
-from lit_dendrite.sweeps.cost import UNMEASURED_PATHS
 
 CASES = (("mlp", 200), ("cnn", 50), ("cnn", 256))
 PRECISIONS = ("fp32", "tf32", "bf16-mixed")
@@ -49,16 +50,10 @@ def set_precision(precision: str) -> bool:
     return precision == "bf16-mixed"
 
 
-def build_net(model: str, neuron: str, device: torch.device) -> nn.Module:
-    torch.manual_seed(0)
-    kwargs = {"neuron": neuron} if neuron == "2arg" else {"neuron": neuron, "match_neuron": "2arg"}
-    return (DendriticMLP if model == "mlp" else DendriticCNN)(**kwargs).to(device)
-
-
 def variant_net(model: str, variant: str, x: torch.Tensor) -> nn.Module:
-    """The ReLU control or the 2-arg net on one path (``table`` tabulates on ``x``)."""
-    net = build_net(model, "relu" if variant == "relu" else "2arg", x.device)
-    if variant != "relu":
+    """A control, or the 2-arg net on one path (``table`` tabulates on ``x``)."""
+    net = build(model, variant_neuron(variant), x.device)
+    if variant in PATHS:
         set_path(net, variant, x)
     return net
 
@@ -79,23 +74,17 @@ def peak_step_memory(step, device: torch.device) -> float:
 def benchmark_case(model: str, batch: int, precision: str, quick: bool, device: torch.device) -> dict[str, Any]:
     autocast = set_precision(precision)
     warmup, rounds = (1, 3) if quick else (2, 7)
-    variants = ("relu", "plain" if autocast else "lean", "fused", "table")
+    variants = (*CONTROLS, "plain" if autocast else "lean", "fused", "table")
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
-    nets = {variant: variant_net(model, variant, x).train() for variant in variants}
-    steps = {variant: train_step_fn(net, x, y, autocast) for variant, net in nets.items()}
+    nets = {variant: variant_net(model, variant, x) for variant in variants}
     rows: dict[str, dict[str, float]] = {
-        v: {"peak_train_memory_mib": peak_step_memory(s, device)} for v, s in steps.items()
+        v: {"peak_train_memory_mib": peak_step_memory(train_step_fn(net, x, y, autocast), device)}
+        for v, net in nets.items()
     }
-    train_s = interleaved_medians(steps, device, warmup, rounds)
-    for net in nets.values():
-        net.eval()
-    inference_s = interleaved_medians(
-        {v: inference_fn(n, x_eval, autocast) for v, n in nets.items()}, device, warmup, rounds
-    )
     # attacks take their gradients in the evaluation's precision: fp32 (tf32 where the case allows it)
-    gradients = {v: attack_gradient_fn(n, x_eval, y) for v, n in nets.items() if v not in UNMEASURED_PATHS}
-    gradient_s = interleaved_medians(gradients, device, warmup, rounds)
+    seconds = timed_kinds(nets, x, y, x_eval, device, warmup, rounds, autocast)
+    train_s, inference_s, gradient_s = seconds["train"], seconds["inference"], seconds["attack"]
     relu = train_s["relu"], inference_s["relu"], rows["relu"]["peak_train_memory_mib"]
     for variant in variants:
         row = rows[variant]
@@ -106,7 +95,7 @@ def benchmark_case(model: str, batch: int, precision: str, quick: bool, device: 
             row["attack_gradient_x_relu"] = gradient_s[variant] / gradient_s["relu"]
         row["inference_speed_x_relu"] = relu[1] / inference_s[variant]
         row["peak_memory_x_relu"] = row["peak_train_memory_mib"] / relu[2]
-    del nets, steps
+    del nets
     torch.cuda.empty_cache()
     return {"model": model, "batch": batch, "precision": precision, "rows": rows}
 
@@ -122,7 +111,7 @@ def inner_tflops(precision: str, device: torch.device, batch: int = 256) -> dict
     """Achieved TFLOP/s of the fused inner net on the CNN's first layer (its LayerNorm included, not counted): the
     forward alone, and forward + backward (counted as 3x the forward's FLOPs, the three 64x64 products a row costs)."""
     autocast = set_precision(precision)
-    net = build_net("cnn", "2arg", device)
+    net = build("cnn", "2arg", device)
     neuron = net.features[0].neuron
     dtype = torch.bfloat16 if autocast else torch.float32
     z = torch.randn(batch, 30, 30, 2 * 60, device=device, dtype=dtype, requires_grad=True)
@@ -166,7 +155,7 @@ def run_gpu(quick: bool) -> dict[str, Any]:
             figures["fraction_of_datasheet_peak"] = figures["forward_backward"] / peak[product[precision]]
     set_precision("fp32")
     x = torch.rand(1, 3, 32, 32, device=device)
-    flops = {neuron: forward_flops(build_net("cnn", neuron, device).eval(), x) for neuron in ("2arg", "relu")}
+    flops = {neuron: forward_flops(build("cnn", neuron, device).eval(), x) for neuron in ("2arg", "relu")}
     return {"device": name, "matmul_tflops": matmul, "datasheet_peak_tflops": peak, "cases": cases,
             "inner_tflops": inner, "cnn_forward_flops_per_image": flops}  # fmt: skip
 

@@ -22,15 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
-from neurons import (  # next to this file
-    CHILD_ENV,
-    _status_kib,
-    attack_gradient_fn,
-    inference_fn,
-    interleaved_medians,
-    sync,
-    train_step_fn,
-)
+from neurons import CHILD_ENV, _status_kib, sync, timed_kinds, train_step_fn  # next to this file
 
 from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
@@ -99,22 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x, y = batch_data(args.batch, device)
     nets = {neuron: build(neuron, args.width_multiplier, device) for neuron in NEURONS}
-    # training steps, inference and attack gradients (a second copy of each net, in eval mode) in the same
-    # interleaved rounds
-    timed = {f"train {neuron}": train_step_fn(net, x, y, autocast=False) for neuron, net in nets.items()}
-    for neuron in NEURONS:
-        evaluated = build(neuron, args.width_multiplier, device).eval()
-        timed[f"inference {neuron}"] = inference_fn(evaluated, x, False)
-        timed[f"attack {neuron}"] = attack_gradient_fn(evaluated, x, y)
-    seconds = interleaved_medians(timed, device, warmup=1, rounds=args.rounds)
+    seconds = timed_kinds(nets, x, y, x, device, warmup=1, rounds=args.rounds)
     sync(device)
     rows = {
         neuron: {
             "widths": list(net.widths),
             "parameters": count_parameters(net),
-            "train_step_s": seconds[f"train {neuron}"],
-            "inference_images_per_s": args.batch / seconds[f"inference {neuron}"],
-            "attack_gradient_s": seconds[f"attack {neuron}"],
+            "train_step_s": seconds["train"][neuron],
+            "inference_images_per_s": args.batch / seconds["inference"][neuron],
+            "attack_gradient_s": seconds["attack"][neuron],
             "peak_train_memory_mib": peak_memory_mib(neuron, args, device),
         }
         for neuron, net in nets.items()
