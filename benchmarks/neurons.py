@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measure import CHILD_ENV, status_kib, sync, timed, timed_kinds, train_step_fn  # next to this file
 from torch import nn
 
 from lit_dendrite.commandline import argument_parser
@@ -46,8 +44,7 @@ from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
-from lit_dendrite.robustness.adversarial import exact_model
-from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS, UNMEASURED_PATHS, sweep_cost
+from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS, sweep_cost
 from lit_dendrite.sweeps.spec import load_sweep
 
 PATHS = ("reference", "plain", "lean", "fused", "table")
@@ -57,7 +54,6 @@ CONTROLS = ("relu", "1arg")
 ratio's baseline)."""
 BASELINE_NEURONS = ("pau", "kan", "celltypes")
 """Other learned neurons, each timed as a variant of its own name, width-matched to the 2-arg net."""
-MIN_MEASURE_S = 0.05
 PAPER_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "paper.yaml"  # priced after a --gpu run
 MODELS = {
     "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": 200},
@@ -107,94 +103,6 @@ def set_path(net: nn.Module, path: str, calibration: torch.Tensor | None) -> Non
         tabulate_inner(net, calibration=[calibration])
     else:
         raise ValueError(f"unknown path {path!r}; choose one of {PATHS}")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` calls (the minimum is the figure least
-    disturbed by other processes on a shared machine)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def train_step_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool):
-    """One training step (train mode, forward, backward, Adam step)."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-3)
-
-    def step() -> None:
-        net.train()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def inference_fn(net: nn.Module, x: torch.Tensor, autocast: bool):
-    """One forward pass in eval mode, without gradients."""
-
-    def infer() -> None:
-        net.eval()
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            net(x)
-
-    return infer
-
-
-def attack_gradient_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """One gradient of the loss with respect to the images, as an attack takes it (``exact_model``: eval mode, exact
-    inner net, frozen weights)."""
-
-    def gradient() -> None:
-        with exact_model(net):
-            images = x.detach().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(net(images), y), images)
-
-    return gradient
-
-
-def timed_kinds(
-    nets: dict[str, nn.Module],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_eval: torch.Tensor,
-    device: torch.device,
-    warmup: int,
-    rounds: int,
-    autocast: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Median seconds of each net's training step (on ``x``), inference and attack gradient (on ``x_eval``; none for
-    :data:`UNMEASURED_PATHS`), ``{"train" | "inference" | "attack": {variant: s}}``. All are timed in the same
-    interleaved rounds, so that load coming and going hits the ratio of an attack gradient to a training step as
-    little as the ratio of one variant to another. Attacks take their gradients without autocast, as evaluations
-    run."""
-    fns = {}
-    for variant, net in nets.items():
-        fns[f"train {variant}"] = train_step_fn(net, x, y, autocast)
-        fns[f"inference {variant}"] = inference_fn(net, x_eval, autocast)
-        if variant not in UNMEASURED_PATHS:
-            fns[f"attack {variant}"] = attack_gradient_fn(net, x_eval, y)
-    seconds = interleaved_medians(fns, device, warmup, rounds)
-    kinds: dict[str, dict[str, float]] = {"train": {}, "inference": {}, "attack": {}}
-    for name, value in seconds.items():
-        kind, variant = name.split(" ", 1)
-        kinds[kind][variant] = value
-    return kinds
 
 
 def data(model: str, batch: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,13 +161,6 @@ def inner_gflops(device: torch.device, batch: int, quick: bool) -> dict[str, flo
     return result
 
 
-# glibc malloc raises its mmap threshold as large blocks are freed, after which freed tensors stay in the heap and the
-# RSS high-water mark depends on allocation history: the same ReLU CNN step peaked 140-154 MiB above its model in
-# three runs, the 2-arg step 144-168. With the threshold fixed at 1 MiB, freed tensors go back to the OS and the
-# three runs agreed within 2% (ReLU 94.0-95.9 MiB, 2-arg native 121.3-125.1).
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-
-
 def peak_memory_child(model: str, path: str, device: str) -> int:
     """Run one training-step measurement in a fresh process; returns peak bytes above the built model."""
     spec = json.dumps({"model": model, "path": path, "device": device})
@@ -275,13 +176,6 @@ def peak_memory_child(model: str, path: str, device: str) -> int:
     return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def memory_child(spec: dict[str, str]) -> None:
     """Child process body: build, then two training steps; print the peak above the built model."""
     device = torch.device(spec["device"])
@@ -292,37 +186,12 @@ def memory_child(spec: dict[str, str]) -> None:
     if path in PATHS:
         set_path(net, path, x)
     step = train_step_fn(net, x, y, autocast=False)
-    base = _status_kib("VmRSS") * 1024
+    base = status_kib("VmRSS") * 1024
     for _ in range(2):
         step()
     sync(device)
-    peak = _status_kib("VmHWM") * 1024
+    peak = status_kib("VmHWM") * 1024
     print(json.dumps({"peak_bytes": peak - base}))
-
-
-def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds (every function once per round,
-    repeated so that one measurement lasts at least ``MIN_MEASURE_S``): load that comes and goes on a shared
-    machine then hits every variant alike instead of whichever ran at the time."""
-    calls = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        calls[name] = max(1, math.ceil(MIN_MEASURE_S / (time.perf_counter() - start)))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            sync(device)
-            times[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
 def benchmark_model(

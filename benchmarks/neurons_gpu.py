@@ -11,7 +11,7 @@ net's achieved TFLOP/s in forward and forward+backward on the CNN's first layer 
 against the largest dense matmul the device runs in that precision in the same process and the datasheet's dense
 peak where the device is known. ``neurons.py --gpu`` then prints ``configs/sweep/paper.yaml``'s GPU-hours from the
 JSON just written, through the same estimate as ``sweep.py --dry-run`` (``lit_dendrite/sweeps/cost.py``). Times are
-medians of interleaved rounds (see :func:`neurons.interleaved_medians`).
+medians of interleaved rounds (see :func:`measure.interleaved_medians`).
 """
 
 from __future__ import annotations
@@ -20,19 +20,8 @@ import math
 from typing import Any
 
 import torch
-from neurons import (
-    CONTROLS,
-    PATHS,
-    build,
-    data,
-    forward_flops,
-    interleaved_medians,
-    set_path,
-    sync,
-    timed_kinds,
-    train_step_fn,
-    variant_neuron,
-)
+from measure import interleaved_medians, sync, timed_kinds, train_step_fn
+from neurons import CONTROLS, PATHS, build, data, forward_flops, set_path, variant_neuron
 from torch import nn
 
 CASES = (("mlp", 200), ("cnn", 50), ("cnn", 256))

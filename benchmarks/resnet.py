@@ -5,7 +5,7 @@
 Builds ``DendriticResNet`` on CIFAR-shaped input (2-arg, and 1-arg and ReLU with ``match_neuron: 2arg``), times
 a training step (forward, backward, Adam step), inference (a forward pass in eval mode, with the exact inner net
 as attacks use it) and an attack's image gradient (the same, with frozen weights) of each in interleaved rounds in
-one process (medians, see ``benchmarks/neurons.py``), and measures each step's peak memory: on CUDA the allocator's
+one process (medians, see ``benchmarks/measure.py``), and measures each step's peak memory: on CUDA the allocator's
 peak, on the CPU in a child process per net (RSS high-water mark above the built model, as ``benchmarks/neurons.py``
 does). Prints the ratios to ReLU and writes JSON atomically (default ``benchmarks/results/resnet_<device>.json``),
 which the sweep's cost estimate (``lit_dendrite/sweeps/cost.py``) reads for ResNet runs.
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
-from neurons import CHILD_ENV, _status_kib, sync, timed_kinds, train_step_fn  # next to this file
+from measure import CHILD_ENV, status_kib, sync, timed_kinds, train_step_fn  # next to this file
 
 from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
@@ -68,10 +68,10 @@ def memory_child(neuron: str, args: argparse.Namespace) -> None:
     """Child process body: build, then two training steps; print the peak RSS above the built model."""
     device = torch.device("cpu")
     step = train_step_fn(build(neuron, args.width_multiplier, device), *batch_data(args.batch, device), False)
-    base = _status_kib("VmRSS") * 1024
+    base = status_kib("VmRSS") * 1024
     for _ in range(2):
         step()
-    print(json.dumps({"peak_bytes": _status_kib("VmHWM") * 1024 - base}))
+    print(json.dumps({"peak_bytes": status_kib("VmHWM") * 1024 - base}))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,149 @@
+"""How the benchmarks measure: the timed functions (a training step, inference, an attack's image gradient), timing
+in interleaved rounds, and the environment of the child processes that measure peak memory.
+
+Shared by ``neurons.py``, ``neurons_gpu.py`` and ``resnet.py`` (next to this file).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_dendrite.robustness.adversarial import exact_model
+from lit_dendrite.sweeps.cost import UNMEASURED_PATHS
+
+MIN_MEASURE_S = 0.05
+
+# glibc malloc raises its mmap threshold as large blocks are freed, after which freed tensors stay in the heap and the
+# RSS high-water mark depends on allocation history: the same ReLU CNN step peaked 140-154 MiB above its model in
+# three runs, the 2-arg step 144-168. With the threshold fixed at 1 MiB, freed tensors go back to the OS and the
+# three runs agreed within 2% (ReLU 94.0-95.9 MiB, 2-arg native 121.3-125.1).
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timer sees it done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` calls (the minimum is the figure least
+    disturbed by other processes on a shared machine)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def train_step_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool):
+    """One training step (train mode, forward, backward, Adam step)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+
+    def step() -> None:
+        net.train()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def inference_fn(net: nn.Module, x: torch.Tensor, autocast: bool):
+    """One forward pass in eval mode, without gradients."""
+
+    def infer() -> None:
+        net.eval()
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            net(x)
+
+    return infer
+
+
+def attack_gradient_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """One gradient of the loss with respect to the images, as an attack takes it (``exact_model``: eval mode, exact
+    inner net, frozen weights)."""
+
+    def gradient() -> None:
+        with exact_model(net):
+            images = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(net(images), y), images)
+
+    return gradient
+
+
+def timed_kinds(
+    nets: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_eval: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    autocast: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Median seconds of each net's training step (on ``x``), inference and attack gradient (on ``x_eval``; none for
+    :data:`UNMEASURED_PATHS`), ``{"train" | "inference" | "attack": {variant: s}}``. All are timed in the same
+    interleaved rounds, so that load coming and going hits the ratio of an attack gradient to a training step as
+    little as the ratio of one variant to another. Attacks take their gradients without autocast, as evaluations
+    run."""
+    fns = {}
+    for variant, net in nets.items():
+        fns[f"train {variant}"] = train_step_fn(net, x, y, autocast)
+        fns[f"inference {variant}"] = inference_fn(net, x_eval, autocast)
+        if variant not in UNMEASURED_PATHS:
+            fns[f"attack {variant}"] = attack_gradient_fn(net, x_eval, y)
+    seconds = interleaved_medians(fns, device, warmup, rounds)
+    kinds: dict[str, dict[str, float]] = {"train": {}, "inference": {}, "attack": {}}
+    for name, value in seconds.items():
+        kind, variant = name.split(" ", 1)
+        kinds[kind][variant] = value
+    return kinds
+
+
+def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in interleaved rounds (every function once per round,
+    repeated so that one measurement lasts at least ``MIN_MEASURE_S``): load that comes and goes on a shared
+    machine then hits every variant alike instead of whichever ran at the time."""
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        calls[name] = max(1, math.ceil(MIN_MEASURE_S / (time.perf_counter() - start)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def status_kib(field: str) -> int:
+    """A field of this process's ``/proc/self/status`` in KiB (``VmRSS``, ``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
