@@ -132,6 +132,13 @@ def test_pretraining_keeps_the_inner_net_of_its_best_epoch():
     assert module.best["explained_variance"] >= last
 
 
+def test_a_session_that_stops_early_says_so(tmp_path):
+    # a step size too small to change the validation loss in float32: no improvement after the first epoch
+    schedule = ["--protocol.patience", "1", "--model.lr", "1e-12"]
+    result = quick_train("mlp_digits_relu", tmp_path / "run", 10, 0, *schedule)
+    assert result["epochs"] == {"II_joint": 2} and result["sessions"]["II_joint"]["stopped_early"]
+
+
 def test_fixed_schedule_trains_its_epochs_without_early_stopping(tmp_path):
     schedule = ["--protocol.joint_epochs", "3", "--protocol.patience", "1"]
     result = quick_train("mlp_digits_relu", tmp_path / "run", 1, 0, *schedule)

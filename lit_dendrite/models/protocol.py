@@ -247,11 +247,13 @@ class RunProtocol:
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=resume_point(session))
         if stop.stopped_epoch and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")
+        # read before testing: trainer.test(ckpt_path=...) restores the callbacks' state of the best epoch
+        stopped_early = bool(stop.stopped_epoch)
         best_path = Path(best.best_model_path)
         tested = trainer.test(model, datamodule=self.datamodule, ckpt_path=str(best_path), verbose=False)[0]
         summary = {
             "epochs": trainer.current_epoch,
-            "stopped_early": bool(stop.stopped_epoch),
+            "stopped_early": stopped_early,
             "best_val_loss": float(best.best_model_score),
             "best_checkpoint": self.run_dir.relative(best_path),
             "test_acc": tested["test/acc"],
