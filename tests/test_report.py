@@ -93,6 +93,16 @@ def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep)
         assert (fake_sweep / image).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_finished_run_at_chance_accuracy_is_listed_as_a_problem(fake_sweep):
+    result_file = fake_sweep / "mlp_digits_relu" / "seed=2" / "result.json"
+    result = json.loads(result_file.read_text())
+    result_file.write_text(json.dumps({**result, "test_acc": 0.075}))
+    report = write_report(fake_sweep, n_images=100).read_text()
+    problems = report[report.index("## Problems") :]
+    assert "`mlp_digits_relu/seed=2`: test accuracy 7.5% is at chance (10% by guessing): it did not learn" in problems
+    assert "seed=1" not in problems and "seed=3" not in problems  # the runs that learned (81-85%) are not listed
+
+
 def test_report_needs_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no result\.json"):
         write_report(tmp_path)

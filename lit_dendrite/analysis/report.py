@@ -3,7 +3,8 @@
 Sections: clean test accuracy per condition, comparisons between conditions (Welch's t-test), learning curves
 and learning speed, inner-net surfaces with the saddle statistics, learned one-argument activations (curves),
 robustness where a run has robustness results.
-A run that cannot be analysed is listed under "Problems" instead of stopping the report.
+A run that cannot be analysed is listed under "Problems" instead of stopping the report, and so is a finished run that
+stayed at chance accuracy.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from lit_dendrite.analysis.paper import paper_numbers
 from lit_dendrite.analysis.robustness_report import robustness_section
 from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid
 from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd
+from lit_dendrite.data.datasets import DATASETS
 from lit_dendrite.io import write_text_atomic
 from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, find_records
 
 REPORT_NAME = "report.md"
 ACCURACY_HEADING = "## Clean test accuracy"
+# A finished run whose test accuracy is at most this multiple of guessing's (1 / classes) did not learn: on digits a
+# 1-arg ResNet stayed at 7.5% (loss ln 10 throughout) while every other run reached 90% or more.
+CHANCE_MULTIPLE = 1.5
 
 
 def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
@@ -149,6 +154,22 @@ def _curves_section(sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.D
     return lines
 
 
+def chance_level_problems(runs: Sequence[RunRecord]) -> list[str]:
+    """A "Problems" line for each finished run whose test accuracy stayed near chance (``CHANCE_MULTIPLE``): such a
+    run counts in its condition's statistics like any other, so the reader must be told that it did not learn."""
+    lines = []
+    for run in runs:
+        if not run.done or run.test_acc is None or run.dataset not in DATASETS:
+            continue
+        chance = 1 / DATASETS[run.dataset].num_classes
+        if run.test_acc <= CHANCE_MULTIPLE * chance:
+            lines.append(
+                f"`{run.name}`: test accuracy {100 * run.test_acc:.1f}% is at chance ({100 * chance:.3g}% by "
+                "guessing): it did not learn, and it is counted in its condition's statistics"
+            )
+    return lines
+
+
 def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES) -> Path:
     """Write ``<sweep_dir>/report.md`` and its PNGs from the sweep's run records, event and robustness files."""
     sweep_dir = Path(sweep_dir)
@@ -157,6 +178,7 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
         raise FileNotFoundError(f"no {RESULT_FILE} under {sweep_dir}; run or collect the sweep first")
     conditions = summary_table(runs)
     problems = [f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}" for r in runs if not r.done]
+    problems += chance_level_problems(runs)
     lines = [
         f"# Sweep report: {sweep_dir.name}",
         "",
