@@ -295,9 +295,9 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
             "(neurons_cuda.json) exists yet. Replace with --gpu-speedup, or run `python benchmarks/neurons.py --gpu`"
         )
     notes += [
-        "a neuron the benchmark timed as its own variant costs its row; session II of other learned neurons runs "
+        "session II of a neuron the benchmark timed as its own variant costs that row, of another learned neuron "
         "the 2-arg net's fastest measured exact path; session III the frozen lookup-table path where the neuron has "
-        "tables; session I is not counted",
+        "tables, else session II's; session I is not counted",
         "CNN time scales with the input's area relative to CIFAR's 32x32; MLP time does not depend on the input",
         "every epoch trains on the training split and validates on the validation split; time is linear in images "
         f"(batch-normalised), with at least {MIN_STEP_S * 1000:g} ms per training step",
