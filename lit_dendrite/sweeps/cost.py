@@ -212,8 +212,7 @@ def session_paths(times: StepTimes, shape: RunShape) -> tuple[str, str | None]:
 
 def priced_as_2arg(times: StepTimes, shape: RunShape) -> bool:
     """Whether the estimate times this run's learned neuron by the 2-arg inner net's rows, for want of its own."""
-    learned = NEURONS[shape.neuron].learned if shape.neuron in NEURONS else True
-    return learned and shape.neuron != "2arg" and shape.neuron not in times.train[BENCHMARK_MODELS[shape.net][0]]
+    return shape.neuron != "2arg" and session_paths(times, shape)[0] not in (shape.neuron, "relu")
 
 
 def train_hours(times: StepTimes, shape: RunShape) -> float:
