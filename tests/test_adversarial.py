@@ -14,6 +14,7 @@ from lit_dendrite.nn import DendriticMLP
 from lit_dendrite.nn.tabulated import tabulate_inner, tabulation_report
 from lit_dendrite.robustness.adversarial import (
     SanityCheckError,
+    UnreliableAttackError,
     check_clean_accuracy,
     check_curves,
     epsilons_for,
@@ -234,7 +235,7 @@ def test_raw_curve_rising_beyond_tolerance_fails(trained, batch):
     net, _ = trained
     images, labels = batch
     attack = _with_engine("fgsm", ForgetfulEngine(build_attack("fgsm").engine, forget=N_ATTACKED))
-    with pytest.raises(SanityCheckError, match="rises"):
+    with pytest.raises(UnreliableAttackError, match="rises"):  # the one check a run's evaluation records and survives
         evaluate_attack(net, images, labels, attack, EPSILONS, progress=False)
 
 
@@ -271,8 +272,9 @@ def test_eps_zero_must_match_clean_accuracy():
     check_curves(correct, success, [0.0, 0.1], rise_tolerance=0.0)
     blind = success.clone()
     blind[0, 2] = False
-    with pytest.raises(SanityCheckError, match="eps 0"):
+    with pytest.raises(SanityCheckError, match="eps 0") as refused:
         check_curves(correct, blind, [0.0, 0.1], rise_tolerance=0.0)
+    assert not isinstance(refused.value, UnreliableAttackError), "a blind attack is a broken setup: it stops the run"
 
 
 def test_epsilon_grids():

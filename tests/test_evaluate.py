@@ -432,18 +432,6 @@ class SignNoise:
         return torch.stack(adversarials), torch.stack(successes)
 
 
-@pytest.fixture
-def attack_registry():
-    """The attack and engine registries, restored after a test registers its own."""
-    from lit_dendrite.robustness.attacks import ATTACKS, ENGINES
-
-    saved = dict(ATTACKS), dict(ENGINES)
-    yield ATTACKS
-    for registry, entries in zip((ATTACKS, ENGINES), saved):
-        registry.clear()
-        registry.update(entries)
-
-
 def test_an_attack_registered_outside_the_package_is_evaluated_and_accepted_by_a_sweep(runs, attack_registry):
     from lit_dendrite.robustness.attacks import AttackSpec, default_attacks, register_attack, register_engine
     from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, parse_evaluate
@@ -491,3 +479,51 @@ def test_one_command_writes_report_and_plots(tmp_path):
     for png in ("corruptions.png", "adversarial.png"):
         assert (RunDir(run_dir).robustness_dir / png).stat().st_size > 1000
     assert list(RunDir(run_dir).robustness_dir.glob("events.out.tfevents.*"))
+
+
+class ForgetsAtLargestEps:
+    """An attack engine too weak at its largest epsilon: FGSM, except that at the largest eps it reports no success
+    on the examples the model classifies correctly, so its raw robust accuracy rises there."""
+
+    defaults: ClassVar[dict] = {}
+
+    def __init__(self, spec) -> None:
+        from lit_dendrite.robustness.attacks import build_attack
+
+        self.fgsm = build_attack("fgsm").engine
+
+    def run(self, model, images, labels, epsilons):
+        adversarials, success = self.fgsm.run(model, images, labels, epsilons)
+        success = torch.as_tensor(success).clone()
+        success[-1] &= predict(model, images) != labels
+        return adversarials, success
+
+
+def test_an_attack_too_weak_on_the_model_is_recorded_as_refused_and_the_others_still_run(
+    runs, attack_registry, monkeypatch, capsys
+):
+    from lit_dendrite.analysis.robustness_report import robustness_rows
+    from lit_dendrite.robustness.attacks import AttackSpec, register_attack, register_engine
+    from lit_dendrite.runs import RunRecord
+    from lit_dendrite.sweeps.evaluation import refused_attacks
+
+    register_engine("forgets_at_largest_eps")(ForgetsAtLargestEps)
+    register_attack("linf_weak", AttackSpec("linf", "forgets_at_largest_eps", "FGSM forgetting at the largest eps"))
+    argv = [str(runs["relu"]), "--attacks", "linf_weak,fgsm"]
+    report = main(argv)["adversarial"]
+    assert "rises" in report["linf_weak"]["refused"] and "raise its steps or restarts" in report["linf_weak"]["refused"]
+    assert "robust_accuracy" not in report["linf_weak"], "a refused attack must not report numbers"
+    assert report["fgsm"]["robust_accuracy"][-1] < report["fgsm"]["robust_accuracy"][0], "the next attack still ran"
+    assert "linf_weak (n=360): refused: raw robust accuracy rises" in capsys.readouterr().out
+    assert refused_attacks(runs["relu"]) == {"linf_weak": report["linf_weak"]["refused"]}
+
+    attacks = _count_calls(monkeypatch, "evaluate_attacks")
+    assert main(argv)["adversarial"]["linf_weak"] == report["linf_weak"]
+    assert attacks == [], "the refusal is the attack's result for this identity: it is not measured again"
+
+    problems: list[str] = []
+    adversarial, _ = robustness_rows([RunRecord.read(runs["relu"], name="mlp_digits_relu/seed=0")], problems)
+    assert set(adversarial["attack"]) == {"fgsm"}
+    assert problems == [
+        f"`mlp_digits_relu/seed=0`: linf_weak refused, left out of its tables: {report['linf_weak']['refused']}"
+    ]

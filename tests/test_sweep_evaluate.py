@@ -229,6 +229,27 @@ def test_failed_evaluation_is_shown_by_status(tmp_path: Path) -> None:
     assert evaluation_state(run_dir, evaluate) == "done"
 
 
+def test_an_attack_refused_on_a_run_leaves_its_evaluation_done_and_is_shown_by_status(
+    tmp_path: Path, attack_registry: dict
+) -> None:
+    from test_evaluate import ForgetsAtLargestEps, untrained_run
+
+    from lit_dendrite.robustness.attacks import AttackSpec, register_attack, register_engine
+
+    register_engine("forgets_at_largest_eps")(ForgetsAtLargestEps)
+    register_attack("linf_weak", AttackSpec("linf", "forgets_at_largest_eps", "FGSM forgetting at the largest eps"))
+    run_dir = untrained_run(tmp_path / "sweep", "relu")
+    evaluate = parse_evaluate("sweep.yaml", {"attacks": ["linf_weak", "fgsm"]})
+    evaluate_trained_run(run_dir, evaluate)  # a job: a refusal is no error
+    assert evaluation_state(run_dir, evaluate) == "done"
+    manifest = {"sweep": "s", "sweep_file": "s.yaml", "evaluate": evaluate,
+                "runs": [{"dir": "mlp_digits_relu/seed=0", "axes": {}, "args": []}]}  # fmt: skip
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
+    status = format_status(tmp_path / "sweep")
+    assert "    refused: linf_weak: raw robust accuracy rises" in status
+    assert "evaluation: done 1, running 0, to do 0, failed 0" in status
+
+
 def test_status_tells_a_run_being_evaluated_from_one_waiting_for_its_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,6 +23,7 @@ from lit_dendrite.analysis.activations import CurveAnalysis
 from lit_dendrite.analysis.surfaces import Region, Surface
 from lit_dendrite.analysis.xor import QuadraticFit, XorAnalysis
 from lit_dendrite.io import atomic_path
+from lit_dendrite.robustness.store import REFUSED
 from lit_dendrite.runs import FROZEN, JOINT
 
 
@@ -259,7 +260,7 @@ def write_robustness_figures(report: Mapping[str, Any], directory: Path) -> list
 
     directory.mkdir(parents=True, exist_ok=True)
     corruptions = report.get("corruptions") or {}
-    adversarial = report.get("adversarial") or {}
+    adversarial = {name: result for name, result in (report.get("adversarial") or {}).items() if REFUSED not in result}
     figures = {}
     if corruptions:
         figures["corruptions"] = corruption_figure(corruptions)

@@ -34,6 +34,7 @@ from lit_dendrite.analysis.tables import (
 )
 from lit_dendrite.data.corrupted import CIFAR_C_BENCHMARK, MNIST_C_CORRUPTIONS
 from lit_dendrite.robustness.corruption import corruption_errors, relative_corruption_errors
+from lit_dendrite.robustness.store import REFUSED
 
 if TYPE_CHECKING:
     from lit_dendrite.runs import RunRecord
@@ -88,6 +89,9 @@ def robustness_rows(runs: Sequence[RunRecord], problems: list[str]) -> tuple[pd.
                     }
                 )
         for attack, result in (robustness.get("adversarial") or {}).items():
+            if REFUSED in result:
+                problems.append(f"`{run.name}`: {attack} refused, left out of its tables: {result[REFUSED]}")
+                continue
             reported = float((result.get("reported") or {}).get("epsilon", np.nan))
             for eps, value in zip(result.get("epsilons", []), result.get("robust_accuracy", [])):
                 adversarial.append(

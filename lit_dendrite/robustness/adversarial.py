@@ -6,7 +6,9 @@ Every evaluation runs the model in ``eval()`` mode on pixels in [0,1] (normalisa
 layer) with the exact inner net, never a tabulated fast path. Reported robust accuracy follows the standard
 worst case over epsilons: a point broken at some eps' <= eps counts as broken at eps (attacks run
 separately per epsilon are not nested); the raw per-epsilon numbers are kept beside it. The sanity checks
-of :func:`evaluate_attack` raise :class:`SanityCheckError` instead of returning numbers nobody can trust.
+of :func:`evaluate_attack` raise :class:`SanityCheckError` instead of returning numbers nobody can trust; the one
+that says the attack is too weak on this model, :class:`UnreliableAttackError`, lets a run's evaluation record the
+attack as refused and go on (:mod:`lit_dendrite.robustness.evaluate`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ DETERMINISM_TOLERANCE = 1e-5
 
 class SanityCheckError(RuntimeError):
     """An evaluation produced numbers that cannot be trusted (randomness, wrong input range, a bad attack)."""
+
+
+class UnreliableAttackError(SanityCheckError):
+    """The attack breaks fewer examples at a larger epsilon than at a smaller one: it is too weak on this model
+    (a property of the model and the attack's settings, not of the evaluation's setup), so its numbers are
+    withheld."""
 
 
 def _family(dataset: str) -> str:
@@ -192,7 +200,8 @@ def check_curves(
     correct: torch.Tensor, success: torch.Tensor, epsilons: Sequence[float], rise_tolerance: float
 ) -> None:
     """Raise unless the attack at eps 0 breaks exactly the misclassified examples and its raw robust
-    accuracy never rises with eps by more than ``rise_tolerance`` (a fraction of the examples)."""
+    accuracy never rises with eps by more than ``rise_tolerance`` (a fraction of the examples); the rise raises
+    :class:`UnreliableAttackError`."""
     disagree = int((success[0] == correct).sum())
     if disagree:
         raise SanityCheckError(
@@ -204,9 +213,9 @@ def check_curves(
     for k in range(1, len(raw)):
         rise = (raw[k] - raw[:k].min()).item()
         if rise > rise_tolerance:
-            raise SanityCheckError(
+            raise UnreliableAttackError(
                 f"raw robust accuracy rises by {rise:.4f} (> {rise_tolerance:.4f}) between a smaller eps and "
-                f"eps={epsilons[k]:g}: the attack is unreliable (step size, too few steps, or a random model)"
+                f"eps={epsilons[k]:g}: the attack is unreliable on this model (raise its steps or restarts)"
             )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from lit_dendrite.robustness.attacks import ATTACKS, default_attacks
 from lit_dendrite.robustness.evaluate import evaluate_run
+from lit_dendrite.robustness.store import REFUSED
 from lit_dendrite.runs import PARTIAL_FILE, Locked, RunDir, UntrustedRecord
 
 
@@ -82,6 +83,9 @@ def format_summary(report: dict[str, Any]) -> str:
             line += f" ({corruptions['note']})"
         lines.append(line)
     for name, result in (report.get("adversarial") or {}).items():
+        if REFUSED in result:
+            lines.append(f"  {name} (n={result['n']}): refused: {result[REFUSED]}")
+            continue
         curve = ", ".join(f"{e:.3g}:{a:.3f}" for e, a in zip(result["epsilons"], result["robust_accuracy"]))
         lines.append(f"  {name} (n={result['n']}): {curve}")
     run_dir = Path(report["run_dir"])

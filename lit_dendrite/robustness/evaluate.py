@@ -10,6 +10,9 @@ checkpoint (and corrupted set) is reused, and so are the baseline's saved accura
 its current checkpoint on the very same corrupted set. An interrupted evaluation resumes from the finished units
 of the resume store; ``fresh`` measures everything again. Each attack starts from torch seed ``seed``, so its
 random starts do not depend on what ran before it, and a resumed evaluation equals an uninterrupted one.
+
+An attack too weak on the model (its raw robust accuracy rises with eps) is recorded as refused, with the reason
+under ``refused`` and no numbers, and the evaluation goes on; every other failed check stops it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lit_dendrite.data.datasets import load_arrays, pixels
 from lit_dendrite.models import load_net, load_result
 from lit_dendrite.robustness.adversarial import (
     SanityCheckError,
+    UnreliableAttackError,
     check_clean_accuracy,
     check_deterministic,
     check_eval_mode,
@@ -43,6 +47,7 @@ from lit_dendrite.robustness.corruption import corruption_report
 from lit_dendrite.robustness.store import (
     ADVERSARIAL,
     CORRUPTIONS,
+    REFUSED,
     PartialResults,
     as_json,
     attack_request,
@@ -132,6 +137,8 @@ def check_attacks_start_clean(adversarial: dict[str, dict[str, Any]], correct: t
     model now on the same images, ``correct`` telling which it classifies correctly."""
     n, clean = len(correct), int(correct.sum())
     for name, result in adversarial.items():
+        if REFUSED in result:  # no numbers to compare; its own check of eps 0 passed before the refusal
+            continue
         at_zero = (result["robust_accuracy"][0], result["robust_accuracy_raw"][0])
         if any(round(accuracy * n) != clean for accuracy in at_zero):
             raise SanityCheckError(
@@ -356,18 +363,25 @@ class _Evaluation:
         units = self.partial.units(section, {**identity, **self.unit_context})
         if "result" not in units:
             with _seeded(seed, self.device):
-                measured = evaluate_attacks(
-                    self.net,
-                    images,
-                    labels,
-                    dataset,
-                    [attack.name],
-                    overrides={attack.name: identity["request"]["overrides"]},
-                    epsilons={attack.norm: grid},
-                    batch_size=batch_size,
-                    progress=self.progress,
-                    finished={key: unit for key, unit in units.items() if key != "result"},
-                    record=functools.partial(self.partial.record, section),
-                )[attack.name]
+                try:
+                    measured = evaluate_attacks(
+                        self.net,
+                        images,
+                        labels,
+                        dataset,
+                        [attack.name],
+                        overrides={attack.name: identity["request"]["overrides"]},
+                        epsilons={attack.norm: grid},
+                        batch_size=batch_size,
+                        progress=self.progress,
+                        finished={key: unit for key, unit in units.items() if key != "result"},
+                        record=functools.partial(self.partial.record, section),
+                    )[attack.name]
+                except UnreliableAttackError as error:
+                    # The attack runs from a fixed seed, so measuring again would refuse again: the refusal is
+                    # this identity's result, and the other attacks still run.
+                    measured = {"attack": attack.describe(), "n": len(images), "epsilons": grid, REFUSED: str(error)}
             self.partial.record(section, "result", measured)
+        if REFUSED in units["result"]:
+            print(f"{attack.name} refused on {self.run_dir}: {units['result'][REFUSED]}")
         return {**units["result"], "identity": identity}

@@ -36,6 +36,8 @@ from lit_dendrite.runs import RunDir, RunRecord, find_records
 BASELINE_NEURON = "relu"
 CORRUPTIONS = "corruptions"
 ADVERSARIAL = "adversarial"
+REFUSED = "refused"
+"""Key of an attack's entry whose numbers are withheld, holding the reason, in place of its robust accuracies."""
 
 
 def as_json(value: Any) -> Any:

@@ -33,6 +33,7 @@ from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.robustness.store import (
     ADVERSARIAL,
     CORRUPTIONS,
+    REFUSED,
     attack_request,
     checkpoint_identity,
     corruption_request,
@@ -277,6 +278,12 @@ def evaluation_state(run_dir: Path, evaluate: dict[str, Any] | None) -> str:
 def evaluation_error(run_dir: Path) -> dict[str, Any] | None:
     """The recorded error of a run's last evaluation, if it failed."""
     return read_json(RunDir(run_dir).evaluation_error)
+
+
+def refused_attacks(run_dir: Path) -> dict[str, str]:
+    """``{attack: reason}`` of the attacks a run's evaluation recorded as refused (too weak on its model)."""
+    adversarial = read_report(run_dir).get(ADVERSARIAL) or {}
+    return {name: result[REFUSED] for name, result in adversarial.items() if REFUSED in result}
 
 
 def record_evaluation_error(run_dir: Path, error: str, log: str | None) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
 from lit_dendrite.runs import FINISHED, FileLock, RunDir, find_records
 from lit_dendrite.sweeps.backends import BACKENDS
-from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state
+from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state, refused_attacks
 
 MANIFEST = "sweep.json"
 JOBS = "jobs.json"
@@ -161,6 +161,8 @@ def format_status(sweep_dir: Path) -> str:
             error = (failure.get("error") or "").strip().splitlines()
             lines.append(f"    evaluation error: {error[-1] if error else '?'}")
             lines.append(f"    log:   {failure.get('log')}")
+        if evaluations.get(run) == "done":
+            lines += [f"    refused: {attack}: {reason}" for attack, reason in refused_attacks(sweep_dir / run).items()]
     counts = {state: sum(info["state"] == state for info in states.values()) for state in STATES}
     lines.append(", ".join(f"{state} {n}" for state, n in counts.items()) + f" (of {len(runs)})")
     if evaluate:
