@@ -499,16 +499,22 @@ class ForgetsAtLargestEps:
         return adversarials, success
 
 
+def register_weak_attack() -> None:
+    """Register ``linf_weak``, an attack on :class:`ForgetsAtLargestEps` (with the ``attack_registry`` fixture)."""
+    from lit_dendrite.robustness.attacks import AttackSpec, register_attack, register_engine
+
+    register_engine("forgets_at_largest_eps")(ForgetsAtLargestEps)
+    register_attack("linf_weak", AttackSpec("linf", "forgets_at_largest_eps", "FGSM forgetting at the largest eps"))
+
+
 def test_an_attack_too_weak_on_the_model_is_recorded_as_refused_and_the_others_still_run(
     runs, attack_registry, monkeypatch, capsys
 ):
     from lit_dendrite.analysis.robustness_report import robustness_rows
-    from lit_dendrite.robustness.attacks import AttackSpec, register_attack, register_engine
     from lit_dendrite.runs import RunRecord
     from lit_dendrite.sweeps.evaluation import refused_attacks
 
-    register_engine("forgets_at_largest_eps")(ForgetsAtLargestEps)
-    register_attack("linf_weak", AttackSpec("linf", "forgets_at_largest_eps", "FGSM forgetting at the largest eps"))
+    register_weak_attack()
     argv = [str(runs["relu"]), "--attacks", "linf_weak,fgsm"]
     report = main(argv)["adversarial"]
     assert "rises" in report["linf_weak"]["refused"] and "raise its steps or restarts" in report["linf_weak"]["refused"]

@@ -212,6 +212,14 @@ def test_run_evaluated_before_its_control_gets_its_mce_later_without_measuring_a
     assert evaluation_state(two_arg, evaluate) == "done"
 
 
+def _status_of_one_run(sweep_dir: Path, evaluate: dict) -> str:
+    """``sweep.py status`` of a sweep directory holding the one run ``mlp_digits_relu/seed=0``."""
+    manifest = {"sweep": "s", "sweep_file": "s.yaml", "evaluate": evaluate,
+                "runs": [{"dir": "mlp_digits_relu/seed=0", "axes": {}, "args": []}]}  # fmt: skip
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
+    return format_status(sweep_dir)
+
+
 def test_failed_evaluation_is_shown_by_status(tmp_path: Path) -> None:
     from test_evaluate import untrained_run
 
@@ -219,10 +227,7 @@ def test_failed_evaluation_is_shown_by_status(tmp_path: Path) -> None:
     evaluate = parse_evaluate("sweep.yaml", {"attacks": ["fgsm"]})
     record_evaluation_error(run_dir, "Traceback ...\nSanityCheckError: robust accuracy rises", "logs/1_0_log.err")
     assert evaluation_state(run_dir, evaluate) == "failed"
-    manifest = {"sweep": "s", "sweep_file": "s.yaml", "evaluate": evaluate,
-                "runs": [{"dir": "mlp_digits_relu/seed=0", "axes": {}, "args": []}]}  # fmt: skip
-    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
-    status = format_status(tmp_path / "sweep")
+    status = _status_of_one_run(tmp_path / "sweep", evaluate)
     assert "evaluation error: SanityCheckError: robust accuracy rises" in status
     assert "evaluation: done 0, running 0, to do 0, failed 1" in status
     evaluate_trained_run(run_dir, evaluate)
@@ -232,20 +237,14 @@ def test_failed_evaluation_is_shown_by_status(tmp_path: Path) -> None:
 def test_an_attack_refused_on_a_run_leaves_its_evaluation_done_and_is_shown_by_status(
     tmp_path: Path, attack_registry: dict
 ) -> None:
-    from test_evaluate import ForgetsAtLargestEps, untrained_run
+    from test_evaluate import register_weak_attack, untrained_run
 
-    from lit_dendrite.robustness.attacks import AttackSpec, register_attack, register_engine
-
-    register_engine("forgets_at_largest_eps")(ForgetsAtLargestEps)
-    register_attack("linf_weak", AttackSpec("linf", "forgets_at_largest_eps", "FGSM forgetting at the largest eps"))
+    register_weak_attack()
     run_dir = untrained_run(tmp_path / "sweep", "relu")
     evaluate = parse_evaluate("sweep.yaml", {"attacks": ["linf_weak", "fgsm"]})
     evaluate_trained_run(run_dir, evaluate)  # a job: a refusal is no error
     assert evaluation_state(run_dir, evaluate) == "done"
-    manifest = {"sweep": "s", "sweep_file": "s.yaml", "evaluate": evaluate,
-                "runs": [{"dir": "mlp_digits_relu/seed=0", "axes": {}, "args": []}]}  # fmt: skip
-    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
-    status = format_status(tmp_path / "sweep")
+    status = _status_of_one_run(tmp_path / "sweep", evaluate)
     assert "    refused: linf_weak: raw robust accuracy rises" in status
     assert "evaluation: done 1, running 0, to do 0, failed 0" in status
 
