@@ -245,10 +245,10 @@ class RunProtocol:
         schedule = {} if fixed is None else {"max_epochs": fixed, "min_epochs": None, "max_steps": -1}
         trainer = self._trainer(session, callbacks, **schedule)
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=resume_point(session))
-        if stop.stopped_epoch and not torch.isfinite(stop.best_score):
-            raise Diverged(f"validation loss became non-finite in session {name}")
         # read before testing: trainer.test(ckpt_path=...) restores the callbacks' state of the best epoch
         stopped_early = bool(stop.stopped_epoch)
+        if stopped_early and not torch.isfinite(stop.best_score):
+            raise Diverged(f"validation loss became non-finite in session {name}")
         best_path = Path(best.best_model_path)
         tested = trainer.test(model, datamodule=self.datamodule, ckpt_path=str(best_path), verbose=False)[0]
         summary = {
