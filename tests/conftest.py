@@ -9,6 +9,17 @@ pytest_plugins = ["slurm_cluster"]
 
 
 @pytest.fixture
+def backend_registry() -> dict:
+    """The cluster backends, restored after a test registers its own."""
+    from lit_dendrite.sweeps.backends import BACKENDS
+
+    saved = dict(BACKENDS)
+    yield BACKENDS
+    BACKENDS.clear()
+    BACKENDS.update(saved)
+
+
+@pytest.fixture
 def attack_registry():
     """The attack and engine registries, restored after a test registers its own."""
     from lit_dendrite.robustness.attacks import ATTACKS, ENGINES

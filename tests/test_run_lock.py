@@ -100,7 +100,7 @@ import sys
 from pathlib import Path
 from lit_dendrite.sweeps.state import record_jobs
 for i in range(40):
-    record_jobs(Path(sys.argv[1]), "local", {f"{sys.argv[2]}/run{i}": str(i)})
+    record_jobs(Path(sys.argv[1]), "local", {f"{sys.argv[2]}/run{i}": [str(i)]})
 """
 
 

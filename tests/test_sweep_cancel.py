@@ -49,7 +49,7 @@ def sleeping_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     logs = sweep_dir / "logs"
     backend = cluster_backend("local")
     job = backend.executor(ClusterConfig(setup=["export OMP_NUM_THREADS=1"]), logs, "sleep").submit(time.sleep, 600)
-    record_jobs(sweep_dir, "local", {RUN: job.job_id})
+    record_jobs(sweep_dir, "local", {RUN: [job.job_id]})
 
     def task_started() -> bool:
         return any(b"Loading pickle" in path.read_bytes() for path in logs.rglob("*_log.out"))

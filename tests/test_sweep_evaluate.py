@@ -263,7 +263,7 @@ def test_status_tells_a_run_being_evaluated_from_one_waiting_for_its_job(
     manifest = {"sweep": "s", "sweep_file": "s.yaml", "evaluate": evaluate,
                 "runs": [{"dir": name, "axes": {}, "args": []} for name in names]}  # fmt: skip
     (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
-    state.record_jobs(tmp_path / "sweep", "local", dict.fromkeys(names, "7"))
+    state.record_jobs(tmp_path / "sweep", "local", {name: ["7"] for name in names})
     monkeypatch.setattr(state, "job_states", lambda records: dict.fromkeys(records, "RUNNING"))
     with FileLock(RunDir(runs[0]).lock, "evaluating"):  # the job evaluates the first run; the second waits its turn
         status = format_status(tmp_path / "sweep")

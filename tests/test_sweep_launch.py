@@ -177,17 +177,6 @@ def test_wait_exits_non_zero_and_names_the_runs_that_failed_or_diverged(
     assert launcher.main(submit) == 0 and capsys.readouterr().err == ""
 
 
-@pytest.fixture
-def backend_registry() -> dict:
-    """The cluster backends, restored after a test registers its own."""
-    from lit_dendrite.sweeps.backends import BACKENDS
-
-    saved = dict(BACKENDS)
-    yield BACKENDS
-    BACKENDS.clear()
-    BACKENDS.update(saved)
-
-
 def test_a_backend_registered_outside_the_package_is_a_cluster_choice_that_runs_the_sweep(
     sweep_file: Path, tmp_path: Path, pipeline: FakePipeline, backend_registry: dict, capsys: pytest.CaptureFixture
 ) -> None:
@@ -433,7 +422,7 @@ def test_a_job_running_several_runs_shows_running_only_the_one_it_trains(
             return dict.fromkeys(job_ids, "RUNNING")
 
     runs = ["e/seed=1", "e/seed=2", "e/seed=3"]
-    record_jobs(tmp_path, "busy", dict.fromkeys(runs, "7"))
+    record_jobs(tmp_path, "busy", {run: ["7"] for run in runs})
     dead = {"host": os.uname().nodename, "pid": 2**22 + 1, "slurm_job": None, "since": "2026-11-30T00:00:00+0000"}
     RunDir(tmp_path / runs[2]).lock.parent.mkdir(parents=True)
     RunDir(tmp_path / runs[2]).lock.write_text(json.dumps(dead))
@@ -457,6 +446,6 @@ def test_cancel_through_a_backend_that_cannot_cancel_names_it(
             return dict.fromkeys(job_ids, "RUNNING")
 
     (tmp_path / MANIFEST).write_text(json.dumps({"name": "sweep", "runs": [{"dir": "e/seed=1"}]}))
-    record_jobs(tmp_path, "busy", {"e/seed=1": "7"})
+    record_jobs(tmp_path, "busy", {"e/seed=1": ["7"]})
     assert load_launcher().main(["cancel", str(tmp_path)]) == 2
     assert "cluster backend 'busy' cannot cancel jobs" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,8 +43,12 @@ class ClusterBackend:
         """The submitit executor of the jobs, with logs under ``folder``."""
         raise NotImplementedError(f"cluster backend {self.name!r} must define executor()")
 
-    def jobs(self, runs: dict[str, Callable[[], Any]], config: ClusterConfig) -> list[tuple[list[str], Callable]]:
-        """The callables to submit, each with the runs it trains, from ``{run dir: its job callable}``."""
+    def jobs(
+        self, runs: dict[str, Callable[[], Any]], config: ClusterConfig, folder: Path
+    ) -> list[tuple[list[str], Callable]]:
+        """The callables to submit, each with the runs it may train, from ``{run dir: its job callable}``; a run
+        listed by several callables is trained by one of them. ``folder`` (the sweep's logs) holds any files the
+        callables share."""
         return [([run], job) for run, job in runs.items()]
 
     def after_submit(self, jobs: list[submitit.Job]) -> None:
@@ -178,8 +183,8 @@ class SlurmBackend(ClusterBackend):
 
 @register_backend
 class LocalBackend(ClusterBackend):
-    """Background processes on this machine: the runs are dealt to ``array_parallelism`` processes, each running
-    its share one after the other."""
+    """Background processes on this machine: ``array_parallelism`` processes share the runs, each taking the next
+    run that no other has taken (:class:`RunQueue`), so none sits idle while runs wait."""
 
     name = "local"
     default_config = "local.yaml"
@@ -197,17 +202,12 @@ class LocalBackend(ClusterBackend):
         )
         return executor
 
-    def jobs(self, runs: dict[str, Callable[[], Any]], config: ClusterConfig) -> list[tuple[list[str], Callable]]:
-        """The runs dealt round-robin into at most ``array_parallelism`` sequences."""
-        names, n = list(runs), config.array_parallelism
-        groups = [group for group in (names[i::n] for i in range(n)) if group]
-        jobs = []
-        for group in groups:
-            sequence = submitit.helpers.FunctionSequence()
-            for run in group:
-                sequence.add(runs[run])
-            jobs.append((group, sequence))
-        return jobs
+    def jobs(
+        self, runs: dict[str, Callable[[], Any]], config: ClusterConfig, folder: Path
+    ) -> list[tuple[list[str], Callable]]:
+        """At most ``array_parallelism`` processes sharing one queue of every run (claims under ``folder``)."""
+        claims = folder / f"claims-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        return [(list(runs), RunQueue(runs, claims)) for _ in range(min(config.array_parallelism, len(runs)))]
 
     def job_states(self, job_ids: list[str]) -> dict[str, str | None]:
         """RUNNING while a process of the job lives (see :func:`_local_job_roots`), ENDED after (also when its
@@ -228,6 +228,45 @@ class LocalBackend(ClusterBackend):
                 to_stop += _children(pid)
             for pid in stopped:
                 _signal(pid, signal.SIGKILL)
+
+
+class RunQueue(submitit.helpers.Checkpointable):
+    """One process of a local submission: runs, in the sweep's order, each run that no other process of the
+    submission has claimed, until none is left. A claim is a file created exclusively under ``claims``, so two
+    processes never take the same run. Requeued after a time limit or preemption, it resumes the run it holds.
+    Returns ``{run: its callable's result}`` of the runs it took."""
+
+    def __init__(self, runs: dict[str, Callable[[], Any]], claims: Path) -> None:
+        self.runs = runs
+        self.claims = claims
+        self.results: dict[str, Any] = {}
+        self.current: str | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        for run, job in self.runs.items():
+            if run in self.results or (run != self.current and not self._claim(run)):
+                continue
+            self.current = run
+            self.results[run] = job()
+            self.current = None
+        return self.results
+
+    def _claim(self, run: str) -> bool:
+        claim = self.claims / run
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on time limit or preemption: tell the run in progress (so that an error it raises
+        now is an interruption), then rerun this queue, with its claim and results, after the requeue."""
+        interruptible = getattr(self.runs.get(self.current), "checkpoint", None)
+        if interruptible is not None:
+            interruptible()
+        return submitit.helpers.DelayedSubmission(self)
 
 
 def _array_ids(job_ids: list[str]) -> str:

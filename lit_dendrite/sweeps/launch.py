@@ -23,6 +23,7 @@ from lit_dendrite.sweeps.job import TrainRun
 from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import (
     CONFIG_SNAPSHOTS,
+    LOGS,
     MANIFEST,
     format_status,
     read_manifest,
@@ -184,8 +185,8 @@ def submit_sweep(
     A run whose directory holds another configuration (the sweep's overrides changed) is an error listing each
     such run and its differing keys, and nothing is submitted; with ``overwrite`` those runs' results are
     discarded and they are trained afresh. ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`):
-    ``debug`` runs the jobs in this process before returning; ``local`` deals the runs to at most
-    ``max_parallel`` background processes that run their share one after the other.
+    ``debug`` runs the jobs in this process before returning; ``local`` starts at most ``max_parallel``
+    background processes that share the runs, each taking the next one left.
     """
     backend = cluster_backend(cluster)
     sweep_dir = out.resolve() / sweep.name
@@ -217,7 +218,7 @@ def submit_sweep(
             echo(f"train args of {run}: {' '.join(args[run])}")
         if sweep.evaluate is not None:
             echo(f"each job then evaluates its run: {json.dumps(sweep.evaluate)}")
-        shown = backend.dry_run_text(config, sweep_dir / "logs" / "%j", f"ld-{sweep.name}", len(to_submit))
+        shown = backend.dry_run_text(config, sweep_dir / LOGS / "%j", f"ld-{sweep.name}", len(to_submit))
         if to_submit and shown is not None:
             echo(shown)
         return Submission(sweep_dir, to_submit, skipped, [], [])
@@ -232,9 +233,9 @@ def submit_sweep(
         run_dir = RunDir(sweep_dir / run)
         if (read_json(run_dir.result) or {}).get("status") == "failed":
             run_dir.result.replace(run_dir.failed_result)
-    jobs, job_of_run = _submit(backend, config, sweep.name, sweep_dir, to_submit, args, sweep.evaluate)
-    record_jobs(sweep_dir, cluster, job_of_run)
-    job_ids = list(dict.fromkeys(job_of_run.values()))
+    jobs, jobs_of_run = _submit(backend, config, sweep.name, sweep_dir, to_submit, args, sweep.evaluate)
+    record_jobs(sweep_dir, cluster, jobs_of_run)
+    job_ids = [job.job_id for job in jobs]
     echo(f"submitted {len(to_submit)} runs as {len(job_ids)} {cluster} job(s): {' '.join(job_ids)}")
     echo(f"watch:       python launch/sweep.py status {sweep_dir}")
     echo(f"tensorboard: tensorboard --logdir {sweep_dir}")
@@ -251,15 +252,19 @@ def _submit(
     args: dict[str, list[str]],
     evaluate: dict[str, Any] | None,
 ) -> tuple[list[submitit.Job], dict[str, str]]:
-    """Submit the runs; returns the jobs and ``{run: job id}``."""
+    """Submit the runs; returns the jobs and ``{run: the ids of the jobs that may train it}``."""
     use_term_as_preempt_signal()
-    executor = backend.executor(config, sweep_dir / "logs" / "%j", f"ld-{name}")
-    packed = backend.jobs({run: TrainRun(args[run], sweep_dir / run, evaluate) for run in runs}, config)
+    executor = backend.executor(config, sweep_dir / LOGS / "%j", f"ld-{name}")
+    callables = {run: TrainRun(args[run], sweep_dir / run, evaluate) for run in runs}
+    packed = backend.jobs(callables, config, sweep_dir / LOGS)
     with executor.batch():
         jobs = [executor.submit(fn) for _, fn in packed]
     backend.after_submit(jobs)
-    job_of_run = {run: job.job_id for job, (group, _) in zip(jobs, packed) for run in group}
-    return jobs, job_of_run
+    jobs_of_run: dict[str, list[str]] = {}
+    for job, (group, _) in zip(jobs, packed):
+        for run in group:
+            jobs_of_run.setdefault(run, []).append(job.job_id)
+    return jobs, jobs_of_run
 
 
 def wait_for(jobs: list[submitit.Job], sweep_dir: Path, timeout_s: float, poll_s: float = 5.0) -> str:
@@ -304,8 +309,9 @@ def submit_evaluation(
     if dry_run or not to_submit:
         return Submission(sweep_dir, to_submit if dry_run else [], skipped, [], [])
     write_json_atomic(sweep_dir / MANIFEST, {**manifest, "evaluate": evaluate})
-    jobs, job_of_run = _submit(backend, config, f"{manifest['sweep']}-eval", sweep_dir, to_submit, args, evaluate)
-    record_jobs(sweep_dir, cluster, job_of_run)
-    echo(f"submitted {len(to_submit)} evaluations as {cluster} job(s): {' '.join(dict.fromkeys(job_of_run.values()))}")
+    jobs, jobs_of_run = _submit(backend, config, f"{manifest['sweep']}-eval", sweep_dir, to_submit, args, evaluate)
+    record_jobs(sweep_dir, cluster, jobs_of_run)
+    job_ids = [job.job_id for job in jobs]
+    echo(f"submitted {len(to_submit)} evaluations as {len(job_ids)} {cluster} job(s): {' '.join(job_ids)}")
     echo(f"watch:       python launch/sweep.py status {sweep_dir}")
-    return Submission(sweep_dir, to_submit, skipped, list(dict.fromkeys(job_of_run.values())), jobs)
+    return Submission(sweep_dir, to_submit, skipped, job_ids, jobs)

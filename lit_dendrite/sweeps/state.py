@@ -27,6 +27,8 @@ from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state, r
 
 MANIFEST = "sweep.json"
 JOBS = "jobs.json"
+JOB_ID_SEPARATOR = ","  # a run that several jobs share (--cluster local) is recorded with all their ids
+LOGS = "logs"  # the jobs' logs, and files the jobs of a submission share
 CONFIG_SNAPSHOTS = "submitted_configs"  # the experiment configs as submitted, named by content
 JOBS_LOCK = ".jobs.lock"
 JOBS_LOCK_WAIT_S = 60.0
@@ -48,28 +50,54 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def record_jobs(sweep_dir: Path, cluster: str, jobs: dict[str, str]) -> None:
-    """Add ``{run dir: job id}`` of a submission to the sweep's job record (newest submission wins), under a lock
-    so that two submissions at once both keep their jobs."""
+def record_jobs(sweep_dir: Path, cluster: str, jobs: dict[str, list[str]]) -> None:
+    """Add ``{run dir: ids of the jobs that may train it}`` of a submission to the sweep's job record (newest
+    submission wins), under a lock so that two submissions at once both keep their jobs."""
     with FileLock(sweep_dir / JOBS_LOCK, "another submission is recording its jobs", JOBS_LOCK_WAIT_S):
         records = read_json(sweep_dir / JOBS) or {}
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        records.update({run: {"job_id": job, "cluster": cluster, "submitted": stamp} for run, job in jobs.items()})
+        records.update(
+            {
+                run: {"job_id": JOB_ID_SEPARATOR.join(ids), "cluster": cluster, "submitted": stamp}
+                for run, ids in jobs.items()
+            }
+        )
         write_json_atomic(sweep_dir / JOBS, records)
 
 
-def job_states(records: dict[str, dict[str, str]]) -> dict[str, str | None]:
-    """Scheduler state of each run's last job, asked of the backend that ran it (one query per backend): RUNNING,
-    PENDING, REQUEUED, ... while the job is known, ENDED after, or None where the scheduler cannot be asked (also
-    for a backend not registered in this process)."""
-    ids: dict[str, list[str]] = {}
+def _job_ids(record: dict[str, str]) -> list[str]:
+    return record["job_id"].split(JOB_ID_SEPARATOR)
+
+
+def _live(job_state: str | None) -> bool:
+    return job_state not in (None, "ENDED")
+
+
+def _scheduler_states(records: dict[str, dict[str, str]]) -> dict[tuple[str, str], str | None]:
+    """``{(cluster, job id): state}`` of every job in the records, asked of the backend that ran it (one query per
+    backend): RUNNING, PENDING, REQUEUED, ... while the job is known, ENDED after, or None where the scheduler
+    cannot be asked (also for a backend not registered in this process)."""
+    ids: dict[str, dict[str, None]] = {}  # ordered sets
     for record in records.values():
-        ids.setdefault(record["cluster"], []).append(record["job_id"])
-    known = {
-        cluster: BACKENDS[cluster].job_states(job_ids) if cluster in BACKENDS else dict.fromkeys(job_ids)
-        for cluster, job_ids in ids.items()
-    }
-    return {run: known[record["cluster"]][record["job_id"]] for run, record in records.items()}
+        ids.setdefault(record["cluster"], {}).update(dict.fromkeys(_job_ids(record)))
+    known: dict[tuple[str, str], str | None] = {}
+    for cluster, job_ids in ids.items():
+        asked = BACKENDS[cluster].job_states(list(job_ids)) if cluster in BACKENDS else dict.fromkeys(job_ids)
+        known |= {(cluster, job_id): state for job_id, state in asked.items()}
+    return known
+
+
+def job_states(records: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    """Scheduler state of each run's last submission (see :func:`_scheduler_states`); a run that several jobs share
+    takes a running state of one of them, else any live state, else None if one is unknown, else ENDED."""
+    known = _scheduler_states(records)
+    states = {}
+    for run, record in records.items():
+        shared = [known[record["cluster"], job_id] for job_id in _job_ids(record)]
+        live = [state for state in shared if _live(state)]
+        running = [state for state in live if state in RUNNING_JOB_STATES]
+        states[run] = (running or live or [None if None in shared else "ENDED"])[0]
+    return states
 
 
 def cancel_jobs(sweep_dir: Path) -> dict[str, list[str]]:
@@ -77,11 +105,12 @@ def cancel_jobs(sweep_dir: Path) -> dict[str, list[str]]:
     runs}`` of those cancelled. Their runs show as pending and resume at the next submission."""
     read_manifest(sweep_dir)
     records = read_json(sweep_dir / JOBS) or {}
-    states = job_states(records)
+    known = _scheduler_states(records)
     live: dict[str, dict[str, list[str]]] = {}
     for run, record in records.items():
-        if states[run] not in (None, "ENDED"):
-            live.setdefault(record["cluster"], {}).setdefault(record["job_id"], []).append(run)
+        for job_id in _job_ids(record):
+            if _live(known[record["cluster"], job_id]):
+                live.setdefault(record["cluster"], {}).setdefault(job_id, []).append(run)
     for cluster, jobs in live.items():
         BACKENDS[cluster].cancel(list(jobs))
     return {job_id: runs for jobs in live.values() for job_id, runs in jobs.items()}
@@ -101,10 +130,10 @@ def run_states(sweep_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
     for run in runs:
         result = read_json(RunDir(sweep_dir / run).result) or {}
         job_state = scheduler.get(run)
-        live = job_state not in (None, "ENDED")
+        live = _live(job_state)
         if result.get("status") in FINISHED:
             state = result["status"]
-        elif live:  # a job running several runs in turn (--cluster local) has started only the one it trains
+        elif live:  # jobs running several runs in turn (--cluster local) have started only those they train
             started = job_state in RUNNING_JOB_STATES and FileLock(RunDir(sweep_dir / run).lock, "").held()
             state = "running" if started else "pending"
         elif result.get("status") == "failed":
