@@ -92,6 +92,20 @@ def test_frozen_tables_approximate_the_exact_net_and_train_the_outer_net():
     assert net.stem.conv.weight.grad.abs().sum() > 0 and net.inner.linears[0].weight.grad is None
 
 
+def test_residual_bn_init_zero_starts_every_block_as_its_shortcut():
+    torch.manual_seed(0)
+    default = DendriticResNet(**DIGITS, **TINY)
+    assert all(torch.all(block.second.bn.weight == 1) for block in default.stages)
+    net = DendriticResNet(**DIGITS, **TINY, residual_bn_init=0.0).eval()
+    seen = []
+    for block in net.stages:
+        block.second.neuron.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    net(torch.rand(2, 1, 28, 28))
+    assert len(seen) == len(net.stages)
+    for pairs in seen:  # conv2's branch gives 0: both dendrites of every unit see the residual alone
+        torch.testing.assert_close(pairs[..., 0], pairs[..., 1])
+
+
 def test_checkpoint_reload_gives_the_same_predictions(tmp_path):
     torch.manual_seed(0)
     config = {"class_path": "lit_dendrite.nn.DendriticResNet", "init_args": {**DIGITS, **TINY, "neuron": "2arg"}}
@@ -114,6 +128,8 @@ def test_bad_arguments_are_clear_errors():
         DendriticResNet(widths=(8, 16), blocks=(2, 2, 2))
     with pytest.raises(ValueError, match="blocks"):
         DendriticResNet(blocks=(2, 0, 2, 2))
+    with pytest.raises(ValueError, match="residual_bn_init must be a finite number or null"):
+        DendriticResNet(residual_bn_init=float("nan"))
 
 
 def test_short_relu_run_learns_and_reloads_with_its_tested_accuracy(tmp_path):

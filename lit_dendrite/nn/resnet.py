@@ -101,7 +101,9 @@ class DendriticResNet(OuterNet):
     ``widths`` are the units of each stage (ResNet-18: 64, 128, 256, 512; the stem has the first stage's);
     ``width_multiplier`` scales them (rounded) before anything else, so ``0.125`` is a ResNet-18 of widths
     8, 16, 32, 64. With ``match_neuron``, the (scaled) widths are rescaled so that this net has the parameters of
-    the same net built with ``match_neuron`` (see :meth:`OuterNet.matched_widths`).
+    the same net built with ``match_neuron`` (see :meth:`OuterNet.matched_widths`). ``residual_bn_init`` is the
+    initial weight of every block's second BatchNorm (the one before the residual sum; None: 1 like the others),
+    ``0`` being torchvision's ``zero_init_residual`` (Goyal et al. 2017): each block starts as its shortcut.
     """
 
     def __init__(
@@ -118,9 +120,12 @@ class DendriticResNet(OuterNet):
         std: Sequence[float] = CIFAR10.std,
         match_neuron: str | None = None,
         neuron_args: dict[str, Any] | None = None,
+        residual_bn_init: float | None = None,
     ) -> None:
         if not (math.isfinite(width_multiplier) and width_multiplier > 0):
             raise ValueError(f"{CONFIG_KEY}.width_multiplier must be a finite number > 0, got {width_multiplier}")
+        if residual_bn_init is not None and not math.isfinite(residual_bn_init):
+            raise ValueError(f"{CONFIG_KEY}.residual_bn_init must be a finite number or null, got {residual_bn_init}")
         # the reference of a matched control is built from the already scaled widths
         architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE} | {"width_multiplier": 1.0}
         super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout, neuron_args)
@@ -149,16 +154,21 @@ class DendriticResNet(OuterNet):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(channels, num_classes)
+        self.residual_bn_init = residual_bn_init
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torchvision's ResNet initialisation of the convolutions (Kaiming normal, fan-out) and BatchNorms (1, 0)."""
+        """torchvision's ResNet initialisation of the convolutions (Kaiming normal, fan-out) and BatchNorms (1, 0),
+        then ``residual_bn_init`` for each block's second BatchNorm."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.residual_bn_init is not None:
+            for block in self.stages:
+                nn.init.constant_(block.second.bn.weight, self.residual_bn_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
