@@ -251,7 +251,7 @@ def _submit(
     runs: list[str],
     args: dict[str, list[str]],
     evaluate: dict[str, Any] | None,
-) -> tuple[list[submitit.Job], dict[str, str]]:
+) -> tuple[list[submitit.Job], dict[str, list[str]]]:
     """Submit the runs; returns the jobs and ``{run: the ids of the jobs that may train it}``."""
     use_term_as_preempt_signal()
     executor = backend.executor(config, sweep_dir / LOGS / "%j", f"ld-{name}")
