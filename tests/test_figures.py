@@ -7,8 +7,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 
+from lit_dendrite.analysis.activations import CurveAnalysis
 from lit_dendrite.analysis.curves import learning_curves, session_offsets
-from lit_dendrite.analysis.plots import SURFACE_LABEL, learning_curve_figure, surface_gallery
+from lit_dendrite.analysis.plots import SURFACE_LABEL, activation_figure, learning_curve_figure, surface_gallery
 from lit_dendrite.analysis.robustness_plots import adversarial_figure, corruption_figure, robustness_figure
 from lit_dendrite.analysis.surfaces import density_region, evaluate_surface
 from lit_dendrite.analysis.xor import analyse_xor
@@ -124,3 +125,10 @@ def test_a_runs_attack_figure_is_in_percent():
     ax = figure.axes[0]
     assert ax.get_ylabel() == "robust accuracy (%)" and ax.get_ylim() == (0, 100)
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([90, 20])
+
+
+def test_the_activation_figure_keeps_its_title_and_titles_each_panel_with_its_condition():
+    curve = CurveAnalysis(np.linspace(-5, 5, 11), np.linspace(-5, 5, 11) ** 2, (-1.0, 1.0))
+    figure = activation_figure({"mlp_1arg": [("seed=1", curve)], "cnn_1arg": [("seed=1", curve)]}, title="Learned")
+    assert figure.get_suptitle() == "Learned"
+    assert [ax.get_title() for ax in figure.axes] == ["mlp_1arg", "cnn_1arg"]

@@ -306,7 +306,7 @@ def curve_section(
         for condition, group in curves.items()
     ]
     image = ACTIVATIONS_FIGURE
-    title = "Learned one-argument activations, one line per run (shaded: where the central 90% of its inputs lie)"
+    title = "Learned one-argument activations, one line per run\n(shaded: where the central 90% of its inputs lie)"
     plots.save_figure(plots.activation_figure(curves, title=title), sweep_dir / image)
     formats = {"input_low": ".2f", "input_high": ".2f", "rms_from_relu": ".3f"}
     return [

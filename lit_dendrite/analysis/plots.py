@@ -189,7 +189,7 @@ def activation_figure(
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(3.6 * columns, 3.0 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax, (title, curves) in zip(axes, panels.items()):
+    for ax, (panel, curves) in zip(axes, panels.items()):
         for label, curve in curves:
             (line,) = ax.plot(curve.x, curve.values, label=label, linewidth=1)
             if curve.interval is not None:
@@ -198,7 +198,7 @@ def activation_figure(
             x = curves[0][1].x
             ax.plot(x, np.maximum(x, 0), color="black", linestyle="dashed", linewidth=0.8, label="ReLU")
         ax.set(xlabel="input", ylabel="activation")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(panel, fontsize=9)
         ax.legend(fontsize=6)
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
@@ -318,11 +318,11 @@ def speed_figure(speed_summary: pd.DataFrame) -> Figure:
             capsize=3,
         )
     ax.set_xticks(positions + width * (len(measures) - 1) / 2, labels, fontsize=7, rotation=30, ha="right")
-    ax.set(
-        ylabel="epochs",
-        title=f"Learning speed: epochs until the validation accuracy first reaches a share of "
-        f"its final value\nbars: {SD_OVER_RUNS}",
+    ax.set(ylabel=f"epochs ({SD_OVER_RUNS})")
+    figure.suptitle(
+        "Learning speed: epochs until the validation accuracy first reaches\n95% / 99% of the session's final value",
+        fontsize=10,
     )
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8)
+    figure.legend(loc="outside lower center", ncols=2, fontsize=8)
     return figure
