@@ -427,7 +427,14 @@ def robustness_section(
     metrics = corruption_metrics(corruption) if not corruption.empty else (pd.DataFrame(), pd.DataFrame())
     for run, numbers in robustness_numbers(adversarial, corruption, metrics[0]).items():
         per_run.setdefault(run, {}).update(numbers)
-    lines = ["## Robustness", ""]
+    columns = ", ".join(f"`{name}`" for name in CORRUPTION_METRICS.values())
+    lines = [
+        "## Robustness",
+        "",
+        f"Per run in `summary.csv`: `{robust_accuracy_column('<attack>', 0).replace('=0', '=<eps>')}` for every "
+        f"attack and epsilon; {columns} and `corruption_acc.<corruption>` (mean over severities).",
+        "",
+    ]
     lines += _table_one_lines(adversarial)
     if not corruption.empty:
         lines += _corruption_lines(sweep_dir, corruption, metrics, conditions)
