@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from lit_dendrite.analysis.nonlinearity_report import SURFACE_IMAGES
-from lit_dendrite.analysis.report import accuracy_section, write_report
+from lit_dendrite.analysis.report import accuracy_section, build_report
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.backends import BACKENDS
@@ -111,11 +111,12 @@ def submit_main(argv: list[str]) -> int:
 
 
 def collect_main(sweep_dir: Path, surface_images: int = SURFACE_IMAGES) -> int:
-    """Write summary.csv of every run record and the analysis report; print the report's accuracy table."""
-    print(f"wrote {collect(sweep_dir)}")
-    report = write_report(sweep_dir, n_images=surface_images)
-    print(f"report: {report}")
-    print(accuracy_section(report.read_text()))
+    """Write the analysis report and summary.csv of every run record with the report's per-run numbers; print the
+    report's accuracy table."""
+    report = build_report(sweep_dir, n_images=surface_images)
+    print(f"wrote {collect(sweep_dir, report.per_run)}")
+    print(f"report: {report.write()}")
+    print(accuracy_section(report.text))
     return 0
 
 

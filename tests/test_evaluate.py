@@ -18,6 +18,7 @@ import pytest
 import torch
 from test_data import write_idx
 
+from lit_dendrite.analysis.robustness_plots import ATTACK_FIGURE, CORRUPTION_FIGURE
 from lit_dendrite.cli import train
 from lit_dendrite.data.corrupt import write_corrupted_set
 from lit_dendrite.data.corrupted import MNIST_C_CORRUPTIONS
@@ -252,8 +253,8 @@ def test_sections_merge_into_robustness_json(runs, tmp_path, monkeypatch, capsys
     saved = _saved(run_dir)
     assert saved["corruptions"]["n"] == 10 and saved["adversarial"]["fgsm"]["n"] == 10
     assert {name for name in os.listdir(RunDir(run_dir).robustness_dir) if name.endswith(".png")} == {
-        "corruptions.png",
-        "adversarial.png",
+        CORRUPTION_FIGURE,
+        ATTACK_FIGURE,
     }
 
     attacks.clear()
@@ -476,7 +477,7 @@ def test_one_command_writes_report_and_plots(tmp_path):
         result = saved["adversarial"][name]
         assert result["n"] == 40 and result["epsilons"][-1] == pytest.approx(0.3)
         assert result["reported"]["epsilon"] == pytest.approx(0.3)
-    for png in ("corruptions.png", "adversarial.png"):
+    for png in (CORRUPTION_FIGURE, ATTACK_FIGURE):
         assert (RunDir(run_dir).robustness_dir / png).stat().st_size > 1000
     assert list(RunDir(run_dir).robustness_dir.glob("events.out.tfevents.*"))
 

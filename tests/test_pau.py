@@ -10,6 +10,7 @@ import torch
 from helpers import digits_test_set, quick_train
 
 from lit_dendrite.analysis.activations import analyse_curve, evaluate_curve
+from lit_dendrite.analysis.nonlinearity_report import ACTIVATIONS_FIGURE
 from lit_dendrite.analysis.report import write_report
 from lit_dendrite.data import load_arrays
 from lit_dendrite.models import load_net
@@ -136,4 +137,4 @@ def test_the_report_shows_the_learned_curve_of_a_pau_run(pau_run):
     report = write_report(sweep, n_images=50).read_text()
     assert "## Learned one-argument activations" in report
     assert re.search(r"\| mlp_digits_pau \| 1 \| -\d\.\d\d \| \d\.\d\d \| 0\.\d{3} \|", report), report
-    assert (sweep / "report_activations.png").stat().st_size > 0
+    assert (sweep / ACTIVATIONS_FIGURE).stat().st_size > 0

@@ -5,11 +5,20 @@ import re
 
 import pandas as pd
 import pytest
+from helpers import load_launcher
 from scipy.stats import ttest_ind
 from tiny_sweep import CONDITIONS, make_fake_sweep, train_tiny_sweep, write_session_events
 
-from lit_dendrite.analysis.report import load_runs, summary_table, write_report
-from lit_dendrite.analysis.tables import compare_conditions, markdown_table
+from lit_dendrite.analysis.nonlinearity_report import surfaces_figure_name
+from lit_dendrite.analysis.report import (
+    LEARNING_CURVES_FIGURE,
+    SPEED_FIGURE,
+    load_runs,
+    summary_table,
+    write_report,
+)
+from lit_dendrite.analysis.robustness_report import robust_accuracy_column
+from lit_dendrite.analysis.tables import compare_conditions, markdown_table, mean_sd
 
 SECTIONS = ("## Clean test accuracy", "## Learning curves", "## Inner-net surfaces", "## Robustness")
 
@@ -88,9 +97,42 @@ def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep)
     # learning speed of the three finished ReLU runs only (their curves reach their end at their 4th epoch)
     assert "| mlp_digits_relu | II_joint | 4.0 ± 0.0 | 4.0 ± 0.0 | 3 |" in report, "a partial curve was counted"
     images = referenced_images(report)
-    assert {"report_curves.png", "report_speed.png", "report_surfaces_mlp_digits_2arg.png"} <= set(images)
+    assert {LEARNING_CURVES_FIGURE, SPEED_FIGURE, surfaces_figure_name("mlp_digits_2arg")} <= set(images)
     for image in images:
         assert (fake_sweep / image).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_table_of_the_report_is_recomputed_from_summary_csv(fake_sweep):
+    """collect writes summary.csv with every per-run number the report summarises; the report's tables (clean
+    accuracy, learning speed, saddles, corruption metrics, robust accuracy per epsilon) follow from the CSV alone."""
+    assert load_launcher().main(["collect", str(fake_sweep), "--surface-images", "100"]) == 0
+    report = (fake_sweep / "report.md").read_text()
+    summary = pd.read_csv(fake_sweep / "summary.csv")
+    by_condition = summary.groupby("condition")
+
+    def cells(column: str, scale: float = 100.0, digits: int = 2) -> dict[str, str]:
+        stats = by_condition[column].agg(["mean", "std"])
+        return {c: mean_sd(m, s, scale, digits) for c, (m, s) in stats.iterrows()}
+
+    accuracy = cells("test_acc")
+    for condition in CONDITIONS:
+        assert f"| {condition} | digits | DendriticMLP |" in report
+        assert re.search(rf"\| {condition} \| .* \| {re.escape(accuracy[condition])} \|", report)
+    for session in ("II_joint", "III_frozen"):
+        to_95, to_99 = cells(f"epochs_to_95.{session}", 1.0, 1), cells(f"epochs_to_99.{session}", 1.0, 1)
+        for condition, n in summary.groupby("condition")[f"epochs_to_99.{session}"].count().items():
+            if n:
+                assert f"| {condition} | {session} | {to_95[condition]} | {to_99[condition]} | {n} |" in report
+    saddles = summary.dropna(subset=["surface.saddle"]).groupby("condition")["surface.saddle"]
+    for condition, verdicts in saddles:
+        assert f"| {condition} | {int(verdicts.astype(bool).sum())}/{len(verdicts)} |" in report
+    corruption = [cells(column) for column in ("corruption_accuracy", "mCE", "relative_mCE")]
+    for condition, n in by_condition["mCE"].count().items():
+        row = " | ".join(table[condition] for table in corruption)
+        assert f"| {condition} | {n} | {row} |" in report, "corruption table"
+    robust = [cells(robust_accuracy_column("LinfPGD", eps)) for eps in (0.0, 0.1, 0.3)]
+    for condition in CONDITIONS:
+        assert f"| {condition} | {' | '.join(table[condition] for table in robust)} |" in report, "robust accuracy"
 
 
 def test_a_finished_run_at_chance_accuracy_is_listed_as_a_problem(fake_sweep):

@@ -18,6 +18,7 @@ from tbparse import SummaryReader
 from lit_dendrite.runs import FROZEN, JOINT, condition_of
 
 SESSIONS = (JOINT, FROZEN)
+SESSION_NAMES = {JOINT: "session II: joint training", FROZEN: "session III: frozen inner net, new outer net"}
 
 
 def _locate(dir_name: str) -> tuple[str, str, str] | None:

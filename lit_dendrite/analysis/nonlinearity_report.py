@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,12 @@ from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.runs import RunRecord, UntrustedRecord
 
 SURFACE_IMAGES = 10_000  # test images whose input pairs define the surface regions (the paper: the test set)
+ACTIVATIONS_FIGURE = "learned_activations.png"
+
+
+def surfaces_figure_name(condition: str) -> str:
+    """The file of a condition's surface gallery."""
+    return f"inner_net_surfaces_{slug(condition)}.png"
 
 
 @lru_cache(maxsize=4)
@@ -162,20 +169,47 @@ def layer_statistics(surfaces: Sequence[RunSurface]) -> pd.DataFrame:
 def gallery(surfaces: Sequence[RunSurface], condition: str) -> Figure:
     """The surface gallery of one condition, panels labelled by run name."""
     chosen = [(s.run.name.split("/")[-1], s.analysis) for s in surfaces if s.condition == condition]
-    return plots.surface_gallery(chosen)
+    return plots.surface_gallery(chosen, title=condition)
+
+
+def surface_numbers(surface: RunSurface) -> dict[str, Any]:
+    """One inner net's per-run numbers for ``summary.csv``: the saddle verdict pooled and per layer, the fit's R² and
+    the best plane's, the l = 2 power shares; columns ``surface.<what>`` (``surface[<inner>].<what>`` for one of
+    several inner nets, as in the tables' rows)."""
+    prefix = "surface" if surface.inner is None else f"surface[{surface.inner}]"
+    fit, harmonics = surface.analysis.fit, surface.analysis.harmonics
+    numbers = {
+        f"{prefix}.saddle": fit.is_saddle,
+        f"{prefix}.r_squared": fit.r_squared,
+        f"{prefix}.r_squared_plane": fit.linear_r_squared,
+        f"{prefix}.l2_power": float(harmonics.fraction[2]),
+        f"{prefix}.l2_power_xavier": surface.initial_l2,
+    }
+    for layer, layer_fit in surface.layers.items():
+        verdict = layer_fit.is_saddle if isinstance(layer_fit, QuadraticFit) else None
+        numbers[f"{prefix}.saddle.{layer}"] = verdict
+    return numbers
 
 
 def surface_section(
-    sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str], grid: Grid, n_images: int
+    sweep_dir: Path,
+    runs: Sequence[RunRecord],
+    problems: list[str],
+    grid: Grid,
+    n_images: int,
+    per_run: dict[str, dict[str, Any]],
 ) -> list[str]:
     lines = ["## Inner-net surfaces: soft XOR?", ""]
     surfaces, failures = analyse_surfaces(runs, grid, n_images)
     problems += failures
+    for surface in surfaces:
+        per_run.setdefault(surface.run.name, {}).update(surface_numbers(surface))
     if not surfaces:
         return [*lines, "No finished run with a two-argument inner net (such as neuron `2arg`) could be analysed."]
     images = sorted({len(run_test_images(s.run, n_images)) for s in surfaces})
     lines += [
-        "Each panel: the trained inner net on the grid, the white outline enclosing the region that holds 90% of "
+        "Each panel: the trained inner net on the grid (one colour scale per gallery, centred on 0), the black "
+        "outline enclosing the region that holds 90% of "
         f"the input pairs reaching it (all layers) on {' / '.join(map(str, images))} test images. Inside the region "
         "a least-squares quadratic c0 x² + c1 y² + c2 xy + c3 x + c4 y + c5 is fitted; a saddle (4 c0 c1 − c2² < 0) "
         "is a soft XOR. R2 gain: the quadratic fit's R² minus the best plane's (near 0: a nearly planar surface, "
@@ -183,7 +217,10 @@ def surface_section(
         "(scipy.stats.binomtest). l=2 power: share of the centred surface's power in the second angular harmonic, "
         "trained vs 20 Xavier-initialised inner nets on the same regions. A net of several cell types has one row "
         "per type (`inner.types.<k>`: type k's inner net, its region from the pairs reaching that type's units) and "
-        f"one pooling its types (`{ALL_TYPES}`: every type of every run, counted as independent surfaces).",
+        f"one pooling its types (`{ALL_TYPES}`: every type of every run, counted as independent surfaces). Per run "
+        "in `summary.csv`: `surface.saddle` (and per layer `surface.saddle.<layer>`), `surface.r_squared`, "
+        "`surface.r_squared_plane`, `surface.l2_power`, `surface.l2_power_xavier` (`surface[inner.types.<k>]...` "
+        "per cell type).",
         "",
     ]
     formats = {"fraction": ".2f", "binomial_p": ".3g", "l2_power": ".3f", "l2_power_xavier": ".3f"}
@@ -212,7 +249,7 @@ def surface_section(
     for condition in table["condition"]:
         if condition.endswith(ALL_TYPES):  # its types have their own galleries
             continue
-        image = f"report_surfaces_{slug(condition)}.png"
+        image = surfaces_figure_name(condition)
         plots.save_figure(gallery(surfaces, condition), sweep_dir / image)
         lines += [f"### {condition}", "", f"![surfaces of {condition}]({image})", ""]
     return lines
@@ -241,11 +278,23 @@ def analyse_curves(
     return dict(sorted(curves.items())), problems
 
 
-def curve_section(sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str], n_images: int) -> list[str]:
+def curve_section(
+    sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str], n_images: int, per_run: dict[str, dict[str, Any]]
+) -> list[str]:
     curves, failures = analyse_curves(runs, n_images)
     problems += failures
     if not curves:
         return []
+    for run in runs:
+        analysed = dict(curves.get(run.condition, [])).get(run.name.split("/")[-1])
+        if analysed is not None:
+            per_run.setdefault(run.name, {}).update(
+                {
+                    "activation.input_low": analysed.interval[0],
+                    "activation.input_high": analysed.interval[1],
+                    "activation.rms_from_relu": analysed.relu_rms,
+                }
+            )
     rows = [
         {
             "condition": condition,
@@ -256,8 +305,9 @@ def curve_section(sweep_dir: Path, runs: Sequence[RunRecord], problems: list[str
         }
         for condition, group in curves.items()
     ]
-    image = "report_activations.png"
-    plots.save_figure(plots.activation_figure(curves), sweep_dir / image)
+    image = ACTIVATIONS_FIGURE
+    title = "Learned one-argument activations, one line per run\n(shaded: where the central 90% of its inputs lie)"
+    plots.save_figure(plots.activation_figure(curves, title=title), sweep_dir / image)
     formats = {"input_low": ".2f", "input_high": ".2f", "rms_from_relu": ".3f"}
     return [
         "## Learned one-argument activations",

@@ -1,8 +1,9 @@
-"""Figures of the analysis: surfaces, the surface gallery, learned one-argument activations, learning curves,
-learning speed, robustness curves (sweep means and one run's ``robustness.json``).
+"""Figures of the analysis: surfaces, the surface gallery, learned one-argument activations, learning curves and
+learning speed (the robustness figures are in ``robustness_plots``).
 
 Built on ``matplotlib.figure.Figure`` (the Agg canvas, no pyplot state), so they work headless, in worker
-processes and in notebooks alike. ``save_figure`` writes a PNG atomically.
+processes and in notebooks alike. ``save_figure`` writes a PNG atomically. Accuracies are drawn in % (the tables'
+unit), every error bar or band says in the figure what it is, and a diverging colour map is centred on 0.
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.image import AxesImage, imsave
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from lit_dendrite.analysis.activations import CurveAnalysis
+from lit_dendrite.analysis.curves import SESSION_NAMES
 from lit_dendrite.analysis.surfaces import Region, Surface
 from lit_dendrite.analysis.xor import QuadraticFit, XorAnalysis
 from lit_dendrite.io import atomic_path
-from lit_dendrite.robustness.store import REFUSED
 from lit_dendrite.runs import FROZEN, JOINT
+
+SURFACE_COLOURS = "RdBu_r"  # diverging: negative blue, 0 white, positive red
+SURFACE_LABEL = "inner-net output"
+TAG_LABELS = {"val/acc": "validation accuracy (%)", "val/loss": "validation loss (cross-entropy)"}
+PERCENT_TAGS = ("val/acc",)  # logged as fractions, drawn in %
+SD_OVER_RUNS = "mean ± sd over runs"
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -42,6 +52,27 @@ def figure_to_rgb(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def symmetric_norm(surfaces: Sequence[Surface], regions: Sequence[Region | None] | None = None) -> Normalize:
+    """One colour scale for surfaces compared side by side, centred on 0: [-m, m] with m their largest |value|
+    (inside each one's region where ``regions`` are given: where the inputs lie; beyond, the colours saturate)."""
+    regions = regions or [None] * len(surfaces)
+    limit = max(
+        float(np.abs(surface.values if region is None else surface.values[region.mask]).max())
+        for surface, region in zip(surfaces, regions)
+    )
+    return Normalize(-(limit or 1.0), limit or 1.0)
+
+
+def _colourbar(figure: Figure, image: AxesImage, axes: Any, label: str, surfaces: Sequence[Surface]) -> None:
+    """A labelled colour bar for ``surfaces`` drawn on ``image``'s scale, with an arrow end where their colours
+    saturate (values beyond the scale)."""
+    values = np.concatenate([surface.values.ravel() for surface in surfaces])
+    low, high = image.norm.vmin, image.norm.vmax
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}
+    ends = extend[(bool((values < low).any()), bool((values > high).any()))]
+    figure.colorbar(image, ax=axes, label=label, shrink=0.6 if isinstance(axes, np.ndarray) else 1.0, extend=ends)
+
+
 def draw_surface(
     ax: Axes,
     surface: Surface,
@@ -49,24 +80,28 @@ def draw_surface(
     fit: QuadraticFit | None = None,
     title: str | None = None,
     show_density: bool = False,
+    norm: Normalize | None = None,
 ) -> AxesImage:
-    """Heat map of the surface; the region's outline (white), optionally the input density (black: contours holding
-    25/50/75% of the pairs) and the quadratic fit's contours (dashed gold)."""
+    """Heat map of the surface on ``norm`` (default: centred on 0, see :func:`symmetric_norm`); the region's outline
+    (black), optionally the input density (grey: contours holding 25/50/75% of the pairs) and the quadratic fit's
+    contours (dashed gold)."""
     grid = surface.grid
     extent = (grid.low - grid.step / 2, grid.high + grid.step / 2) * 2
-    image = ax.imshow(surface.values, origin="lower", extent=extent, cmap="RdBu_r", interpolation="nearest")
+    norm = norm or symmetric_norm([surface])
+    image = ax.imshow(surface.values, origin="lower", extent=extent, cmap=SURFACE_COLOURS, norm=norm)
+    image.set_interpolation("nearest")
     x, y = grid.mesh()
     if region is not None:
-        ax.contour(x, y, region.mask.astype(float), levels=[0.5], colors="white", linewidths=1.5)
+        ax.contour(x, y, region.mask.astype(float), levels=[0.5], colors="black", linewidths=1.3)
         if show_density:
             # density levels whose superlevel sets hold 75%, 50% and 25% of the pairs
             ranked = np.sort(region.density, axis=None)[::-1]
             cumulative = np.cumsum(ranked)
             levels = np.unique([ranked[np.searchsorted(cumulative, mass)] for mass in (0.75, 0.5, 0.25)])
-            ax.contour(x, y, region.density, levels=levels, colors="black", linewidths=0.6)
+            ax.contour(x, y, region.density, levels=levels, colors="dimgrey", linewidths=0.6)
     if fit is not None:
         ax.contour(x, y, fit(x, y), levels=9, colors="gold", linewidths=0.8, linestyles="dashed")
-    ax.set(xlabel="x (input 1)", ylabel="y (input 2)")
+    ax.set(xlabel="input 1", ylabel="input 2")
     if title:
         ax.set_title(title, fontsize=9)
     return image
@@ -79,61 +114,82 @@ def surface_figure(
     title: str | None = None,
     show_density: bool = False,
 ) -> Figure:
-    """One surface with a colour bar (see :func:`draw_surface`)."""
+    """One surface with a labelled colour bar (see :func:`draw_surface`)."""
     figure = Figure(figsize=(4.6, 4))
     ax = figure.add_subplot()
-    figure.colorbar(draw_surface(ax, surface, region, fit, title, show_density), ax=ax)
+    image = draw_surface(ax, surface, region, fit, title, show_density)
+    _colourbar(figure, image, ax, SURFACE_LABEL, [surface])
     return figure
 
 
-def surface_gallery(analyses: Sequence[tuple[str, XorAnalysis]], columns: int = 4) -> Figure:
-    """All surfaces side by side, each with its 90% input region outlined and its saddle verdict."""
+def surface_gallery(analyses: Sequence[tuple[str, XorAnalysis]], title: str = "", columns: int = 4) -> Figure:
+    """All surfaces of one condition side by side on one colour scale centred on 0, each with its 90% input region
+    outlined and its verdict in plain words; ``title`` names what they are (e.g. the condition)."""
     if not analyses:
         raise ValueError("the surface gallery needs at least one analysed surface")
     figure, axes = _panels(len(analyses), columns)
+    norm = symmetric_norm([a.surface for _, a in analyses], [a.region for _, a in analyses])
     for ax, (label, analysis) in zip(axes, analyses):
-        verdict = "saddle" if analysis.fit.is_saddle else "not saddle"
         fit = analysis.fit
-        gain = fit.r_squared - fit.linear_r_squared
-        title = (
-            f"{label}\n{verdict}, R²={fit.r_squared:.2f} (plane +{gain:.2f}), l=2: {analysis.harmonics.fraction[2]:.0%}"
+        verdict = "saddle: a soft XOR" if fit.is_saddle else "no saddle: not XOR-like"
+        panel_title = (
+            f"{label}: {verdict}\nquadratic fit R² {fit.r_squared:.2f} (a plane: {fit.linear_r_squared:.2f})\n"
+            f"XOR pattern (l=2): {analysis.harmonics.fraction[2]:.0%} of the variation"
         )
-        figure.colorbar(draw_surface(ax, analysis.surface, analysis.region, title=title), ax=ax, shrink=0.8)
+        image = draw_surface(ax, analysis.surface, analysis.region, title=panel_title, norm=norm)
+    _colourbar(figure, image, axes, f"{SURFACE_LABEL} (one scale for all panels)", [a.surface for _, a in analyses])
+    figure.suptitle(f"Learned inner-net surfaces{': ' + title if title else ''}, one panel per run", fontsize=11)
+    figure.text(
+        0.5,
+        0,
+        "Colour: the shared inner net's output for each pair of inputs (white: 0; the scale spans the values inside "
+        "the outlines). Black outline: the region holding 90% of the input pairs the net receives on test images.\n"
+        "Saddle: the quadratic fitted inside the outline rises along one direction and falls along another, as XOR "
+        "does; R²: how well the quadratic (or a plane) fits there.",
+        ha="center",
+        va="top",
+        fontsize=8,
+    )
     return figure
 
 
 def surfaces_figure(surfaces: Sequence[tuple[str, Surface]], columns: int = 5) -> Figure:
-    """Several surfaces side by side (a net's cell types), each titled with its label."""
+    """Several surfaces side by side (a net's cell types) on one colour scale centred on 0, each titled with its
+    label."""
     if not surfaces:
         raise ValueError("surfaces_figure needs at least one surface")
     figure, axes = _panels(len(surfaces), columns)
+    norm = symmetric_norm([surface for _, surface in surfaces])
     for ax, (label, surface) in zip(axes, surfaces):
-        figure.colorbar(draw_surface(ax, surface, title=label), ax=ax, shrink=0.8)
+        image = draw_surface(ax, surface, title=label, norm=norm)
+    _colourbar(figure, image, axes, SURFACE_LABEL, [surface for _, surface in surfaces])
     return figure
 
 
 def _panels(count: int, columns: int) -> tuple[Figure, np.ndarray]:
-    """A figure of ``count`` panels in rows of ``columns`` (3.2 x 3 inches each), unused panels hidden; returns the
+    """A figure of ``count`` panels in rows of ``columns`` (3.2 x 3.2 inches each), unused panels hidden; returns the
     figure and the ``count`` axes to draw on."""
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    figure = Figure(figsize=(3.2 * columns, 3.0 * rows), layout="constrained")
+    figure = Figure(figsize=(3.2 * columns + 0.8, 3.3 * rows + 0.6), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes[count:]:
         ax.set_axis_off()
     return figure, axes[:count]
 
 
-def activation_figure(panels: Mapping[str, Sequence[tuple[str, CurveAnalysis]]], columns: int = 3) -> Figure:
+def activation_figure(
+    panels: Mapping[str, Sequence[tuple[str, CurveAnalysis]]], columns: int = 3, title: str = ""
+) -> Figure:
     """Learned one-argument activations, one panel per key (a condition), one line per labelled curve (a run), ReLU
-    dashed; each curve's central input interval (where its inputs lie) shaded."""
+    dashed; each curve's central input interval (where its inputs lie) shaded; ``title`` above the panels."""
     if not panels:
         raise ValueError("the activation figure needs at least one panel")
     columns = min(columns, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(3.6 * columns, 3.0 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax, (title, curves) in zip(axes, panels.items()):
+    for ax, (panel, curves) in zip(axes, panels.items()):
         for label, curve in curves:
             (line,) = ax.plot(curve.x, curve.values, label=label, linewidth=1)
             if curve.interval is not None:
@@ -142,43 +198,112 @@ def activation_figure(panels: Mapping[str, Sequence[tuple[str, CurveAnalysis]]],
             x = curves[0][1].x
             ax.plot(x, np.maximum(x, 0), color="black", linestyle="dashed", linewidth=0.8, label="ReLU")
         ax.set(xlabel="input", ylabel="activation")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(panel, fontsize=9)
         ax.legend(fontsize=6)
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
+    if title:
+        figure.suptitle(title, fontsize=10)
     return figure
 
 
-def learning_curve_figure(curves: pd.DataFrame, offsets: pd.DataFrame, tags: Sequence[str] | None = None) -> Figure:
-    """Mean +- sd of each tag against epoch per condition; a dotted line where session III starts."""
+def panel_colours(conditions: Sequence[str]) -> dict[str, str]:
+    """Distinct colours for the conditions drawn in one panel, in sorted order (the same neuron gets the same colour
+    in every net's panel when conditions are named ``<net>_<data>_<neuron>``)."""
+    return {condition: f"C{index % 10}" for index, condition in enumerate(sorted(conditions))}
+
+
+def group_by_panel(conditions: Sequence[str], panels: Mapping[str, str] | None) -> dict[str, list[str]]:
+    """``{panel title: its conditions}`` in sorted order; ``panels`` maps a condition to its panel (e.g. its data set
+    and net), a condition it does not name gets a panel of its own, and without it every condition shares one."""
+    grouped: dict[str, list[str]] = {}
+    for condition in sorted(conditions):
+        title = "" if panels is None else panels.get(condition, condition)
+        grouped.setdefault(title, []).append(condition)
+    return dict(sorted(grouped.items()))
+
+
+def learning_curve_figure(
+    curves: pd.DataFrame,
+    offsets: pd.DataFrame,
+    panels: Mapping[str, str] | None = None,
+    tags: Sequence[str] | None = None,
+) -> Figure:
+    """Mean ± sd over runs of each tag against epoch: a row per tag, a column per net (``panels``: condition ->
+    panel title, e.g. from :func:`~lit_dendrite.analysis.tables.net_panels`; default one column). Session II solid,
+    session III dashed after its condition's labelled boundary; accuracy in %, bands clipped to [0, 100]."""
     tags = list(tags or curves["tag"].unique())
-    figure = Figure(figsize=(6 * len(tags), 4), layout="constrained")
-    axes = figure.subplots(1, len(tags), squeeze=False).ravel()
-    conditions = sorted(curves["condition"].unique())
-    colours = {condition: f"C{index % 10}" for index, condition in enumerate(conditions)}
-    for ax, tag in zip(axes, tags):
-        of_tag = curves[curves["tag"] == tag]
-        for condition in conditions:
-            for session, style in ((JOINT, "-"), (FROZEN, "--")):
-                part = of_tag[(of_tag["condition"] == condition) & (of_tag["session"] == session)]
-                if part.empty:
-                    continue
-                sd = part["sd"].fillna(0).to_numpy()
-                label = condition if session == JOINT else f"{condition} (III)"
-                ax.plot(part["x"], part["mean"], style, color=colours[condition], label=label)
-                ax.fill_between(part["x"], part["mean"] - sd, part["mean"] + sd, color=colours[condition], alpha=0.2)
-                if session == FROZEN:
-                    start = offsets[(offsets["condition"] == condition) & (offsets["session"] == session)]["offset"]
-                    ax.axvline(float(start.iloc[0]) - 0.5, color=colours[condition], linestyle=":", linewidth=1)
-        ax.set(xlabel="epoch (session II, then III after the dotted line)", ylabel=tag, title=f"{tag}: mean ± sd")
-        ax.legend(fontsize=7)
+    grouped = group_by_panel(curves["condition"].unique(), panels)
+    figure = Figure(figsize=(5.2 * len(grouped), 3.4 * len(tags) + 0.6), layout="constrained")
+    axes = figure.subplots(len(tags), len(grouped), squeeze=False, sharex="col")
+    runs = curves.groupby("condition")["n"].max()
+    for column, (title, conditions) in enumerate(grouped.items()):
+        colours = panel_colours(conditions)
+        for row, tag in enumerate(tags):
+            ax = axes[row, column]
+            scale = 100.0 if tag in PERCENT_TAGS else 1.0
+            of_tag = curves[curves["tag"] == tag]
+            for condition in conditions:
+                for session, style in ((JOINT, "-"), (FROZEN, "--")):
+                    part = of_tag[(of_tag["condition"] == condition) & (of_tag["session"] == session)]
+                    if part.empty:
+                        continue
+                    mean, sd = scale * part["mean"].to_numpy(), scale * part["sd"].fillna(0).to_numpy()
+                    label = f"{condition} (n={runs[condition]})" if session == JOINT else None
+                    ax.plot(part["x"], mean, style, color=colours[condition], label=label, linewidth=1.3)
+                    upper = np.minimum(mean + sd, 100.0) if tag in PERCENT_TAGS else mean + sd
+                    ax.fill_between(part["x"], np.maximum(mean - sd, 0.0), upper, color=colours[condition], alpha=0.15)
+            for boundary, starting in _session_three_starts(of_tag, offsets, conditions).items():
+                colour = colours[starting[0]] if len(starting) == 1 else "dimgrey"
+                ax.axvline(boundary, color=colour, linestyle=":", linewidth=1.2)
+                ax.annotate(
+                    " session III →",
+                    (boundary, 1),
+                    xycoords=("data", "axes fraction"),
+                    va="top",
+                    ha="left",
+                    fontsize=7,
+                    color=colour,
+                )
+            ax.set_ylim(0, 100 if tag in PERCENT_TAGS else None)
+            ax.set_ylabel(TAG_LABELS.get(tag, tag))
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(title or "all conditions", fontsize=10)
+                ax.legend(fontsize=7, loc="best")
+            if row == len(tags) - 1:
+                ax.set_xlabel("epoch: session II, then session III")
+    styles = [
+        Line2D([], [], color="grey", linestyle="-", label=SESSION_NAMES[JOINT]),
+        Line2D([], [], color="grey", linestyle="--", label=SESSION_NAMES[FROZEN]),
+        Line2D([], [], color="grey", linestyle=":", label="where session III starts"),
+        Patch(color="grey", alpha=0.15, label="band: ± sd over runs"),
+    ]
+    figure.legend(handles=styles, loc="outside lower center", ncols=min(4, 2 * len(grouped)), fontsize=8)
+    figure.suptitle(f"Learning curves, {SD_OVER_RUNS} (n runs per condition)", fontsize=11)
     return figure
+
+
+def _session_three_starts(curves: pd.DataFrame, offsets: pd.DataFrame, conditions: Sequence[str]) -> dict:
+    """``{x where session III starts: the conditions starting it there}`` (a dotted line each) among ``conditions``
+    that have a session III in ``curves``."""
+    starts: dict[float, list[str]] = {}
+    for condition in conditions:
+        if curves[(curves["condition"] == condition) & (curves["session"] == FROZEN)].empty:
+            continue
+        start = offsets[(offsets["condition"] == condition) & (offsets["session"] == FROZEN)]["offset"]
+        starts.setdefault(float(start.iloc[0]) - 0.5, []).append(condition)
+    return starts
 
 
 def speed_figure(speed_summary: pd.DataFrame) -> Figure:
-    """Bars of mean +- sd epochs to reach 95% / 99% of the final accuracy, per condition and session."""
+    """Bars of mean ± sd over runs of the epochs to reach 95% / 99% of the final validation accuracy, per condition
+    and session."""
     measures = sorted(c[: -len("_mean")] for c in speed_summary.columns if c.endswith("_mean"))
-    labels = [f"{row.condition}\n{row.session}" for row in speed_summary.itertuples()]
+    labels = [
+        f"{row.condition}\n{SESSION_NAMES.get(row.session, row.session).split(':')[0]}"
+        for row in speed_summary.itertuples()
+    ]
     figure = Figure(figsize=(max(5, 1.2 * len(labels)), 4), layout="constrained")
     ax = figure.add_subplot()
     width = 0.8 / len(measures)
@@ -189,99 +314,15 @@ def speed_figure(speed_summary: pd.DataFrame) -> Figure:
             speed_summary[f"{measure}_mean"],
             width,
             yerr=speed_summary[f"{measure}_sd"].fillna(0),
-            label=measure.replace("_", " ") + "% of final",
+            label=f"to {measure.removeprefix('epochs_to_')}% of the session's final accuracy",
             capsize=3,
         )
     ax.set_xticks(positions + width * (len(measures) - 1) / 2, labels, fontsize=7, rotation=30, ha="right")
-    ax.set(ylabel="epochs", title="Learning speed: epochs to reach a fraction of the final val/acc")
-    ax.legend(fontsize=8)
+    ax.set(ylabel=f"epochs ({SD_OVER_RUNS})")
+    figure.suptitle(
+        "Learning speed: epochs until the validation accuracy first reaches\n95% / 99% of the session's final value",
+        fontsize=10,
+    )
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    figure.legend(loc="outside lower center", ncols=2, fontsize=8)
     return figure
-
-
-def curve_figure(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str
-) -> Figure:
-    """Line plot of mean +- sd curves, ``{label: (x, mean, sd)}`` (robust accuracy vs eps, accuracy vs severity)."""
-    figure = Figure(figsize=(5.5, 4), layout="constrained")
-    ax = figure.add_subplot()
-    for label, (x, mean, sd) in curves.items():
-        x, mean, sd = (np.asarray(v, dtype=float) for v in (x, mean, sd))
-        ax.errorbar(x, mean, yerr=np.nan_to_num(sd), marker="o", capsize=3, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(fontsize=7)
-    return figure
-
-
-def corruption_figure(corruptions: Mapping[str, Any]) -> Figure:
-    """A run's accuracy vs severity, one panel per corruption, its mCE baseline dashed (a robustness.json section)."""
-    accuracy = corruptions["accuracy"]
-    baseline = (corruptions.get("baseline") or {}).get("accuracy", {})
-    names = list(accuracy)
-    columns = min(5, len(names))
-    rows = -(-len(names) // columns)
-    figure = Figure(figsize=(3 * columns, 2.4 * rows))  # fixed margins: a layout engine takes seconds for 15 panels
-    axes = figure.subplots(rows, columns, squeeze=False, sharey=True)
-    figure.subplots_adjust(left=0.6 / (3 * columns), right=0.98, bottom=0.5 / (2.4 * rows), top=0.92, hspace=0.5)
-    for ax, name in zip(axes.flat, names):
-        for table, style, label in ((accuracy, "-o", "run"), (baseline, "--s", "baseline")):
-            if name in table:
-                severities = sorted(table[name], key=int)
-                ax.plot([int(s) for s in severities], [table[name][s] for s in severities], style, label=label, ms=3)
-        ax.set_title(name, fontsize=9)
-        ax.set_ylim(0, 1)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
-    figure.supxlabel("severity")
-    figure.supylabel("accuracy")
-    return figure
-
-
-def adversarial_figure(adversarial: Mapping[str, Mapping[str, Any]]) -> Figure:
-    """Robust accuracy vs epsilon, one panel per attack (worst case over smaller eps solid, raw dotted)."""
-    figure = Figure(figsize=(3.2 * len(adversarial), 2.8))
-    axes = figure.subplots(1, len(adversarial), squeeze=False)
-    figure.subplots_adjust(left=0.6 / (3.2 * len(adversarial)), right=0.98, bottom=0.18, top=0.88, wspace=0.3)
-    for ax, (name, result) in zip(axes.flat, adversarial.items()):
-        ax.plot(result["epsilons"], result["robust_accuracy"], "-o", ms=3, label="worst case")
-        ax.plot(result["epsilons"], result["robust_accuracy_raw"], ":", label="raw")
-        ax.set_title(f"{name} ({result['attack']['norm']})", fontsize=9)
-        ax.set_xlabel("epsilon")
-        ax.set_ylim(0, 1)
-    axes[0, 0].set_ylabel("robust accuracy")
-    axes[0, 0].legend(fontsize=7)
-    return figure
-
-
-def write_robustness_figures(report: Mapping[str, Any], directory: Path) -> list[Path]:
-    """PNG plots of a robustness report (``corruptions.png``, ``adversarial.png``) in ``directory``, and the
-    same figures and headline numbers in a TensorBoard event file there."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    directory.mkdir(parents=True, exist_ok=True)
-    corruptions = report.get("corruptions") or {}
-    adversarial = {name: result for name, result in (report.get("adversarial") or {}).items() if REFUSED not in result}
-    figures = {}
-    if corruptions:
-        figures["corruptions"] = corruption_figure(corruptions)
-    if adversarial:
-        figures["adversarial"] = adversarial_figure(adversarial)
-    written = []
-    with SummaryWriter(log_dir=str(directory)) as writer:
-        writer.add_scalar("robustness/clean_acc", report["clean"]["accuracy"])
-        for key in ("mean_corruption_accuracy", "mCE", "relative_mCE"):
-            value = corruptions.get(key)
-            if value is not None:
-                writer.add_scalar(f"robustness/{key}", value)
-        for name, result in adversarial.items():
-            if "reported" in result:
-                writer.add_scalar(f"robustness/{name}_acc", result["reported"]["robust_accuracy"])
-        for name, figure in figures.items():  # drawn once, for the PNG and TensorBoard alike
-            figure.set_dpi(120)
-            image = figure_to_rgb(figure)
-            path = directory / f"{name}.png"
-            with atomic_path(path) as tmp:
-                imsave(tmp, image, format="png")
-            written.append(path)
-            writer.add_image(f"robustness/{name}", image, dataformats="HWC")
-    return written

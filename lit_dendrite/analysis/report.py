@@ -4,13 +4,16 @@ Sections: clean test accuracy per condition, comparisons between conditions (Wel
 and learning speed, inner-net surfaces with the saddle statistics, learned one-argument activations (curves),
 robustness where a run has robustness results.
 A run that cannot be analysed is listed under "Problems" instead of stopping the report, and so is a finished run that
-stayed at chance accuracy.
+stayed at chance accuracy. Every per-run number the tables summarise comes back with the text (``SweepReport.per_run``)
+so that ``collect`` writes it into ``summary.csv``, from which each table can be recomputed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -27,12 +30,14 @@ from lit_dendrite.analysis.nonlinearity_report import SURFACE_IMAGES, curve_sect
 from lit_dendrite.analysis.paper import paper_numbers
 from lit_dendrite.analysis.robustness_report import robustness_section
 from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid
-from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd
+from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd, net_panels
 from lit_dendrite.data.datasets import DATASETS
 from lit_dendrite.io import write_text_atomic
 from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, find_records
 
 REPORT_NAME = "report.md"
+LEARNING_CURVES_FIGURE = "learning_curves.png"
+SPEED_FIGURE = "epochs_to_95_and_99_percent_of_final_accuracy.png"
 ACCURACY_HEADING = "## Clean test accuracy"
 # A finished run whose test accuracy is at most this multiple of guessing's (1 / classes) did not learn: on digits a
 # 1-arg ResNet stayed at 7.5% (loss ln 10 throughout) while every other run reached 90% or more.
@@ -116,7 +121,9 @@ def _accuracy_section(runs: Sequence[RunRecord], conditions: pd.DataFrame) -> li
     return lines
 
 
-def _curves_section(sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.DataFrame) -> list[str]:
+def _curves_section(
+    sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.DataFrame, per_run: dict[str, dict[str, Any]]
+) -> list[str]:
     lines = ["## Learning curves", ""]
     scalars = read_scalars(sweep_dir)
     # a run still training (or failed) has a partial curve, whose "final value" would make it look fast
@@ -124,21 +131,27 @@ def _curves_section(sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.D
     if scalars.empty or not scalars["tag"].isin(["val/acc", "val/loss"]).any():
         return [*lines, "No TensorBoard scalars val/acc or val/loss were found for the sweep's finished runs."]
     curves = learning_curves(scalars)
-    plots.save_figure(plots.learning_curve_figure(curves, session_offsets(scalars)), sweep_dir / "report_curves.png")
+    figure = plots.learning_curve_figure(curves, session_offsets(scalars), net_panels(conditions))
+    plots.save_figure(figure, sweep_dir / LEARNING_CURVES_FIGURE)
     speed = epochs_to_fraction(scalars)
+    for row in speed.sort_values("session", key=lambda s: s.map(SESSIONS.index)).itertuples():
+        numbers = {f"{column}.{row.session}": getattr(row, column) for column in speed if column.startswith("epochs")}
+        per_run.setdefault(row.run, {}).update(numbers)
     summary = summarise_speed(speed)
-    plots.save_figure(plots.speed_figure(summary), sweep_dir / "report_speed.png")
+    plots.save_figure(plots.speed_figure(summary), sweep_dir / SPEED_FIGURE)
     lines += [
-        "Validation accuracy and loss, mean ± sd over the finished runs, against epoch: session II (joint), then "
-        "session III (frozen inner net, re-initialised outer net) after the dotted line.",
+        "Validation accuracy (%) and loss, mean ± sd over the finished runs, against epoch, one column per data set "
+        "and net: session II (joint), then session III (frozen inner net, re-initialised outer net) after the "
+        "dotted line of its condition.",
         "",
-        "![learning curves](report_curves.png)",
+        f"![learning curves]({LEARNING_CURVES_FIGURE})",
         "",
         "### Learning speed",
         "",
-        "Epochs until the validation accuracy first reaches 95% / 99% of its final value, mean ± sd over runs.",
+        "Epochs until the validation accuracy first reaches 95% / 99% of its final value in the session, mean ± sd "
+        "over runs (per run in `summary.csv`: `epochs_to_95.<session>`, `epochs_to_99.<session>`).",
         "",
-        "![learning speed](report_speed.png)",
+        f"![learning speed]({SPEED_FIGURE})",
         "",
     ]
     shown = summary[["condition", "session"]].copy()
@@ -170,8 +183,24 @@ def chance_level_problems(runs: Sequence[RunRecord]) -> list[str]:
     return lines
 
 
-def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES) -> Path:
-    """Write ``<sweep_dir>/report.md`` and its PNGs from the sweep's run records, event and robustness files."""
+@dataclass(frozen=True)
+class SweepReport:
+    """A sweep's report text (its figures are written beside it) and, by run name, every per-run number its tables
+    summarise (``summary.csv``'s analysis columns)."""
+
+    sweep_dir: Path
+    text: str
+    per_run: dict[str, dict[str, Any]]
+
+    def write(self) -> Path:
+        """Write the text to ``<sweep_dir>/report.md`` atomically."""
+        path = self.sweep_dir / REPORT_NAME
+        write_text_atomic(path, self.text)
+        return path
+
+
+def build_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES) -> SweepReport:
+    """The report of ``sweep_dir`` from its run records, event and robustness files; its PNGs are written."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir)
     if not runs:
@@ -179,20 +208,25 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     conditions = summary_table(runs)
     problems = [f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}" for r in runs if not r.done]
     problems += chance_level_problems(runs)
+    per_run: dict[str, dict[str, Any]] = {}
     lines = [
         f"# Sweep report: {sweep_dir.name}",
         "",
-        f"{len(runs)} runs in {len(conditions)} conditions; {sum(r.done for r in runs)} finished.",
+        f"{len(runs)} runs in {len(conditions)} conditions; {sum(r.done for r in runs)} finished. `sweep.py collect` "
+        "writes every per-run number behind the tables into `summary.csv` (accuracies as fractions, like `test_acc`).",
         "",
     ]
     lines += [*_accuracy_section(runs, conditions), ""]
-    lines += [*_curves_section(sweep_dir, runs, conditions), ""]
-    lines += [*surface_section(sweep_dir, runs, problems, grid, n_images), ""]
-    if curve_lines := curve_section(sweep_dir, runs, problems, n_images):
+    lines += [*_curves_section(sweep_dir, runs, conditions, per_run), ""]
+    lines += [*surface_section(sweep_dir, runs, problems, grid, n_images, per_run), ""]
+    if curve_lines := curve_section(sweep_dir, runs, problems, n_images, per_run):
         lines += [*curve_lines, ""]
-    lines += [*robustness_section(sweep_dir, runs, conditions, problems), ""]
+    lines += [*robustness_section(sweep_dir, runs, conditions, problems, per_run), ""]
     if problems:
         lines += ["## Problems", "", *(f"- {p}" for p in problems), ""]
-    path = sweep_dir / REPORT_NAME
-    write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
-    return path
+    return SweepReport(sweep_dir, "\n".join(lines).rstrip() + "\n", per_run)
+
+
+def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int = SURFACE_IMAGES) -> Path:
+    """Write ``<sweep_dir>/report.md`` and its PNGs (see :func:`build_report`)."""
+    return build_report(sweep_dir, grid, n_images).write()

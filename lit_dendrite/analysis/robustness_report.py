@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind
 
-from lit_dendrite.analysis import plots
 from lit_dendrite.analysis.paper import NEURONS, paper_numbers, published_corruption, published_robust_accuracy
+from lit_dendrite.analysis.plots import save_figure
+from lit_dendrite.analysis.robustness_plots import robustness_figure
 from lit_dendrite.analysis.tables import (
     CONTROL_NEURON,
     WELCH,
@@ -30,6 +31,7 @@ from lit_dendrite.analysis.tables import (
     comparison_lines,
     markdown_table,
     mean_sd,
+    net_panels,
     slug,
 )
 from lit_dendrite.data.corrupted import CIFAR_C_BENCHMARK, MNIST_C_CORRUPTIONS
@@ -41,6 +43,29 @@ if TYPE_CHECKING:
 
 NEURON_HEADINGS = {"2arg": "2-arg", "1arg": "1-arg", "relu": "ReLU"}
 GROUP = ["dataset", "net", "variant"]
+CORRUPTION_FIGURE = "mean_corruption_accuracy_vs_severity.png"
+CORRUPTION_METRICS = {"accuracy": "corruption_accuracy", "mce": "mCE", "relative_mce": "relative_mCE"}
+CORRUPTION_METRICS |= {"mce_extra": "mCE_extra"}  # summary.csv's column of each per-run corruption metric
+
+
+def attack_figure_name(attack: str) -> str:
+    """The file of an attack's robust accuracy against epsilon over the sweep."""
+    return f"robust_accuracy_vs_epsilon_{slug(attack)}.png"
+
+
+def robust_accuracy_column(attack: str, epsilon: float) -> str:
+    """summary.csv's column of a run's robust accuracy under ``attack`` at ``epsilon``."""
+    return f"robust_acc.{attack}.eps={epsilon:g}"
+
+
+def control_differences(rows: pd.DataFrame, x: str, value: str, conditions: pd.DataFrame) -> pd.DataFrame:
+    """Each condition's mean ``value`` minus its control's at each ``x`` (Welch's comparison, see
+    :func:`compare_conditions`): columns condition, versus, x, difference, se."""
+    parts = []
+    for at, part in rows.groupby(x):
+        compared = compare_conditions(part[["condition", value]].rename(columns={value: "value"}), conditions)
+        parts.append(compared.assign(x=at)[["condition", "versus", "x", "difference", "se"]])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["condition", "versus", "x"])
 
 
 def benchmark_corruptions(spec: str) -> tuple[str, ...]:
@@ -220,8 +245,10 @@ def _mean_ce(table: dict, base: dict, corruptions: list[str]) -> float:
     return float(np.mean(list(errors.values())))
 
 
-def _corruption_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataFrame) -> list[str]:
-    per_run, groups = corruption_metrics(rows)
+def _corruption_lines(
+    sweep_dir: Path, rows: pd.DataFrame, metrics: tuple[pd.DataFrame, pd.DataFrame], conditions: pd.DataFrame
+) -> list[str]:
+    per_run, groups = metrics
     lines = [
         "### Corruptions",
         "",
@@ -273,11 +300,23 @@ def _corruption_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataFr
         lines += ["", f"Paper values: {paper_numbers()['source']} As published."]
     lines += ["", *_per_corruption_lines(rows, groups), ""]
     by_severity = rows.groupby(["condition", "run", "severity"])["accuracy"].mean().reset_index()
-    severity_stats = by_severity.groupby(["condition", "severity"])["accuracy"].agg(["mean", "std"]).reset_index()
-    curves = {c: (g["severity"], g["mean"], g["std"]) for c, g in severity_stats.groupby("condition")}
-    figure = plots.curve_figure(curves, "severity", "accuracy (mean over corruptions)", "Accuracy under corruptions")
-    plots.save_figure(figure, sweep_dir / "report_corruptions.png")
-    lines += ["![accuracy vs severity](report_corruptions.png)", ""]
+    levels = by_severity.groupby(["condition", "severity"])["accuracy"].agg(mean="mean", sd="std", n="count")
+    figure = robustness_figure(
+        levels.reset_index().rename(columns={"severity": "x"}),
+        control_differences(by_severity, "severity", "accuracy", conditions),
+        net_panels(conditions),
+        "severity",
+        "accuracy, mean over corruptions",
+        "Accuracy under corruptions against their severity",
+    )
+    save_figure(figure, sweep_dir / CORRUPTION_FIGURE)
+    lines += [
+        "Accuracy (mean over the corruptions) against severity, one column per data set and net; beneath, each "
+        "condition minus the ReLU control in percentage points.",
+        "",
+        f"![accuracy vs severity]({CORRUPTION_FIGURE})",
+        "",
+    ]
     values = per_run[["condition", "mce"]].rename(columns={"mce": "value"})
     if values["value"].notna().any():
         lines += [*comparison_lines(values, conditions, "mCE (%)", scale=100.0), ""]
@@ -316,10 +355,16 @@ def _adversarial_lines(sweep_dir: Path, rows: pd.DataFrame, conditions: pd.DataF
     ]
     for attack, part in rows.groupby("attack"):
         stats = part.groupby(["condition", "epsilon"])["robust_accuracy"].agg(["mean", "std", "count"]).reset_index()
-        curves = {c: (g["epsilon"], g["mean"], g["std"]) for c, g in stats.groupby("condition")}
-        image = f"report_attack_{slug(attack)}.png"
-        figure = plots.curve_figure(curves, "epsilon", "robust accuracy", f"{attack}: robust accuracy vs epsilon")
-        plots.save_figure(figure, sweep_dir / image)
+        image = attack_figure_name(attack)
+        figure = robustness_figure(
+            stats.rename(columns={"epsilon": "x", "std": "sd", "count": "n"}),
+            control_differences(part, "epsilon", "robust_accuracy", conditions),
+            net_panels(conditions),
+            "epsilon (L-inf, pixels in [0, 1])" if "linf" in attack.lower() else "epsilon",
+            "robust accuracy",
+            f"{attack}: robust accuracy against epsilon",
+        )
+        save_figure(figure, sweep_dir / image)
         wide = stats.assign(cell=[mean_sd(m, s) for m, s in zip(stats["mean"], stats["std"])])
         wide = wide.pivot(index="condition", columns="epsilon", values="cell").reset_index()
         wide.columns = ["condition", *(f"eps={e:g}" for e in wide.columns[1:])]
@@ -353,17 +398,46 @@ def epsilon_comparison(rows: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataF
     return pd.DataFrame([{"condition": a, "versus": b, **by_eps} for (a, b), by_eps in cells.items()])
 
 
+def robustness_numbers(adversarial: pd.DataFrame, corruption: pd.DataFrame, per_run: pd.DataFrame) -> dict:
+    """``{run: {summary.csv column: value}}``: robust accuracy per attack and epsilon, the corruption metrics
+    (:data:`CORRUPTION_METRICS`) and the accuracy per corruption (``corruption_acc.<name>``, mean over severities)."""
+    numbers: dict[str, dict[str, Any]] = {}
+    for row in adversarial.itertuples():
+        numbers.setdefault(row.run, {})[robust_accuracy_column(row.attack, row.epsilon)] = row.robust_accuracy
+    for row in per_run.itertuples():
+        numbers.setdefault(row.run, {}).update({name: getattr(row, key) for key, name in CORRUPTION_METRICS.items()})
+    if not corruption.empty:
+        for (run, name), value in corruption.groupby(["run", "corruption"])["accuracy"].mean().items():
+            numbers.setdefault(run, {})[f"corruption_acc.{name}"] = value
+    return numbers
+
+
 def robustness_section(
-    sweep_dir: Path, runs: Sequence[RunRecord], conditions: pd.DataFrame, problems: list[str]
+    sweep_dir: Path,
+    runs: Sequence[RunRecord],
+    conditions: pd.DataFrame,
+    problems: list[str],
+    per_run: dict[str, dict[str, Any]],
 ) -> list[str]:
-    """The report's robustness section (empty where no run has a robustness.json)."""
+    """The report's robustness section (empty where no run has a robustness.json); its per-run numbers go into
+    ``per_run``."""
     adversarial, corruption = robustness_rows(runs, problems)
     if adversarial.empty and corruption.empty:
         return []
-    lines = ["## Robustness", ""]
+    metrics = corruption_metrics(corruption) if not corruption.empty else (pd.DataFrame(), pd.DataFrame())
+    for run, numbers in robustness_numbers(adversarial, corruption, metrics[0]).items():
+        per_run.setdefault(run, {}).update(numbers)
+    columns = ", ".join(f"`{name}`" for name in CORRUPTION_METRICS.values())
+    lines = [
+        "## Robustness",
+        "",
+        f"Per run in `summary.csv`: `{robust_accuracy_column('<attack>', 0).replace('=0', '=<eps>')}` for every "
+        f"attack and epsilon; {columns} and `corruption_acc.<corruption>` (mean over severities).",
+        "",
+    ]
     lines += _table_one_lines(adversarial)
     if not corruption.empty:
-        lines += _corruption_lines(sweep_dir, corruption, conditions)
+        lines += _corruption_lines(sweep_dir, corruption, metrics, conditions)
     if not adversarial.empty:
         lines += _adversarial_lines(sweep_dir, adversarial, conditions)
     return lines

@@ -12,6 +12,13 @@ from scipy.stats import ttest_ind
 
 CONTROL_NEURON = "relu"
 WELCH = "Welch's two-sided t-test on per-run values (scipy.stats.ttest_ind, equal_var=False)"
+COMPARISON_COLUMNS = ["condition", "versus", "mean", "mean_versus", "difference", "n", "n_versus", "t", "p"]
+
+
+def net_panels(conditions: pd.DataFrame) -> dict[str, str]:
+    """``{condition: "<data set> / <net>"}`` from a per-condition table (``summary_table``): the panel each condition
+    is drawn in, so that a figure compares the neurons of one net."""
+    return {row.condition: f"{row.dataset} / {row.net}" for row in conditions.itertuples()}
 
 
 def compare_conditions(values: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataFrame:
@@ -19,6 +26,7 @@ def compare_conditions(values: pd.DataFrame, conditions: pd.DataFrame) -> pd.Dat
 
     ``values`` has columns condition, value; ``conditions`` has condition, dataset, net, neuron. Each condition
     is compared with the ReLU control of its dataset and net, or, where ``values`` have none, with every other one.
+    ``se`` is the standard error of the difference of the means (Welch's denominator).
     """
     rows = []
     conditions = conditions[conditions["condition"].isin(values["condition"])]
@@ -47,11 +55,10 @@ def compare_conditions(values: pd.DataFrame, conditions: pd.DataFrame) -> pd.Dat
                     "n_versus": len(vb),
                     "t": float(test.statistic) if test else np.nan,
                     "p": float(test.pvalue) if test else np.nan,
+                    "se": float(np.sqrt(va.var() / len(va) + vb.var() / len(vb))),  # Welch's; NaN for one run
                 }
             )
-    return pd.DataFrame(
-        rows, columns=["condition", "versus", "mean", "mean_versus", "difference", "n", "n_versus", "t", "p"]
-    )
+    return pd.DataFrame(rows, columns=[*COMPARISON_COLUMNS, "se"])
 
 
 def markdown_table(table: pd.DataFrame, formats: dict[str, str] | None = None) -> str:
@@ -83,7 +90,7 @@ def slug(name: str) -> str:
 
 
 def comparison_lines(values: pd.DataFrame, conditions: pd.DataFrame, what: str, scale: float = 1.0) -> list[str]:
-    compared = compare_conditions(values, conditions)
+    compared = compare_conditions(values, conditions)[COMPARISON_COLUMNS]
     if compared.empty:
         return [f"No pair of conditions of the same dataset and net to compare on {what}."]
     for column in ("mean", "mean_versus", "difference"):

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lit_dendrite.analysis.plots import write_robustness_figures
+from lit_dendrite.analysis.robustness_plots import write_robustness_figures
 from lit_dendrite.data.corrupted import METADATA_FILE, CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
 from lit_dendrite.models import load_net, load_result

@@ -16,12 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
-from lit_dendrite.runs import FINISHED, FileLock, RunDir, find_records
+from lit_dendrite.runs import FINISHED, FileLock, RunDir, RunRecord, find_records
 from lit_dendrite.sweeps.backends import BACKENDS
 from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state, refused_attacks
 
@@ -221,8 +223,14 @@ def _flatten(result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def collect(sweep_dir: Path) -> Path:
-    """Write ``summary.csv`` (one row per run record under ``sweep_dir``, with the run's axis values)."""
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def collect(sweep_dir: Path, analysis: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write ``summary.csv``: one row per run record under ``sweep_dir``, with the run's condition, axis values,
+    record and, from ``analysis`` (``{run name: {column: value}}``, the report's per-run numbers), every number the
+    report's tables summarise."""
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a directory; pass <out>/<sweep name>, e.g. runs/demo")
     manifest = read_json(sweep_dir / MANIFEST) or {"runs": []}
@@ -234,7 +242,10 @@ def collect(sweep_dir: Path) -> Path:
             continue
         run = path.parent.relative_to(sweep_dir).as_posix()
         axis_columns = {f"axis.{k}": v for k, v in axes.get(run, {}).items()}
-        rows.append({"run": run, "status": result.get("status"), **axis_columns, **_flatten(result)})
+        row = {"run": run, "condition": RunRecord(RunDir(path.parent), result, run).condition}
+        row |= {"status": result.get("status"), **axis_columns, **_flatten(result)}
+        numbers = (analysis or {}).get(run, {})
+        rows.append(row | {key: None if _is_nan(value) else value for key, value in numbers.items()})
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
