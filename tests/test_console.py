@@ -55,7 +55,8 @@ def test_console_names_each_session_and_hides_lightnings_noise(quick_run):
     for name in SESSION_NAMES:
         started = [line for line in lines if line.startswith(f"[lit_dendrite] {name}: ")]
         ended = [line for line in lines if line.startswith(f"[lit_dendrite] {name} done in ")]
-        assert started and ended, f"no start or end line of {name} in:\n{console}"
+        progress = [line for line in lines if line.startswith(f"[lit_dendrite] {name}: epoch 1 of 5 done: ")]
+        assert started and ended and progress, f"no start, progress or end line of {name} in:\n{console}"
     assert "up to 5 epochs" in console and "5 epochs of 40 steps" in console  # each session's budget
     assert "best val/loss" in console and "explained variance" in console  # each session's best metric
     for noise in ("Tip:", "litlogger", "Total Flops", "LeafSpec", "v_num", "\r"):

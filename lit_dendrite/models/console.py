@@ -104,8 +104,9 @@ class SessionProgressBar(TQDMProgressBar):
 
 
 class ProgressLines(Callback):
-    """Progress as lines for a log file, where a progress bar's redraws pile up: after the first epoch, then after
-    the first epoch that ends :data:`PROGRESS_LINE_EVERY_S` after the last line, with the epoch-level metrics."""
+    """Progress as lines for a log file, where a progress bar's redraws pile up: after the session's first epoch (in
+    this process), then after the first epoch that ends :data:`PROGRESS_LINE_EVERY_S` after the last line, with the
+    epoch-level metrics."""
 
     def __init__(self, title: str) -> None:
         self.title = title
@@ -113,10 +114,10 @@ class ProgressLines(Callback):
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         """Report the epoch just finished (its validation and epoch-end metrics are all logged by now)."""
-        if trainer.current_epoch == 0 or time.monotonic() - self.last < PROGRESS_LINE_EVERY_S:
+        logged = trainer.callback_metrics  # empty in the first epoch, also of a resumed session
+        if not logged or time.monotonic() - self.last < PROGRESS_LINE_EVERY_S:
             return
         self.last = time.monotonic()
-        logged = trainer.callback_metrics
         # a metric logged per step and per epoch comes as key, key_step and key_epoch: the epoch mean is shown
         metrics = sorted(
             (not key.startswith("val/"), key, float(value))
