@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from helpers import CONFIGS, REPO
+from lightning.pytorch.callbacks import TQDMProgressBar
 from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 from tensorboard.util import tensor_util
 
 from lit_dendrite.cli import parse, run_directory
+from lit_dendrite.models.console import ProgressLines, SessionProgressBar, progress_callbacks
 from lit_dendrite.runs import FROZEN, JOINT, PRETRAIN
 
 QUICK = REPO / "configs" / "quick.yaml"
@@ -99,3 +101,15 @@ def test_tensorboard_layout_puts_validation_first_and_session_one_in_its_own_gro
     for name in (JOINT, FROZEN):
         assert {"val/acc", "val/loss", "train/acc", "train/loss_epoch"} <= set(sessions[name].Tags()["scalars"])
     assert {"pretrain/explained_variance", "pretrain/loss"} <= set(sessions[PRETRAIN].Tags()["scalars"])
+
+
+def test_progress_is_a_bar_on_request_lines_in_a_file_and_nothing_when_turned_off(monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    title = SESSION_NAMES[1]
+    assert [type(c) for c in progress_callbacks(None, [], title)] == [ProgressLines]
+    assert [type(c) for c in progress_callbacks(True, [], title)] == [SessionProgressBar]
+    assert progress_callbacks(False, [], title) == []
+    own = TQDMProgressBar(refresh_rate=10)
+    assert progress_callbacks(None, [own], title) == [own]  # a bar of the user's own is kept, and alone
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert [type(c) for c in progress_callbacks(None, [], title)] == [SessionProgressBar]
