@@ -59,7 +59,17 @@ class TrainCLI(LightningCLI):
             "--experiment", type=str | None, default=None, help="Experiment name (default: config stem)"
         )
         parser.add_argument(
-            "--run_dir", type=str | None, default=None, help="Run directory (default: runs/<experiment>/seed=<seed>)"
+            "--variant",
+            type=str | None,
+            default=None,
+            help="Name of a variant of the experiment, such as configs/quick.yaml's 'quick': the default run "
+            "directory becomes runs/<experiment>/variant=<variant>,seed=<seed>",
+        )
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Run directory (default: runs/<experiment>/seed=<seed>, or .../variant=<variant>,seed=<seed>)",
         )
         parser.add_argument(
             "--overwrite",
@@ -69,6 +79,8 @@ class TrainCLI(LightningCLI):
             "(a run directory holds one configuration; without this, a mismatch is an error)",
         )
         parser.add_class_arguments(Protocol, "protocol")
+        # the per-session model summary repeats the net three times (with Lightning's "0 Total Flops"): on request
+        parser.set_defaults({"trainer.enable_model_summary": False})
         batch_counts_first(parser)
         for name in NET_ARGS:
             parser.link_arguments(
@@ -152,6 +164,13 @@ def experiment_name(config: Namespace) -> str:
     return files[-1].stem if files else "experiment"
 
 
+def run_directory(config: Namespace) -> RunDir:
+    """The ``run_dir`` option, else ``runs/<experiment>/[variant=<variant>,]seed=<seed>``."""
+    if config.run_dir:
+        return RunDir(Path(config.run_dir))
+    return RunDir(default_run_dir(experiment_name(config), int(config.seed_everything), config.variant))
+
+
 def resolved_config(cli: TrainCLI) -> dict[str, Any]:
     """The whole resolved configuration as plain data, with the values linked from the data set: the net a run
     record describes is built from its ``model.net`` alone."""
@@ -183,7 +202,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
     config = cli.config
     seed = int(config.seed_everything)
     experiment = experiment_name(config)
-    run_dir = RunDir(Path(config.run_dir) if config.run_dir else default_run_dir(experiment, seed))
+    run_dir = run_directory(config)
     lock = FileLock(
         run_dir.lock, "another process is training this run; wait for it or stop it, or use another --run_dir"
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_dendrite.data.corrupt import write_corrupted_set
+from lit_dendrite.data.corrupted import CorruptedDataModule
 from lit_dendrite.data.datasets import DATASETS, load_arrays
 from lit_dendrite.nn import DendriticMLP
 from lit_dendrite.nn.tabulated import tabulate_inner, tabulation_report
@@ -24,6 +27,7 @@ from lit_dendrite.robustness.adversarial import (
     reported_epsilon,
 )
 from lit_dendrite.robustness.attacks import ATTACKS, build_attack, default_attacks
+from lit_dendrite.robustness.evaluate import corruption_accuracies
 
 EPSILONS = [0.0, 0.1, 0.2, 0.3]
 N_ATTACKED = 40
@@ -367,3 +371,33 @@ def test_an_interrupted_attack_resumes_from_its_finished_units_and_ends_as_an_un
     assert resumed_attack.engine.calls == 12 - 5 and len(units) == 12
     assert resumed["robust_accuracy_raw"] == whole["robust_accuracy_raw"]
     assert resumed["robust_accuracy"] == whole["robust_accuracy"]
+
+
+def _progress_totals(shown: str) -> set[int]:
+    """The totals of the progress bars in ``shown`` (tqdm's ``done/total [``)."""
+    return {int(total) for total in re.findall(r"\d+/(\d+) \[", shown)}
+
+
+def test_attack_progress_counts_images_times_epsilons_times_restarts(trained, batch, capsys):
+    """Issue 24 item 7: counted in batches of 500 images, a digits CNN's PGD showed ``0/1`` for half an hour."""
+    net, _ = trained
+    images, labels = batch
+    attack = build_attack("linf_pgd", steps=2, restarts=2)
+    evaluate_attack(net, images[:20], labels[:20], attack, [0.0, 0.1, 0.2], batch_size=8)
+    shown = capsys.readouterr().err
+    assert "linf_pgd, 20 images x 3 epsilons x 2 restarts" in shown
+    assert _progress_totals(shown) == {20 * 3 * 2} and "img/s" in shown
+
+
+def test_corruption_progress_counts_images(trained, tmp_path, capsys):
+    net, _ = trained
+    images, labels = load_arrays("digits", "unused", train=False)
+    corruptions = ["brightness", "contrast"]
+    write_corrupted_set(
+        images[:6], labels[:6], tmp_path, dataset="digits", num_classes=10, corruptions=corruptions, progress=False
+    )
+    datamodule = CorruptedDataModule("generated", tmp_path, batch_size=4)
+    corruption_accuracies(net, datamodule, torch.device("cpu"), {}, record=lambda name, accuracy: None)
+    shown = capsys.readouterr().err
+    assert "corrupted sets, 10 sets" in shown  # 2 corruptions x 5 severities
+    assert _progress_totals(shown) == {6 * 10} and "img/s" in shown

@@ -21,14 +21,23 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_dendrite.io import atomic_path, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
+from lit_dendrite.models.console import (
+    SESSION_TITLES,
+    epochs_budget,
+    progress_callbacks,
+    quiet_lightning,
+    say,
+    seconds_text,
+)
 from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.models.resume import BatchSeed, WallClock, resume_point, with_atomic_checkpoints
+from lit_dendrite.models.tensorboard_layout import LAYOUT
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.neurons import NeuronSpec, net_neuron_spec
 from lit_dendrite.runs import BEST_CHECKPOINT, FROZEN, JOINT, LAST_CHECKPOINT, PRETRAIN, RunDir, SessionDir
@@ -106,8 +115,7 @@ def check_trainer_options(options: Mapping[str, Any]) -> None:
     if options.get("fast_dev_run"):
         raise ValueError(
             "trainer.fast_dev_run saves no checkpoints, which the protocol tests and passes between sessions; "
-            "for a quick run set --trainer.max_epochs 1 --protocol.pretrain_epochs 1 "
-            "(and --trainer.limit_train_batches N)"
+            "for a quick run add --config configs/quick.yaml after the experiment's config"
         )
 
 
@@ -160,16 +168,30 @@ class RunProtocol:
         self.callbacks = callbacks
         self.hparams = hparams or {}
         self.summaries: dict[str, dict[str, Any]] = {}
+        self.layout_written = False
 
     def _trainer(self, session: SessionDir, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
+        """A Trainer logging to the session's directory; the run's first one also writes TensorBoard's layout."""
         logger = TensorBoardLogger(
             save_dir=str(self.run_dir.path), name="", version=session.name, default_hp_metric=False
         )
+        if not self.layout_written:
+            logger.experiment.add_custom_scalars(LAYOUT)
+            self.layout_written = True
         kwargs = {**self.trainer_kwargs, **overrides}
         kwargs["plugins"] = with_atomic_checkpoints(kwargs.get("plugins"))
-        return L.Trainer(
-            logger=logger, callbacks=[*callbacks, *self.callbacks()], default_root_dir=str(session.path), **kwargs
+        callbacks = progress_callbacks(
+            kwargs.get("enable_progress_bar"), [*callbacks, *self.callbacks()], SESSION_TITLES[session.name]
         )
+        kwargs["enable_progress_bar"] = any(isinstance(c, ProgressBar) for c in callbacks)
+        return L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(session.path), **kwargs)
+
+    def _skipped(self, session: SessionDir) -> dict[str, Any] | None:
+        """The summary of a session that finished in an earlier call (said on the console), else None."""
+        done = session.read_summary()
+        if done is not None:
+            say(f"{SESSION_TITLES[session.name]}: finished before, kept ({session.summary})")
+        return done
 
     def _fresh_model(self, offset: int) -> tuple[Classifier, BatchSeed, WallClock]:
         """A model built from the session's seed, and the callbacks that make the session resume exactly."""
@@ -180,7 +202,7 @@ class RunProtocol:
         """Session I: the shared module fitted to this seed's ``spec.pretrain`` target (the inner net's random smooth
         function), saved beside its summary."""
         session = self.run_dir.session(PRETRAIN)
-        if (done := session.read_summary()) is not None:
+        if (done := self._skipped(session)) is not None:
             return done
         model, seeds, clock = self._fresh_model(0)
         protocol = self.protocol
@@ -196,10 +218,21 @@ class RunProtocol:
         trainer = self._trainer(
             session, [checkpoint, seeds, clock], max_epochs=protocol.pretrain_epochs, min_epochs=None, max_steps=-1
         )
+        steps = len(module.train_dataloader())
+        stop = (
+            "" if protocol.pretrain_target is None else f", stopping at explained variance {protocol.pretrain_target}"
+        )
+        say(
+            f"{SESSION_TITLES[PRETRAIN]}: fits the inner net ({parameters(model.inner)} parameters) to its target "
+            f"function, {protocol.pretrain_epochs} epochs of {steps} steps{stop}"
+        )
         if protocol.pretrain_epochs > 0:
             trainer.fit(module, ckpt_path=resume_point(session))
         module.restore_best()
         explained = module.explained_variance()
+        best = module.best["epoch"]
+        at = "" if best is None else f" (epoch {best + 1} of {trainer.current_epoch})"
+        say(f"{SESSION_TITLES[PRETRAIN]} done in {seconds_text(clock.seconds)}: explained variance {explained:.3f}{at}")
         summary = {
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
@@ -219,7 +252,7 @@ class RunProtocol:
         """Session II (``freeze=False``) or III: fit with early stopping (or a fixed number of epochs), then test
         the best checkpoint; session II keeps the best shared module when ``spec.freeze`` (session III needs it)."""
         session = self.run_dir.session(name)
-        if (done := session.read_summary()) is not None:
+        if (done := self._skipped(session)) is not None:
             return done
         model, seeds, clock = self._fresh_model(1 if name == JOINT else 2)
         if inner_state is not None:
@@ -244,6 +277,16 @@ class RunProtocol:
         maybe_compile(model.net, self.protocol.compile)
         schedule = {} if fixed is None else {"max_epochs": fixed, "min_epochs": None, "max_steps": -1}
         trainer = self._trainer(session, callbacks, **schedule)
+        trains = (
+            "the outer net on the frozen inner net, re-initialised"
+            if freeze
+            else "the inner and outer nets together"
+            if model.inner is not None
+            else "the net"
+        )
+        budget = epochs_budget(trainer.max_epochs, self.protocol.patience, fixed)
+        size = parameters(model, trainable=True)
+        say(f"{SESSION_TITLES[name]}: trains {trains} ({size} trainable parameters), {budget}")
         trainer.fit(model, datamodule=self.datamodule, ckpt_path=resume_point(session))
         # read before testing: trainer.test(ckpt_path=...) restores the callbacks' state of the best epoch
         stopped_early = bool(stop.stopped_epoch)
@@ -261,6 +304,11 @@ class RunProtocol:
             "frozen_inner": freeze,
             "wall_time_s": clock.seconds,
         }
+        say(
+            f"{SESSION_TITLES[name]} done in {seconds_text(clock.seconds)}, {summary['epochs']} epochs"
+            f"{' (stopped early)' if stopped_early else ''}: best val/loss {summary['best_val_loss']:.4f}; "
+            f"test accuracy {summary['test_acc']:.2%} on the best checkpoint"
+        )
         trainer.logger.log_hyperparams(
             {**self.hparams, "session": name, "seed": self.seed},
             metrics={"hp/test_acc": summary["test_acc"], "hp/best_val_loss": summary["best_val_loss"]},
@@ -290,14 +338,20 @@ class RunProtocol:
         spec = net_neuron_spec(self.build_model().net)
         sessions = self.summaries
         inner_state = None
-        if spec is not None and spec.pretrain is not None and PRETRAIN in self.protocol.sessions:
-            sessions[PRETRAIN] = self.pretrain(spec)
-            inner_state = torch.load(self.run_dir.pretrained_inner, map_location="cpu", weights_only=True)
-        sessions[JOINT] = self.train(JOINT, inner_state, freeze=False, spec=spec)
-        if spec is not None and spec.freeze and FROZEN in self.protocol.sessions:
-            best_inner = torch.load(self.run_dir.best_inner, map_location="cpu", weights_only=True)
-            sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True, spec=spec)
+        with quiet_lightning():
+            if spec is not None and spec.pretrain is not None and PRETRAIN in self.protocol.sessions:
+                sessions[PRETRAIN] = self.pretrain(spec)
+                inner_state = torch.load(self.run_dir.pretrained_inner, map_location="cpu", weights_only=True)
+            sessions[JOINT] = self.train(JOINT, inner_state, freeze=False, spec=spec)
+            if spec is not None and spec.freeze and FROZEN in self.protocol.sessions:
+                best_inner = torch.load(self.run_dir.best_inner, map_location="cpu", weights_only=True)
+                sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True, spec=spec)
         return sessions
+
+
+def parameters(module: torch.nn.Module, trainable: bool = False) -> str:
+    """The number of (trainable) parameters of ``module``, with thousands separated: ``122,187``."""
+    return f"{sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable):,}"
 
 
 def protocol_dict(protocol: Protocol) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lit_dendrite.nn.tabulated import exact_inner
+from lit_dendrite.robustness.progress import counted, image_progress
 
 if TYPE_CHECKING:
     from lit_dendrite.robustness.attacks import Attack
@@ -251,7 +251,8 @@ def evaluate_attack(
     fraction of the examples but at least one example. The attack runs in units (one batch at one epsilon where
     the engine ``splits_epsilons``, else one batch at all of them); ``record(key, unit)`` is called with each
     finished one, and those in ``finished`` are not run again. A unit keeps the random number generator's state
-    after it, from which the next one resumes, so an interrupted attack ends as an uninterrupted one.
+    after it, from which the next one resumes, so an interrupted attack ends as an uninterrupted one. ``progress``
+    shows a bar over images x epsilons x restarts, the work a person waits for.
     """
     check_pixels(images)
     if len(images) != len(labels) or len(images) == 0:
@@ -269,24 +270,33 @@ def evaluate_attack(
         split = getattr(attack.engine, "splits_epsilons", False)  # an engine registered without it: one unit a batch
         groups = [[i] for i in range(len(epsilons))] if split else [list(range(len(epsilons)))]
         finished, resume_from = finished or {}, None
-        for start in tqdm(batches, desc=attack.name, unit="batch", disable=not progress, leave=False):
-            x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            for rows in groups:
-                key = f"{start}:{','.join(repr(epsilons[i]) for i in rows)}"
-                if key in finished:
-                    success[rows, start : start + batch_size] = torch.tensor(finished[key]["success"], device=device)
-                    resume_from = finished[key]["rng"]
-                    continue
-                if resume_from is not None:
-                    _set_rng_state(resume_from, device)
-                    resume_from = None
-                group = [epsilons[i] for i in rows]
-                adversarials, batch_success = attack.engine.run(model, x, y, group)
-                batch_success = torch.as_tensor(batch_success, device=device).bool()
-                check_successes(model, x, y, adversarials, batch_success, group, attack.norm)
-                success[rows, start : start + batch_size] = batch_success
-                if record is not None:
-                    record(key, {"success": batch_success.tolist(), "rng": _rng_state(device)})
+        restarts = int(attack.params.get("restarts", 1))
+        shape = [counted(len(images), "image"), counted(len(epsilons), "epsilon"), counted(restarts, "restart")]
+        description = f"{attack.name}, {' x '.join(shape)}"
+        with image_progress(len(images) * len(epsilons) * restarts, description, progress) as bar:
+            for start in batches:
+                x, y = images[start : start + batch_size], labels[start : start + batch_size]
+                for rows in groups:
+                    key = f"{start}:{','.join(repr(epsilons[i]) for i in rows)}"
+                    unit_images = len(x) * len(rows) * restarts
+                    if key in finished:
+                        success[rows, start : start + batch_size] = torch.tensor(
+                            finished[key]["success"], device=device
+                        )
+                        resume_from = finished[key]["rng"]
+                        bar.update(unit_images)
+                        continue
+                    if resume_from is not None:
+                        _set_rng_state(resume_from, device)
+                        resume_from = None
+                    group = [epsilons[i] for i in rows]
+                    adversarials, batch_success = attack.engine.run(model, x, y, group)
+                    batch_success = torch.as_tensor(batch_success, device=device).bool()
+                    check_successes(model, x, y, adversarials, batch_success, group, attack.norm)
+                    success[rows, start : start + batch_size] = batch_success
+                    if record is not None:
+                        record(key, {"success": batch_success.tolist(), "rng": _rng_state(device)})
+                    bar.update(unit_images)
     check_curves(correct, success, epsilons, max(rise_tolerance, 1 / len(images)))
     raw = (~success).float().mean(1).tolist()
     worst = (correct & ~success.cummax(0).values).float().mean(1).tolist()

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lit_dendrite.analysis.robustness_plots import write_robustness_figures
 from lit_dendrite.data.corrupted import METADATA_FILE, CorruptedDataModule
@@ -44,6 +43,7 @@ from lit_dendrite.robustness.adversarial import (
 )
 from lit_dendrite.robustness.attacks import Attack, build_attack, default_attacks, evaluate_attacks
 from lit_dendrite.robustness.corruption import corruption_report
+from lit_dendrite.robustness.progress import counted, image_progress
 from lit_dendrite.robustness.store import (
     ADVERSARIAL,
     CORRUPTIONS,
@@ -67,13 +67,19 @@ BASELINE_CORRUPTED_SETS = "baseline_corrupted_sets"
 ATTACK_SECTION = "attack/{}"
 
 
-def loader_accuracy(net: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
-    """Fraction of the images of ``loader`` that ``net`` classifies correctly."""
+def loader_accuracy(
+    net: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    seen: Callable[[int], object] = lambda images: None,
+) -> float:
+    """Fraction of the images of ``loader`` that ``net`` classifies correctly; ``seen(n)`` after each batch of n."""
     correct = total = 0
     for images, labels in loader:
         predicted = predict(net, images.to(device))
         correct += int((predicted.cpu() == labels).sum())
         total += len(labels)
+        seen(len(labels))
     return correct / total
 
 
@@ -88,15 +94,17 @@ def corruption_accuracies(
     """Accuracy of ``net`` on every (corruption, severity) test set of ``datamodule``; sets in ``finished`` are
     reused, the others passed to ``record`` as they finish."""
     table: dict[str, dict[int, float]] = {}
-    loaders = datamodule.test_dataloader()
-    with exact_model(net):
-        for name, loader in tqdm(
-            list(zip(datamodule.names, loaders)), desc="corruptions", unit="set", disable=not progress
-        ):
+    sets = list(zip(datamodule.names, datamodule.test_dataloader()))
+    total = sum(len(loader.dataset) for _, loader in sets)
+    with exact_model(net), image_progress(total, f"corrupted sets, {counted(len(sets), 'set')}", progress) as bar:
+        for name, loader in sets:
+            bar.set_postfix_str(name, refresh=False)
             accuracy = finished.get(name)
             if accuracy is None:
-                accuracy = loader_accuracy(net, loader, device)
+                accuracy = loader_accuracy(net, loader, device, bar.update)
                 record(name, accuracy)
+            else:
+                bar.update(len(loader.dataset))
             corruption, _, severity = name.rpartition("/")
             table.setdefault(corruption, {})[int(severity)] = accuracy
     return table

@@ -20,6 +20,7 @@ from lit_dendrite.runs.layout import RunDir
 NOT_IDENTITY = (
     "run_dir",
     "experiment",
+    "variant",
     "overwrite",
     "data.root",
     "data.download",

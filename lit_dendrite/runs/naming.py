@@ -40,6 +40,12 @@ def condition_of(experiment: str, name: str) -> str:
     return "/".join([experiment, ",".join(axes)]) if axes else experiment
 
 
-def default_run_dir(experiment: str, seed: int) -> Path:
-    """Where ``train`` writes without ``--run_dir``: ``runs/<experiment>/seed=<seed>``."""
-    return Path(DEFAULT_RUNS_ROOT) / experiment / run_name([(SEED_AXIS, str(seed))])
+VARIANT_AXIS = "variant"
+
+
+def default_run_dir(experiment: str, seed: int, variant: str | None = None) -> Path:
+    """Where ``train`` writes without ``--run_dir``: ``runs/<experiment>/seed=<seed>``, or for a variant of the
+    experiment (a quick run) ``runs/<experiment>/variant=<variant>,seed=<seed>``, so that it never resumes the full
+    run's directory."""
+    axes = [(VARIANT_AXIS, name_value(variant))] if variant else []
+    return Path(DEFAULT_RUNS_ROOT) / experiment / run_name([*axes, (SEED_AXIS, str(seed))])
