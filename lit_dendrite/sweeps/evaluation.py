@@ -199,15 +199,13 @@ def _overrides(attack: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in attack.items() if key not in ATTACK_KEYS}
 
 
-def check_evaluate(evaluate: dict[str, Any]) -> list[str]:
-    """Raise before anything is submitted when a data set name, an attack name or an attack parameter is
-    unknown; return the problems of the corrupted sets (missing or malformed), which the caller reports
-    (imports torch)."""
-    from lit_dendrite.data.corrupted import open_source, parse_spec
+def check_evaluate(evaluate: dict[str, Any]) -> None:
+    """Raise before anything is submitted when a data set name, an attack name or an attack parameter is unknown
+    (imports torch). Whether the corrupted sets are on disk is the sweep plan's question
+    (:func:`lit_dendrite.sweeps.plan.missing_data`)."""
     from lit_dendrite.data.datasets import dataset_spec
     from lit_dendrite.robustness.attacks import build_attack
 
-    problems = []
     for dataset in [None, *evaluate["datasets"]]:
         settings = settings_for(evaluate, dataset)
         where = "evaluate" + (f".datasets.{dataset}" if dataset else "")
@@ -219,12 +217,6 @@ def check_evaluate(evaluate: dict[str, Any]) -> list[str]:
                 check(*args, **kwargs)
             except (ValueError, TypeError) as error:
                 raise EvaluateSpecError(f"{place}: {error}") from None
-        if settings["corruptions"]:
-            try:
-                open_source(*parse_spec(settings["corruptions"]["spec"], settings["corruptions"]["root"]))
-            except (OSError, ValueError) as error:
-                problems.append(f"{where}.corruptions: {error}")
-    return problems
 
 
 def _done(run_dir: Path, call: dict[str, Any], report: dict[str, Any], checkpoint: dict[str, Any]) -> bool:
