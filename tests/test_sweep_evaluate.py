@@ -84,8 +84,11 @@ def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitti
         ({"attacks": ["pgd"]}, r"evaluate.attacks.pgd: unknown attack 'pgd'.*nothing was submitted"),
         ({"attacks": {"fgsm": {"stepz": 3}}}, r"evaluate.attacks.fgsm: .*stepz"),
         ({"datasets": {"cifar": {"attacks": ["fgsm"]}}}, r"evaluate.datasets.cifar: unknown dataset 'cifar'"),
-        (missing, rf"missing where the jobs will read them; nothing was submitted:\n  mnist_c .* under {tmp_path}: "
-                  r"missing\nfetch them first .*: python launch/sweep.py fetch-data --sweep "),
+        (
+            missing,
+            rf"missing where the jobs will read them; nothing was submitted:\n  mnist_c .* under {tmp_path}: "
+            r"missing\nfetch them first .*: python launch/sweep.py fetch-data --sweep ",
+        ),
     ):
         path = tmp_path / "sweep.yaml"
         path.write_text(yaml.safe_dump({"experiments": [str(EXPERIMENTS / "mlp_digits_relu.yaml")], "seeds": [1],

@@ -194,6 +194,7 @@ def fetch_archive(archive: Archive, root: Path, download: Download, echo: Callab
     if path.is_file() and md5(path) == archive.md5:
         echo(f"  {path}: present, md5 verified")
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in archive.urls:
         echo(f"  downloading {url} -> {path}")

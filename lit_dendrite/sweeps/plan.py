@@ -99,6 +99,8 @@ def _state(need: DataNeed, problem: str | None) -> str:
 def data_lines(needs: Sequence[DataNeed], problems: Mapping[DataNeed, str], sweep_path: Path) -> list[str]:
     """The data section of the plan: each data set with its role, runs, root and state, then the fetch command
     when one is missing."""
+    if not needs:
+        return ["Data sets the jobs read: none (no run to submit)"]
     absent = [need for need in needs if need in problems]
     counted = f"{len(absent)} of {len(needs)} missing" if absent else f"all {len(needs)} present"
     lines = [f"Data sets the jobs read: {counted} (relative roots are read from the directory you submit from)"]
