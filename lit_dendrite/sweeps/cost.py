@@ -150,7 +150,7 @@ class Estimate:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
-    assumed_speedup: bool = False  # step times are the CPU benchmark's divided by an assumed GPU speedup
+    assumed_speedup: float | None = None  # the GPU speedup assumed over the CPU benchmark (None: GPU measured)
 
     @property
     def total_hours(self) -> float:
@@ -282,7 +282,7 @@ def estimate(
             }
         )
     result.assumptions = _assumptions(times, shapes)
-    result.assumed_speedup = times.device == "cpu"
+    result.assumed_speedup = times.speedup if times.device == "cpu" else None
     return result
 
 

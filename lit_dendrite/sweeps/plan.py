@@ -102,7 +102,7 @@ def data_lines(needs: Sequence[DataNeed], problems: Mapping[DataNeed, str], swee
     if not needs:
         return ["Data sets the jobs read: none (no run to submit)"]
     absent = [need for need in needs if need in problems]
-    counted = f"{len(absent)} of {len(needs)} missing" if absent else f"all {len(needs)} present"
+    counted = f"{len(absent)} of {len(needs)} missing" if absent else "all present"
     lines = [f"Data sets the jobs read: {counted} (relative roots are read from the directory you submit from)"]
     width = max((len(need.name) for need in needs), default=0)
     for need in needs:
@@ -160,7 +160,9 @@ def summary_lines(
         hours = f"  {row['epochs']:>13}  {row['train_h']:>7.1f}  {row['evaluate_h']:>10.1f}" if row else ""
         lines.append(f"  {experiment:<{width}} {count:>5} {submitting.get(experiment, 0):>9}{hours}")
     if isinstance(cost, Estimate):
-        assumed = " (GPU speed ASSUMED, see the assumptions below)" if cost.assumed_speedup else ""
+        assumed = ""
+        if cost.assumed_speedup:
+            assumed = f" (ASSUMING a GPU {cost.assumed_speedup:g}x faster than the CPU benchmark: --gpu-speedup)"
         lines.append(f"  total: {cost.total_hours:.1f} GPU-hours for all {len(sweep.runs)} runs{assumed}")
     else:
         lines.append(f"  GPU-hours: {cost}")
