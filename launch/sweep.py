@@ -21,7 +21,7 @@ from pathlib import Path
 from lit_dendrite.analysis.nonlinearity_report import SURFACE_IMAGES
 from lit_dendrite.analysis.report import accuracy_section, write_report
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
-from lit_dendrite.data.fetch import NAMES, Download, check_name, download_url, plan
+from lit_dendrite.data.fetch import NAMES, Download, check_name, download_url
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.backends import BACKENDS
 from lit_dendrite.sweeps.cluster import ClusterError, load_cluster_config
@@ -150,12 +150,7 @@ def fetch_main(argv: list[str], download: Download = download_url) -> int:
             needs = [DataNeed(name, root, (), (name,), root) for name in args.names]
         else:
             needs = fetch_sweep_data(load_sweep(args.sweep or DEFAULT_SWEEP))
-        if args.dry_run:
-            for need in needs:
-                step = plan(need.name, args.root.resolve() if args.root else need.root, need.made_from[0])
-                print(f"{step.name} under {step.root}: {step.action} ({step.detail})")
-            return 0
-        for note in fetch_needs(needs, args.root, download=download):
+        for note in fetch_needs(needs, args.root, args.dry_run, download=download):
             print(f"note: {note}: point the runs there (data.root, evaluate's corruptions root) or link the folder")
     except (SweepError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -78,7 +78,7 @@ def test_fetch_data_plans_each_data_set_of_a_sweep_where_its_jobs_read_it(
     assert capsys.readouterr().out.splitlines() == [
         f"digits under {data}: present (embedded in the package)",
         f"generated under {data / 'digits_c'}: generate (missing: python -m lit_dendrite.data.corrupt --dataset "
-        f"digits --root data --out {data / 'digits_c'})",
+        f"digits --root {data} --out {data / 'digits_c'})",
     ]
     assert downloads == [] and not data.exists()
     assert launcher.fetch_main(["mnist_d"]) == 2

@@ -114,7 +114,7 @@ def missing(name: str, root: str | Path) -> str | None:
 
 def md5(path: Path) -> str:
     """The md5 of a file, read in chunks."""
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)  # a checksum, not security: allowed on FIPS systems too
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
@@ -140,18 +140,23 @@ class Step:
     action: str
     detail: str
 
+    @property
+    def line(self) -> str:
+        """The step as a person reads it."""
+        return f"{self.name} under {self.root}: {self.action} ({self.detail})"
 
-def plan(name: str, root: str | Path, made_from: str | None = None) -> Step:
-    """What :func:`fetch` would do for ``name`` under ``root`` (``made_from``: the clean set a generated set is
-    made from); a present set's published checksums are verified here. Raises ValueError, naming the files and the
-    fix, when a present file's checksum differs."""
+
+def plan(name: str, root: str | Path, made_from: str | None = None, clean_root: str | Path = "data") -> Step:
+    """What :func:`fetch` would do for ``name`` under ``root`` (``made_from`` under ``clean_root``: the clean set a
+    generated set is made from); a present set's published checksums are verified here. Raises ValueError, naming
+    the files and the fix, when a present file's checksum differs."""
     root = Path(root).resolve()
     problem = missing(name, root)
     if problem is None:
         if name in EMBEDDED:
             return Step(name, root, "present", "embedded in the package")
         if name == GENERATED:
-            return Step(name, root, "present", "generated here (no published checksum)")
+            return Step(name, root, "present", "generated here; no published checksum")
         wrong, checked = checksum_problems(name, root)
         if wrong:
             raise ValueError(
@@ -167,12 +172,12 @@ def plan(name: str, root: str | Path, made_from: str | None = None) -> Step:
     if name == GENERATED:
         if made_from is None:
             raise ValueError(f"the generated set {root} is {problem} and no run says which data set to make it from")
-        return Step(name, root, "generate", f"{problem}: {generate_command(made_from, root)}")
+        return Step(name, root, "generate", f"{problem}: {generate_command(made_from, root, clean_root)}")
     sources = ", ".join(a.urls[0] for a in archives(name))
     return Step(name, root, "fetch", f"{problem}: from {sources} (md5 checked)")
 
 
-def generate_command(made_from: str, out: Path, clean_root: str | Path = "data") -> str:
+def generate_command(made_from: str, out: Path, clean_root: str | Path) -> str:
     """The command that generates a corrupted set of ``made_from``'s test images into ``out``."""
     return f"python -m lit_dendrite.data.corrupt --dataset {made_from} --root {clean_root} --out {out}"
 
@@ -240,8 +245,8 @@ def fetch(
     """Make the data set ``name`` complete under ``root``: download its archives, check their published md5s, unpack
     them (a generated set: run the generator on ``made_from``'s test images under ``clean_root``). Returns what was
     planned; raises when the set is still incomplete afterwards."""
-    step = plan(name, root, made_from)
-    echo(f"{step.name} under {step.root}: {step.action} ({step.detail})")
+    step = plan(name, root, made_from, clean_root)
+    echo(step.line)
     if step.action == "present":
         return step
     if step.action == "generate":

@@ -14,7 +14,7 @@ from typing import Any
 
 from lit_dendrite.data.corrupted import parse_spec
 from lit_dendrite.data.datasets import DATASETS
-from lit_dendrite.data.fetch import EMBEDDED, GENERATED, fetch, missing
+from lit_dendrite.data.fetch import EMBEDDED, GENERATED, fetch, missing, plan
 from lit_dendrite.sweeps.cost import Estimate
 from lit_dendrite.sweeps.evaluation import settings_for
 from lit_dendrite.sweeps.spec import Sweep
@@ -170,19 +170,28 @@ def summary_lines(
 
 
 def fetch_needs(
-    needs: Sequence[DataNeed], root: Path | None = None, echo: Callable[[str], None] = print, **fetch_options: Any
+    needs: Sequence[DataNeed],
+    root: Path | None = None,
+    dry_run: bool = False,
+    echo: Callable[[str], None] = print,
+    **fetch_options: Any,
 ) -> list[str]:
     """Fetch every data set of ``needs`` (clean sets first, as a generated set is made from one) into its own root,
-    or all into ``root``; returns the roots that differ from where the jobs read, to be reported."""
+    or all but generated sets into ``root``; ``dry_run``: say what is present (checksums verified) and what would be
+    fetched. Returns, to be reported, where a set went that is not where the jobs read it."""
     elsewhere = []
     for need in needs:
-        target = need.root if root is None or need.name == GENERATED else root.resolve()
-        if len(need.made_from) > 1 and need.name == GENERATED:
+        if need.name == GENERATED and len(need.made_from) > 1:
             raise ValueError(
                 f"the generated set {need.root} is read by runs of {list(need.made_from)}; a generated set holds one "
                 "data set's test images: give each data set its own generated set under evaluate.datasets"
             )
-        fetch(need.name, target, need.made_from[0], root or need.clean_root, echo=echo, **fetch_options)
+        target = need.root if root is None or need.name == GENERATED else root.resolve()
+        clean_root = root.resolve() if root is not None else need.clean_root
+        if dry_run:
+            echo(plan(need.name, target, need.made_from[0], clean_root).line)
+            continue
+        fetch(need.name, target, need.made_from[0], clean_root, echo=echo, **fetch_options)
         if target != need.root:
             elsewhere.append(f"{need.name}: fetched into {target}, the jobs read {need.root}")
     return elsewhere
