@@ -84,6 +84,7 @@ def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitti
         ({"attacks": ["pgd"]}, r"evaluate.attacks.pgd: unknown attack 'pgd'.*nothing was submitted"),
         ({"attacks": {"fgsm": {"stepz": 3}}}, r"evaluate.attacks.fgsm: .*stepz"),
         ({"datasets": {"cifar": {"attacks": ["fgsm"]}}}, r"evaluate.datasets.cifar: unknown dataset 'cifar'"),
+        ({"corruptions": "cifar10c"}, r"evaluate.corruptions: unknown corruption spec 'cifar10c'.*nothing was"),
         (
             missing,
             rf"missing where the jobs will read them; nothing was submitted:\n  mnist_c .* under {tmp_path}: "

@@ -201,8 +201,9 @@ def _overrides(attack: dict[str, Any]) -> dict[str, Any]:
 
 def check_evaluate(evaluate: dict[str, Any]) -> None:
     """Raise before anything is submitted when a data set name, an attack name or an attack parameter is unknown
-    (imports torch). Whether the corrupted sets are on disk is the sweep plan's question
-    (:func:`lit_dendrite.sweeps.plan.missing_data`)."""
+    (imports torch), or a corrupted set's spec is not one; whether the corrupted sets are on disk is the sweep plan's
+    question (:func:`lit_dendrite.sweeps.plan.missing_data`)."""
+    from lit_dendrite.data.corrupted import parse_spec
     from lit_dendrite.data.datasets import dataset_spec
     from lit_dendrite.robustness.attacks import build_attack
 
@@ -212,6 +213,8 @@ def check_evaluate(evaluate: dict[str, Any]) -> None:
         checks = [(where, dataset_spec, (dataset,), {})] if dataset is not None else []
         checks += [(f"{where}.attacks.{name}", build_attack, (name,), _overrides(attack))
                    for name, attack in settings["attacks"].items()]  # fmt: skip
+        if corruptions := settings["corruptions"]:
+            checks.append((f"{where}.corruptions", parse_spec, (corruptions["spec"], corruptions["root"]), {}))
         for place, check, args, kwargs in checks:
             try:
                 check(*args, **kwargs)
