@@ -39,7 +39,9 @@ def test_paper_dry_run_first_screen_names_the_gpu_hours_and_the_missing_data_wit
     for experiment in ("mlp_mnist_2arg", "cnn_cifar10_1arg"):
         assert re.search(rf"\n  {experiment} +24 +24 +200/400 ", screen), experiment
     assert re.search(r"\n  cnn_mnist_relu +24 +24 +200/- ", screen)
-    total = float(re.search(r"total: ([0-9.]+) GPU-hours for all 288 runs", screen).group(1))
+    total = float(re.search(r"\n  ([0-9.]+) GPU-hours for all 288 runs \(ASSUMING a GPU 100x", screen).group(1))
+    train, evaluate = map(float, re.search(r"\n  total +288 +288 +([0-9.]+) +([0-9.]+)\n", screen).groups())
+    assert train + evaluate == pytest.approx(total, abs=0.1)
     assert "Data sets the jobs read: 4 of 4 missing" in screen
     for name, role in (("mnist", "clean"), ("cifar10", "clean"), ("mnist_c", "corrupted"), ("cifar10_c", "corrupted")):
         assert re.search(rf"\n  {name} +{role} +144 runs  {tmp_path / 'data'}  missing\n", screen), name
@@ -58,7 +60,7 @@ def test_paper_dry_run_first_screen_names_the_gpu_hours_and_the_missing_data_wit
     assert re.search(rf"\n  mnist +clean +144 runs  {tmp_path / 'data'}  present\n", verbose)
     assert "\n  cnn_cifar10_2arg/seed=24  submit\n" in verbose
     assert "train args of cnn_cifar10_2arg/seed=24: " in verbose and "--protocol.joint_epochs 200" in verbose
-    slower = float(re.search(r"total: ([0-9.]+) GPU-hours", verbose).group(1))
+    slower = float(re.search(r"([0-9.]+) GPU-hours for all 288 runs", verbose).group(1))
     assert slower > 1.5 * total  # halving the speedup nearly doubles it
     assert not (tmp_path / "runs").exists()
 

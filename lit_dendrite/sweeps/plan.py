@@ -140,33 +140,41 @@ def summary_lines(
     needs: Sequence[DataNeed],
     problems: Mapping[DataNeed, str],
 ) -> list[str]:
-    """The plan's first screen: the sweep, runs per experiment (to submit, epochs, GPU-hours), the total, and the
-    data section. ``cost`` is the estimate, or why there is none."""
+    """The plan's first screen: the sweep, its GPU-hours, the data section, then runs per experiment (to submit,
+    epochs, GPU-hours) with their total; what decides a submission comes first, whatever the number of experiments.
+    ``cost`` is the estimate, or why there is none."""
     runs, submitting = {}, {}
     for run in sweep.runs:
         runs[run.experiment] = runs.get(run.experiment, 0) + 1
     for run in to_submit:
         experiment = run.split("/", 1)[0]
         submitting[experiment] = submitting.get(experiment, 0) + 1
-    estimated = {row["experiment"]: row for row in cost.rows} if isinstance(cost, Estimate) else {}
     lines = [
         f"sweep {sweep.name} ({_shown(sweep.path)}) on {cluster}: {len(sweep.runs)} runs, {len(to_submit)} to submit "
-        f"-> {sweep_dir}",
-        f"  {'experiment':<24} {'runs':>5} {'to submit':>9}  {'epochs II/III':>13}  {'train h':>7}  {'evaluate h':>10}",
+        f"-> {sweep_dir}"
     ]
-    width = max(24, *(len(name) for name in runs))
-    for experiment, count in runs.items():
-        row = estimated.get(experiment)
-        hours = f"  {row['epochs']:>13}  {row['train_h']:>7.1f}  {row['evaluate_h']:>10.1f}" if row else ""
-        lines.append(f"  {experiment:<{width}} {count:>5} {submitting.get(experiment, 0):>9}{hours}")
     if isinstance(cost, Estimate):
         assumed = ""
         if cost.assumed_speedup:
             assumed = f" (ASSUMING a GPU {cost.assumed_speedup:g}x faster than the CPU benchmark: --gpu-speedup)"
-        lines.append(f"  total: {cost.total_hours:.1f} GPU-hours for all {len(sweep.runs)} runs{assumed}")
+        lines.append(f"  {cost.total_hours:.1f} GPU-hours for all {len(sweep.runs)} runs{assumed}")
     else:
         lines.append(f"  GPU-hours: {cost}")
-    return lines + data_lines(needs, problems, sweep_path=sweep.path)
+    lines += data_lines(needs, problems, sweep_path=sweep.path)
+    width = max(len("experiment"), *(len(name) for name in runs))
+    lines.append(
+        f"  {'experiment':<{width}}  {'runs':>5}  {'to submit':>9}  {'epochs II/III':>13}  {'train h':>7}  "
+        f"{'evaluate h':>10}"
+    )
+    estimated = {row["experiment"]: row for row in cost.rows} if isinstance(cost, Estimate) else {}
+    rows = [(name, count, submitting.get(name, 0), estimated.get(name)) for name, count in runs.items()]
+    if estimated:
+        total = {"epochs": "", **{key: sum(row[key] for row in cost.rows) for key in ("train_h", "evaluate_h")}}
+        rows.append(("total", len(sweep.runs), len(to_submit), total))
+    for name, count, to_do, row in rows:
+        hours = f"  {row['epochs']:>13}  {row['train_h']:>7.1f}  {row['evaluate_h']:>10.1f}" if row else ""
+        lines.append(f"  {name:<{width}}  {count:>5}  {to_do:>9}{hours}")
+    return lines
 
 
 def fetch_needs(
