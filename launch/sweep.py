@@ -1,7 +1,8 @@
 """Submit a sweep, or show its status, or collect its results.
 
     python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
-                           [--dry-run [--gpu-speedup X]] [--max-parallel N] [--overwrite] [--wait]
+                           [--dry-run [--gpu-speedup X]] [--verbose] [--max-parallel N] [--overwrite] [--wait]
+    python launch/sweep.py fetch-data [NAME ...] [--sweep FILE] [--root DIR] [--dry-run]
     python launch/sweep.py status DIR
     python launch/sweep.py cancel DIR
     python launch/sweep.py collect DIR [--surface-images N]
@@ -20,11 +21,13 @@ from pathlib import Path
 from lit_dendrite.analysis.nonlinearity_report import SURFACE_IMAGES
 from lit_dendrite.analysis.report import accuracy_section, build_report
 from lit_dendrite.commandline import argument_parser, positive_float, positive_int
+from lit_dendrite.data.fetch import NAMES, Download, check_name, download_url
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.backends import BACKENDS
 from lit_dendrite.sweeps.cluster import ClusterError, load_cluster_config
-from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP, sweep_cost
-from lit_dendrite.sweeps.launch import submit_evaluation, submit_sweep, wait_for
+from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP
+from lit_dendrite.sweeps.launch import fetch_sweep_data, submit_evaluation, submit_sweep, wait_for
+from lit_dendrite.sweeps.plan import DataNeed, fetch_needs
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import cancel_jobs, collect, format_status, unfinished_runs
 
@@ -40,7 +43,11 @@ def _submission_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print runs and the sbatch script (a sweep: also its GPU-hour estimate); submit nothing",
+        help="print the plan (runs per experiment, a sweep's GPU-hours, missing data sets) and the sbatch script; "
+        "submit nothing",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also list every run's action (and in a dry run its training arguments)"
     )
     parser.add_argument(
         "--max-parallel", type=positive_int, help="runs at once (default: the config's array_parallelism)"
@@ -89,10 +96,16 @@ def submit_main(argv: list[str]) -> int:
         else:
             sweep = load_sweep(args.sweep)
             submission = submit_sweep(
-                sweep, args.cluster, config, args.out, args.dry_run, args.max_parallel, overwrite=args.overwrite
+                sweep,
+                args.cluster,
+                config,
+                args.out,
+                args.dry_run,
+                args.max_parallel,
+                overwrite=args.overwrite,
+                verbose=args.verbose,
+                gpu_speedup=args.gpu_speedup,
             )
-            if args.dry_run:
-                print(sweep_cost(sweep, gpu_speedup=args.gpu_speedup))
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -107,6 +120,41 @@ def submit_main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 1
+    return 0
+
+
+def fetch_main(argv: list[str], download: Download = download_url) -> int:
+    """Fetch every data set a sweep's jobs read (or the named ones), checking the published md5s; with --dry-run say
+    what is present and verified and what would be fetched."""
+    parser = argument_parser(
+        "launch/sweep.py fetch-data",
+        "Fetch every data set a sweep's jobs read (clean and corrupted) where they read it, checking the published "
+        "md5s; run it on a login node before submitting. See docs/cluster.md.",
+    )
+    parser.add_argument("names", nargs="*", help=f"data sets to fetch instead of a sweep's: {', '.join(NAMES)}")
+    parser.add_argument("--sweep", type=Path, help="sweep file (default: paper.yaml, unless data sets are named)")
+    parser.add_argument(
+        "--root", type=Path, help="fetch into this folder (default: where the runs read each set; named sets: data)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="verify what is present and say what would be fetched; download nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.names and args.sweep:
+        parser.error("name data sets or give --sweep, not both")
+    try:
+        if args.names:
+            root = (args.root or Path("data")).resolve()
+            for name in args.names:
+                check_name(name, NAMES)
+            needs = [DataNeed(name, root, (), (name,), root) for name in args.names]
+        else:
+            needs = fetch_sweep_data(load_sweep(args.sweep or DEFAULT_SWEEP))
+        for note in fetch_needs(needs, args.root, args.dry_run, download=download):
+            print(f"note: {note}: point the runs there (data.root, evaluate's corruptions root) or link the folder")
+    except (SweepError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -133,8 +181,8 @@ def cancel_main(sweep_dir: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch to `status DIR`, `cancel DIR`, `collect DIR`, or submission (of a sweep, or with `evaluate DIR` its
-    evaluation)."""
+    """Dispatch to `status DIR`, `cancel DIR`, `collect DIR`, `fetch-data`, or submission (of a sweep, or with
+    `evaluate DIR` its evaluation)."""
     if argv[:1] in (["status"], ["cancel"], ["collect"]):
         parser = argument_parser(f"launch/sweep.py {argv[0]}")
         parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")
@@ -156,6 +204,8 @@ def main(argv: list[str]) -> int:
         except (FileNotFoundError, UntrustedRecord, ClusterError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    if argv[:1] == ["fetch-data"]:
+        return fetch_main(argv[1:])
     return submit_main(argv)
 
 

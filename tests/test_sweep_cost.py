@@ -2,11 +2,13 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 from helpers import load_launcher
 
+from lit_dendrite.data.datasets import data_files
 from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.sweeps.cost import (
     MIN_STEP_S,
@@ -21,22 +23,46 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def test_paper_dry_run_lists_every_run_and_the_cost_estimate(tmp_path, capsys):
+FIRST_SCREEN = 25  # lines a terminal shows before a person scrolls
+
+
+def test_paper_dry_run_first_screen_names_the_gpu_hours_and_the_missing_data_with_the_fetch_command(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # the runs read data/ from the directory the sweep is submitted from
     launcher = load_launcher()
-    code = launcher.main(["--cluster", "local", "--out", str(tmp_path), "--dry-run"])
+    code = launcher.main(["--cluster", "local", "--out", str(tmp_path / "runs"), "--dry-run"])
     out = capsys.readouterr().out
-    assert code == 0 and "288 runs, 288 to submit" in out
-    assert "cnn_cifar10_2arg/seed=24" in out and "--protocol.joint_epochs 200 --protocol.frozen_epochs 400" in out
-    estimate_text = out[out.index("Cost estimate (GPU-hours):") :]
+    assert code == 0
+    screen = "\n".join(out.splitlines()[:FIRST_SCREEN])
+    assert "paper" in screen and "288 runs, 288 to submit" in screen
     for experiment in ("mlp_mnist_2arg", "cnn_cifar10_1arg"):
-        assert f"{experiment} " in estimate_text and "24        200/400" in estimate_text
-    assert "  cnn_mnist_relu          24          200/-" in estimate_text
-    assert "ASSUMED: a GPU is 100x faster than the benchmark's CPU run" in estimate_text
-    total = float(estimate_text.split("total: ")[1].split()[0])
-    assert launcher.main(["--cluster", "local", "--out", str(tmp_path), "--dry-run", "--gpu-speedup", "50"]) == 0
-    slower = capsys.readouterr().out
-    assert float(slower.split("total: ")[1].split()[0]) > 1.5 * total  # halving the speedup nearly doubles it
-    assert not any(tmp_path.iterdir())
+        assert re.search(rf"\n  {experiment} +24 +24 +200/400 ", screen), experiment
+    assert re.search(r"\n  cnn_mnist_relu +24 +24 +200/- ", screen)
+    total = float(re.search(r"\n  ([0-9.]+) GPU-hours for all 288 runs \(ASSUMING a GPU 100x", screen).group(1))
+    train, evaluate = map(float, re.search(r"\n  total +288 +288 +([0-9.]+) +([0-9.]+)\n", screen).groups())
+    assert train + evaluate == pytest.approx(total, abs=0.1)
+    assert "Data sets the jobs read: 4 of 4 missing" in screen
+    for name, role in (("mnist", "clean"), ("cifar10", "clean"), ("mnist_c", "corrupted"), ("cifar10_c", "corrupted")):
+        assert re.search(rf"\n  {name} +{role} +144 runs  {tmp_path / 'data'}  missing\n", screen), name
+    assert f"python launch/sweep.py fetch-data --sweep {REPO / 'configs' / 'sweep' / 'paper.yaml'}" in screen
+    # the per-run list is not on it, nor anywhere without --verbose
+    assert "cnn_cifar10_2arg/seed=24" not in out and "--protocol.joint_epochs 200" not in out
+    assert "ASSUMED: a GPU is 100x faster than the benchmark's CPU run" in out
+
+    for file in data_files("mnist", tmp_path / "data", True) + data_files("mnist", tmp_path / "data", False):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"")
+    assert launcher.main(["--cluster", "local", "--out", str(tmp_path / "runs"), "--dry-run", "--verbose",
+                          "--gpu-speedup", "50"]) == 0  # fmt: skip
+    verbose = capsys.readouterr().out
+    assert "Data sets the jobs read: 3 of 4 missing" in verbose
+    assert re.search(rf"\n  mnist +clean +144 runs  {tmp_path / 'data'}  present\n", verbose)
+    assert "\n  cnn_cifar10_2arg/seed=24  submit\n" in verbose
+    assert "train args of cnn_cifar10_2arg/seed=24: " in verbose and "--protocol.joint_epochs 200" in verbose
+    slower = float(re.search(r"([0-9.]+) GPU-hours for all 288 runs", verbose).group(1))
+    assert slower > 1.5 * total  # halving the speedup nearly doubles it
+    assert not (tmp_path / "runs").exists()
 
 
 def shape(neuron, epochs=(2, 3)):

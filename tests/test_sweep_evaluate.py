@@ -5,6 +5,7 @@ runs after training (through ``--cluster local`` like a workstation), ``sweep.py
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -83,7 +84,12 @@ def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitti
         ({"attacks": ["pgd"]}, r"evaluate.attacks.pgd: unknown attack 'pgd'.*nothing was submitted"),
         ({"attacks": {"fgsm": {"stepz": 3}}}, r"evaluate.attacks.fgsm: .*stepz"),
         ({"datasets": {"cifar": {"attacks": ["fgsm"]}}}, r"evaluate.datasets.cifar: unknown dataset 'cifar'"),
-        (missing, r"evaluate.corruptions: .*mnist_c: missing.*\nnothing was submitted"),
+        ({"corruptions": "cifar10c"}, r"evaluate.corruptions: unknown corruption spec 'cifar10c'.*nothing was"),
+        (
+            missing,
+            rf"missing where the jobs will read them; nothing was submitted:\n  mnist_c .* under {tmp_path}: "
+            r"missing\nfetch them first .*: python launch/sweep.py fetch-data --sweep ",
+        ),
     ):
         path = tmp_path / "sweep.yaml"
         path.write_text(yaml.safe_dump({"experiments": [str(EXPERIMENTS / "mlp_digits_relu.yaml")], "seeds": [1],
@@ -91,11 +97,12 @@ def test_unknown_attack_or_missing_corrupted_set_stops_the_sweep_before_submitti
         with pytest.raises(SweepError, match=message):
             submit_sweep(load_sweep(path), "debug", ClusterConfig(), tmp_path / "runs", echo=lambda _: None)
         assert not (tmp_path / "runs").exists()
-    # a dry run on a machine without the corrupted sets (they may live only on the cluster) warns instead
+    # a dry run on a machine without the corrupted sets (they may live only on the cluster) reports them instead
     submission = submit_sweep(load_sweep(path), "slurm", ClusterConfig(), tmp_path / "runs", dry_run=True)
     assert submission.submitted == ["mlp_digits_relu/seed=1"]
     out = capsys.readouterr().out
-    assert "warning: evaluate.corruptions:" in out and 'each job then evaluates its run: {"corruptions"' in out
+    assert "Data sets the jobs read: 1 of 2 missing" in out and 'each job then evaluates its run: {"corruptions"' in out
+    assert re.search(rf"\n  mnist_c +corrupted +1 runs  {tmp_path}  missing\n", out)
 
 
 def digits_c(directory: Path) -> Path:

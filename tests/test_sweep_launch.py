@@ -53,11 +53,12 @@ class FakePipeline:
         self.bad_config = False
         self.parsed = 0
 
-    def parse(self, args: list[str]) -> dict:
+    def parse(self, args: list[str]) -> types.SimpleNamespace:
         self.parsed += 1
         if self.bad_config:
             raise ValueError("Key 'model.lr' expected a float, got 'fast'")
-        return {}
+        data = types.SimpleNamespace(dataset="digits", root="data", download=False)
+        return types.SimpleNamespace(config=types.SimpleNamespace(data=data))
 
     def resolve(self, args: list[str]) -> dict:
         return {"big": 1, "seed_everything": int(arg(args, "--seed_everything"))}
@@ -99,12 +100,18 @@ def test_dry_run_prints_runs_and_the_sbatch_script_and_submits_nothing(
     out = capsys.readouterr().out
     assert code == 0
     assert "4 runs, 4 to submit" in out
-    assert "mlp_digits_relu/lr=0.01,seed=2" in out
     for line in ("#SBATCH --array=0-3%3", "#SBATCH --partition=gpu", "#SBATCH --ntasks-per-node=2",
                  "#SBATCH --gpus-per-node=2", "#SBATCH --time=90", "#SBATCH --signal=TERM@", "#SBATCH --mail-type=FAIL",
                  "module load cuda", "srun --unbuffered"):  # fmt: skip
         assert line in out, line
-    assert "--trainer.devices 2 --trainer.num_nodes 1 --trainer.strategy ddp" in out
+    # the per-run list and each run's arguments only with --verbose
+    assert "mlp_digits_relu/lr=0.01,seed=2" not in out and "add --verbose" in out
+    code = launcher.main(["--sweep", str(sweep_file), "--cluster", "slurm", "--cluster-config", str(config),
+                          "--out", str(tmp_path / "runs"), "--dry-run", "--verbose"])  # fmt: skip
+    verbose = capsys.readouterr().out
+    assert code == 0 and "  mlp_digits_relu/lr=0.01,seed=2  submit" in verbose
+    assert "train args of mlp_digits_relu/lr=0.01,seed=2: --config" in verbose
+    assert "--trainer.devices 2 --trainer.num_nodes 1 --trainer.strategy ddp" in verbose
     assert not (tmp_path / "runs").exists() and pipeline.calls == []
 
 

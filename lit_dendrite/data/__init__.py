@@ -1,4 +1,5 @@
-"""Data: clean sets (digits embedded, torchvision formats), released and generated corrupted sets."""
+"""Data: clean sets (digits embedded, torchvision formats), released and generated corrupted sets, and fetching
+them with their published checksums."""
 
 from typing import Any
 

@@ -69,6 +69,32 @@ METADATA_KEYS = ("dataset", "corruptions", "severities", "images_per_severity", 
 _CIFAR_C_DIRS = {"cifar10_c": ("CIFAR-10-C", 10), "cifar100_c": ("CIFAR-100-C", 100)}
 RELEASED_FROM = {"cifar10_c": "cifar10", "cifar100_c": "cifar100", "mnist_c": "mnist"}
 """The clean data set whose test images each released corrupted set was made from."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where a released corrupted set is published: its archive (which unpacks to the set's folder) and the archive's
+    md5 as its Zenodo record lists it."""
+
+    url: str
+    md5: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def record(self) -> str:
+        return self.url.split("/files/", 1)[0]
+
+
+RELEASES = {
+    "cifar10_c": Release("https://zenodo.org/records/2535967/files/CIFAR-10-C.tar", "56bf5dcef84df0e2308c6dcbcbbd8499"),
+    "cifar100_c": Release(
+        "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar", "11f0ed0f1191edbf9fa23466ae6021d3"
+    ),
+    "mnist_c": Release("https://zenodo.org/records/3239543/files/mnist_c.zip", "4b34b33045869ee6d424616cd3a65da3"),
+}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -143,12 +169,10 @@ def open_source(kind: str, root: str | Path) -> CorruptedSource:
             (32, 32, 3),
             num_classes,
         )
-        fix = f"download {name}.tar from https://zenodo.org/records/{'2535967' if kind == 'cifar10_c' else '3555552'}"
     elif kind == "mnist_c":
         corruptions = (MNIST_C_IDENTITY, *MNIST_C_CORRUPTIONS)
         shape = (28, 28, 1)
         source = CorruptedSource(kind, root / "mnist_c", corruptions, MNIST_C_CORRUPTIONS, (1,), shape, 10)
-        fix = "download mnist_c.zip from https://zenodo.org/records/3239543"
     elif kind == "generated":
         metadata = read_metadata(root)
         corruptions = tuple(metadata["corruptions"])
@@ -166,7 +190,11 @@ def open_source(kind: str, root: str | Path) -> CorruptedSource:
     else:
         raise ValueError(f"unknown corrupted set kind {kind!r}; expected one of {list(KINDS)}")
     if not source.directory.is_dir():
-        raise FileNotFoundError(f"{source.directory}: missing; {fix} and extract it under {root}.")
+        release = RELEASES[kind]
+        raise FileNotFoundError(
+            f"{source.directory}: missing; download {release.filename} from {release.record} and extract it under "
+            f"{root}, or run `python launch/sweep.py fetch-data {kind} --root {root}` (which checks its md5)."
+        )
     return replace(source, made_from=RELEASED_FROM[kind])
 
 

@@ -1,4 +1,5 @@
-"""Sweeps: sweep files -> runs, cluster backends (Slurm, local, debug; a registry), run directories, status, collection.
+"""Sweeps: sweep files -> runs, the plan (GPU-hours, the data sets the jobs read), cluster backends (Slurm, local,
+debug; a registry), run directories, status, collection.
 
 Importing this package stays light (no torch/Lightning) so that `launch/sweep.py status` answers at once; the
 Trainer additions for Slurm live in :mod:`lit_dendrite.sweeps.preemption`.

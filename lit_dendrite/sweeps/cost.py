@@ -150,6 +150,7 @@ class Estimate:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
+    assumed_speedup: float | None = None  # the GPU speedup assumed over the CPU benchmark (None: GPU measured)
 
     @property
     def total_hours(self) -> float:
@@ -281,6 +282,7 @@ def estimate(
             }
         )
     result.assumptions = _assumptions(times, shapes)
+    result.assumed_speedup = times.speedup if times.device == "cpu" else None
     return result
 
 
@@ -397,21 +399,35 @@ def published_robust_fractions() -> dict[tuple[str, str, str], float]:
     return fractions
 
 
-def sweep_cost(
+class CostUnavailable(ValueError):
+    """A sweep whose cost cannot be estimated; the message says why and the fix."""
+
+
+def sweep_estimate(
     sweep: Sweep, results_dir: str | Path = BENCHMARK_RESULTS, gpu_speedup: float = DEFAULT_GPU_SPEEDUP
-) -> str:
-    """The sweep's GPU-hours from the benchmark's step times in ``results_dir``, formatted with its assumptions, or
-    why there is no estimate (a dry run still shows the runs)."""
+) -> Estimate:
+    """The sweep's GPU-hours from the benchmark's step times in ``results_dir``; raises :class:`CostUnavailable`
+    saying why there is none (a dry run still shows the runs)."""
     try:
         shapes = run_shapes(sweep)
         times = load_step_times(results_dir, gpu_speedup)
     except (ValueError, FileNotFoundError) as error:
-        return f"Cost estimate: not available: {error}"
+        raise CostUnavailable(f"not available: {error}") from None
     if unmeasured := sorted({s.net for s in shapes if BENCHMARK_MODELS[s.net][0] not in times.train}):
-        return (
-            f"Cost estimate: not available: no benchmark results for {', '.join(unmeasured)} in {results_dir}; "
+        raise CostUnavailable(
+            f"not available: no benchmark results for {', '.join(unmeasured)} in {results_dir}; "
             "run `python benchmarks/resnet.py` first"
         )
     datasets = sorted({shape.dataset for shape in shapes})
     evaluation = {d: settings_for(sweep.evaluate, d) for d in datasets} if sweep.evaluate else {}
-    return estimate(shapes, times, evaluation, published_robust_fractions()).format()
+    return estimate(shapes, times, evaluation, published_robust_fractions())
+
+
+def sweep_cost(
+    sweep: Sweep, results_dir: str | Path = BENCHMARK_RESULTS, gpu_speedup: float = DEFAULT_GPU_SPEEDUP
+) -> str:
+    """:func:`sweep_estimate` formatted with its assumptions, or why there is no estimate."""
+    try:
+        return sweep_estimate(sweep, results_dir, gpu_speedup).format()
+    except CostUnavailable as error:
+        return f"Cost estimate: {error}"

@@ -199,32 +199,27 @@ def _overrides(attack: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in attack.items() if key not in ATTACK_KEYS}
 
 
-def check_evaluate(evaluate: dict[str, Any]) -> list[str]:
-    """Raise before anything is submitted when a data set name, an attack name or an attack parameter is
-    unknown; return the problems of the corrupted sets (missing or malformed), which the caller reports
-    (imports torch)."""
-    from lit_dendrite.data.corrupted import open_source, parse_spec
+def check_evaluate(evaluate: dict[str, Any]) -> None:
+    """Raise before anything is submitted when a data set name, an attack name or an attack parameter is unknown
+    (imports torch), or a corrupted set's spec is not one; whether the corrupted sets are on disk is the sweep plan's
+    question (:func:`lit_dendrite.sweeps.plan.missing_data`)."""
+    from lit_dendrite.data.corrupted import parse_spec
     from lit_dendrite.data.datasets import dataset_spec
     from lit_dendrite.robustness.attacks import build_attack
 
-    problems = []
     for dataset in [None, *evaluate["datasets"]]:
         settings = settings_for(evaluate, dataset)
         where = "evaluate" + (f".datasets.{dataset}" if dataset else "")
         checks = [(where, dataset_spec, (dataset,), {})] if dataset is not None else []
         checks += [(f"{where}.attacks.{name}", build_attack, (name,), _overrides(attack))
                    for name, attack in settings["attacks"].items()]  # fmt: skip
+        if corruptions := settings["corruptions"]:
+            checks.append((f"{where}.corruptions", parse_spec, (corruptions["spec"], corruptions["root"]), {}))
         for place, check, args, kwargs in checks:
             try:
                 check(*args, **kwargs)
             except (ValueError, TypeError) as error:
                 raise EvaluateSpecError(f"{place}: {error}") from None
-        if settings["corruptions"]:
-            try:
-                open_source(*parse_spec(settings["corruptions"]["spec"], settings["corruptions"]["root"]))
-            except (OSError, ValueError) as error:
-                problems.append(f"{where}.corruptions: {error}")
-    return problems
 
 
 def _done(run_dir: Path, call: dict[str, Any], report: dict[str, Any], checkpoint: dict[str, Any]) -> bool:

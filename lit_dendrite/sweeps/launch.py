@@ -15,11 +15,22 @@ from typing import Any
 import submitit
 
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
-from lit_dendrite.runs import FINISHED, RunDir, config_differences, recorded_config
+from lit_dendrite.runs import FINISHED, RunDir, RunRecord, config_differences, recorded_config
 from lit_dendrite.sweeps.backends import ClusterBackend, cluster_backend
 from lit_dendrite.sweeps.cluster import ClusterConfig, use_term_as_preempt_signal
+from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP, CostUnavailable, Estimate, sweep_estimate
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, check_evaluate, evaluation_state
 from lit_dendrite.sweeps.job import TrainRun
+from lit_dendrite.sweeps.plan import (
+    DataNeed,
+    RunData,
+    data_lines,
+    data_needs,
+    missing_data,
+    refusal,
+    run_data,
+    summary_lines,
+)
 from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import (
     CONFIG_SNAPSHOTS,
@@ -61,17 +72,19 @@ def _without_seed_and_dir(args: list[str]) -> tuple[str, ...]:
     return tuple(a for i, a in enumerate(args) if a not in flags and (i == 0 or args[i - 1] not in flags))
 
 
-def check_configs(arg_lists: list[list[str]], parse: Callable[[list[str]], Any] | None = None) -> None:
-    """Parse the runs' arguments without training (once per distinct config, seeds aside); raise one SweepError
+def check_configs(arg_lists: list[list[str]], parse: Callable[[list[str]], Any] | None = None) -> list[Any]:
+    """Parse the runs' arguments without training (once per distinct config, seeds aside) and return each run's
+    parsed configuration (the same object for runs that differ only in seed and directory); raise one SweepError
     listing the runs that do not parse."""
     parse = parse or importlib.import_module(PARSE_ENTRY).parse
     groups: dict[tuple[str, ...], list[list[str]]] = {}
     for args in arg_lists:
         groups.setdefault(_without_seed_and_dir(args), []).append(args)
     failures: dict[str, list[list[str]]] = {}
-    for runs in groups.values():
+    parsed: dict[tuple[str, ...], Any] = {}
+    for key, runs in groups.items():
         try:
-            parse(runs[0])
+            parsed[key] = parse(runs[0]).config
         except (Exception, SystemExit) as error:  # argparse-style parsers exit on bad arguments
             failures.setdefault(f"{type(error).__name__}: {error}", []).extend(runs)
     if failures:
@@ -81,6 +94,7 @@ def check_configs(arg_lists: list[list[str]], parse: Callable[[list[str]], Any] 
             for error, runs in list(failures.items())[:MAX_ERRORS_SHOWN]
         )
         raise SweepError(f"{count} run(s) have a config that does not parse; nothing was submitted:\n{shown}")
+    return [parsed[_without_seed_and_dir(args)] for args in arg_lists]
 
 
 def config_mismatches(
@@ -132,20 +146,21 @@ def _manifest(sweep: Sweep, args: dict[str, list[str]]) -> dict[str, Any]:
     return {"sweep": sweep.name, "sweep_file": str(sweep.path), "runs": runs, "evaluate": sweep.evaluate}
 
 
-def checked_evaluate(evaluate: dict[str, Any] | None, dry_run: bool, echo: Callable[[str], None]) -> None:
-    """:func:`~lit_dendrite.sweeps.evaluation.check_evaluate` as a SweepError (nothing submitted); a missing
-    corrupted set is an error too, except in a dry run (the data may live only on the cluster), where it is
-    printed as a warning."""
+def fetch_sweep_data(sweep: Sweep, parse: Callable[[list[str]], Any] | None = None) -> list[DataNeed]:
+    """Every data set the jobs of all the sweep's runs read, where they read it (each run's config is parsed, once
+    per distinct config)."""
+    configs = check_configs([run.train_args(Path(sweep.name)) for run in sweep.runs], parse)
+    return data_needs({run.relative_dir: run_data(c) for run, c in zip(sweep.runs, configs)}, sweep.evaluate)
+
+
+def checked_evaluate(evaluate: dict[str, Any] | None) -> None:
+    """:func:`~lit_dendrite.sweeps.evaluation.check_evaluate` as a SweepError (nothing submitted)."""
     if evaluate is None:
         return
     try:
-        problems = check_evaluate(evaluate)
+        check_evaluate(evaluate)
     except EvaluateSpecError as error:
         raise SweepError(f"{error}; nothing was submitted") from None
-    if problems and not dry_run:
-        raise SweepError("\n".join([*problems, "nothing was submitted"]))
-    for problem in problems:
-        echo(f"warning: {problem}")
 
 
 def _to_skip(
@@ -179,14 +194,20 @@ def submit_sweep(
     echo: Callable[[str], None] = print,
     overwrite: bool = False,
     resolve: Callable[[list[str]], dict[str, Any]] | None = None,
+    verbose: bool = False,
+    gpu_speedup: float = DEFAULT_GPU_SPEEDUP,
 ) -> Submission:
-    """Validate the sweep, then submit every run that is neither finished nor queued/running as one job array.
+    """Validate the sweep, print its plan (:mod:`lit_dendrite.sweeps.plan`: runs per experiment, GPU-hours, the data
+    sets the jobs read and which are missing), then submit every run that is neither finished nor queued/running as
+    one job array; ``verbose`` adds each run's action (and, in a dry run, its arguments).
 
-    A run whose directory holds another configuration (the sweep's overrides changed) is an error listing each
-    such run and its differing keys, and nothing is submitted; with ``overwrite`` those runs' results are
-    discarded and they are trained afresh. ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`):
-    ``debug`` runs the jobs in this process before returning; ``local`` starts at most ``max_parallel``
-    background processes that share the runs, each taking the next one left.
+    A data set missing where a job will read it (and the job does not download it) is an error naming it and the
+    command that fetches it, and nothing is submitted; a dry run reports it in the plan. A run whose directory holds
+    another configuration (the sweep's overrides changed) is an error listing each such run and its differing keys,
+    and nothing is submitted; with ``overwrite`` those runs' results are discarded and they are trained afresh.
+    ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`): ``debug`` runs the jobs in this process
+    before returning; ``local`` starts at most ``max_parallel`` background processes that share the runs, each
+    taking the next one left.
     """
     backend = cluster_backend(cluster)
     sweep_dir = out.resolve() / sweep.name
@@ -194,19 +215,27 @@ def submit_sweep(
     if not dry_run:
         backend.check(config)
     args = {run.relative_dir: run_args(run, sweep_dir, backend, config) for run in sweep.runs}
-    check_configs(list(args.values()), parse)
-    checked_evaluate(sweep.evaluate, dry_run, echo)
+    parsed = dict(zip(args, check_configs(list(args.values()), parse)))
+    checked_evaluate(sweep.evaluate)
     mismatches = config_mismatches(sweep_dir, args, resolve)
     skipped = _to_skip(sweep_dir, list(args), sweep.evaluate, set(mismatches))
     mismatches = {run: keys for run, keys in mismatches.items() if run not in skipped}  # live jobs keep theirs
     to_submit = [run for run in args if run not in skipped]
+    needs = data_needs({run: run_data(parsed[run]) for run in to_submit}, sweep.evaluate)
+    problems = missing_data(needs)
+    try:
+        cost: Estimate | str = sweep_estimate(sweep, gpu_speedup=gpu_speedup)
+    except CostUnavailable as error:
+        cost = str(error)
+    for line in summary_lines(sweep, sweep_dir, cluster, to_submit, cost, needs, problems):
+        echo(line)
     width = max(len(run) for run in args)
-    echo(f"sweep {sweep.name} ({sweep.path}): {len(args)} runs, {len(to_submit)} to submit -> {sweep_dir}")
     for run in args:
         action = f"skip ({skipped[run]})" if run in skipped else "submit"
         if run in mismatches:
             action = f"{'overwrite' if overwrite else 'CONFIG DIFFERS'} ({', '.join(mismatches[run])})"
-        echo(f"  {run:<{width}}  {action}")
+        if verbose or run in mismatches:
+            echo(f"  {run:<{width}}  {action}")
     if mismatches and not overwrite:
         raise SweepError(
             f"{len(mismatches)} run(s) hold another configuration than this sweep now gives (keys listed above); "
@@ -214,14 +243,23 @@ def submit_sweep(
             "those runs' results and train them afresh"
         )
     if dry_run:
-        for run in to_submit:
-            echo(f"train args of {run}: {' '.join(args[run])}")
+        if verbose:
+            for run in to_submit:
+                echo(f"train args of {run}: {' '.join(args[run])}")
         if sweep.evaluate is not None:
             echo(f"each job then evaluates its run: {json.dumps(sweep.evaluate)}")
+        if isinstance(cost, Estimate):
+            echo("Cost estimate assumptions:")
+            for text in cost.assumptions:
+                echo(f"  - {text}")
         shown = backend.dry_run_text(config, sweep_dir / LOGS / "%j", f"ld-{sweep.name}", len(to_submit))
         if to_submit and shown is not None:
             echo(shown)
+        if not verbose:
+            echo("dry run, nothing submitted; add --verbose for each run's action and training arguments")
         return Submission(sweep_dir, to_submit, skipped, [], [])
+    if refused := refusal(problems, sweep.path):
+        raise SweepError(refused)
     if not to_submit:
         echo("nothing to submit: every run is finished, queued or running")
         return Submission(sweep_dir, [], skipped, [], [])
@@ -297,7 +335,7 @@ def submit_evaluation(
     config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
     if not dry_run:
         backend.check(config)
-    checked_evaluate(evaluate, dry_run, echo)
+    checked_evaluate(evaluate)
     args = {run["dir"]: run["args"] for run in manifest["runs"]}
     states = run_states(sweep_dir, list(args))
     skipped = _to_skip(sweep_dir, list(args), evaluate)
@@ -306,8 +344,16 @@ def submit_evaluation(
     echo(f"evaluate {sweep_dir} with {sweep_file}: {len(args)} runs, {len(to_submit)} to evaluate")
     for run in args:
         echo(f"  {run}  {'skip (' + skipped[run] + ')' if run in skipped else 'evaluate'}")
+    records = {run: RunRecord.read(sweep_dir / run) for run in to_submit}
+    data = {run: RunData(record.dataset, str(record.data_root)) for run, record in records.items()}
+    needs = data_needs(data, evaluate)
+    problems = missing_data(needs)
+    for line in data_lines(needs, problems, sweep_file):
+        echo(line)
     if dry_run or not to_submit:
         return Submission(sweep_dir, to_submit if dry_run else [], skipped, [], [])
+    if refused := refusal(problems, sweep_file):
+        raise SweepError(refused)
     write_json_atomic(sweep_dir / MANIFEST, {**manifest, "evaluate": evaluate})
     jobs, jobs_of_run = _submit(backend, config, f"{manifest['sweep']}-eval", sweep_dir, to_submit, args, evaluate)
     record_jobs(sweep_dir, cluster, jobs_of_run)
