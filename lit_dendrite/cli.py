@@ -53,7 +53,11 @@ class ExtendingConfigFile(ActionConfigFile):
     :mod:`lit_dendrite.config_files`), as if each had been given by its own ``--config`` before it."""
 
     def __call__(self, parser: LightningArgumentParser, cfg: Namespace, values: str, option_string=None) -> None:
-        if not Path(values).is_file():  # a config given as a YAML string, or a missing file: jsonargparse's errors
+        try:
+            is_file = Path(values).is_file()
+        except OSError:  # a config given as a YAML string too long to be a file name
+            is_file = False
+        if not is_file:  # a config given as a YAML string, or a missing file: jsonargparse's errors
             super().__call__(parser, cfg, values, option_string)
             return
         for file in config_chain(values):

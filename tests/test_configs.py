@@ -206,3 +206,9 @@ def test_a_data_set_is_one_registration_and_trains_on_any_net_with_no_config_fil
         DATASETS.pop("kmnist")
     assert result["status"] == "done" and result["dataset"] == "kmnist"
     assert result["config"]["model"]["net"]["init_args"]["mean"] == [0.1918]
+
+
+def test_a_config_given_as_yaml_text_is_read_as_before():
+    """jsonargparse takes a config's text in place of a file; text longer than a file name may be is no path."""
+    text = yaml.safe_dump(composed_config(CONFIGS / "mlp_digits_relu.yaml")) + "#" * 300
+    assert identity(["--config", text]) == IDENTITIES["experiments"]["mlp_digits_relu"]
