@@ -13,20 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ActionConfigFile, Namespace
+from jsonargparse import Path as ArgumentPath
 from jsonargparse._link_arguments import skip_apply_links  # no public way to parse without the links (4.32-4.53)
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import __version__ as lightning_version
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from lit_dendrite.commandline import PARSER_OPTIONS
+from lit_dendrite.config_files import EXTENDS, config_chain, read_config, without_extends
 from lit_dendrite.data.datamodule import ImageDataModule
 from lit_dendrite.data.datasets import NET_ARGS, dataset_spec
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
-from lit_dendrite.nn.nets import CONFIG_KEY
+from lit_dendrite.nn.matching import settled_widths
+from lit_dendrite.nn.nets import CONFIG_KEY, NETS
 from lit_dendrite.runs import (
     ConfigMismatch,
     FileLock,
@@ -44,6 +48,27 @@ from lit_dendrite.runs import (
 TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
 
 
+class ExtendingConfigFile(ActionConfigFile):
+    """``--config FILE`` that reads first the files FILE builds on (its ``extends``, see
+    :mod:`lit_dendrite.config_files`), as if each had been given by its own ``--config`` before it."""
+
+    def __call__(self, parser: LightningArgumentParser, cfg: Namespace, values: str, option_string=None) -> None:
+        try:
+            is_file = Path(values).is_file()
+        except OSError:  # a config given as a YAML string too long to be a file name
+            is_file = False
+        if not is_file:  # a config given as a YAML string, or a missing file: jsonargparse's errors
+            super().__call__(parser, cfg, values, option_string)
+            return
+        for file in config_chain(values):
+            config = read_config(file)
+            if EXTENDS not in config:
+                self.apply_config(parser, cfg, self.dest, str(file))
+                continue
+            self.apply_config(parser, cfg, self.dest, yaml.safe_dump(without_extends(config)))
+            cfg[self.dest][-1] = ArgumentPath(str(file), mode="fr")  # the file, not the text it was read as
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI for (Classifier, ImageDataModule) plus ``experiment``, ``run_dir`` and ``protocol``.
 
@@ -51,8 +76,22 @@ class TrainCLI(LightningCLI):
     ``data.dataset``: a config names its data set only, and one that states them is an error naming the fix. The
     resolved configuration (the run record) holds the linked values, as the net is built with them.
 
-    Parsing only: classes are instantiated per session by :func:`train`.
+    A config file may build on others (``extends``, :class:`ExtendingConfigFile`). Parsing only: classes are
+    instantiated per session by :func:`train`.
     """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """LightningCLI's parser with a ``--config`` that reads the files a config extends first."""
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning_version}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument(
+            "-c",
+            "--config",
+            action=ExtendingConfigFile,
+            help="Path to a configuration file in yaml format; its "
+            f"`{EXTENDS}` names config files it builds on (docs/configs.md)",
+        )
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -90,12 +129,14 @@ class TrainCLI(LightningCLI):
             )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str]) -> None:
-        """Parse, then refuse a config that states what the data set determines: a link overwrites such a value
-        silently, so an old config's normalisation for another data set would otherwise go unnoticed."""
+        """Parse, then refuse a config that states what the data set determines (a link overwrites such a value
+        silently, so an old config's normalisation for another data set would otherwise go unnoticed), then settle
+        the net's width matching (:func:`settle_widths`)."""
         super().parse_arguments(parser, args)
         with skip_apply_links():  # what the config files and options say, before links and defaults
             given = parser.parse_args(args, defaults=False)
         check_no_data_set_facts(given, self.config.data.dataset)
+        settle_widths(self.config)
 
     def instantiate_classes(self) -> None:
         """Nothing is built at parse time; :func:`train` builds a fresh model for each session."""
@@ -128,6 +169,20 @@ def check_no_data_set_facts(given: Namespace, dataset: str) -> None:
             "remove these keys from the config files and the command line: the net takes them from data.dataset "
             "(lit_dendrite/data/datasets.py, DATASETS)"
         )
+
+
+def settle_widths(config: Namespace) -> None:
+    """Spell the net's widths as it is built (:func:`~lit_dendrite.nn.matching.settled_widths`): a net matched to
+    its own neuron is that net, a control of the paper gets the paper's widths. So a neuron picked on the command
+    line or a sweep axis (``match_neuron: 2arg`` being the default) is the same configuration, with the same run
+    directory identity, as the experiment config naming that neuron."""
+    net = NETS.get(str(config.model.net.class_path).rsplit(".", 1)[-1])
+    args = config.model.net.init_args
+    if net is None or "match_neuron" not in args:
+        return
+    widths, match_neuron = settled_widths(net, config.data.dataset, args)
+    if match_neuron != args.match_neuron:
+        args.widths, args.match_neuron = widths, match_neuron
 
 
 def parse(args: Sequence[str]) -> TrainCLI:

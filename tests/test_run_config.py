@@ -24,11 +24,11 @@ def finished(tmp_path_factory):
 def test_rerunning_a_finished_run_with_other_settings_is_an_error(finished):
     run_dir, result = finished
     with pytest.raises(ConfigMismatch) as raised:
-        quick_train("mlp_digits_relu", run_dir, 1, 0, "--model.net.init_args.neuron", "2arg", "--model.lr", "0.1")
+        quick_train("mlp_digits_relu", run_dir, 1, 0, "--model.net.init_args.neuron", "1arg", "--model.lr", "0.1")
     message = str(raised.value)
     assert str(RunDir(run_dir).path) in message and "2 key(s) differ" in message
     assert "model.lr: 0.001 (recorded) != 0.1 (now)" in message
-    assert "model.net.init_args.neuron: 'relu' (recorded) != '2arg' (now)" in message
+    assert "model.net.init_args.neuron: 'relu' (recorded) != '1arg' (now)" in message
     assert "--run_dir" in message and "--overwrite" in message
     assert json.loads(RunDir(run_dir).result.read_text())["test_acc"] == result["test_acc"]
 

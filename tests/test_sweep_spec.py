@@ -60,6 +60,7 @@ def test_train_args_are_lightning_cli_overrides_with_run_dir(configs: Path, tmp_
     config = str((configs / "experiment" / "mlp_digits_2arg.yaml").resolve())
     assert args == [
         "--config", config,
+        "--experiment", "mlp_digits_2arg",
         "--trainer.max_epochs", "2",
         "--model.lr", "1.0e-05",
         "--model.net.init_args.widths", "[32, 16]",

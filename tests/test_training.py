@@ -205,8 +205,7 @@ def test_every_experiment_config_parses_and_matches_its_two_arg_reference(config
     cli = parse(["--config", str(CONFIGS / f"{config}.yaml")])
     net = cli.parser.instantiate_classes(cli.config).model.net
     count = sum(p.numel() for p in net.parameters())
-    reference_name = config.rsplit("_", 1)[0] + "_2arg"
-    ref_cli = parse(["--config", str(CONFIGS / f"{reference_name}.yaml")])
+    ref_cli = parse(["--config", str(CONFIGS / f"{config}.yaml"), "--model.net.init_args.neuron", "2arg"])
     reference = sum(p.numel() for p in ref_cli.parser.instantiate_classes(ref_cli.config).model.net.parameters())
     assert abs(count - reference) / reference <= 0.01, (config, count, reference)
 

@@ -22,15 +22,38 @@ from ``data.dataset``, so an experiment config never states them."""
 
 
 @dataclass(frozen=True)
+class IdxFiles:
+    """MNIST's on-disk format: ``<root>/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``, as the
+    torchvision class named ``torchvision`` (``MNIST`` or one of its subclasses) downloads and reads it."""
+
+    folder: str
+    torchvision: str
+
+
+@dataclass(frozen=True)
+class CifarFiles:
+    """CIFAR's python format: pickled batches under ``<root>/<folder>`` with the labels under ``label_key``, as the
+    torchvision class named ``torchvision`` downloads them."""
+
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    torchvision: str
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """What a network needs to know about a data set (image shape, classes, per-channel mean and std of the
-    training pixels in [0,1]), and the paper's validation fraction."""
+    training pixels in [0,1]), the paper's validation fraction, and where its files are (``files``; None: the
+    embedded digits)."""
 
     in_shape: tuple[int, int, int]
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     val_fraction: float
+    files: IdxFiles | CifarFiles | None = None
 
     @property
     def net_args(self) -> dict[str, Any]:
@@ -38,21 +61,44 @@ class DatasetSpec:
         return {name: getattr(self, name) for name in NET_ARGS}
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec((1, 28, 28), 10, (0.3053,), (0.3247,), 1 / 6),
-    "mnist": DatasetSpec((1, 28, 28), 10, (0.1307,), (0.3081,), 1 / 6),
-    "fashion_mnist": DatasetSpec((1, 28, 28), 10, (0.2860,), (0.3530,), 1 / 6),
-    "cifar10": DatasetSpec((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 1 / 5),
-    "cifar100": DatasetSpec((3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 1 / 5),
-}
-
-_MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+DATASETS: dict[str, DatasetSpec] = {}
+"""The data set registry: name -> spec. Add to it with :func:`register_dataset`; every config, sweep and evaluation
+then accepts the name as ``data.dataset``."""
 
 
-_CIFAR_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
-}
+def register_dataset(name: str, spec: DatasetSpec) -> DatasetSpec:
+    """Make ``name`` a data set every command accepts; refuses to redefine a known name."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a data set name must be a non-empty string, got {name!r}")
+    if not isinstance(spec, DatasetSpec):
+        raise TypeError(f"register_dataset takes a DatasetSpec, got {spec!r}")
+    if DATASETS.get(name, spec) != spec:
+        raise ValueError(f"a data set named {name!r} is already registered ({DATASETS[name]}); choose another name")
+    DATASETS[name] = spec
+    return spec
+
+
+register_dataset("digits", DatasetSpec((1, 28, 28), 10, (0.3053,), (0.3247,), 1 / 6))
+register_dataset("mnist", DatasetSpec((1, 28, 28), 10, (0.1307,), (0.3081,), 1 / 6, IdxFiles("MNIST", "MNIST")))
+register_dataset(
+    "fashion_mnist",
+    DatasetSpec((1, 28, 28), 10, (0.2860,), (0.3530,), 1 / 6, IdxFiles("FashionMNIST", "FashionMNIST")),
+)
+register_dataset(
+    "cifar10",
+    DatasetSpec(
+        (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 1 / 5,
+        CifarFiles("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels",
+                   "CIFAR10"),
+    ),
+)  # fmt: skip
+register_dataset(
+    "cifar100",
+    DatasetSpec(
+        (3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 1 / 5,
+        CifarFiles("cifar-100-python", ("train",), ("test",), "fine_labels", "CIFAR100"),
+    ),
+)  # fmt: skip
 
 DIGITS_TEST_SIZE = 360
 """Images of scikit-learn's 1,797 digits held out as the fixed test set (the same for every seed)."""
@@ -68,10 +114,10 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 def load_arrays(name: str, root: str | Path, train: bool, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 (N, H, W, C) and labels int64 (N,) of one split of the data set ``name``."""
-    dataset_spec(name)
-    if name == "digits":
+    files = dataset_spec(name).files
+    if files is None:
         return _load_digits(train)
-    if name in ("mnist", "fashion_mnist"):
+    if isinstance(files, IdxFiles):
         return _load_mnist_like(name, Path(root), train, download)
     return _load_cifar(name, Path(root), train, download)
 
@@ -83,16 +129,14 @@ def pixels(images: np.ndarray) -> torch.Tensor:
 
 def data_files(name: str, root: str | Path, train: bool) -> list[Path]:
     """The files one split of ``name`` is read from (none for the embedded digits)."""
-    root = Path(root)
-    dataset_spec(name)
-    if name == "digits":
+    root, files = Path(root), dataset_spec(name).files
+    if files is None:
         return []
-    if name in _MNIST_FOLDERS:
+    if isinstance(files, IdxFiles):
         prefix = "train" if train else "t10k"
-        raw = root / _MNIST_FOLDERS[name] / "raw"
+        raw = root / files.folder / "raw"
         return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
-    folder, train_files, test_files, _ = _CIFAR_LAYOUT[name]
-    return [root / folder / f for f in (train_files if train else test_files)]
+    return [root / files.folder / f for f in (files.train_files if train else files.test_files)]
 
 
 def check_available(name: str, root: str | Path) -> None:
@@ -117,7 +161,7 @@ def _load_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
 def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
     from torchvision import datasets
 
-    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    cls = getattr(datasets, DATASETS[name].files.torchvision)
     files = data_files(name, root, train)
     if download and not all(f.is_file() for f in files):
         cls(str(root), train=train, download=True)  # torchvision skips files that exist, checked or not
@@ -179,13 +223,13 @@ def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> np.ndarra
 
 
 def _load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    label_key = _CIFAR_LAYOUT[name][3]
-    num_classes = DATASETS[name].num_classes
+    spec = DATASETS[name]
+    label_key, num_classes = spec.files.label_key, spec.num_classes
     files = data_files(name, root, train)
     if download:
         from torchvision import datasets
 
-        (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=train, download=True)
+        getattr(datasets, spec.files.torchvision)(str(root), train=train, download=True)
     _require_files(name, root, files)
     images, labels = [], []
     for file in files:

@@ -1,14 +1,31 @@
-"""Parameter matching: pick a control's widths so its parameter count equals a reference network's."""
+"""Parameter matching: pick a control's widths so its parameter count equals a reference network's, or take the
+widths the paper gives its controls (:data:`PAPER_CONTROL_WIDTHS`)."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from lit_dendrite.data.datasets import NET_ARGS
+
+PAPER_REFERENCE_NEURON = "2arg"
+PAPER_CONTROL_WIDTHS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
+    ("DendriticMLP", "mnist"): {"1arg": (114, 114, 114), "relu": (118, 118, 118)},
+    ("DendriticMLP", "cifar10"): {"1arg": (123, 123, 123), "relu": (124, 124, 124)},
+    ("DendriticCNN", "cifar10"): {"1arg": (65, 150, 180, 240), "relu": (120, 150, 170, 170)},
+}
+"""``{(net, data set): {neuron: widths}}``: the widths the paper gives a control, which its authors matched to the
+2-arg net of the paper's architecture (the net's defaults). A control matched to that net (``match_neuron: 2arg``)
+gets these instead of :func:`match_width`'s; every other control is matched by :func:`match_width`."""
+NOT_PAPER_ARCHITECTURE = ("neuron", "match_neuron", "dropout", *NET_ARGS)
+"""Arguments of a net that a row of :data:`PAPER_CONTROL_WIDTHS` does not fix: the control's neuron, dropout (no
+parameters) and the data set's facts (the data set is part of the row's key)."""
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -86,3 +103,31 @@ def _closest_scale(
 def count_widths(build: Callable[..., nn.Module], kwargs: dict[str, Any], widths: Sequence[int]) -> int:
     """Parameter count of ``build(**kwargs, widths=widths)``, computed without allocating weights."""
     return _count_on_meta(build, **{**kwargs, "widths": list(widths)})
+
+
+def settled_widths(net: type[nn.Module], dataset: str, args: Mapping[str, Any]) -> tuple[list[int], str | None]:
+    """The ``(widths, match_neuron)`` that a net configured with ``args`` (its constructor arguments) on ``dataset``
+    is built with, spelled so that one net has one configuration: a net matched to its own neuron is that net
+    (no matching); a control of the paper's architecture matched to its 2-arg net gets the paper's widths
+    (:data:`PAPER_CONTROL_WIDTHS`); any other control keeps ``match_neuron`` (matched when built)."""
+    widths, match = list(args["widths"]), args.get("match_neuron")
+    if match is None or match == args["neuron"]:
+        return widths, None
+    paper = PAPER_CONTROL_WIDTHS.get((net.__name__, dataset), {}).get(args["neuron"])
+    if paper is None or match != PAPER_REFERENCE_NEURON or not _paper_architecture(net, args):
+        return widths, match
+    return list(paper), None
+
+
+def _paper_architecture(net: type[nn.Module], args: Mapping[str, Any]) -> bool:
+    """Whether ``args`` give ``net`` its default (the paper's) architecture, widths included."""
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(net).parameters.items()
+        if parameter.default is not inspect.Parameter.empty and name not in NOT_PAPER_ARCHITECTURE
+    }
+    return all(plain(args.get(name, default)) == plain(default) for name, default in defaults.items())

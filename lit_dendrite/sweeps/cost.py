@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lit_dendrite.config_files import composed_config
 from lit_dendrite.data.datasets import dataset_spec
 from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.nn.resnet import RESNET18_WIDTHS, scaled_widths
@@ -366,12 +365,12 @@ def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
 
 
 def run_shapes(sweep: Sweep) -> list[RunShape]:
-    """Every run's :class:`RunShape` from its experiment config with the run's overrides applied (dotted keys);
-    each experiment config is read once."""
+    """Every run's :class:`RunShape` from its experiment config (with the files it extends) with the run's
+    overrides applied (dotted keys); each experiment config is read once."""
     shapes, configs = [], {}
     for run in sweep.runs:
         if run.config not in configs:
-            configs[run.config] = yaml.safe_load(run.config.read_text())
+            configs[run.config] = composed_config(run.config)
         config = copy.deepcopy(configs[run.config])
         for key, value in run.overrides:
             *parents, last = key.split(".")

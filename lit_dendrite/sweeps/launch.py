@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
 import time
@@ -14,7 +13,8 @@ from typing import Any
 
 import submitit
 
-from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
+from lit_dendrite.config_files import copy_chain
+from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.runs import FINISHED, RunDir, RunRecord, config_differences, recorded_config
 from lit_dendrite.sweeps.backends import ClusterBackend, cluster_backend
 from lit_dendrite.sweeps.cluster import ClusterConfig, use_term_as_preempt_signal
@@ -119,21 +119,15 @@ def config_mismatches(
 
 def snapshot_configs(sweep_dir: Path, args: dict[str, list[str]]) -> dict[str, list[str]]:
     """The runs' arguments with each ``--config`` file replaced by a copy in ``sweep_dir/submitted_configs`` named
-    by its content: a job reads its experiment config as it was at submission, whatever happens to the file while the
-    job waits or runs (an edit, a checkout). Copies are never overwritten, so queued jobs keep theirs."""
-    snapshots: dict[str, str] = {}
+    by its content, and the files it extends by copies too: a job reads its experiment config as it was at
+    submission, whatever happens to the files while the job waits or runs (an edit, a checkout). Copies are never
+    overwritten, so queued jobs keep theirs."""
+    copies: dict[Path, Path] = {}
     result = {}
     for run, given in args.items():
         index = given.index("--config") + 1
-        original = given[index]
-        if original not in snapshots:
-            text = Path(original).read_text()
-            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-            snapshot = sweep_dir / CONFIG_SNAPSHOTS / f"{Path(original).stem}-{digest}.yaml"
-            if not snapshot.is_file():
-                write_text_atomic(snapshot, text)
-            snapshots[original] = str(snapshot)
-        result[run] = [*given[:index], snapshots[original], *given[index + 1 :]]
+        snapshot = copy_chain(given[index], sweep_dir / CONFIG_SNAPSHOTS, copies)
+        result[run] = [*given[:index], str(snapshot), *given[index + 1 :]]
     return result
 
 

@@ -23,8 +23,10 @@ A sweep file (YAML, see ``configs/sweep/``)::
       attacks: {linf_pgd: {n: 1000}}            # (see lit_dendrite.sweeps.evaluation)
       corruptions: {spec: mnist_c, root: data}
 
-Axis keys are LightningCLI keys without the leading ``--``. Each run is named by its axis values with
-short keys (default: the key's last dotted part), e.g. ``lr=0.001,seed=1``, and lives in
+An experiment may be a net x data set config (``mlp_mnist``) with the neuron on an axis,
+``grid: {model.net.init_args.neuron: [2arg, 1arg, relu]}``: each neuron's net is parameter-matched to the 2-arg net
+(docs/configs.md). Axis keys are LightningCLI keys without the leading ``--``. Each run is named by its axis values
+with short keys (default: the key's last dotted part), e.g. ``lr=0.001,seed=1``, and lives in
 ``<out>/<sweep>/<experiment>/<name>``.
 """
 
@@ -76,8 +78,9 @@ class PlannedRun:
         return f"{self.experiment}/{self.name}"
 
     def train_args(self, sweep_dir: Path, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-        """Arguments for ``lit_dendrite.cli.train``: config, overrides, run directory, then ``extra``."""
-        args = ["--config", str(self.config)]
+        """Arguments for ``lit_dendrite.cli.train``: config, experiment name (the job's copy of the config is named
+        otherwise), overrides, run directory, then ``extra``."""
+        args = ["--config", str(self.config), "--experiment", self.experiment]
         for key, value in self.overrides:
             args += [f"--{key}", cli_value(value)]
         return [*args, "--run_dir", str(sweep_dir / self.relative_dir), *extra]
