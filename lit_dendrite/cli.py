@@ -60,6 +60,8 @@ class ExtendingConfigFile(ActionConfigFile):
         if not is_file:  # a config given as a YAML string, or a missing file: jsonargparse's errors
             super().__call__(parser, cfg, values, option_string)
             return
+        if cfg.get("experiment") is None:  # the first file given names the experiment; overlays after it do not
+            cfg["experiment"] = Path(values).stem
         for file in config_chain(values):
             config = read_config(file)
             if EXTENDS not in config:
@@ -95,7 +97,7 @@ class TrainCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
-            "--experiment", type=str | None, default=None, help="Experiment name (default: config stem)"
+            "--experiment", type=str | None, default=None, help="Experiment name (default: first config's stem)"
         )
         parser.add_argument(
             "--variant",
@@ -212,7 +214,8 @@ def build(cli: TrainCLI) -> Namespace:
 
 
 def experiment_name(config: Namespace) -> str:
-    """The ``experiment`` key, else the stem of the last config file given."""
+    """The ``experiment`` key (by default the first config file's stem, see :class:`ExtendingConfigFile`), else the
+    stem of the last config file given."""
     if config.get("experiment"):
         return config.experiment
     files = [Path(str(c)) for c in (config.get("config") or [])]
