@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import ttest_ind
 from tiny_sweep import CONDITIONS, make_fake_sweep, train_tiny_sweep, write_session_events
 
-from lit_dendrite.analysis.report import load_runs, summary_table, write_report
+from lit_dendrite.analysis.report import accuracy_table, load_runs, summary_table, write_report
 from lit_dendrite.analysis.tables import compare_conditions, markdown_table
 
 SECTIONS = ("## Clean test accuracy", "## Learning curves", "## Inner-net surfaces", "## Robustness")
@@ -120,3 +120,9 @@ def test_report_of_a_tiny_real_sweep(tmp_path_factory):
     assert "## Problems" not in report
     for image in referenced_images(report):
         assert (sweep / image).is_file()
+
+
+def test_the_accuracy_table_shows_percentages_with_two_decimals(fake_sweep):
+    shown = accuracy_table(summary_table(load_runs(fake_sweep))).set_index("condition")
+    assert shown.loc["mlp_digits_relu", "test acc %"] == "82.00 ± 1.00"  # test_acc 0.81, 0.82, 0.83
+    assert all(re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cell) for cell in shown["test acc %"])

@@ -166,7 +166,10 @@ def learning_curve_figure(curves: pd.DataFrame, offsets: pd.DataFrame, tags: Seq
                 sd = part["sd"].fillna(0).to_numpy()
                 label = condition if session == JOINT else f"{condition} (III)"
                 ax.plot(part["x"], part["mean"], style, color=colours[condition], label=label)
-                ax.fill_between(part["x"], part["mean"] - sd, part["mean"] + sd, color=colours[condition], alpha=0.2)
+                low, high = part["mean"] - sd, part["mean"] + sd
+                if tag.endswith("acc"):  # an accuracy band stays within what an accuracy can be
+                    low, high = low.clip(0, 1), high.clip(0, 1)
+                ax.fill_between(part["x"], low, high, color=colours[condition], alpha=0.2)
                 if session == FROZEN:
                     start = offsets[(offsets["condition"] == condition) & (offsets["session"] == session)]["offset"]
                     ax.axvline(float(start.iloc[0]) - 0.5, color=colours[condition], linestyle=":", linewidth=1)
