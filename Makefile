@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FAST := -m "not slow and not cluster"
 
-.PHONY: install demo test test-slow test-all lint format bench
+.PHONY: install demo notebook test test-slow test-all lint format bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ demo: install
 	$(PY) launch/sweep.py --sweep configs/sweep/demo.yaml --cluster local --out runs --wait
 	$(PY) launch/sweep.py collect runs/demo
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs/demo"
+
+# JupyterLab (the `notebook` extra) on the repository, opened on the checkpoint notebook; its kernel starts in
+# notebooks/ and finds runs/demo there too (LIT_DENDRITE_SWEEP_DIR names another sweep).
+$(VENV)/.notebook: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,notebook]'
+	touch $@
+
+notebook: $(VENV)/.notebook
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. notebooks/analyze_checkpoints.ipynb
 
 test: install
 	$(PY) -m pytest $(FAST)

@@ -13,6 +13,7 @@ from lit_dendrite.analysis.nonlinearity_report import surfaces_figure_name
 from lit_dendrite.analysis.report import (
     LEARNING_CURVES_FIGURE,
     SPEED_FIGURE,
+    accuracy_table,
     load_runs,
     summary_table,
     write_report,
@@ -162,3 +163,9 @@ def test_report_of_a_tiny_real_sweep(tmp_path_factory):
     assert "## Problems" not in report
     for image in referenced_images(report):
         assert (sweep / image).is_file()
+
+
+def test_the_accuracy_table_shows_percentages_with_two_decimals(fake_sweep):
+    shown = accuracy_table(summary_table(load_runs(fake_sweep))).set_index("condition")
+    assert shown.loc["mlp_digits_relu", "test acc %"] == "82.00 ± 1.00"  # test_acc 0.81, 0.82, 0.83
+    assert all(re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cell) for cell in shown["test acc %"])

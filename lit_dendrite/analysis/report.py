@@ -101,10 +101,17 @@ def accuracy_section(report_text: str) -> str:
     return "\n".join([ACCURACY_HEADING, *table[:end]])
 
 
-def _accuracy_section(runs: Sequence[RunRecord], conditions: pd.DataFrame) -> list[str]:
+def accuracy_table(conditions: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summary_table` as the report shows it: test accuracy as ``mean ± sd`` in % with two decimals."""
     shown = conditions.assign(
         test_acc=[mean_sd(m, s) for m, s in zip(conditions["test_acc_mean"], conditions["test_acc_sd"])]
     )
+    return shown[["condition", "dataset", "net", "neuron", "params", "n", "not_done", "test_acc"]].rename(
+        columns={"test_acc": "test acc %"}
+    )
+
+
+def _accuracy_section(runs: Sequence[RunRecord], conditions: pd.DataFrame) -> list[str]:
     lines = [
         ACCURACY_HEADING,
         "",
@@ -113,9 +120,7 @@ def _accuracy_section(runs: Sequence[RunRecord], conditions: pd.DataFrame) -> li
         f"{paper_numbers()['clean_accuracy']}, so there is no paper column here.",
         "",
     ]
-    lines.append(
-        markdown_table(shown[["condition", "dataset", "net", "neuron", "params", "n", "not_done", "test_acc"]])
-    )
+    lines.append(markdown_table(accuracy_table(conditions)))
     values = runs_table([r for r in runs if r.done])[["condition", "test_acc"]].rename(columns={"test_acc": "value"})
     lines += ["", *comparison_lines(values, conditions, "test accuracy (%)", scale=100.0)]
     return lines
