@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
-QUICK_RUN = "runs/quick/mlp_digits_2arg"
+QUICK_RUN = "runs/mlp_digits_2arg/variant=quick,seed=0"
 
 NOT_RUN = {
     "make install": "creates .venv and installs from the package index (network); the tests run in such an environment",
@@ -38,10 +38,7 @@ NOT_RUN = {
     "make test-slow": "installs from the package index (network) and runs this test suite; needs root and apt",
     "make lint": "installs from the package index (network); CI runs the lint itself",
     "make bench": "installs from the package index (network); a benchmark, not a check",
-    "tensorboard --logdir runs/quick": "starts a server that runs until stopped; the fast test reads the event files",
-    "tensorboard --logdir runs": "starts a server that runs until stopped",
-    "python -c from lit_dendrite.data.datasets import load_arrays; [load_arrays(d, 'data', s, download=True) for d in "
-    "('mnist', 'cifar10') for s in (True, False)]": "downloads MNIST and CIFAR-10 (network)",
+    "tensorboard --logdir runs": "starts a server that runs until stopped; the fast test reads the event files",
     "python launch/train.py --config configs/experiment/mlp_mnist_2arg.yaml --data.root ~/data --data.download true":
         "downloads MNIST (network)",
     "python launch/train.py --config configs/experiment/cnn_cifar10_relu.yaml --trainer.max_epochs 50 "
@@ -71,10 +68,8 @@ SHORTER = {
     "launch/evaluate.py": {"--n": "100"},
 }
 FAST = [  # the README's first recipes, run by the fast suite in this order; the rest by the slow test
-    f"python launch/train.py --config configs/experiment/mlp_digits_2arg.yaml --protocol.pretrain_epochs 10 "
-    f"--trainer.max_epochs 5 --run_dir {QUICK_RUN}",
-    "python launch/train.py --config configs/experiment/mlp_digits_relu.yaml --protocol.pretrain_epochs 10 "
-    "--trainer.max_epochs 5 --run_dir runs/quick/mlp_digits_relu",
+    "python launch/train.py --config configs/experiment/mlp_digits_2arg.yaml --config configs/quick.yaml",
+    "python launch/train.py --config configs/experiment/mlp_digits_relu.yaml --config configs/quick.yaml",
     f"python launch/evaluate.py {QUICK_RUN} --attacks linf_pgd,fgsm",
     "python launch/sweep.py --cluster slurm --dry-run",
 ]
@@ -158,7 +153,7 @@ def test_the_readme_recipes_run_as_written(repository_root):
     commands = documented_commands(README)
     outputs = [_run(commands[command], repository_root).stdout for command in FAST]
     assert all("status=done" in output for output in outputs[:2]), outputs[:2]
-    for run in (QUICK_RUN, "runs/quick/mlp_digits_relu"):
+    for run in (QUICK_RUN, "runs/mlp_digits_relu/variant=quick,seed=0"):
         for session in ("II_joint", "III_frozen") if run == QUICK_RUN else ("II_joint",):
             events = EventAccumulator(str(repository_root / run / session)).Reload()
             assert {"val/acc", "val/loss", "train/acc", "test/acc"} <= set(events.Tags()["scalars"]), (run, session)
