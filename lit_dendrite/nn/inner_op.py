@@ -18,6 +18,7 @@ keep the dtype autocast gave them), instead of falling back to the plain layers.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -66,8 +67,8 @@ def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
         return native.inner_kernel_mismatch(z, params)
     if kind is None:
         return f"it has no kernel for {z.device.type} tensors"
-    if not triton_installed():
-        return "it needs Triton on CUDA (pip install triton)"
+    if (error := triton_import_error()) is not None:
+        return f"its CUDA kernels need Triton: {error}"
     if any(t.device != z.device for t in params):
         return f"inputs on {z.device} but weights on {params[0].device}"
     if z.dtype not in TRITON_DTYPES or any(t.dtype not in TRITON_DTYPES for t in params):
@@ -83,10 +84,37 @@ def check_arguments(z: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
         raise ValueError(f"lit_dendrite::inner_net cannot run: {reason}")
 
 
+def op_dtype(z: torch.Tensor) -> torch.dtype:
+    """The dtype in which :func:`fused_inner_net` hands ``z`` to the op: autocast's on CUDA for float32 inputs."""
+    if z.is_cuda and torch.is_autocast_enabled("cuda") and z.dtype == torch.float32:
+        return torch.get_autocast_dtype("cuda")
+    return z.dtype
+
+
+def tf32_products(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the Triton kernels multiply ``dtype`` inputs on ``device`` in tf32: float32, where torch allows it for
+    matmuls (``torch.backends.cuda.matmul.allow_tf32``) and the GPU has it (compute capability 8.0 or newer)."""
+    if dtype != torch.float32 or not torch.backends.cuda.matmul.allow_tf32:
+        return False
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 @torch.compiler.assume_constant_result
 def triton_installed() -> bool:
-    """Whether Triton can be imported (torch.compile takes the answer as a constant)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether Triton is installed and imports (torch.compile takes the answer as a constant)."""
+    return triton_import_error() is None
+
+
+@functools.cache
+def triton_import_error() -> str | None:
+    """Why ``import triton`` fails here (not installed, or broken), or None; asked once per process."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton)"
+    try:
+        import triton  # noqa: F401
+    except Exception as error:  # a broken install raises anything: it is as good as none
+        return f"Triton does not import ({type(error).__name__}: {error})"
+    return None
 
 
 def triton_kernels():
@@ -228,8 +256,7 @@ inner_net.register_autograd(_backward, setup_context=_setup_context)
 def fused_inner_net(z: torch.Tensor, normalized_ndim: int, eps: float, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The op's values, keeping the signs for backward only when a gradient will be needed. Under CUDA autocast,
     float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs."""
-    if z.is_cuda and torch.is_autocast_enabled("cuda") and z.dtype == torch.float32:
-        z = z.to(torch.get_autocast_dtype("cuda"))
+    z = z.to(op_dtype(z))
     keep_signs = torch.is_grad_enabled() and any(t.requires_grad for t in (z, *params))
     return inner_net(z, normalized_ndim, eps, keep_signs, *params)[0]
 

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lit_dendrite.nn.inner_op import tf32_products
 from lit_dendrite.nn.native import SIGN_BITS
 
 FORWARD_BLOCK_ROWS = 64
@@ -209,7 +210,7 @@ def _shape(params: Sequence[torch.Tensor]) -> tuple[int, int, int, int, int]:
 
 
 def _dot_options(z: torch.Tensor) -> dict[str, object]:
-    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    precision = "tf32" if tf32_products(z.dtype, z.device) else "ieee"
     dot_dtype = LOW_PRECISION.get(z.dtype, tl.float32)
     return {"DOT_DTYPE": dot_dtype, "PRECISION": precision, "ROUND_ONLY": dot_dtype == tl.bfloat16 and not z.is_cuda}
 
