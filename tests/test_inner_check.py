@@ -140,3 +140,43 @@ def test_tf32_is_only_used_where_the_gpu_has_it(monkeypatch):
         assert not inner_op.tf32_products(torch.bfloat16, torch.device("cuda:0"))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+@pytest.mark.skipif(not native.native_available(), reason="needs the native kernel (a C compiler)")
+def test_a_run_records_its_paths_per_session_and_status_and_report_show_a_fallback(monkeypatch, tmp_path):
+    """result.json: each session's requested and used paths, the fallback's reason, the device; the versions name
+    torch and triton; ``sweep.py status`` and the sweep report list the run as fallen back."""
+    import json
+
+    from helpers import quick_train
+
+    from lit_dendrite.analysis.report import write_report
+    from lit_dendrite.runs import RunRecord
+    from lit_dendrite.sweeps.state import format_status
+
+    monkeypatch.setattr(native, "inner_backward", _wrong_gradients(native.inner_backward))
+    run_dir = tmp_path / "sweep" / "mlp_digits_2arg" / "seed=0"
+    with pytest.warns(FusedPathFallback, match="disagrees with the plain layers"):
+        result = quick_train("mlp_digits_2arg", run_dir, 1, 1, "--trainer.limit_train_batches", "2")
+    sessions = result["sessions"]
+    assert list(sessions) == ["I_pretrain", "II_joint", "III_frozen"]
+    joint = sessions["II_joint"]
+    assert joint["device"] == {"type": "cpu", "name": None, "capability": None}
+    assert joint["inner_path"]["requested"] == ["auto"] and "fused" not in joint["inner_path"]["used"]
+    [fallback] = joint["inner_path"]["fallbacks"]
+    assert fallback["specialisation"] == "cpu float32 arity 2 widths [64, 64]"
+    assert "disagrees with the plain layers" in fallback["reason"]
+    assert {"torch", "triton"} <= set(result["versions"])
+    written = json.loads((run_dir / "result.json").read_text())
+    assert written["sessions"]["II_joint"]["inner_path"] == joint["inner_path"]
+    lines = RunRecord.read(run_dir).path_fallbacks
+    joint_line = f"II_joint: cpu float32 arity 2 widths [64, 64] ran {fallback['used']}: {fallback['reason']}"
+    assert joint_line in lines
+
+    manifest = {"sweep": "s", "sweep_file": "s.yaml", "runs": [{"dir": "mlp_digits_2arg/seed=0", "axes": {}}]}
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(manifest))
+    status = format_status(tmp_path / "sweep")
+    assert f"    fell back: {joint_line}" in status
+    assert "inner net: 1 run(s) fell back from the fused op to a torch path" in status
+    report = write_report(tmp_path / "sweep", n_images=4).read_text()
+    assert "the inner net fell back from the fused op in II_joint: cpu float32" in report
