@@ -28,10 +28,12 @@ from lit_dendrite.nn import inner_op
 
 # The oldest compute capability whose Triton ``tl.dot`` supports the kernel's dtype; fp32 (IEEE products) runs on any.
 MIN_CAPABILITY = {"bfloat16": (8, 0), "tf32": (8, 0), "float16": (7, 0)}
-# Largest relative error (norm of the difference over the norm of the float64 reference) of values and of each
-# gradient: a few times what the dtype's rounding gives on the sample. A wrong kernel is off by O(1) (a lost sign
-# word: 0.66-1.0), far beyond any of these.
-TOLERANCE = {"float32": 1e-4, "tf32": 2e-2, "float16": 2e-2, "bfloat16": 6e-2}
+# The largest relative error (norm of the difference over the norm of the float64 reference) allowed in the values
+# and in each gradient: TOLERANCE for the dtype plus PLAIN_FACTOR times the error of the plain layers in the same
+# precision (autocast's; in bf16 the weight gradients lose ~6% to rounding there too). A wrong kernel is off by O(1)
+# (a lost sign word: 0.66-1.0), far beyond either.
+TOLERANCE = {"float32": 1e-4, "tf32": 1e-2, "float16": 1e-2, "bfloat16": 1e-2}
+PLAIN_FACTOR = 2
 SAMPLE_SEED = 20_260_101
 SAMPLE_SAMPLES, SAMPLE_ROWS = 3, 40  # 120 rows: two forward blocks of 64 and a masked tail
 
@@ -90,15 +92,18 @@ def self_check(spec: Specialisation) -> str | None:
         except Exception as error:  # a Triton too old or too new for the kernels' source is as good as none
             return f"its Triton kernels do not import ({type(error).__name__}: {_first_line(error)})"
     try:
-        error = _largest_error(spec)
+        # It may first be asked for inside validation (inference mode) or no_grad: it needs autograd either way.
+        with torch.inference_mode(False), torch.enable_grad():
+            errors = _largest_errors(spec)
     except Exception as error:
         return f"its kernel failed to compile or run on {spec.device} ({type(error).__name__}: {_first_line(error)})"
-    worst = max(error, key=error.get)
-    if not error[worst] <= TOLERANCE[spec.dtype]:
-        return (
-            f"its kernel disagrees with the plain layers on {spec.device}: relative error {error[worst]:.2g} in the "
-            f"{worst} (tolerance {TOLERANCE[spec.dtype]:g} for {spec.dtype})"
-        )
+    for name, (fused, plain) in errors.items():
+        allowed = TOLERANCE[spec.dtype] + PLAIN_FACTOR * plain
+        if not fused <= allowed:  # NaN fails too
+            return (
+                f"its kernel disagrees with the plain layers on {spec.device}: relative error {fused:.2g} in the "
+                f"{name} (the plain layers' in {spec.dtype}: {plain:.2g}; allowed {allowed:.2g})"
+            )
     return None
 
 
@@ -106,9 +111,10 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0][:300]
 
 
-def _largest_error(spec: Specialisation) -> dict[str, float]:
-    """The fused op's largest relative error against float64 plain layers on a random sample, per quantity
-    (values, input gradient, each weight's gradient), with and without a LayerNorm."""
+def _largest_errors(spec: Specialisation) -> dict[str, tuple[float, float]]:
+    """Per quantity (values, input gradient, each weight's gradient), the largest relative error against float64
+    plain layers on a random sample, with and without a LayerNorm, of the fused op and of the plain layers in the
+    spec's precision (under autocast for bf16 and fp16, as training runs them)."""
     generator = torch.Generator().manual_seed(SAMPLE_SEED)
     h1, h2 = spec.widths
     shapes = [(h1, spec.arity), (h1,), (h2, h1), (h2,), (1, h2), (1,)]
@@ -118,15 +124,24 @@ def _largest_error(spec: Specialisation) -> dict[str, float]:
     device, dtype = torch.device(spec.device), getattr(torch, spec.dtype.replace("tf32", "float32"))
     names = ["values", "input gradient", "w1 gradient", "b1 gradient", "w2 gradient", "b2 gradient", "w3 gradient",
              "b3 gradient"]  # fmt: skip
-    errors = dict.fromkeys(names, 0.0)
-    with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+    errors = dict.fromkeys(names, (0.0, 0.0))
+    low_precision = dtype in (torch.bfloat16, torch.float16)
+    with torch.enable_grad():
         for normalized_ndim in (0, 1):
-            got = _values_and_grads(z.to(device, dtype), params, upstream, normalized_ndim, fused=True)
-            want = _values_and_grads(z.double(), [p.double() for p in params], upstream, normalized_ndim, fused=False)
-            for name, a, b in zip(names, got, want):
-                error = float((a.cpu().double() - b).norm() / b.norm().clamp_min(1e-30))
-                errors[name] = max(errors[name], error if error == error else float("inf"))  # NaN: as bad as can be
+            with torch.autocast(device.type, enabled=False):
+                fused = _values_and_grads(z.to(device, dtype), params, upstream, normalized_ndim, fused=True)
+                exact = _values_and_grads(z.double(), [p.double() for p in params], upstream, normalized_ndim, False)
+            with torch.autocast(device.type, dtype=dtype if low_precision else None, enabled=low_precision):
+                plain = _values_and_grads(z.to(device, dtype), params, upstream, normalized_ndim, fused=False)
+            for name, a, b, want in zip(names, fused, plain, exact):
+                pair = (_relative_error(a, want), _relative_error(b, want))
+                errors[name] = (max(errors[name][0], pair[0]), max(errors[name][1], pair[1]))
     return errors
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    error = float((got.cpu().double() - want.cpu()).norm() / want.norm().clamp_min(1e-30))
+    return error if error == error else float("inf")  # NaN: as bad as can be
 
 
 def _values_and_grads(
