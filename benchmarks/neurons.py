@@ -20,7 +20,9 @@ every variant in turn, so that load coming and going on a shared machine hits th
 atomically.
 
 ``--gpu`` runs the GPU measurements of ``benchmarks/neurons_gpu.py`` instead (CNN batch 50 and 256, fp32, tf32 and
-bf16-mixed, CUDA allocator peaks, the inner net's TFLOP/s and the paper sweep's GPU-hours).
+bf16-mixed, CUDA allocator peaks, the inner net's TFLOP/s and the paper sweep's GPU-hours), most important first, the
+JSON rewritten after each step; ``--gpu --simulate NAME`` runs the same steps on CPU with tiny problems, as a dry run of
+``benchmarks/gpu_check.sh`` (see docs/gpu.md).
 """
 
 from __future__ import annotations

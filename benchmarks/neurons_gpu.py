@@ -11,7 +11,9 @@ net's achieved TFLOP/s in forward and forward+backward on the CNN's first layer 
 against the largest dense matmul the device runs in that precision in the same process and the datasheet's dense
 peak where the device is known. ``neurons.py --gpu`` then prints ``configs/sweep/paper.yaml``'s GPU-hours from the
 JSON just written, through the same estimate as ``sweep.py --dry-run`` (``lit_dendrite/sweeps/cost.py``). Times are
-medians of interleaved rounds (see :func:`measure.interleaved_medians`).
+medians of interleaved rounds (see :func:`measure.interleaved_medians`). The steps run in the order of ``PLAN``
+(what matters first) and the JSON is rewritten after each, a failed step recorded under ``errors``: a run cut short
+by its time limit keeps what it measured. Each case records the inner net's paths (``inner_path``).
 """
 
 from __future__ import annotations
