@@ -45,9 +45,14 @@ if [ -n "$missing" ]; then
             "(prepare one with the command in docs/gpu.md)"
     else
         [ -d "$WHEELS" ] || stop "WHEELS=$WHEELS is not a folder"
-        # A venv that sees the machine's torch and triton; the missing packages come from the folder, never the network.
-        "$PY" -m venv --system-site-packages .venv-gpu-check || stop "$PY cannot make a venv (python3-venv missing?)"
-        PY=.venv-gpu-check/bin/python
+        # The missing packages come from the folder, never the network: into $PY itself where it is a virtualenv,
+        # else into a virtualenv that sees the machine's packages (torch and triton among them).
+        if "$PY" -c "import sys; sys.exit(sys.prefix == sys.base_prefix)"; then
+            say "installing into $PY's virtualenv from $WHEELS: $(echo $missing)"
+        else
+            "$PY" -m venv --system-site-packages .venv-gpu-check || stop "$PY cannot make a venv (python3-venv?)"
+            PY=.venv-gpu-check/bin/python
+        fi
         # shellcheck disable=SC2086
         "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" $missing \
             || stop "installing $(echo $missing) from $WHEELS failed: that folder lacks a wheel for this Python/platform"
