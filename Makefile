@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FAST := -m "not slow and not cluster"
+# A second environment holding torch, torchvision and triton at the lowest versions pyproject.toml allows.
+LOWEST_VENV ?= .venv-lowest
 
-.PHONY: install demo test test-slow test-all lint format bench
+.PHONY: install demo test test-lowest test-slow test-all lint format bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,16 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(FAST)
+
+$(LOWEST_VENV)/.installed: pyproject.toml .ci/lowest_constraints.py
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) .ci/lowest_constraints.py > $(LOWEST_VENV)/constraints.txt
+	$(LOWEST_VENV)/bin/python -m pip install --quiet -c $(LOWEST_VENV)/constraints.txt -e '.[dev]'
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed
+	$(LOWEST_VENV)/bin/python -m pytest $(FAST)
 
 test-slow: install
 	$(PY) -m pytest -m "slow or cluster"

@@ -54,6 +54,7 @@ CONTROLS = ("relu", "1arg")
 ratio's baseline)."""
 BASELINE_NEURONS = ("pau", "kan", "celltypes")
 """Other learned neurons, each timed as a variant of its own name, width-matched to the 2-arg net."""
+SIMULATED_RESULTS = "neurons_simulated.json"  # --gpu --simulate: never mistaken for a GPU's figures
 PAPER_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "paper.yaml"  # priced after a --gpu run
 MODELS = {
     "mlp": {"build": DendriticMLP, "in_shape": (1, 28, 28), "batch": 200},
@@ -313,6 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argument_parser("benchmarks/neurons.py", __doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (numbers are noisier)")
     parser.add_argument("--gpu", action="store_true", help="the GPU measurements (benchmarks/neurons_gpu.py)")
+    parser.add_argument(
+        "--simulate",
+        metavar="DEVICE_NAME",
+        default=None,
+        help="with --gpu: run its plan on CPU with tiny problems as if on DEVICE_NAME (tries the machinery, measures "
+        "nothing of a GPU; default output benchmarks/results/neurons_simulated.json)",
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the plain path")
     parser.add_argument(
         "--variants",
@@ -334,17 +342,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     if args.gpu:
-        if not torch.cuda.is_available():
-            parser.error("--gpu needs a CUDA device; run without --gpu for the CPU figures")
+        if args.simulate is None and not torch.cuda.is_available():
+            parser.error("--gpu needs a CUDA device; run without --gpu for the CPU figures (or try it with --simulate)")
         import triton
         from neurons_gpu import print_gpu_table, run_gpu  # the GPU half, next to this file
 
-        result = {"command": command, "torch": torch.__version__, "triton": triton.__version__, **run_gpu(args.quick)}
+        device = torch.device("cpu" if args.simulate else "cuda")
+        name = args.simulate or torch.cuda.get_device_name()
+        out = args.out or BENCHMARK_RESULTS / (SIMULATED_RESULTS if args.simulate else GPU_RESULTS)
+        header = {"command": command, "torch": torch.__version__, "triton": triton.__version__}
+        result = run_gpu(args.quick or bool(args.simulate), out, header, device, name, simulated=bool(args.simulate))
         print_gpu_table(result)
-        out = args.out or BENCHMARK_RESULTS / GPU_RESULTS
-        write_json_atomic(out, result)
         print(f"wrote {out}")
-        if out.name == GPU_RESULTS:  # the paper sweep's cost from these very step times, as its dry run prints it
+        if out.name == GPU_RESULTS and not result["errors"]:  # the paper sweep's cost from these very step times
             print(sweep_cost(load_sweep(PAPER_SWEEP), out.parent))
         return
     device = torch.device("cpu")

@@ -17,6 +17,8 @@ medians of interleaved rounds (see :func:`measure.interleaved_medians`).
 from __future__ import annotations
 
 import math
+import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,11 +26,35 @@ from measure import interleaved_medians, sync, timed_kinds, train_step_fn
 from neurons import CONTROLS, PATHS, build, data, forward_flops, set_path, variant_neuron
 from torch import nn
 
-CASES = (("mlp", 200), ("cnn", 50), ("cnn", 256))
+from lit_dendrite.io import write_json_atomic
+from lit_dendrite.nn.inner_check import PATHS as INNER_PATHS
+
 PRECISIONS = ("fp32", "tf32", "bf16-mixed")
-# Datasheet dense (no sparsity) tensor-core peaks in TFLOP/s, SXM parts: bf16, tf32.
-DATASHEET_PEAK = {"H200": {"bf16": 989.4, "tf32": 494.7}, "H100": {"bf16": 989.4, "tf32": 494.7},
-                  "A100": {"bf16": 312.0, "tf32": 156.0}}  # fmt: skip
+PRODUCT = {"fp32": "fp32", "tf32": "tf32", "bf16-mixed": "bf16"}
+# What runs, most important first (the GPU targets: CNN batch 256, bf16 first), so that a run cut short by its time
+# limit has measured what matters: ("case", model, batch, precision) or ("inner", precision).
+PLAN = (
+    ("case", "cnn", 256, "bf16-mixed"), ("inner", "bf16-mixed"), ("case", "cnn", 256, "fp32"),
+    ("case", "cnn", 256, "tf32"), ("inner", "fp32"), ("inner", "tf32"),
+    *(("case", "cnn", 50, precision) for precision in PRECISIONS),
+    *(("case", "mlp", 200, precision) for precision in PRECISIONS),
+)  # fmt: skip
+# Datasheet dense (no sparsity) tensor-core peaks in TFLOP/s (bf16, tf32), by the exact name torch reports
+# (``torch.cuda.get_device_name``): SXM, PCIe and NVL parts differ in clocks and power, so a substring would mislead.
+DATASHEET_PEAK = {
+    "NVIDIA H100 80GB HBM3": {"bf16": 989.4, "tf32": 494.7},  # H100 SXM5
+    "NVIDIA H100 PCIe": {"bf16": 756.0, "tf32": 378.0},
+    "NVIDIA H100 NVL": {"bf16": 835.5, "tf32": 417.5},
+    "NVIDIA H200": {"bf16": 989.4, "tf32": 494.7},  # H200 SXM
+    "NVIDIA H200 NVL": {"bf16": 835.5, "tf32": 417.5},
+    "NVIDIA A100-SXM4-40GB": {"bf16": 312.0, "tf32": 156.0},
+    "NVIDIA A100-SXM4-80GB": {"bf16": 312.0, "tf32": 156.0},
+    "NVIDIA A100-PCIE-40GB": {"bf16": 312.0, "tf32": 156.0},
+    "NVIDIA A100 80GB PCIe": {"bf16": 312.0, "tf32": 156.0},
+}
+# --simulate: the same plan on CPU with tiny problems, to try the machinery (and gpu_check.sh) before an allocation.
+SIMULATED_BATCH = {"cnn": 2, "mlp": 8}
+SIMULATED_MATMUL = 128
 
 
 def set_precision(precision: str) -> bool:
@@ -86,7 +112,7 @@ def benchmark_case(model: str, batch: int, precision: str, quick: bool, device: 
         row["peak_memory_x_relu"] = row["peak_train_memory_mib"] / relu[2]
     del nets
     torch.cuda.empty_cache()
-    return {"model": model, "batch": batch, "precision": precision, "rows": rows}
+    return {"model": model, "batch": batch, "precision": precision, "rows": rows, "inner_path": INNER_PATHS.summary()}
 
 
 def dense_matmul_tflops(dtype: torch.dtype, device: torch.device, size: int = 8192) -> float:
@@ -116,37 +142,70 @@ def inner_tflops(precision: str, device: torch.device, batch: int = 256) -> dict
         neuron.normalized(z, 3).backward(upstream)
 
     seconds = interleaved_medians({"forward": forward, "train": train}, device, 2, 7)
-    assert neuron.inner.implementation(z) == "fused", "the benchmark must time the fused op"
-    return {"forward": flops / seconds["forward"] / 1e12, "forward_backward": 3 * flops / seconds["train"] / 1e12}
+    return {"forward": flops / seconds["forward"] / 1e12, "forward_backward": 3 * flops / seconds["train"] / 1e12,
+            "path": neuron.inner.implementation(z)}  # fmt: skip
 
 
 def datasheet_peak(name: str) -> dict[str, float] | None:
-    return next((peak for key, peak in DATASHEET_PEAK.items() if key in name), None)
+    """The datasheet's dense peaks of the device named exactly ``name``, or None for a device not listed."""
+    return DATASHEET_PEAK.get(name)
 
 
-def run_gpu(quick: bool) -> dict[str, Any]:
-    """Every GPU measurement; the JSON document ``neurons.py --gpu`` writes."""
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name()
-    set_precision("fp32")
-    matmul = {"fp32": dense_matmul_tflops(torch.float32, device), "bf16": dense_matmul_tflops(torch.bfloat16, device)}
-    set_precision("tf32")
-    matmul["tf32"] = dense_matmul_tflops(torch.float32, device)
-    cases = [
-        benchmark_case(model, batch, precision, quick, device) for model, batch in CASES for precision in PRECISIONS
-    ]
-    inner = {precision: inner_tflops(precision, device) for precision in PRECISIONS}
-    product = {"fp32": "fp32", "tf32": "tf32", "bf16-mixed": "bf16"}
+def run_gpu(
+    quick: bool, out: Path, header: dict[str, Any], device: torch.device, name: str, simulated: bool = False
+) -> dict[str, Any]:
+    """Every GPU measurement in the order of ``PLAN``, the JSON document at ``out`` rewritten after each (a step that
+    raises is recorded in ``errors`` and the next one runs; a run killed by its time limit keeps the steps before it).
+    ``simulated``: tiny problems, for a try on CPU under the device name ``name``."""
     peak = datasheet_peak(name)
-    for precision, figures in inner.items():
-        figures["fraction_of_dense_matmul"] = figures["forward_backward"] / matmul[product[precision]]
-        if peak is not None and product[precision] in peak:
-            figures["fraction_of_datasheet_peak"] = figures["forward_backward"] / peak[product[precision]]
+    result: dict[str, Any] = {**header, "device": name, "simulated": simulated, "datasheet_peak_tflops": peak,
+                              "matmul_tflops": {}, "cases": [], "inner_tflops": {}, "errors": []}  # fmt: skip
+    if peak is None:
+        result["datasheet_peak_note"] = f"no datasheet peak for {name!r}: fractions of the peak left out"
+        print(result["datasheet_peak_note"], flush=True)
+
+    def step(label: str, measure) -> None:
+        try:
+            measure()
+        except Exception as error:  # one failed case (OOM, compile error) must not lose the others
+            traceback.print_exc()
+            result["errors"].append({"step": label, "error": f"{type(error).__name__}: {error}"})
+        _inner_fractions(result)
+        write_json_atomic(out, result)
+        print(f"[gpu] {label}: written to {out}", flush=True)
+
+    size = SIMULATED_MATMUL if simulated else 8192
+    for product, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("tf32", torch.float32)):
+        set_precision("tf32" if product == "tf32" else "fp32")
+        step(f"matmul {product}", lambda p=product, d=dtype: result["matmul_tflops"].update(
+            {p: dense_matmul_tflops(d, device, size)}))  # fmt: skip
+    for kind, *what in PLAN:
+        if kind == "case":
+            model, batch, precision = what
+            batch = SIMULATED_BATCH[model] if simulated else batch
+            INNER_PATHS.reset()
+            step(f"{model} batch {batch} {precision}", lambda m=model, b=batch, p=precision: result["cases"].append(
+                benchmark_case(m, b, p, quick, device)))  # fmt: skip
+        else:
+            precision = what[0]
+            step(f"inner net {precision}", lambda p=precision: result["inner_tflops"].update(
+                {p: inner_tflops(p, device, 2 if simulated else 256)}))  # fmt: skip
     set_precision("fp32")
     x = torch.rand(1, 3, 32, 32, device=device)
-    flops = {neuron: forward_flops(build("cnn", neuron, device).eval(), x) for neuron in ("2arg", "relu")}
-    return {"device": name, "matmul_tflops": matmul, "datasheet_peak_tflops": peak, "cases": cases,
-            "inner_tflops": inner, "cnn_forward_flops_per_image": flops}  # fmt: skip
+    step("forward FLOPs", lambda: result.update(cnn_forward_flops_per_image={
+        neuron: forward_flops(build("cnn", neuron, device).eval(), x) for neuron in ("2arg", "relu")}))  # fmt: skip
+    return result
+
+
+def _inner_fractions(result: dict[str, Any]) -> None:
+    """The inner net's TFLOP/s as fractions of the dense matmul and of the datasheet peak, where both are known."""
+    for precision, figures in result["inner_tflops"].items():
+        product = PRODUCT[precision]
+        if product in result["matmul_tflops"]:
+            figures["fraction_of_dense_matmul"] = figures["forward_backward"] / result["matmul_tflops"][product]
+        peak = result["datasheet_peak_tflops"] or {}
+        if product in peak:
+            figures["fraction_of_datasheet_peak"] = figures["forward_backward"] / peak[product]
 
 
 def print_gpu_table(result: dict[str, Any]) -> None:
@@ -160,4 +219,7 @@ def print_gpu_table(result: dict[str, Any]) -> None:
                   f"{row['inference_speed_x_relu']:7.3f} {row['peak_train_memory_mib']:9.1f} "
                   f"{row['peak_memory_x_relu']:7.2f}")  # fmt: skip
     for precision, figures in result["inner_tflops"].items():
-        print(f"inner net {precision}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+        print(f"inner net {precision}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in figures.items()))  # fmt: skip
+    for error in result["errors"]:
+        print(f"failed: {error['step']}: {error['error']}")

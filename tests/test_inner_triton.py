@@ -28,6 +28,21 @@ else:
     DEVICES = [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
+if INTERPRETED or (torch.cuda.is_available() and inner_op.triton_installed()):
+    import triton
+    import triton.language as tl
+
+    from lit_dendrite.nn.inner_triton import sign_offsets
+
+    @triton.jit
+    def _sign_offsets_kernel(out_ptr, first_row, n_rows, WORDS_PER_ROW: tl.constexpr, WORDS: tl.constexpr):
+        """The sign offsets of the rows ``first_row + 0..3``, -1 where none is stored."""
+        rows = first_row + tl.arange(0, 4)
+        offsets, stored = sign_offsets(rows, rows < n_rows, WORDS_PER_ROW, WORDS)
+        index = tl.arange(0, 4)[:, None] * WORDS + tl.arange(0, WORDS)[None, :]
+        tl.store(out_ptr + index, tl.where(stored, offsets, -1))
+
+
 @pytest.mark.skipif(INTERPRETED, reason="this is the child process")
 @pytest.mark.parametrize("selection", ["not slow", pytest.param("slow", marks=pytest.mark.slow)])
 def test_triton_kernels_under_the_interpreter(selection):
@@ -226,3 +241,32 @@ def test_frozen_table_kernel_matches_the_unfused_table(device, shape, normalized
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert got.isnan().sum() == expected.isnan().sum() > 0
+
+
+@pytest.mark.parametrize("device", [*DEVICES, *([] if INTERPRETED else ["cpu"])])  # cpu: the native kernel
+@pytest.mark.parametrize("width", [40, 50])
+def test_a_direct_op_call_refuses_widths_whose_signs_it_cannot_hold(device, width):
+    """A second hidden width that is no multiple of 16 lost sign bits on the Triton backend: right values, wrong weight
+    gradients. Every backend (native on CPU, Triton) refuses it, naming the rule, before any kernel runs."""
+    params = [p.detach().to(device).requires_grad_(True) for p in _random_inner(2, (64, width)).parameters()]
+    z = torch.randn(3, 40, device=device, requires_grad=True)
+    with pytest.raises(ValueError, match=f"multiples of 16, got \\[64, {width}\\]"):
+        out = inner_op.fused_inner_net(z, 1, LAYER_NORM_EPS, params)
+        out.sum().backward()
+    with pytest.raises(ValueError, match="multiples of 16"):
+        torch.ops.lit_dendrite.inner_net(z, 1, LAYER_NORM_EPS, True, *params)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("words_per_row", [1, 4, 8])
+def test_sign_offsets_stay_exact_past_2_to_the_31(device, words_per_row):
+    """The kernels' sign offsets (row * words per row + word) for the last rows an input below the op's limit of
+    2^31 values can have: they pass 2^31 from about 2^30 values (arity 2, width 64), and must not wrap around."""
+    n_rows = inner_op.MAX_TRITON_VALUES // 2  # arity 2: the most rows the op accepts
+    first_row = n_rows - 3
+    words = 2 * words_per_row  # padded, as for a width of 48 padded to 64: the words past the row's are not stored
+    out = torch.empty(4, words, dtype=torch.int64, device=device)
+    _sign_offsets_kernel[(1,)](out, first_row, n_rows, WORDS_PER_ROW=words_per_row, WORDS=words)
+    expected = [[(first_row + r) * words_per_row + w if first_row + r < n_rows and w < words_per_row else -1
+                 for w in range(words)] for r in range(4)]  # fmt: skip
+    assert out.cpu().tolist() == expected

@@ -208,6 +208,9 @@ def build_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     conditions = summary_table(runs)
     problems = [f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}" for r in runs if not r.done]
     problems += chance_level_problems(runs)
+    problems += [
+        f"`{r.name}`: the inner net fell back from the fused op in {line}" for r in runs for line in r.path_fallbacks
+    ]
     per_run: dict[str, dict[str, Any]] = {}
     lines = [
         f"# Sweep report: {sweep_dir.name}",

@@ -39,6 +39,7 @@ from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.models.resume import BatchSeed, WallClock, resume_point, with_atomic_checkpoints
 from lit_dendrite.models.tensorboard_layout import LAYOUT
 from lit_dendrite.nn.acceleration import maybe_compile
+from lit_dendrite.nn.inner_check import PATHS, device_description
 from lit_dendrite.nn.neurons import NeuronSpec, net_neuron_spec
 from lit_dendrite.runs import BEST_CHECKPOINT, FROZEN, JOINT, LAST_CHECKPOINT, PRETRAIN, RunDir, SessionDir
 
@@ -139,6 +140,13 @@ def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
     return inner
 
 
+def session_paths(trainer: L.Trainer) -> dict[str, Any]:
+    """What a session records of how it computed: the inner net's paths since the session began (requested, used,
+    fallbacks with their reasons: :class:`~lit_dendrite.nn.inner_check.PathLog`) and the device (name, capability).
+    A session resumed in another process records that process's paths."""
+    return {"inner_path": PATHS.summary(), "device": device_description(trainer.strategy.root_device)}
+
+
 def last_checkpoint(session: SessionDir) -> ModelCheckpoint:
     """The last checkpoint, rewritten at the end of every epoch (``save_last`` alone only writes it with a new best)."""
     return ModelCheckpoint(dirpath=session.checkpoints, filename=LAST_CHECKPOINT, enable_version_counter=False)
@@ -205,6 +213,7 @@ class RunProtocol:
         if (done := self._skipped(session)) is not None:
             return done
         model, seeds, clock = self._fresh_model(0)
+        PATHS.reset()
         protocol = self.protocol
         module = InnerPretrain(
             model.inner,
@@ -234,6 +243,7 @@ class RunProtocol:
         at = "" if best is None else f" (epoch {best + 1} of {trainer.current_epoch})"
         say(f"{SESSION_TITLES[PRETRAIN]} done in {seconds_text(clock.seconds)}: explained variance {explained:.3f}{at}")
         summary = {
+            **session_paths(trainer),
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
             "best_epoch": module.best["epoch"],
@@ -255,6 +265,7 @@ class RunProtocol:
         if (done := self._skipped(session)) is not None:
             return done
         model, seeds, clock = self._fresh_model(1 if name == JOINT else 2)
+        PATHS.reset()
         if inner_state is not None:
             if freeze:
                 model.freeze_inner(inner_state)
@@ -303,6 +314,7 @@ class RunProtocol:
             "test_loss": tested["test/loss"],
             "frozen_inner": freeze,
             "wall_time_s": clock.seconds,
+            **session_paths(trainer),
         }
         say(
             f"{SESSION_TITLES[name]} done in {seconds_text(clock.seconds)}, {summary['epochs']} epochs"

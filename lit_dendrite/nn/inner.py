@@ -9,6 +9,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+from lit_dendrite.nn.inner_check import PATHS
 from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, fused_inner, lean_inner, plain_inner
 
 
@@ -59,7 +60,10 @@ class InnerNet(nn.Module):
         """The implementation that evaluates inputs like ``x``: ``impl``, or the automatic choice for ``x``."""
         if self.impl not in IMPLS:
             raise ValueError(f"InnerNet.impl must be one of {IMPLS}, got {self.impl!r}")
-        return choose_impl(x, self.linears) if self.impl == "auto" else self.impl
+        if self.impl == "auto":
+            return choose_impl(x, self.linears)
+        PATHS.note(self.impl, self.impl)
+        return self.impl
 
     def extra_repr(self) -> str:
         return f"impl={self.impl!r}, chunk_rows={self.chunk_rows}"

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lit_dendrite.nn import inner_op
+from lit_dendrite.nn.inner_check import PATHS, fused_unusable, specialisation
 from lit_dendrite.nn.inner_op import output_layer_grads
 
 IMPLS = ("auto", "plain", "lean", "fused")
@@ -45,9 +46,10 @@ def default_chunk_rows(device: torch.device) -> int:
 
 def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
     """The rule behind ``impl="auto"`` for inputs ``x`` (rows of ``arity`` along some dim): ``fused`` where the op
-    can run (:func:`~lit_dendrite.nn.inner_op.mismatch`) and the problem is not small (``FUSED_MIN_ROWS``), also under
-    autocast and torch.compile; otherwise ``plain`` under autocast, torch.compile or for small problems
-    (``LEAN_MIN_ROWS``), ``lean`` elsewhere.
+    can run and passed its self-check on this device (:func:`~lit_dendrite.nn.inner_check.fused_unusable`) and the
+    problem is not small (``FUSED_MIN_ROWS``), also under autocast and torch.compile; otherwise ``plain`` under
+    autocast, torch.compile or for small problems (``LEAN_MIN_ROWS``), ``lean`` elsewhere. A large problem that the
+    fused op cannot take is a fallback: warned once and noted with its reason in the path log (``PATHS``).
 
     The fused op keeps its path under autocast and compile because it is a registered custom op (with a fake
     implementation and an autograd formula); ``lean`` is a Python autograd function whose hand-written backward
@@ -56,14 +58,19 @@ def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
     """
     device = x.device
     rows = x.numel() // linears[0].in_features
-    if (
-        rows >= FUSED_MIN_ROWS.get(device.type, FUSED_MIN_ROWS["cpu"])
-        and inner_op.mismatch(x, _params(linears)) is None
-    ):
-        return "fused"
     if torch.compiler.is_compiling() or torch.is_autocast_enabled(device.type):
-        return "plain"
-    return "plain" if rows < LEAN_MIN_ROWS.get(device.type, LEAN_MIN_ROWS["cpu"]) else "lean"
+        torch_path = "plain"
+    else:
+        torch_path = "plain" if rows < LEAN_MIN_ROWS.get(device.type, LEAN_MIN_ROWS["cpu"]) else "lean"
+    if rows < FUSED_MIN_ROWS.get(device.type, FUSED_MIN_ROWS["cpu"]):
+        PATHS.note("auto", torch_path)
+        return torch_path
+    params = _params(linears)
+    if (reason := fused_unusable(x, params)) is not None:
+        PATHS.fell_back(specialisation(x, params), torch_path, reason)
+        return torch_path
+    PATHS.note("auto", "fused")
+    return "fused"
 
 
 def plain_inner(x: torch.Tensor, linears: Sequence[nn.Linear]) -> torch.Tensor:
@@ -108,9 +115,9 @@ def fused_normalized_inner(
 
 def _fused_params(x: torch.Tensor, linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
     params = _params(linears)
-    mismatch = inner_op.mismatch(x, params)
-    if mismatch is not None:
-        raise ValueError(f"InnerNet.impl='fused' cannot run here: {mismatch}; use impl='auto'")
+    reason = fused_unusable(x, params)
+    if reason is not None:
+        raise ValueError(f"InnerNet.impl='fused' cannot run here: {reason}; use impl='auto' (it falls back)")
     return params
 
 

@@ -18,6 +18,7 @@ keep the dtype autocast gave them), instead of falling back to the plain layers.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -29,6 +30,9 @@ from lit_dendrite.nn import native
 from lit_dendrite.nn.native import SIGN_BITS
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The Triton kernels' input offsets are int32 and stay below the input's size; the sign offsets, which grow to
+# (h2 / 16) per row of ``arity`` values, are int64 (``inner_triton.sign_offsets``).
+MAX_TRITON_VALUES = 2**31
 
 
 def triton_interpreted() -> bool:
@@ -43,33 +47,74 @@ def backend(device: torch.device) -> str | None:
     return "native" if device.type == "cpu" else None
 
 
-def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
-    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``z``, or None."""
+def shape_mismatch(params: Sequence[torch.Tensor]) -> str | None:
+    """Why no backend of the op can hold the inner net ``params`` (W1, b1, W2, b2, w3, b3), or None: the sign words
+    of the last hidden layer hold 16 units each, so a width that is no multiple of 16 would lose gradients."""
     if len(params) != 6 or params[-2].shape[0] != 1:
         return f"it needs an inner net of 2 hidden layers and 1 output, got {len(params) // 2 - 1} hidden layers"
     widths = [params[0].shape[0], params[2].shape[0]]
     if any(width % SIGN_BITS for width in widths):
         return f"it needs hidden widths that are multiples of {SIGN_BITS}, got {widths}"
+    return None
+
+
+def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
+    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``z``, or None."""
+    if (reason := shape_mismatch(params)) is not None:
+        return reason
     kind = backend(z.device)
     if kind == "native":
         return native.inner_kernel_mismatch(z, params)
     if kind is None:
         return f"it has no kernel for {z.device.type} tensors"
-    if not triton_installed():
-        return "it needs Triton on CUDA (pip install triton)"
+    if (error := triton_import_error()) is not None:
+        return f"its CUDA kernels need Triton: {error}"
     if any(t.device != z.device for t in params):
         return f"inputs on {z.device} but weights on {params[0].device}"
     if z.dtype not in TRITON_DTYPES or any(t.dtype not in TRITON_DTYPES for t in params):
         return f"it needs float32, bfloat16 or float16 inputs and weights, got {z.dtype} inputs"
-    if z.numel() >= 2**31:
-        return f"its Triton kernels index with int32: {z.numel()} input values are too many (split the batch)"
+    if z.numel() >= MAX_TRITON_VALUES:
+        return f"its Triton kernels index inputs with int32: {z.numel()} input values are too many (split the batch)"
     return None
+
+
+def check_arguments(z: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
+    """Raise where the op cannot evaluate ``params`` on ``z``: every call, whichever backend, checks this first."""
+    if (reason := mismatch(z, params)) is not None:
+        raise ValueError(f"lit_dendrite::inner_net cannot run: {reason}")
+
+
+def op_dtype(z: torch.Tensor) -> torch.dtype:
+    """The dtype in which :func:`fused_inner_net` hands ``z`` to the op: autocast's on CUDA for float32 inputs."""
+    if z.is_cuda and torch.is_autocast_enabled("cuda") and z.dtype == torch.float32:
+        return torch.get_autocast_dtype("cuda")
+    return z.dtype
+
+
+def tf32_products(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the Triton kernels multiply ``dtype`` inputs on ``device`` in tf32: float32, where torch allows it for
+    matmuls (``torch.backends.cuda.matmul.allow_tf32``) and the GPU has it (compute capability 8.0 or newer)."""
+    if dtype != torch.float32 or not torch.backends.cuda.matmul.allow_tf32:
+        return False
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 @torch.compiler.assume_constant_result
 def triton_installed() -> bool:
-    """Whether Triton can be imported (torch.compile takes the answer as a constant)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether Triton is installed and imports (torch.compile takes the answer as a constant)."""
+    return triton_import_error() is None
+
+
+@functools.cache
+def triton_import_error() -> str | None:
+    """Why ``import triton`` fails here (not installed, or broken), or None; asked once per process."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton)"
+    try:
+        import triton  # noqa: F401
+    except Exception as error:  # a broken install raises anything: it is as good as none
+        return f"Triton does not import ({type(error).__name__}: {error})"
+    return None
 
 
 def triton_kernels():
@@ -95,6 +140,7 @@ def inner_net(
     """(out, signs, mean, rstd): see the module's docstring."""
     params = [t.contiguous() for t in (w1, b1, w2, b2, w3, b3)]
     z = z.contiguous()
+    check_arguments(z, params)
     if backend(z.device) == "triton":
         return triton_kernels().inner_forward(z, normalized_ndim, eps, params, keep_signs)
     arity, h2 = w1.shape[1], w2.shape[0]
@@ -108,6 +154,8 @@ def inner_net(
 
 @inner_net.register_fake
 def _(z, normalized_ndim, eps, keep_signs, w1, b1, w2, b2, w3, b3):
+    if (reason := shape_mismatch((w1, b1, w2, b2, w3, b3))) is not None:
+        raise ValueError(f"lit_dendrite::inner_net cannot run: {reason}")
     arity, h2 = w1.shape[1], w2.shape[0]
     out = z.new_empty(*z.shape[:-1], z.shape[-1] // arity)
     signs = z.new_empty(z.numel() // arity if keep_signs else 0, h2 // SIGN_BITS, dtype=torch.int16)
@@ -139,6 +187,7 @@ def inner_net_backward(
     recomputed."""
     params = [t.contiguous() for t in (w1, b1, w2, b2, w3, b3)]
     z, grad_out, arity = z.contiguous(), grad_out.contiguous().view(-1), w1.shape[1]
+    check_arguments(z, params)
     if backend(z.device) == "triton":
         grad_rows, sums = triton_kernels().inner_backward(
             grad_out, z, mean, rstd, signs, normalized_ndim, params, input_grad, param_grads
@@ -207,8 +256,7 @@ inner_net.register_autograd(_backward, setup_context=_setup_context)
 def fused_inner_net(z: torch.Tensor, normalized_ndim: int, eps: float, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The op's values, keeping the signs for backward only when a gradient will be needed. Under CUDA autocast,
     float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs."""
-    if z.is_cuda and torch.is_autocast_enabled("cuda") and z.dtype == torch.float32:
-        z = z.to(torch.get_autocast_dtype("cuda"))
+    z = z.to(op_dtype(z))
     keep_signs = torch.is_grad_enabled() and any(t.requires_grad for t in (z, *params))
     return inner_net(z, normalized_ndim, eps, keep_signs, *params)[0]
 

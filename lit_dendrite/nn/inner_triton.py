@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lit_dendrite.nn.inner_op import tf32_products
 from lit_dendrite.nn.native import SIGN_BITS
 
 FORWARD_BLOCK_ROWS = 64
@@ -105,6 +106,16 @@ def _sample_rows(rows, live, rows_per_sample):
 
 
 @triton.jit
+def sign_offsets(rows, live, WORDS_PER_ROW: tl.constexpr, WORDS: tl.constexpr):
+    """Offsets (BLOCK, WORDS) of the sign words of ``rows`` in the (n_rows, WORDS_PER_ROW) int16 signs, and the mask
+    of those stored (live rows, words that exist). In int64: n_rows * WORDS_PER_ROW passes 2^31 from about 2^30 input
+    values (arity 2, width 64), while every other offset stays below the input's size, which the op keeps < 2^31."""
+    word_index = tl.arange(0, WORDS)[None, :]
+    offsets = rows.to(tl.int64)[:, None] * WORDS_PER_ROW + word_index
+    return offsets, live[:, None] & (word_index < WORDS_PER_ROW)
+
+
+@triton.jit
 def inner_forward_kernel(z_ptr, mean_ptr, rstd_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, out_ptr, signs_ptr,
                          n_rows, rows_per_sample, ARITY: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
                          H1P: tl.constexpr, H2P: tl.constexpr, BLOCK: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -123,9 +134,8 @@ def inner_forward_kernel(z_ptr, mean_ptr, rstd_ptr, w1_ptr, b1_ptr, w2_ptr, b2_p
         WORDS: tl.constexpr = H2P // 16
         bits = tl.reshape(tl.where(pre <= 0, 0, 1), (BLOCK, WORDS, 16))  # NaN counts as positive
         words = tl.sum(bits << tl.arange(0, 16)[None, None, :], axis=2)
-        word_index = tl.arange(0, WORDS)[None, :]
-        tl.store(signs_ptr + rows[:, None] * (H2 // 16) + word_index, words.to(tl.int16),
-                 mask=live[:, None] & (word_index < H2 // 16))  # fmt: skip
+        offsets, stored = sign_offsets(rows, live, H2 // 16, WORDS)
+        tl.store(signs_ptr + offsets, words.to(tl.int16), mask=stored)
 
 
 @triton.jit
@@ -156,9 +166,8 @@ def inner_backward_kernel(z_ptr, mean_ptr, rstd_ptr, w1_ptr, b1_ptr, w2_ptr, b2_
         hidden = _relu(pre1)
         if HAVE_SIGNS:
             WORDS: tl.constexpr = H2P // 16
-            word_index = tl.arange(0, WORDS)[None, :]
-            words = tl.load(signs_ptr + rows[:, None] * (H2 // 16) + word_index,
-                            mask=live[:, None] & (word_index < H2 // 16), other=0).to(tl.int32)  # fmt: skip
+            offsets, stored = sign_offsets(rows, live, H2 // 16, WORDS)
+            words = tl.load(signs_ptr + offsets, mask=stored, other=0).to(tl.int32)
             bits = (words[:, :, None] >> tl.arange(0, 16)[None, None, :]) & 1
             blocked = tl.reshape(bits, (BLOCK, H2P)) == 0
         else:
@@ -201,7 +210,7 @@ def _shape(params: Sequence[torch.Tensor]) -> tuple[int, int, int, int, int]:
 
 
 def _dot_options(z: torch.Tensor) -> dict[str, object]:
-    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    precision = "tf32" if tf32_products(z.dtype, z.device) else "ieee"
     dot_dtype = LOW_PRECISION.get(z.dtype, tl.float32)
     return {"DOT_DTYPE": dot_dtype, "PRECISION": precision, "ROUND_ONLY": dot_dtype == tl.bfloat16 and not z.is_cuda}
 

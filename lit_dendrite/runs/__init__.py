@@ -73,6 +73,7 @@ from lit_dendrite.runs.record import (
     RunRecord,
     UntrustedRecord,
     git_commit,
+    path_fallbacks,
     provenance,
     versions,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "git_commit",
     "name_value",
     "parse_run_name",
+    "path_fallbacks",
     "provenance",
     "record_config",
     "recorded_config",

@@ -15,7 +15,17 @@ from lit_dendrite.runs.layout import RunDir
 from lit_dendrite.runs.naming import condition_of
 
 FINISHED = ("done", "diverged")
-PACKAGES = ("lit_dendrite", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "submitit", "foolbox")
+PACKAGES = (
+    "lit_dendrite",
+    "torch",
+    "torchvision",
+    "triton",
+    "lightning",
+    "torchmetrics",
+    "numpy",
+    "submitit",
+    "foolbox",
+)
 
 
 class UntrustedRecord(ValueError):
@@ -123,9 +133,24 @@ class RunRecord:
         return path
 
     @property
+    def path_fallbacks(self) -> list[str]:
+        """One line per session and fallback of the inner net's fused op (see :func:`path_fallbacks`)."""
+        return path_fallbacks(self.data)
+
+    @property
     def condition(self) -> str:
         """The run's condition: its experiment and its name's axis values other than the seed."""
         return condition_of(self.experiment or self.dir.path.parent.name, self.dir.path.name)
+
+
+def path_fallbacks(data: Mapping[str, Any]) -> list[str]:
+    """``"<session>: <specialisation> ran <path>: <reason>"`` for each fallback of the inner net's fused op that the
+    record ``data`` notes (``sessions.<name>.inner_path.fallbacks``); none for records written before paths were."""
+    lines = []
+    for session, summary in (data.get("sessions") or {}).items():
+        fallbacks = ((summary or {}).get("inner_path") or {}).get("fallbacks") or []
+        lines += [f"{session}: {f.get('specialisation')} ran {f.get('used')}: {f.get('reason')}" for f in fallbacks]
+    return lines
 
 
 def versions() -> dict[str, str | None]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
-from lit_dendrite.runs import FINISHED, FileLock, RunDir, RunRecord, find_records
+from lit_dendrite.runs import FINISHED, FileLock, RunDir, RunRecord, find_records, path_fallbacks
 from lit_dendrite.sweeps.backends import BACKENDS
 from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state, refused_attacks
 
@@ -187,6 +187,7 @@ def format_status(sweep_dir: Path) -> str:
             error = (info["result"].get("error") or "").strip().splitlines()
             lines.append(f"    error: {error[-1] if error else '?'}")
             lines.append(f"    log:   {info['result'].get('log')}")
+        lines += [f"    fell back: {line}" for line in path_fallbacks(info["result"] or {})]
         if evaluations.get(run) == "failed":
             failure = evaluation_error(sweep_dir / run) or {}
             error = (failure.get("error") or "").strip().splitlines()
@@ -196,6 +197,8 @@ def format_status(sweep_dir: Path) -> str:
             lines += [f"    refused: {attack}: {reason}" for attack, reason in refused_attacks(sweep_dir / run).items()]
     counts = {state: sum(info["state"] == state for info in states.values()) for state in STATES}
     lines.append(", ".join(f"{state} {n}" for state, n in counts.items()) + f" (of {len(runs)})")
+    if fell_back := sum(bool(path_fallbacks(info["result"] or {})) for info in states.values()):
+        lines.append(f"inner net: {fell_back} run(s) fell back from the fused op to a torch path (see 'fell back')")
     if evaluate:
         done = sum(state == "done" for state in evaluations.values())
         failed = sum(state == "failed" for state in evaluations.values())
