@@ -19,7 +19,9 @@ import yaml
 from lit_dendrite.data.datasets import dataset_spec
 from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.nn.resnet import RESNET18_WIDTHS, scaled_widths
+from lit_dendrite.runs import FROZEN, JOINT, PRETRAIN
 from lit_dendrite.sweeps.evaluation import settings_for
+from lit_dendrite.sweeps.preflight import Preflight, kind_key, measured_train_seconds, per_image, precision_name
 from lit_dendrite.sweeps.spec import Sweep
 
 # Train and test images of each data set (the published sizes; digits: this project's split of scikit-learn's).
@@ -142,6 +144,8 @@ class RunShape:
     frozen_epochs: int
     fixed_schedule: bool
     width: int | None = None  # the ResNet's first-stage width (after its width multiplier)
+    precision: str = "32-true"
+    pretrain_epochs: int = 0  # session I's epochs (counted only where a preflight timed its steps)
 
 
 @dataclass
@@ -151,6 +155,8 @@ class Estimate:
     rows: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
     assumed_speedup: float | None = None  # the GPU speedup assumed over the CPU benchmark (None: GPU measured)
+    measured_by: str | None = None  # the preflight that timed the runs (None: the benchmark's times)
+    time_min: int | None = None  # the cluster's time limit per job, against which each run's wall time is set
 
     @property
     def total_hours(self) -> float:
@@ -224,33 +230,44 @@ def train_hours(times: StepTimes, shape: RunShape) -> float:
 
 
 def evaluate_hours(
-    times: StepTimes, shape: RunShape, settings: Mapping[str, Any] | None, robust_fraction: float | None
+    times: StepTimes,
+    shape: RunShape,
+    settings: Mapping[str, Any] | None,
+    robust_fraction: float | None,
+    measured: Mapping[str, Any] | None = None,
 ) -> float:
-    """One run's evaluation under its data set's ``evaluate:`` settings (attacks, corrupted sets)."""
+    """One run's evaluation under its data set's ``evaluate:`` settings (attacks, corrupted sets), from the
+    benchmark's times or a preflight's ``measured`` times of the run's kind."""
     if not settings:
         return 0.0
-    model = BENCHMARK_MODELS[shape.net][0]
-    path = session_paths(times, shape)[0]
-    gradient = times.attack_gradient.get(model, {}).get(path, times.train[model][path])
-    forward = times.inference[model][path]
+    if measured is not None:
+        forward, scale = per_image(measured["sessions"]["inference"]), 1.0
+        gradients = {name: per_image(timing, "gradient_s") for name, timing in measured["attacks"].items()}
+        gradient = per_image(measured["sessions"][JOINT])  # an attack the preflight did not time: a training step
+    else:
+        model = BENCHMARK_MODELS[shape.net][0]
+        path = session_paths(times, shape)[0]
+        gradient = times.attack_gradient.get(model, {}).get(path, times.train[model][path])
+        forward, scale, gradients = times.inference[model][path], _scale(times, shape), {}
     _, test_images = DATASET_IMAGES[shape.dataset]
     seconds = 0.0
     fraction = ASSUMED_ROBUST_FRACTION if robust_fraction is None else robust_fraction
     for name, attack in (settings.get("attacks") or {}).items():
         n = attack.get("n") or settings.get("n") or test_images
         epsilons = [e for e in attack.get("epsilons", [None]) if e != 0]
+        one = gradients.get(name, gradient)
         if name.startswith("autoattack"):
-            gradients = AUTOATTACK_GRADIENTS_ALL + fraction * AUTOATTACK_GRADIENTS_ROBUST
-            per_image = gradients * gradient + fraction * AUTOATTACK_QUERIES_ROBUST * forward
+            count = AUTOATTACK_GRADIENTS_ALL + fraction * AUTOATTACK_GRADIENTS_ROBUST
+            image_s = count * one + fraction * AUTOATTACK_QUERIES_ROBUST * forward
         else:
-            per_image = attack.get("steps", 100) * gradient
-        seconds += n * per_image * max(len(epsilons), 1)
+            image_s = attack.get("steps", 100) * one
+        seconds += n * image_s * max(len(epsilons), 1)
     corruptions = settings.get("corruptions")
     if corruptions:
         kind = corruptions["spec"].split(":", 1)[0]
         n = corruptions.get("n") or settings.get("n") or test_images
         seconds += CORRUPTED_SETS.get(kind, 95) * n * forward
-    return seconds * _scale(times, shape) / 3600
+    return seconds * scale / 3600
 
 
 def estimate(
@@ -258,36 +275,72 @@ def estimate(
     times: StepTimes,
     evaluation: Mapping[str, Mapping[str, Any]] | None = None,
     robust_fractions: Mapping[tuple[str, str, str], float] | None = None,
+    preflight: Preflight | None = None,
+    time_min: int | None = None,
 ) -> Estimate:
     """GPU-hours of ``shapes`` (one per run) grouped by experiment; ``evaluation`` maps a data set to its
     evaluate settings, ``robust_fractions`` (dataset, net, neuron) to the fraction of images assumed to survive
-    AutoAttack's first stage."""
-    result = Estimate()
+    AutoAttack's first stage. A run whose kind ``preflight`` measured is priced from those times, others from the
+    benchmark's; with ``time_min`` each experiment's row also holds its longest run and the requeues it takes."""
+    result = Estimate(measured_by=preflight.source if preflight else None, time_min=time_min)
     grouped: dict[str, list[RunShape]] = {}
     for shape in shapes:
         grouped.setdefault(shape.experiment, []).append(shape)
     fractions = robust_fractions or {}
+    unmeasured = []
     for experiment, runs in grouped.items():
         shape = runs[0]
         fraction = fractions.get((shape.dataset, shape.net, shape.neuron))
         settings = (evaluation or {}).get(shape.dataset)
         epochs = f"{shape.joint_epochs}/{shape.frozen_epochs if session_paths(times, shape)[1] else '-'}"
+        hours = []
+        for run in runs:
+            kind = kind_key(run.net, run.neuron, run.dataset, run.precision, settings)
+            measured = preflight.measured(kind) if preflight else None
+            unmeasured += [] if measured else [run]
+            train = train_hours(times, run) if measured is None else measured_train_hours(measured, run)
+            hours.append((train, evaluate_hours(times, run, settings, fraction, measured)))
+        longest = max(train + evaluate for train, evaluate in hours)
         result.rows.append(
             {
                 "experiment": experiment,
                 "runs": len(runs),
                 "epochs": epochs + ("" if shape.fixed_schedule else " max"),
-                "train_h": sum(train_hours(times, s) for s in runs),
-                "evaluate_h": sum(evaluate_hours(times, s, settings, fraction) for s in runs),
+                "train_h": sum(train for train, _ in hours),
+                "evaluate_h": sum(evaluate for _, evaluate in hours),
+                "run_h": longest,
+                "requeues": math.ceil(longest * 60 / time_min) - 1 if time_min else None,
+                "measured": len(runs) - sum(run in unmeasured for run in runs),
             }
         )
-    result.assumptions = _assumptions(times, shapes)
-    result.assumed_speedup = times.speedup if times.device == "cpu" else None
+    result.assumptions = _assumptions(times, shapes, unmeasured, preflight)
+    result.assumed_speedup = times.speedup if times.device == "cpu" and unmeasured else None
     return result
 
 
-def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
-    notes = [f"per-image step and inference times from {times.source.name} (batch-normalised medians)"]
+def measured_train_hours(measured: Mapping[str, Any], shape: RunShape) -> float:
+    """One run's training hours (sessions I to III) from its kind's preflight times."""
+    images = DATASET_IMAGES[shape.dataset][0]
+    val = round(dataset_spec(shape.dataset).val_fraction * images)
+    epochs = {PRETRAIN: shape.pretrain_epochs, JOINT: shape.joint_epochs, FROZEN: shape.frozen_epochs}
+    return measured_train_seconds(measured, shape.batch_size, epochs, (images - val, val), MIN_STEP_S) / 3600
+
+
+def _assumptions(
+    times: StepTimes, all_shapes: Sequence[RunShape], shapes: Sequence[RunShape], preflight: Preflight | None
+) -> list[str]:
+    """What the estimate assumes; ``shapes``: the runs priced from the benchmark (not measured by ``preflight``)."""
+    notes = []
+    if preflight is not None:
+        notes.append(
+            f"{len(all_shapes) - len(shapes)} of {len(all_shapes)} runs priced from {preflight.path.name}, "
+            f"{preflight.source}: each kind's own net, batch and precision timed on that device as plain torch steps "
+            f"(at least {MIN_STEP_S * 1000:g} ms per training step for the loop around them), session I included; "
+            "an attack's gradient is the measured image gradient"
+        )
+    if not shapes:
+        return [*notes, *_evaluation_assumptions(all_shapes)]
+    notes.append(f"per-image step and inference times from {times.source.name} (batch-normalised medians)")
     if times.device == "cuda":
         notes.append(f"the GPU benchmark's {GPU_PRECISION} rows at its largest batch per model")
     if times.device == "cpu":
@@ -300,13 +353,6 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
         "the 2-arg net's fastest measured exact path; session III the frozen lookup-table path where the neuron has "
         "tables, else session II's; session I is not counted",
         "CNN time scales with the input's area relative to CIFAR's 32x32; MLP time does not depend on the input",
-        "every epoch trains on the training split and validates on the validation split; time is linear in images "
-        f"(batch-normalised), with at least {MIN_STEP_S * 1000:g} ms per training step",
-        f"AutoAttack standard: {AUTOATTACK_GRADIENTS_ALL} gradients per image, and on the images still robust "
-        f"{AUTOATTACK_GRADIENTS_ROBUST} gradients and {AUTOATTACK_QUERIES_ROBUST} forward queries; the fraction "
-        f"still robust is the paper's published robust accuracy where it has one, else {ASSUMED_ROBUST_FRACTION}",
-        "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward pass "
-        "per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
         _gradient_assumption(times, shapes),
     ]
     if proxied := sorted({f"{s.neuron} ({BENCHMARK_MODELS[s.net][0]})" for s in shapes if priced_as_2arg(times, s)}):
@@ -319,6 +365,20 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
             "run's width relative to it (its convolutions' cost; the inner net's share grows only linearly, so a "
             "narrower run is underestimated, a wider one overestimated)"
         )
+    return [*notes, *_evaluation_assumptions(all_shapes)]
+
+
+def _evaluation_assumptions(shapes: Sequence[RunShape]) -> list[str]:
+    """What the estimate assumes of epochs and evaluations, however the steps were timed."""
+    notes = [
+        "every epoch trains on the training split and validates on the validation split; time is linear in images "
+        f"(batch-normalised), with at least {MIN_STEP_S * 1000:g} ms per training step",
+        f"AutoAttack standard: {AUTOATTACK_GRADIENTS_ALL} gradients per image, and on the images still robust "
+        f"{AUTOATTACK_GRADIENTS_ROBUST} gradients and {AUTOATTACK_QUERIES_ROBUST} forward queries; the fraction "
+        f"still robust is the paper's published robust accuracy where it has one, else {ASSUMED_ROBUST_FRACTION}",
+        "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward pass "
+        "per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
+    ]
     if any(not s.fixed_schedule for s in shapes):
         notes.append("experiments marked `max` stop early: their cost is an upper bound at trainer.max_epochs")
     return notes
@@ -362,6 +422,8 @@ def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
         frozen_epochs=frozen or max_epochs,
         fixed_schedule=joint is not None and (frozen is not None or net["init_args"]["neuron"] == "relu"),
         width=width,
+        precision=precision_name(trainer.get("precision")),
+        pretrain_epochs=protocol.get("pretrain_epochs", 500),
     )
 
 
@@ -404,10 +466,15 @@ class CostUnavailable(ValueError):
 
 
 def sweep_estimate(
-    sweep: Sweep, results_dir: str | Path = BENCHMARK_RESULTS, gpu_speedup: float = DEFAULT_GPU_SPEEDUP
+    sweep: Sweep,
+    results_dir: str | Path = BENCHMARK_RESULTS,
+    gpu_speedup: float = DEFAULT_GPU_SPEEDUP,
+    preflight: Preflight | None = None,
+    time_min: int | None = None,
 ) -> Estimate:
-    """The sweep's GPU-hours from the benchmark's step times in ``results_dir``; raises :class:`CostUnavailable`
-    saying why there is none (a dry run still shows the runs)."""
+    """The sweep's GPU-hours from its ``preflight``'s measured times where it has them, else the benchmark's step
+    times in ``results_dir``; raises :class:`CostUnavailable` saying why there is none (a dry run still shows the
+    runs). ``time_min``: the cluster's time limit, to predict each experiment's requeues."""
     try:
         shapes = run_shapes(sweep)
         times = load_step_times(results_dir, gpu_speedup)
@@ -420,7 +487,7 @@ def sweep_estimate(
         )
     datasets = sorted({shape.dataset for shape in shapes})
     evaluation = {d: settings_for(sweep.evaluate, d) for d in datasets} if sweep.evaluate else {}
-    return estimate(shapes, times, evaluation, published_robust_fractions())
+    return estimate(shapes, times, evaluation, published_robust_fractions(), preflight, time_min)
 
 
 def sweep_cost(
