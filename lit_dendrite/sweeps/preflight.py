@@ -111,10 +111,13 @@ class Preflight:
                     for name, timing in kind["attacks"].items()
                 )
                 used = sorted({path for session in kind["paths"].values() for path in session["used"]})
+                checks = kind["self_check"]
+                passed = [spec for spec, why in checks.items() if why is None]
+                checked = f"; fused op's self-check passed: {', '.join(passed)}" if passed else ""
                 lines.append(f"    {steps}{'; ' + gradients if gradients else ''}")
                 lines.append(
                     f"    peak memory {kind['peak_memory_bytes'] / 2**20:.0f} MiB; inner-net paths: "
-                    f"{', '.join(used) or 'none (no inner net)'}"
+                    f"{', '.join(used) or 'none (no inner net)'}{checked}"
                 )
             lines.append(f"    {'FAILED: ' + kind['failure'] if kind.get('failure') else 'ok'}")
         return lines

@@ -78,12 +78,15 @@ class PreflightJob:
 
     @staticmethod
     def _failure(record: dict[str, Any], device: dict[str, Any], limit: int, source: str) -> str | None:
-        fallbacks = [f for session in record["paths"].values() for f in session["fallbacks"]]
-        if fallbacks:
-            where = device["name"] or device["type"]
+        failed = {spec: why for spec, why in record["self_check"].items() if why is not None}
+        failed |= {
+            f["specialisation"]: f["reason"] for session in record["paths"].values() for f in session["fallbacks"]
+        }
+        if failed:
+            spec, why = next(iter(failed.items()))
             return (
-                f"the fused inner net failed its self-check on {where}: {fallbacks[0]['reason']}; the runs would take "
-                f"the {fallbacks[0]['used']} torch path (see docs/gpu.md)"
+                f"the fused inner net failed its self-check on {device['name'] or device['type']} ({spec}): {why}; "
+                "the runs would take a slower torch path (see docs/gpu.md)"
             )
         return memory_failure(record["peak_memory_bytes"], limit, source)
 

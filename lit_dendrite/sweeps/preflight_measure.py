@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from lit_dendrite.data.corrupted import CorruptedDataModule
 from lit_dendrite.models.pretrain import InnerPretrain
-from lit_dendrite.nn.inner_check import PATHS, device_description
-from lit_dendrite.nn.neurons import net_neuron_spec
+from lit_dendrite.nn.inner_check import PATHS, device_description, fused_unusable, specialisation
+from lit_dendrite.nn.neurons import inner_net_neurons, net_neuron_spec
 from lit_dendrite.nn.tabulated import tabulate_inner, use_exact_inner
 from lit_dendrite.runs import FROZEN, JOINT, PRETRAIN
 from lit_dendrite.sweeps.evaluation import settings_for
@@ -111,6 +111,18 @@ def check_corrupted_data(settings: dict[str, Any]) -> dict[str, Any] | None:
     return {"root": str(module.source.directory.resolve()), "batches": read, "read_s": time.perf_counter() - start}
 
 
+def self_checks(net: torch.nn.Module, autocast: Any) -> dict[str, str | None]:
+    """``{specialisation: why the fused op must not run it (None: it passed)}`` of each distinct inner net of
+    ``net`` on its device, in the run's precision: the self-check the run's first large batch would trigger."""
+    verdicts = {}
+    for neuron in inner_net_neurons(net).values():
+        params = [t for linear in neuron.inner.linears for t in (linear.weight, linear.bias)]
+        z = torch.zeros(1, neuron.inner.arity, device=params[0].device)
+        with autocast:
+            verdicts[str(specialisation(z, params))] = fused_unusable(z, params)
+    return verdicts
+
+
 def measure_kind(args: list[str], evaluate: dict[str, Any] | None) -> dict[str, Any]:
     """Everything the preflight records of one kind of run, from a representative run's ``train`` arguments; an
     exception propagates (the caller records it as the kind's failure)."""
@@ -128,6 +140,7 @@ def measure_kind(args: list[str], evaluate: dict[str, Any] | None) -> dict[str, 
     autocast = torch.autocast(device.type, AUTOCAST[precision]) if precision in AUTOCAST else nullcontext()
     images, labels = (t.to(device) for t in _batches(data.train_dataloader(), 1)[0])
     spec = net_neuron_spec(net)
+    checks = self_checks(net, autocast)
     sessions: dict[str, dict[str, Any]] = {}
     paths: dict[str, Any] = {}
 
@@ -178,6 +191,7 @@ def measure_kind(args: list[str], evaluate: dict[str, Any] | None) -> dict[str, 
         attacks[name] = {"gradient_s": timed(gradient, device), "batch": len(x)}
     return {
         **record,
+        "self_check": checks,
         "sessions": sessions,
         "attacks": attacks,
         "paths": paths,
