@@ -6,6 +6,7 @@ each simulated here) unless --force; without a preflight the plan says once how 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,26 @@ def test_data_the_login_node_sees_but_the_compute_node_does_not_is_named_with_bo
     assert "data unreadable on compute node" in failure and str(tmp_path / "node" / "data") in failure
     assert "The login node login1 sees mnist under /login/scratch/data" in failure
     assert read_preflight(tmp_path).failures() == {"k": failure}  # written atomically as the job went
+
+
+def test_measured_hours_and_requeues_follow_the_preflight_and_time_min(measured) -> None:
+    from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, RunShape, estimate, load_step_times
+
+    _, out, result = measured
+    kind = result["kinds"]["DendriticMLP/2arg/digits/32-true/attacks=linf_pgd"]
+    shape = RunShape("mlp_digits_2arg", "digits", "DendriticMLP", "2arg", 28, 32, 300, 200, True, pretrain_epochs=50)
+    settings = {"n": 16, "batch_size": 16, "attacks": {"linf_pgd": {"steps": 2}}, "corruptions": None}
+    times, preflight = load_step_times(BENCHMARK_RESULTS), read_preflight(out / "tiny")
+    found = estimate([shape], times, {"digits": settings}, None, preflight, time_min=1).rows[0]
+    s = kind["sessions"]
+    train, val = 1437 - 240, 240  # digits' training split and its validation sixth
+    inference = val * s["inference"]["step_s"] / s["inference"]["batch"]
+    epoch = {
+        name: -(-train // 32) * max(s[name]["step_s"] / s[name]["batch"] * 32, 0.003) + inference
+        for name in ("II_joint", "III_frozen")
+    }
+    pretrain = 50 * s["I_pretrain"]["steps_per_epoch"] * max(s["I_pretrain"]["step_s"], 0.003)
+    assert found["train_h"] == pytest.approx((300 * epoch["II_joint"] + 200 * epoch["III_frozen"] + pretrain) / 3600)
+    attack = 16 * 2 * kind["attacks"]["linf_pgd"]["gradient_s"] / kind["attacks"]["linf_pgd"]["batch"]
+    assert found["evaluate_h"] == pytest.approx(attack / 3600)
+    assert found["measured"] == 1 and found["requeues"] == math.ceil(found["run_h"] * 60) - 1 > 0

@@ -96,7 +96,8 @@ class Preflight:
         device = self.data["device"]
         lines = [
             f"{self.path}: {self.source}",
-            f"  {device['type']} {device['name'] or ''} capability {device['capability']}, "
+            f"  {device['name'] or device['type']}"
+            f"{' (compute capability ' + device['capability'] + ')' if device['capability'] else ''}, "
             f"{device['memory_bytes'] / 2**30:.1f} GiB; peak memory: {device['memory_measure']}",
         ]
         for key, kind in self.kinds.items():
