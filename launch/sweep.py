@@ -27,7 +27,7 @@ from lit_dendrite.commandline import argument_parser, positive_float, positive_i
 from lit_dendrite.data.fetch import NAMES, Download, check_name, download_url
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.backends import BACKENDS
-from lit_dendrite.sweeps.cluster import ClusterError, load_cluster_config
+from lit_dendrite.sweeps.cluster import ClusterConfig, ClusterError, load_cluster_config
 from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP
 from lit_dendrite.sweeps.launch import fetch_sweep_data, submit_evaluation, submit_sweep, wait_for
 from lit_dendrite.sweeps.plan import DataNeed, fetch_needs
@@ -66,6 +66,13 @@ def _submission_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    """The cluster config of ``--cluster-config``, else the backend's default file."""
+    default_config = BACKENDS[args.cluster].default_config
+    default_path = CONFIGS / "cluster" / default_config if default_config else None
+    return load_cluster_config(args.cluster_config or default_path)
+
+
 def submit_main(argv: list[str]) -> int:
     """Validate and submit a sweep, or (``evaluate DIR ...``) the evaluation of an existing one."""
     if argv[:1] == ["evaluate"]:
@@ -90,10 +97,8 @@ def submit_main(argv: list[str]) -> int:
         )
         parser.add_argument("--force", action="store_true", help="also submit the kinds of run whose preflight failed")
     args = parser.parse_args(argv)
-    default_config = BACKENDS[args.cluster].default_config
-    cluster_config_path = args.cluster_config or (CONFIGS / "cluster" / default_config if default_config else None)
     try:
-        config = load_cluster_config(cluster_config_path)
+        config = cluster_config(args)
         if "sweep_dir" in args:
             submission = submit_evaluation(
                 args.sweep_dir, args.cluster, config, args.sweep, args.dry_run, args.max_parallel
@@ -145,11 +150,8 @@ def preflight_main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs"), help="the sweep's --out: writes OUT/<sweep>/")
     parser.add_argument("--time-min", type=positive_int, default=DEFAULT_TIME_MIN, help="the job's time limit")
     args = parser.parse_args(argv)
-    default_config = BACKENDS[args.cluster].default_config
     try:
-        config = load_cluster_config(args.cluster_config or (CONFIGS / "cluster" / default_config if default_config
-                                                             else None))  # fmt: skip
-        preflight = run_preflight(load_sweep(args.sweep), args.cluster, config, args.out, args.time_min)
+        preflight = run_preflight(load_sweep(args.sweep), args.cluster, cluster_config(args), args.out, args.time_min)
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

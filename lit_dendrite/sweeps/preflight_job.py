@@ -149,8 +149,7 @@ def run_preflight(
     (sweep_dir / PREFLIGHT).unlink(missing_ok=True)  # a job that writes nothing must not leave an old one standing
     executor = backend.executor(config, sweep_dir / LOGS / "preflight" / "%j", f"ld-{sweep.name}-preflight")
     job = executor.submit(PreflightJob(sweep_dir, kinds, sweep.evaluate, config))
-    echo(f"submitted preflight job {job.job_id}; waiting for it (Ctrl-C leaves it running: it writes "
-         f"{sweep_dir / PREFLIGHT})")  # fmt: skip
+    echo(f"submitted preflight job {job.job_id}; waiting for it to write {sweep_dir / PREFLIGHT}")
     try:
         backend.after_submit([job])  # the debug backend runs it here
         job.result()
