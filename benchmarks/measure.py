@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_dendrite.robustness.adversarial import exact_model
-from lit_dendrite.sweeps.cost import UNMEASURED_PATHS
+from lit_dendrite.sweeps.step_times import UNMEASURED_PATHS
 
 MIN_MEASURE_S = 0.05
 

@@ -46,8 +46,9 @@ from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
-from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS, sweep_cost
+from lit_dendrite.sweeps.cost import sweep_cost
 from lit_dendrite.sweeps.spec import load_sweep
+from lit_dendrite.sweeps.step_times import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS
 
 PATHS = ("reference", "plain", "lean", "fused", "table")
 """The 2-arg net's evaluation paths (see :func:`set_path`)."""

@@ -27,7 +27,7 @@ from measure import CHILD_ENV, status_kib, sync, timed_kinds, train_step_fn  # n
 from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticResNet, count_parameters
-from lit_dendrite.sweeps.cost import BENCHMARK_RESULTS
+from lit_dendrite.sweeps.step_times import BENCHMARK_RESULTS
 
 NEURONS = ("relu", "2arg", "1arg")
 

@@ -1,7 +1,10 @@
 """Submit a sweep, or show its status, or collect its results.
 
     python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
-                           [--dry-run [--gpu-speedup X]] [--verbose] [--max-parallel N] [--overwrite] [--wait]
+                           [--dry-run [--gpu-speedup X]] [--verbose] [--max-parallel N] [--overwrite] [--force]
+                           [--wait]
+    python launch/sweep.py preflight [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
+                           [--time-min MIN]
     python launch/sweep.py fetch-data [NAME ...] [--sweep FILE] [--root DIR] [--dry-run]
     python launch/sweep.py status DIR
     python launch/sweep.py cancel DIR
@@ -24,10 +27,11 @@ from lit_dendrite.commandline import argument_parser, positive_float, positive_i
 from lit_dendrite.data.fetch import NAMES, Download, check_name, download_url
 from lit_dendrite.runs import UntrustedRecord
 from lit_dendrite.sweeps.backends import BACKENDS
-from lit_dendrite.sweeps.cluster import ClusterError, load_cluster_config
+from lit_dendrite.sweeps.cluster import ClusterConfig, ClusterError, load_cluster_config
 from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP
 from lit_dendrite.sweeps.launch import fetch_sweep_data, submit_evaluation, submit_sweep, wait_for
 from lit_dendrite.sweeps.plan import DataNeed, fetch_needs
+from lit_dendrite.sweeps.preflight import DEFAULT_TIME_MIN
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import cancel_jobs, collect, format_status, unfinished_runs
 
@@ -62,6 +66,13 @@ def _submission_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    """The cluster config of ``--cluster-config``, else the backend's default file."""
+    default_config = BACKENDS[args.cluster].default_config
+    default_path = CONFIGS / "cluster" / default_config if default_config else None
+    return load_cluster_config(args.cluster_config or default_path)
+
+
 def submit_main(argv: list[str]) -> int:
     """Validate and submit a sweep, or (``evaluate DIR ...``) the evaluation of an existing one."""
     if argv[:1] == ["evaluate"]:
@@ -84,11 +95,10 @@ def submit_main(argv: list[str]) -> int:
             default=DEFAULT_GPU_SPEEDUP,
             help="the dry run's cost estimate: assumed GPU speedup over the CPU benchmark while no GPU result exists",
         )
+        parser.add_argument("--force", action="store_true", help="also submit the kinds of run whose preflight failed")
     args = parser.parse_args(argv)
-    default_config = BACKENDS[args.cluster].default_config
-    cluster_config_path = args.cluster_config or (CONFIGS / "cluster" / default_config if default_config else None)
     try:
-        config = load_cluster_config(cluster_config_path)
+        config = cluster_config(args)
         if "sweep_dir" in args:
             submission = submit_evaluation(
                 args.sweep_dir, args.cluster, config, args.sweep, args.dry_run, args.max_parallel
@@ -105,6 +115,7 @@ def submit_main(argv: list[str]) -> int:
                 overwrite=args.overwrite,
                 verbose=args.verbose,
                 gpu_speedup=args.gpu_speedup,
+                force=args.force,
             )
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -121,6 +132,34 @@ def submit_main(argv: list[str]) -> int:
             )
             return 1
     return 0
+
+
+def preflight_main(argv: list[str]) -> int:
+    """Run the sweep's preflight job and print what it measured; exit 1 when a kind of run failed."""
+    from lit_dendrite.sweeps.preflight_job import run_preflight
+
+    parser = argument_parser(
+        "launch/sweep.py preflight",
+        "One short job with the sweep's cluster settings: reads each kind of run's data on the compute node, builds "
+        "its net there (the fused op's self-check), times a few steps of each session and attack, and writes "
+        "<out>/<sweep>/preflight.json for the dry run's costs and the submission. See docs/cluster.md.",
+    )
+    parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: paper.yaml)")
+    parser.add_argument("--cluster", choices=list(BACKENDS), required=True, help="where the job runs (the backend)")
+    parser.add_argument("--cluster-config", type=Path, help="configs/cluster/*.yaml (default per --cluster)")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="the sweep's --out: writes OUT/<sweep>/")
+    parser.add_argument("--time-min", type=positive_int, default=DEFAULT_TIME_MIN, help="the job's time limit")
+    args = parser.parse_args(argv)
+    try:
+        preflight = run_preflight(load_sweep(args.sweep), args.cluster, cluster_config(args), args.out, args.time_min)
+    except (SweepError, ClusterError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if preflight is None:
+        print("error: the preflight job wrote no result (see its log above)", file=sys.stderr)
+        return 1
+    print("\n".join(preflight.report()))
+    return 1 if preflight.failures() else 0
 
 
 def fetch_main(argv: list[str], download: Download = download_url) -> int:
@@ -181,8 +220,8 @@ def cancel_main(sweep_dir: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch to `status DIR`, `cancel DIR`, `collect DIR`, `fetch-data`, or submission (of a sweep, or with
-    `evaluate DIR` its evaluation)."""
+    """Dispatch to `status DIR`, `cancel DIR`, `collect DIR`, `fetch-data`, `preflight`, or submission (of a sweep,
+    or with `evaluate DIR` its evaluation)."""
     if argv[:1] in (["status"], ["cancel"], ["collect"]):
         parser = argument_parser(f"launch/sweep.py {argv[0]}")
         parser.add_argument("sweep_dir", type=Path, help="the sweep directory, <out>/<sweep name>")
@@ -206,6 +245,8 @@ def main(argv: list[str]) -> int:
             return 2
     if argv[:1] == ["fetch-data"]:
         return fetch_main(argv[1:])
+    if argv[:1] == ["preflight"]:
+        return preflight_main(argv[1:])
     return submit_main(argv)
 
 

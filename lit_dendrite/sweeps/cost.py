@@ -7,7 +7,6 @@ times of the path each session runs; every assumption the estimate makes is retu
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,19 @@ from lit_dendrite.config_files import composed_config
 from lit_dendrite.data.datasets import dataset_spec
 from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.nn.resnet import RESNET18_WIDTHS, scaled_widths
+from lit_dendrite.runs import FROZEN, JOINT, PRETRAIN
 from lit_dendrite.sweeps.evaluation import settings_for
+from lit_dendrite.sweeps.preflight import Preflight, kind_key, measured_train_seconds, per_image, precision_name
 from lit_dendrite.sweeps.spec import Sweep
+from lit_dendrite.sweeps.step_times import (
+    BENCHMARK_MODELS,
+    BENCHMARK_RESULTS,
+    CONV_MODELS,
+    DEFAULT_GPU_SPEEDUP,
+    GPU_PRECISION,
+    StepTimes,
+    load_step_times,
+)
 
 # Train and test images of each data set (the published sizes; digits: this project's split of scikit-learn's).
 DATASET_IMAGES = {
@@ -29,15 +39,6 @@ DATASET_IMAGES = {
     "cifar10": (50_000, 10_000),
     "cifar100": (50_000, 10_000),
 }
-# The benchmark's models and the input side it measured them at (MLP: MNIST 28x28; CNN and ResNet: CIFAR 32x32).
-BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32), "DendriticResNet": ("resnet", 32)}
-CONV_MODELS = ("cnn", "resnet")  # time scales with the input's area
-UNMEASURED_PATHS = ("reference", "table")  # neither what session II trains with nor what attacks run
-DEFAULT_GPU_SPEEDUP = 100.0
-BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-GPU_RESULTS, CPU_RESULTS = "neurons_cuda.json", "neurons_cpu.json"
-RESNET_RESULTS = "resnet_{device}.json"  # benchmarks/resnet.py: the ResNet-18 and its controls, one width
-GPU_PRECISION = "fp32"
 MIN_STEP_S = 0.003  # a training step costs at least this on a GPU (Lightning's loop, the optimizer, kernel launches)
 # AutoAttack standard (Croce & Hein 2020): APGD-CE 100 iterations on every image; on the images still robust,
 # APGD-T (9 targets x 100), FAB-T (9 targets x 100, counted as 2 gradients per iteration) and Square (5000 queries).
@@ -45,86 +46,6 @@ AUTOATTACK_GRADIENTS_ALL, AUTOATTACK_GRADIENTS_ROBUST, AUTOATTACK_QUERIES_ROBUST
 ASSUMED_ROBUST_FRACTION = 0.5
 # Corrupted test sets per kind (CIFAR-10-C: 19 corruptions x 5 severities; MNIST-C: 15 and the identity).
 CORRUPTED_SETS = {"cifar10_c": 95, "cifar100_c": 95, "mnist_c": 16, "generated": 95}
-
-
-@dataclass(frozen=True)
-class StepTimes:
-    """Seconds per image of each benchmark model and path (training step, inference), on the estimate's device."""
-
-    source: Path
-    device: str
-    speedup: float
-    train: dict[str, dict[str, float]]
-    inference: dict[str, dict[str, float]]
-    # an attack's image gradient (eval mode, frozen weights, exact inner net), where the benchmark timed one
-    attack_gradient: dict[str, dict[str, float]] = field(default_factory=dict)
-    resnet_source: Path | None = None
-    resnet_width: int | None = None  # the benchmarked ResNet's first-stage width (64 at multiplier 1)
-    resnet_speedup: float = 1.0
-
-    def learned_path(self, model: str) -> str:
-        """The fastest measured path of the learned neuron (what ``impl="auto"`` is meant to pick)."""
-        # rows named after a neuron (relu, kan, celltypes, ...) time that neuron, not a path of the inner net
-        candidates = {p: t for p, t in self.train[model].items() if p not in (*UNMEASURED_PATHS, *NEURONS)}
-        if not candidates:  # a model timed per neuron only (benchmarks/resnet.py): the 2-arg neuron's row
-            return "2arg"
-        return min(candidates, key=candidates.get)
-
-
-def load_step_times(results_dir: str | Path, gpu_speedup: float = DEFAULT_GPU_SPEEDUP) -> StepTimes:
-    """The benchmark's GPU results (``neurons_cuda.json``) if they exist, else its CPU results divided by
-    ``gpu_speedup`` (an assumption the estimate states); the ResNet's from ``resnet_cuda.json`` or, divided alike,
-    ``resnet_cpu.json`` where one exists."""
-    results_dir = Path(results_dir)
-    gpu, cpu = results_dir / GPU_RESULTS, results_dir / CPU_RESULTS
-    source = gpu if gpu.is_file() else cpu
-    if not source.is_file():
-        raise FileNotFoundError(f"no benchmark results in {results_dir}; run `python benchmarks/neurons.py` first")
-    if gpu_speedup <= 0:
-        raise ValueError(f"the GPU speedup must be positive, got {gpu_speedup}")
-    data = json.loads(source.read_text())
-    speedup = 1.0 if source == gpu else gpu_speedup
-    tables: tuple[dict[str, dict[str, float]], ...] = ({}, {}, {})
-    for model, batch, rows in _measured_rows(data):
-        _add_rows(tables, model, batch, rows, speedup)
-    resnet: dict[str, Any] = {}
-    for device, divisor in (("cuda", 1.0), ("cpu", gpu_speedup)):
-        path = results_dir / RESNET_RESULTS.format(device=device)
-        if path.is_file():
-            measured = json.loads(path.read_text())
-            _add_rows(tables, "resnet", measured["batch"], measured["rows"], divisor)
-            width = scaled_widths(RESNET18_WIDTHS, measured["width_multiplier"])[0]
-            resnet = {"resnet_source": path, "resnet_width": width, "resnet_speedup": divisor}
-            break
-    return StepTimes(source, "cuda" if source == gpu else "cpu", speedup, *tables, **resnet)
-
-
-def _add_rows(
-    tables: tuple[dict[str, dict[str, float]], ...],
-    model: str,
-    batch: int,
-    rows: Mapping[str, Mapping[str, float]],
-    divisor: float,
-) -> None:
-    """Per-image seconds of each measured path of ``model`` (rows timed at ``batch``), divided by ``divisor``, into
-    ``tables`` (training step, inference, attack gradient: the last only for rows that time one)."""
-    train, inference, attack_gradient = tables
-    train[model] = {p: r["train_step_s"] / batch / divisor for p, r in rows.items()}
-    inference[model] = {p: 1 / r["inference_images_per_s"] / divisor for p, r in rows.items()}
-    if gradients := {p: r["attack_gradient_s"] / batch / divisor for p, r in rows.items() if "attack_gradient_s" in r}:
-        attack_gradient[model] = gradients
-
-
-def _measured_rows(data: Mapping[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
-    """(model, batch, rows by path) of a benchmark result: the CPU file's ``models``, or the GPU file's fp32
-    ``cases`` (the experiment configs train in fp32), the largest batch of each model."""
-    if "models" in data:
-        return [(model, measured["batch"], measured["rows"]) for model, measured in data["models"].items()]
-    largest: dict[str, Mapping[str, Any]] = {}
-    for case in data["cases"]:
-        if case["precision"] == GPU_PRECISION and case["batch"] >= largest.get(case["model"], {}).get("batch", 0):
-            largest[case["model"]] = case
-    return [(model, case["batch"], case["rows"]) for model, case in largest.items()]
 
 
 @dataclass(frozen=True)
@@ -141,6 +62,8 @@ class RunShape:
     frozen_epochs: int
     fixed_schedule: bool
     width: int | None = None  # the ResNet's first-stage width (after its width multiplier)
+    precision: str = "32-true"
+    pretrain_epochs: int = 0  # session I's epochs (counted only where a preflight timed its steps)
 
 
 @dataclass
@@ -150,6 +73,8 @@ class Estimate:
     rows: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
     assumed_speedup: float | None = None  # the GPU speedup assumed over the CPU benchmark (None: GPU measured)
+    measured_by: str | None = None  # the preflight that timed the runs (None: the benchmark's times)
+    time_min: int | None = None  # the cluster's time limit per job, against which each run's wall time is set
 
     @property
     def total_hours(self) -> float:
@@ -223,33 +148,44 @@ def train_hours(times: StepTimes, shape: RunShape) -> float:
 
 
 def evaluate_hours(
-    times: StepTimes, shape: RunShape, settings: Mapping[str, Any] | None, robust_fraction: float | None
+    times: StepTimes,
+    shape: RunShape,
+    settings: Mapping[str, Any] | None,
+    robust_fraction: float | None,
+    measured: Mapping[str, Any] | None = None,
 ) -> float:
-    """One run's evaluation under its data set's ``evaluate:`` settings (attacks, corrupted sets)."""
+    """One run's evaluation under its data set's ``evaluate:`` settings (attacks, corrupted sets), from the
+    benchmark's times or a preflight's ``measured`` times of the run's kind."""
     if not settings:
         return 0.0
-    model = BENCHMARK_MODELS[shape.net][0]
-    path = session_paths(times, shape)[0]
-    gradient = times.attack_gradient.get(model, {}).get(path, times.train[model][path])
-    forward = times.inference[model][path]
+    if measured is not None:
+        forward, scale = per_image(measured["sessions"]["inference"]), 1.0
+        gradients = {name: per_image(timing, "gradient_s") for name, timing in measured["attacks"].items()}
+        gradient = per_image(measured["sessions"][JOINT])  # an attack the preflight did not time: a training step
+    else:
+        model = BENCHMARK_MODELS[shape.net][0]
+        path = session_paths(times, shape)[0]
+        gradient = times.attack_gradient.get(model, {}).get(path, times.train[model][path])
+        forward, scale, gradients = times.inference[model][path], _scale(times, shape), {}
     _, test_images = DATASET_IMAGES[shape.dataset]
     seconds = 0.0
     fraction = ASSUMED_ROBUST_FRACTION if robust_fraction is None else robust_fraction
     for name, attack in (settings.get("attacks") or {}).items():
         n = attack.get("n") or settings.get("n") or test_images
         epsilons = [e for e in attack.get("epsilons", [None]) if e != 0]
+        one = gradients.get(name, gradient)
         if name.startswith("autoattack"):
-            gradients = AUTOATTACK_GRADIENTS_ALL + fraction * AUTOATTACK_GRADIENTS_ROBUST
-            per_image = gradients * gradient + fraction * AUTOATTACK_QUERIES_ROBUST * forward
+            count = AUTOATTACK_GRADIENTS_ALL + fraction * AUTOATTACK_GRADIENTS_ROBUST
+            image_s = count * one + fraction * AUTOATTACK_QUERIES_ROBUST * forward
         else:
-            per_image = attack.get("steps", 100) * gradient
-        seconds += n * per_image * max(len(epsilons), 1)
+            image_s = attack.get("steps", 100) * one
+        seconds += n * image_s * max(len(epsilons), 1)
     corruptions = settings.get("corruptions")
     if corruptions:
         kind = corruptions["spec"].split(":", 1)[0]
         n = corruptions.get("n") or settings.get("n") or test_images
         seconds += CORRUPTED_SETS.get(kind, 95) * n * forward
-    return seconds * _scale(times, shape) / 3600
+    return seconds * scale / 3600
 
 
 def estimate(
@@ -257,36 +193,72 @@ def estimate(
     times: StepTimes,
     evaluation: Mapping[str, Mapping[str, Any]] | None = None,
     robust_fractions: Mapping[tuple[str, str, str], float] | None = None,
+    preflight: Preflight | None = None,
+    time_min: int | None = None,
 ) -> Estimate:
     """GPU-hours of ``shapes`` (one per run) grouped by experiment; ``evaluation`` maps a data set to its
     evaluate settings, ``robust_fractions`` (dataset, net, neuron) to the fraction of images assumed to survive
-    AutoAttack's first stage."""
-    result = Estimate()
+    AutoAttack's first stage. A run whose kind ``preflight`` measured is priced from those times, others from the
+    benchmark's; with ``time_min`` each experiment's row also holds its longest run and the requeues it takes."""
+    result = Estimate(measured_by=preflight.source if preflight else None, time_min=time_min)
     grouped: dict[str, list[RunShape]] = {}
     for shape in shapes:
         grouped.setdefault(shape.experiment, []).append(shape)
     fractions = robust_fractions or {}
+    unmeasured = []
     for experiment, runs in grouped.items():
         shape = runs[0]
         fraction = fractions.get((shape.dataset, shape.net, shape.neuron))
         settings = (evaluation or {}).get(shape.dataset)
         epochs = f"{shape.joint_epochs}/{shape.frozen_epochs if session_paths(times, shape)[1] else '-'}"
+        hours = []
+        for run in runs:
+            kind = kind_key(run.net, run.neuron, run.dataset, run.precision, settings)
+            measured = preflight.measured(kind) if preflight else None
+            unmeasured += [] if measured else [run]
+            train = train_hours(times, run) if measured is None else measured_train_hours(measured, run)
+            hours.append((train, evaluate_hours(times, run, settings, fraction, measured)))
+        longest = max(train + evaluate for train, evaluate in hours)
         result.rows.append(
             {
                 "experiment": experiment,
                 "runs": len(runs),
                 "epochs": epochs + ("" if shape.fixed_schedule else " max"),
-                "train_h": sum(train_hours(times, s) for s in runs),
-                "evaluate_h": sum(evaluate_hours(times, s, settings, fraction) for s in runs),
+                "train_h": sum(train for train, _ in hours),
+                "evaluate_h": sum(evaluate for _, evaluate in hours),
+                "run_h": longest,
+                "requeues": math.ceil(longest * 60 / time_min) - 1 if time_min else None,
+                "measured": len(runs) - sum(run in unmeasured for run in runs),
             }
         )
-    result.assumptions = _assumptions(times, shapes)
-    result.assumed_speedup = times.speedup if times.device == "cpu" else None
+    result.assumptions = _assumptions(times, shapes, unmeasured, preflight)
+    result.assumed_speedup = times.speedup if times.device == "cpu" and unmeasured else None
     return result
 
 
-def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
-    notes = [f"per-image step and inference times from {times.source.name} (batch-normalised medians)"]
+def measured_train_hours(measured: Mapping[str, Any], shape: RunShape) -> float:
+    """One run's training hours (sessions I to III) from its kind's preflight times."""
+    images = DATASET_IMAGES[shape.dataset][0]
+    val = round(dataset_spec(shape.dataset).val_fraction * images)
+    epochs = {PRETRAIN: shape.pretrain_epochs, JOINT: shape.joint_epochs, FROZEN: shape.frozen_epochs}
+    return measured_train_seconds(measured, shape.batch_size, epochs, (images - val, val), MIN_STEP_S) / 3600
+
+
+def _assumptions(
+    times: StepTimes, all_shapes: Sequence[RunShape], shapes: Sequence[RunShape], preflight: Preflight | None
+) -> list[str]:
+    """What the estimate assumes; ``shapes``: the runs priced from the benchmark (not measured by ``preflight``)."""
+    notes = []
+    if preflight is not None:
+        notes.append(
+            f"{len(all_shapes) - len(shapes)} of {len(all_shapes)} runs priced from {preflight.path.name}, "
+            f"{preflight.source}: each kind's own net, batch and precision timed on that device as plain torch steps "
+            f"(at least {MIN_STEP_S * 1000:g} ms per training step for the loop around them), session I included; "
+            "an attack's gradient is the measured image gradient"
+        )
+    if not shapes:
+        return [*notes, *_evaluation_assumptions(all_shapes)]
+    notes.append(f"per-image step and inference times from {times.source.name} (batch-normalised medians)")
     if times.device == "cuda":
         notes.append(f"the GPU benchmark's {GPU_PRECISION} rows at its largest batch per model")
     if times.device == "cpu":
@@ -299,13 +271,6 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
         "the 2-arg net's fastest measured exact path; session III the frozen lookup-table path where the neuron has "
         "tables, else session II's; session I is not counted",
         "CNN time scales with the input's area relative to CIFAR's 32x32; MLP time does not depend on the input",
-        "every epoch trains on the training split and validates on the validation split; time is linear in images "
-        f"(batch-normalised), with at least {MIN_STEP_S * 1000:g} ms per training step",
-        f"AutoAttack standard: {AUTOATTACK_GRADIENTS_ALL} gradients per image, and on the images still robust "
-        f"{AUTOATTACK_GRADIENTS_ROBUST} gradients and {AUTOATTACK_QUERIES_ROBUST} forward queries; the fraction "
-        f"still robust is the paper's published robust accuracy where it has one, else {ASSUMED_ROBUST_FRACTION}",
-        "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward pass "
-        "per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
         _gradient_assumption(times, shapes),
     ]
     if proxied := sorted({f"{s.neuron} ({BENCHMARK_MODELS[s.net][0]})" for s in shapes if priced_as_2arg(times, s)}):
@@ -318,6 +283,20 @@ def _assumptions(times: StepTimes, shapes: Sequence[RunShape]) -> list[str]:
             "run's width relative to it (its convolutions' cost; the inner net's share grows only linearly, so a "
             "narrower run is underestimated, a wider one overestimated)"
         )
+    return [*notes, *_evaluation_assumptions(all_shapes)]
+
+
+def _evaluation_assumptions(shapes: Sequence[RunShape]) -> list[str]:
+    """What the estimate assumes of epochs and evaluations, however the steps were timed."""
+    notes = [
+        "every epoch trains on the training split and validates on the validation split; time is linear in images "
+        f"(batch-normalised), with at least {MIN_STEP_S * 1000:g} ms per training step",
+        f"AutoAttack standard: {AUTOATTACK_GRADIENTS_ALL} gradients per image, and on the images still robust "
+        f"{AUTOATTACK_GRADIENTS_ROBUST} gradients and {AUTOATTACK_QUERIES_ROBUST} forward queries; the fraction "
+        f"still robust is the paper's published robust accuracy where it has one, else {ASSUMED_ROBUST_FRACTION}",
+        "other attacks: `steps` gradients per image and epsilon (100 when not set); corrupted sets: one forward pass "
+        "per image of each set (CIFAR-10-C 19 x 5 sets, MNIST-C 16)",
+    ]
     if any(not s.fixed_schedule for s in shapes):
         notes.append("experiments marked `max` stop early: their cost is an upper bound at trainer.max_epochs")
     return notes
@@ -361,6 +340,8 @@ def shape_of(experiment: str, config: Mapping[str, Any]) -> RunShape:
         frozen_epochs=frozen or max_epochs,
         fixed_schedule=joint is not None and (frozen is not None or net["init_args"]["neuron"] == "relu"),
         width=width,
+        precision=precision_name(trainer.get("precision")),
+        pretrain_epochs=protocol.get("pretrain_epochs", 500),
     )
 
 
@@ -403,10 +384,15 @@ class CostUnavailable(ValueError):
 
 
 def sweep_estimate(
-    sweep: Sweep, results_dir: str | Path = BENCHMARK_RESULTS, gpu_speedup: float = DEFAULT_GPU_SPEEDUP
+    sweep: Sweep,
+    results_dir: str | Path = BENCHMARK_RESULTS,
+    gpu_speedup: float = DEFAULT_GPU_SPEEDUP,
+    preflight: Preflight | None = None,
+    time_min: int | None = None,
 ) -> Estimate:
-    """The sweep's GPU-hours from the benchmark's step times in ``results_dir``; raises :class:`CostUnavailable`
-    saying why there is none (a dry run still shows the runs)."""
+    """The sweep's GPU-hours from its ``preflight``'s measured times where it has them, else the benchmark's step
+    times in ``results_dir``; raises :class:`CostUnavailable` saying why there is none (a dry run still shows the
+    runs). ``time_min``: the cluster's time limit, to predict each experiment's requeues."""
     try:
         shapes = run_shapes(sweep)
         times = load_step_times(results_dir, gpu_speedup)
@@ -419,7 +405,7 @@ def sweep_estimate(
         )
     datasets = sorted({shape.dataset for shape in shapes})
     evaluation = {d: settings_for(sweep.evaluate, d) for d in datasets} if sweep.evaluate else {}
-    return estimate(shapes, times, evaluation, published_robust_fractions())
+    return estimate(shapes, times, evaluation, published_robust_fractions(), preflight, time_min)
 
 
 def sweep_cost(

@@ -27,10 +27,14 @@ from lit_dendrite.sweeps.plan import (
     data_lines,
     data_needs,
     missing_data,
+    preflight_lines,
+    preflight_refused,
     refusal,
     run_data,
+    run_kind,
     summary_lines,
 )
+from lit_dendrite.sweeps.preflight import read_preflight
 from lit_dendrite.sweeps.spec import PlannedRun, Sweep, SweepError, load_sweep
 from lit_dendrite.sweeps.state import (
     CONFIG_SNAPSHOTS,
@@ -190,6 +194,7 @@ def submit_sweep(
     resolve: Callable[[list[str]], dict[str, Any]] | None = None,
     verbose: bool = False,
     gpu_speedup: float = DEFAULT_GPU_SPEEDUP,
+    force: bool = False,
 ) -> Submission:
     """Validate the sweep, print its plan (:mod:`lit_dendrite.sweeps.plan`: runs per experiment, GPU-hours, the data
     sets the jobs read and which are missing), then submit every run that is neither finished nor queued/running as
@@ -202,6 +207,10 @@ def submit_sweep(
     ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`): ``debug`` runs the jobs in this process
     before returning; ``local`` starts at most ``max_parallel`` background processes that share the runs, each
     taking the next one left.
+
+    With a preflight of the sweep (:mod:`lit_dendrite.sweeps.preflight`) the plan prices its runs from the measured
+    times, and the runs of a kind whose preflight failed are listed with the reason and not submitted (``force``:
+    submitted all the same); without one, the plan says so once and how to run it.
     """
     backend = cluster_backend(cluster)
     sweep_dir = out.resolve() / sweep.name
@@ -214,14 +223,22 @@ def submit_sweep(
     mismatches = config_mismatches(sweep_dir, args, resolve)
     skipped = _to_skip(sweep_dir, list(args), sweep.evaluate, set(mismatches))
     mismatches = {run: keys for run, keys in mismatches.items() if run not in skipped}  # live jobs keep theirs
+    preflight = read_preflight(sweep_dir)
+    kinds = {run: run_kind(parsed[run], sweep.evaluate) for run in args} if preflight is not None else {}
+    refused = preflight_refused(preflight, kinds, force)
+    skipped |= refused
     to_submit = [run for run in args if run not in skipped]
     needs = data_needs({run: run_data(parsed[run]) for run in to_submit}, sweep.evaluate)
     problems = missing_data(needs)
     try:
-        cost: Estimate | str = sweep_estimate(sweep, gpu_speedup=gpu_speedup)
+        cost: Estimate | str = sweep_estimate(
+            sweep, gpu_speedup=gpu_speedup, preflight=preflight, time_min=config.time_min
+        )
     except CostUnavailable as error:
         cost = str(error)
     for line in summary_lines(sweep, sweep_dir, cluster, to_submit, cost, needs, problems):
+        echo(line)
+    for line in preflight_lines(preflight, set(kinds.values()), sweep.path, cluster, force):
         echo(line)
     width = max(len(run) for run in args)
     for run in args:

@@ -17,9 +17,11 @@ from lit_dendrite.data.datasets import DATASETS
 from lit_dendrite.data.fetch import EMBEDDED, GENERATED, fetch, missing, plan
 from lit_dendrite.sweeps.cost import Estimate
 from lit_dendrite.sweeps.evaluation import settings_for
+from lit_dendrite.sweeps.preflight import PREFLIGHT, Preflight, kind_key
 from lit_dendrite.sweeps.spec import Sweep
 
 FETCH_COMMAND = "python launch/sweep.py fetch-data --sweep {sweep}"
+PREFLIGHT_COMMAND = "python launch/sweep.py preflight --sweep {sweep} --cluster {cluster}"
 
 
 @dataclass(frozen=True)
@@ -154,17 +156,18 @@ def summary_lines(
         f"-> {sweep_dir}"
     ]
     if isinstance(cost, Estimate):
-        assumed = ""
+        assumed = f" ({cost.measured_by})" if cost.measured_by else ""
         if cost.assumed_speedup:
-            assumed = f" (ASSUMING a GPU {cost.assumed_speedup:g}x faster than the CPU benchmark: --gpu-speedup)"
+            assumed += f" (ASSUMING a GPU {cost.assumed_speedup:g}x faster than the CPU benchmark: --gpu-speedup)"
         lines.append(f"  {cost.total_hours:.1f} GPU-hours for all {len(sweep.runs)} runs{assumed}")
     else:
         lines.append(f"  GPU-hours: {cost}")
     lines += data_lines(needs, problems, sweep_path=sweep.path)
     width = max(len("experiment"), *(len(name) for name in runs))
+    walls = isinstance(cost, Estimate) and cost.measured_by is not None and cost.time_min is not None
     lines.append(
         f"  {'experiment':<{width}}  {'runs':>5}  {'to submit':>9}  {'epochs II/III':>13}  {'train h':>7}  "
-        f"{'evaluate h':>10}"
+        f"{'evaluate h':>10}" + (f"  {'h per run':>9}  {'requeues':>8}  measured" if walls else "")
     )
     estimated = {row["experiment"]: row for row in cost.rows} if isinstance(cost, Estimate) else {}
     rows = [(name, count, submitting.get(name, 0), estimated.get(name)) for name, count in runs.items()]
@@ -173,7 +176,53 @@ def summary_lines(
         rows.append(("total", len(sweep.runs), len(to_submit), total))
     for name, count, to_do, row in rows:
         hours = f"  {row['epochs']:>13}  {row['train_h']:>7.1f}  {row['evaluate_h']:>10.1f}" if row else ""
+        if walls and row and "run_h" in row:
+            hours += f"  {row['run_h']:>9.2f}  {row['requeues']:>8}  {row['measured']}/{count}"
         lines.append(f"  {name:<{width}}  {count:>5}  {to_do:>9}{hours}")
+    if walls and any(row["requeues"] for row in cost.rows):
+        lines.append(
+            f"  runs longer than the cluster's time_min ({cost.time_min} min) are requeued and resume from last.ckpt "
+            "(max_timeouts in the cluster config must allow the requeues listed)"
+        )
+    return lines
+
+
+def run_kind(config: Any, evaluate: dict[str, Any] | None) -> str:
+    """A run's kind of run (:func:`~lit_dendrite.sweeps.preflight.kind_key`) from its parsed configuration."""
+    net, dataset = config.model.net, str(config.data.dataset)
+    settings = settings_for(evaluate, dataset) if evaluate else None
+    return kind_key(net.class_path, net.init_args.neuron, dataset, config.trainer.precision, settings)
+
+
+def preflight_command(sweep_path: Path, cluster: str) -> str:
+    """The command that runs a sweep file's preflight, as a person types it from here."""
+    return PREFLIGHT_COMMAND.format(sweep=_shown(sweep_path), cluster=cluster)
+
+
+def preflight_refused(preflight: Preflight | None, kinds: Mapping[str, str], force: bool) -> dict[str, str]:
+    """``{run: why}`` of the runs not to submit because the preflight of their kind failed (none with ``force``)."""
+    failures = preflight.failures() if preflight is not None and not force else {}
+    return {run: f"preflight failed: {failures[kind]}" for run, kind in kinds.items() if kind in failures}
+
+
+def preflight_lines(
+    preflight: Preflight | None, kinds: set[str], sweep_path: Path, cluster: str, force: bool
+) -> list[str]:
+    """The plan's preflight section: what it measured and which kinds failed (and are not submitted, unless
+    ``force``), or, once, that none was run and how to run it."""
+    if preflight is None:
+        return [
+            f"No preflight of this sweep was run ({PREFLIGHT} beside its runs): one short job that proves each kind of "
+            "run on a compute node and measures its cost. Run it first:",
+            f"  {preflight_command(sweep_path, cluster)}",
+        ]
+    lines = preflight.lines(kinds)
+    if any(kind in preflight.failures() for kind in kinds):
+        lines.append(
+            "  the failed kinds' runs are SUBMITTED all the same (--force)"
+            if force
+            else "  their runs are not submitted; fix the cause and rerun the preflight, or pass --force to submit them"
+        )
     return lines
 
 
