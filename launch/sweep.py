@@ -9,12 +9,13 @@
     python launch/sweep.py evaluate DIR --cluster slurm|local|debug [--sweep FILE] [--cluster-config FILE]
                            [--dry-run] [--max-parallel N] [--wait]
 
-See docs/cluster.md.
+See docs/cluster.md, and docs/tuning.md for sweeps with a search: section.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def submit_main(argv: list[str]) -> int:
             )
         else:
             sweep = load_sweep(args.sweep)
-            submission = submit_sweep(
+            submit = functools.partial(
+                submit_sweep,
                 sweep,
                 args.cluster,
                 config,
@@ -106,6 +108,10 @@ def submit_main(argv: list[str]) -> int:
                 verbose=args.verbose,
                 gpu_speedup=args.gpu_speedup,
             )
+            submission = submit()
+            if args.wait and sweep.search is not None and submission.jobs and not submission.submitted:
+                print(wait_for(submission.jobs, submission.sweep_dir, args.wait_timeout_h * 3600))
+                submission = submit()  # the search's workers ended: its final runs
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
