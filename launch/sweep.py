@@ -29,6 +29,7 @@ from lit_dendrite.sweeps.cluster import ClusterError, load_cluster_config
 from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP
 from lit_dendrite.sweeps.launch import fetch_sweep_data, submit_evaluation, submit_sweep, wait_for
 from lit_dendrite.sweeps.plan import DataNeed, fetch_needs
+from lit_dendrite.sweeps.search_report import with_search_section
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import cancel_jobs, collect, format_status, unfinished_runs
 
@@ -167,7 +168,7 @@ def fetch_main(argv: list[str], download: Download = download_url) -> int:
 def collect_main(sweep_dir: Path, surface_images: int = SURFACE_IMAGES) -> int:
     """Write the analysis report and summary.csv of every run record with the report's per-run numbers; print the
     report's accuracy table."""
-    report = build_report(sweep_dir, n_images=surface_images)
+    report = with_search_section(build_report(sweep_dir, n_images=surface_images))
     print(f"wrote {collect(sweep_dir, report.per_run)}")
     print(f"report: {report.write()}")
     print(accuracy_section(report.text))

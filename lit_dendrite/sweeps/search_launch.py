@@ -89,7 +89,7 @@ def final_sweep(sweep: Sweep, state: dict[str, dict[str, Any]]) -> Sweep:
     return dataclasses.replace(sweep, runs=runs, search=None)
 
 
-def _fail_abandoned(sweep_dir: Path, sweep: str, spec: SearchSpec, experiments: list[str]) -> int:
+def fail_abandoned_trials(sweep_dir: Path, sweep: str, spec: SearchSpec, experiments: list[str]) -> int:
     """Fail the trials left running by workers that ended without being requeued (none is live); returns how many."""
     import optuna
 
@@ -163,7 +163,7 @@ def submit_search(
     if workers is not None and job_states({SEARCH_DIR: workers})[SEARCH_DIR] not in (None, "ENDED"):
         echo(f"search workers still queued or running (job {workers['job_id']}): nothing submitted")
         return Submission(sweep_dir, [], {SEARCH_DIR: "running"}, [], [])
-    if state is not None and (abandoned := _fail_abandoned(sweep_dir, sweep.name, spec, experiments)):
+    if state is not None and (abandoned := fail_abandoned_trials(sweep_dir, sweep.name, spec, experiments)):
         echo(f"{abandoned} trial(s) left running by a worker that ended were failed; others replace them")
         state = search_state(sweep_dir, sweep.name, spec, experiments)
     left = sum(info["left"] for info in state.values()) if state else spec.trials * len(experiments)
