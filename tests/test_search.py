@@ -4,7 +4,6 @@ study, pruned, failed and abandoned trials, session I shared by the trials, a wo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -20,7 +19,7 @@ from lit_dendrite.sweeps.launch import submit_sweep
 from lit_dendrite.sweeps.search import budget_left, open_study, parse_search, suggest, trial_dir
 from lit_dendrite.sweeps.search_launch import fail_abandoned_trials
 from lit_dendrite.sweeps.search_report import HISTORY_FIGURE, IMPORTANCE_FIGURE, search_section
-from lit_dendrite.sweeps.search_worker import RUN_DIR_ATTR, WORKER_ATTR
+from lit_dendrite.sweeps.search_worker import RUN_DIR_ATTR, WORKER_ATTR, SearchWorker
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import format_status
 
@@ -101,6 +100,20 @@ def test_failed_trials_are_replaced_but_the_budget_of_finished_trials_stays_exac
     assert budget_left(study.get_trials(), spec) == 0, "as many failures as the budget: nothing more is asked"
 
 
+def test_workers_ask_the_conditions_in_turn_new_values_each_and_never_beyond_the_budget(tmp_path: Path) -> None:
+    spec = parse_search("t", {"trials": 3, "space": {**LR, "model.net.init_args.dropout": {"uniform": [0.0, 0.5]}}})
+    workers = [SearchWorker(tmp_path, "t", spec, {"relu": [], "2arg": []}) for _ in range(2)]
+    asked = [worker._ask() for _ in range(4) for worker in workers]
+    assert asked[6:] == [None, None], "three trials per condition, then nothing"
+    assert sorted(asked[:6]) == [("2arg", 0), ("2arg", 1), ("2arg", 2), ("relu", 0), ("relu", 1), ("relu", 2)]
+    for condition in ("relu", "2arg"):
+        trials = open_study(spec, tmp_path, "t", condition).get_trials()
+        assert len({trial.params["model.lr"] for trial in trials}) == 3, "each trial draws new values"
+        assert all(
+            trial.user_attrs[RUN_DIR_ATTR].endswith(f"search/{condition}/trial={trial.number}") for trial in trials
+        )
+
+
 def test_a_trial_left_running_by_a_worker_that_ended_is_failed_in_its_study_and_its_record(tmp_path: Path) -> None:
     spec = parse_search("t", {"trials": 2, "space": LR})
     study = open_study(spec, tmp_path, "t", "mlp_digits_relu")
@@ -153,7 +166,7 @@ def test_pruned_trials_are_recorded_and_the_final_step_retrains_the_best_configu
 
 @pytest.mark.slow
 def test_two_local_workers_give_every_condition_its_budget_and_a_requeued_worker_resumes_its_trial(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two conditions, three trials each, two worker processes; the worker training a 1-arg trial is preempted
     (submitit's checkpoint-and-requeue) mid-session II and resumes that trial from last.ckpt."""
@@ -162,10 +175,10 @@ def test_two_local_workers_give_every_condition_its_budget_and_a_requeued_worker
     search = {"trials": 3, "sampler": "random", "space": {**LR, "model.net.init_args.dropout": {"uniform": [0.0, 0.5]}}}
     experiments = ["mlp_digits_relu", "mlp_digits_1arg"]
     sweep = load_sweep(write_sweep(tmp_path / "local.yaml", experiments, search, overrides))
-    config = dataclasses.replace(
-        ClusterConfig(array_parallelism=2, signal_delay_s=5),
-        setup=("export OMP_NUM_THREADS=1", f"export PYTHONPATH={TESTS}:{os.environ.get('PYTHONPATH', '')}"),
-    )
+    # the workers inherit this environment (no setup lines: the preemption signal must reach the job's Python)
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}:{os.environ.get('PYTHONPATH', '')}")  # they import epoch_pacer
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = ClusterConfig(array_parallelism=2, signal_delay_s=5)
     submission = submit_sweep(sweep, "local", config, tmp_path / "runs", echo=print)
     sweep_dir = submission.sweep_dir
     assert len(submission.jobs) == 2
@@ -193,7 +206,7 @@ def test_two_local_workers_give_every_condition_its_budget_and_a_requeued_worker
 
     log = "\n".join(p.read_text(errors="replace") for p in (sweep_dir / "logs").rglob("*_log.*"))
     assert f"Restoring states from the checkpoint path at {interrupted_dir}/II_joint/checkpoints/last.ckpt" in log
-    run_dirs = set()
+    run_dirs, drawn = set(), set()
     for experiment in experiments:
         trials = open_study(sweep.search, sweep_dir, sweep.name, experiment).get_trials()
         assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3, "the budget exactly, all done"
@@ -204,7 +217,9 @@ def test_two_local_workers_give_every_condition_its_budget_and_a_requeued_worker
             assert record["status"] == "done" and record["experiment"] == experiment
             assert record["config"]["model"]["lr"] == pytest.approx(trial.params["model.lr"], rel=1e-3)
             run_dirs.add(run_dir)
+            drawn.add(record["config"]["model"]["lr"])
     assert len(run_dirs) == 6, "no trial shared between conditions"
+    assert len(drawn) == 3, "each condition's trials draw other values; the conditions draw the same ones"
     one_arg = [json.loads(RunDir(trial_dir(sweep_dir, "mlp_digits_1arg", n)).result.read_text()) for n in range(3)]
     reused = [r["sessions"]["I_pretrain"].get("reused_from") for r in one_arg]
     assert sum(origin is None for origin in reused) >= 1 and any(reused), "session I trained once, then reused"

@@ -221,7 +221,13 @@ def _storage(spec: SearchSpec, sweep_dir: Path) -> Any:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def _sampler(spec: SearchSpec) -> Any:
+def sampler(spec: SearchSpec, draw: int = 0) -> Any:
+    """The study's sampler, seeded with ``seed + draw``: a worker asks for trial ``draw`` with a sampler made for it
+    (samplers live in a process, studies in the storage, so one seed alone would draw the same values each time)."""
+    return _sampler(spec, spec.seed + draw)
+
+
+def _sampler(spec: SearchSpec, seed: int) -> Any:
     import optuna
 
     if spec.sampler == "grid":
@@ -234,13 +240,13 @@ def _sampler(spec: SearchSpec) -> Any:
                 return None
 
         grid = {key: list(range(len(d["choice"]))) for key, d in spec.space.items()}
-        return BudgetGridSampler(grid, seed=spec.seed)
+        return BudgetGridSampler(grid, seed=seed)
     samplers = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
     }
-    return samplers[spec.sampler](seed=spec.seed)
+    return samplers[spec.sampler](seed=seed)
 
 
 def _pruner(spec: SearchSpec) -> Any:
@@ -265,7 +271,7 @@ def open_study(spec: SearchSpec, sweep_dir: Path, sweep: str, experiment: str) -
     return optuna.create_study(
         storage=_storage(spec, sweep_dir),
         study_name=study_name(sweep, experiment),
-        sampler=_sampler(spec),
+        sampler=sampler(spec),
         pruner=_pruner(spec),
         direction=spec.direction,
         load_if_exists=True,
@@ -358,7 +364,7 @@ def search_state(sweep_dir: Path, sweep: str, spec: SearchSpec, experiments: lis
 def read_search(sweep_dir: Path) -> tuple[SearchSpec, list[str]] | None:
     """The search a sweep directory holds (as submitted, ``search/search.json``): its spec and conditions."""
     data = read_json(search_dir(sweep_dir) / SEARCH_FILE)
-    return None if data is None else (SearchSpec(**data["search"]), list(data["conditions"]))
+    return None if data is None else (SearchSpec(**data["search"]), list(data["experiments"]))
 
 
 def search_lines(sweep_dir: Path, spec: SearchSpec, state: dict[str, dict[str, Any]] | None) -> list[str]:

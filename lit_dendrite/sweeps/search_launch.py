@@ -167,8 +167,8 @@ def submit_search(
         echo(f"{abandoned} trial(s) left running by a worker that ended were failed; others replace them")
         state = search_state(sweep_dir, sweep.name, spec, experiments)
     left = sum(info["left"] for info in state.values()) if state else spec.trials * len(experiments)
-    write_json_atomic(search_dir(sweep_dir) / SEARCH_FILE, {"sweep": sweep.name, "search": spec.to_dict(),
-                                                            "conditions": conditions})  # fmt: skip
+    submitted = {"sweep": sweep.name, "search": spec.to_dict(), "experiments": experiments, "conditions": conditions}
+    write_json_atomic(search_dir(sweep_dir) / SEARCH_FILE, submitted)
     if not (sweep_dir / MANIFEST).exists():
         write_json_atomic(sweep_dir / MANIFEST, {"sweep": sweep.name, "sweep_file": str(sweep.path), "runs": [],
                                                  "evaluate": sweep.evaluate})  # fmt: skip

@@ -28,6 +28,7 @@ from lit_dendrite.sweeps.search import (
     budget_left,
     objective_value,
     open_study,
+    sampler,
     search_dir,
     suggest,
     trial_dir,
@@ -130,7 +131,9 @@ class SearchWorker(submitit.helpers.Checkpointable):
             if not open_conditions:
                 return None
             experiment = max(open_conditions, key=lambda name: left[name])
-            trial = studies[experiment].ask()
+            study = studies[experiment]
+            study.sampler = sampler(self.spec, draw=len(study.get_trials(deepcopy=False)))
+            trial = study.ask()
             suggest(trial, self.spec)
             trial.set_user_attr(WORKER_ATTR, worker_id())
             trial.set_user_attr(RUN_DIR_ATTR, trial_dir(self.sweep_dir, experiment, trial.number).as_posix())
