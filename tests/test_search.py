@@ -186,7 +186,7 @@ def test_two_local_workers_give_every_condition_its_budget_and_a_requeued_worker
     def running_one_arg_trial() -> tuple[str, Path] | None:
         study = open_study(sweep.search, sweep_dir, sweep.name, "mlp_digits_1arg")
         for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            run_dir = Path(trial.user_attrs[RUN_DIR_ATTR])
+            run_dir = Path(trial.user_attrs.get(RUN_DIR_ATTR, "/nonexistent"))  # set just after the trial is asked
             if (run_dir / "II_joint" / "checkpoints" / "last.ckpt").is_file():
                 return trial.user_attrs[WORKER_ATTR], run_dir
         return None
