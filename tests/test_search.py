@@ -100,8 +100,13 @@ def test_failed_trials_are_replaced_but_the_budget_of_finished_trials_stays_exac
     assert budget_left(study.get_trials(), spec) == 0, "as many failures as the budget: nothing more is asked"
 
 
-def test_workers_ask_the_conditions_in_turn_new_values_each_and_never_beyond_the_budget(tmp_path: Path) -> None:
-    spec = parse_search("t", {"trials": 3, "space": {**LR, "model.net.init_args.dropout": {"uniform": [0.0, 0.5]}}})
+@pytest.mark.parametrize("database", [False, True], ids=["journal file", "RDB URL"])
+def test_workers_ask_the_conditions_in_turn_new_values_each_and_never_beyond_the_budget(
+    tmp_path: Path, database: bool
+) -> None:
+    space = {**LR, "model.net.init_args.dropout": {"uniform": [0.0, 0.5]}}
+    storage = f"sqlite:///{tmp_path / 'studies.db'}" if database else None
+    spec = parse_search("t", {"trials": 3, "space": space, "storage": storage})
     workers = [SearchWorker(tmp_path, "t", spec, {"relu": [], "2arg": []}) for _ in range(2)]
     asked = [worker._ask() for _ in range(4) for worker in workers]
     assert asked[6:] == [None, None], "three trials per condition, then nothing"
@@ -112,6 +117,7 @@ def test_workers_ask_the_conditions_in_turn_new_values_each_and_never_beyond_the
         assert all(
             trial.user_attrs[RUN_DIR_ATTR].endswith(f"search/{condition}/trial={trial.number}") for trial in trials
         )
+    assert (tmp_path / "search" / "optuna.journal").exists() != database, "the studies live in the database if given"
 
 
 def test_a_trial_left_running_by_a_worker_that_ended_is_failed_in_its_study_and_its_record(tmp_path: Path) -> None:
