@@ -58,6 +58,7 @@ def corners(spec: SearchSpec) -> list[dict[str, Any]]:
 
 
 def _with_values(run: PlannedRun, values: dict[str, Any]) -> PlannedRun:
+    """``run`` with ``values`` in place of its own overrides of those keys (its seed, unless given, stays last)."""
     overrides = tuple((k, v) for k, v in run.overrides if k not in values)
     seed = [(k, v) for k, v in overrides if k == SEED_KEY]
     return dataclasses.replace(run, overrides=(*[o for o in overrides if o[0] != SEED_KEY], *values.items(), *seed))
@@ -67,13 +68,15 @@ def planned_sweep(sweep: Sweep) -> Sweep:
     """The sweep as a plan of runs for the dry run and its cost: every condition's trials (counted as full runs, an
     upper bound where trials are pruned) in ``search/<experiment>/trial=<n>``, then the final runs."""
     spec = sweep.search
+    first_runs: dict[str, PlannedRun] = {}
+    for run in sweep.runs:
+        first_runs.setdefault(run.experiment, run)
     trials = []
-    for run in {run.experiment: run for run in reversed(sweep.runs)}.values():
+    for experiment, run in first_runs.items():
+        seeded = _with_values(run, {SEED_KEY: spec.trial_seed})
         for number in range(spec.trials):
-            seeded = _with_values(run, {SEED_KEY: spec.trial_seed})
             axes = ((TRIAL_AXIS, str(number)),)
-            trials.append(dataclasses.replace(seeded, experiment=f"{SEARCH_DIR}/{run.experiment}", axes=axes))
-    trials.sort(key=lambda run: [r.experiment for r in sweep.runs].index(run.experiment.split("/", 1)[1]))
+            trials.append(dataclasses.replace(seeded, experiment=f"{SEARCH_DIR}/{experiment}", axes=axes))
     return dataclasses.replace(sweep, runs=(*trials, *sweep.runs), search=None)
 
 
