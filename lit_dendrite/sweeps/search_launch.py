@@ -157,7 +157,9 @@ def submit_search(
         echo(f"  checked: {len(checked)} trial configurations at the corners of the space parse")
         echo("  the plan counts every trial as a full run: an upper bound (pruned trials stop early, and trials")
         echo("  share one session I per condition where the searched keys leave it unchanged)")
-        echo("  then the final step: rerun this command once the search has finished")
+        workers = min(config.array_parallelism, spec.trials * len(experiments))
+        echo(f"  submits {workers} workers (--max-parallel or the cluster config's array_parallelism), not a job per")
+        echo("  trial; then the final step: rerun this command once the search has finished (or use --wait)")
         return submission
     backend.check(config)
     if refused := refusal(problems, sweep.path):
