@@ -351,11 +351,21 @@ def best_trial(study: Any) -> Any | None:
     return study.best_trial if complete else None
 
 
-def search_state(sweep_dir: Path, sweep: str, spec: SearchSpec, experiments: list[str]) -> dict[str, dict[str, Any]]:
-    """``{experiment: {"counts", "left", "best"}}`` of each condition's study (``best``: the best trial or None)."""
+def search_state(
+    sweep_dir: Path, sweep: str, spec: SearchSpec, experiments: list[str]
+) -> dict[str, dict[str, Any]] | None:
+    """``{experiment: {"counts", "left", "best"}}`` of each condition's study (``best``: the best trial or None), or
+    None while a study does not exist yet (asking writes nothing: a dry run leaves a database as it was)."""
+    import optuna
+
+    if spec.storage is None and not (search_dir(sweep_dir) / JOURNAL_FILE).is_file():
+        return None
     state = {}
     for experiment in experiments:
-        study = open_study(spec, sweep_dir, sweep, experiment)
+        try:
+            study = optuna.load_study(study_name=study_name(sweep, experiment), storage=_storage(spec, sweep_dir))
+        except KeyError:  # no such study
+            return None
         trials = study.get_trials(deepcopy=False)
         state[experiment] = {"counts": counted(trials), "left": budget_left(trials, spec), "best": best_trial(study)}
     return state

@@ -124,8 +124,7 @@ def submit_search(
     one trial after another) or, once every study has its budget, the final runs (see :func:`submit_sweep`)."""
     spec, sweep_dir = sweep.search, out.resolve() / sweep.name
     experiments = list(dict.fromkeys(run.experiment for run in sweep.runs))
-    studies_exist = spec.storage is not None or search_dir(sweep_dir).is_dir()
-    state = search_state(sweep_dir, sweep.name, spec, experiments) if studies_exist else None
+    state = search_state(sweep_dir, sweep.name, spec, experiments)
     finished = state is not None and all(
         info["left"] == 0 and not info["counts"].get("running") for info in state.values()
     )
