@@ -16,7 +16,7 @@ import yaml
 from lit_dendrite.runs import RunDir
 from lit_dendrite.sweeps.cluster import ClusterConfig
 from lit_dendrite.sweeps.launch import submit_sweep
-from lit_dendrite.sweeps.search import budget_left, open_study, parse_search, suggest, trial_dir
+from lit_dendrite.sweeps.search import budget_left, open_study, params_values, parse_search, suggest, trial_dir
 from lit_dendrite.sweeps.search_launch import fail_abandoned_trials
 from lit_dendrite.sweeps.search_report import HISTORY_FIGURE, IMPORTANCE_FIGURE, search_section
 from lit_dendrite.sweeps.search_worker import RUN_DIR_ATTR, WORKER_ATTR, SearchWorker
@@ -72,19 +72,18 @@ def test_a_searched_key_cannot_also_be_a_fixed_override(tmp_path: Path) -> None:
         load_sweep(path)
 
 
-def test_choices_of_lists_come_back_as_the_values_trained(tmp_path: Path) -> None:
+def test_choices_of_lists_come_back_as_the_values_trained_and_workers_cover_the_grid(tmp_path: Path) -> None:
     widths = [[8, 8], [16, 16], [32, 32]]
     spec = parse_search(
         "t", {"trials": 3, "sampler": "grid", "space": {"model.net.init_args.widths": {"choice": widths}}}
     )
+    worker = SearchWorker(tmp_path, "t", spec, {"mlp": []})
+    asked = [worker._ask() for _ in range(3)]
     study = open_study(spec, tmp_path, "t", "mlp")
-    seen = []
-    for _ in range(3):
-        trial = study.ask()
-        seen.append(suggest(trial, spec)["model.net.init_args.widths"])
-        assert suggest(trial, spec)["model.net.init_args.widths"] == seen[-1], "asked again: the same values"
-        study.tell(trial, 1.0)
-    assert sorted(seen) == widths, "the grid covers every choice once"
+    seen = [params_values(trial.params, spec)["model.net.init_args.widths"] for trial in study.get_trials()]
+    again = optuna.trial.Trial(study, study.get_trials()[0]._trial_id)
+    assert suggest(again, spec)["model.net.init_args.widths"] == seen[0], "asked again: the same values"
+    assert asked == [("mlp", 0), ("mlp", 1), ("mlp", 2)] and sorted(seen) == widths, "the grid, each point once"
 
 
 def test_failed_trials_are_replaced_but_the_budget_of_finished_trials_stays_exact(tmp_path: Path) -> None:

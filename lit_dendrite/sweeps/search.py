@@ -223,8 +223,10 @@ def _storage(spec: SearchSpec, sweep_dir: Path) -> Any:
 
 def sampler(spec: SearchSpec, draw: int = 0) -> Any:
     """The study's sampler, seeded with ``seed + draw``: a worker asks for trial ``draw`` with a sampler made for it
-    (samplers live in a process, studies in the storage, so one seed alone would draw the same values each time)."""
-    return _sampler(spec, spec.seed + draw)
+    (samplers live in a process, studies in the storage, so one seed alone would draw the same values each time).
+    The grid sampler keeps ``seed``: it numbers the grid's points in an order drawn from its seed, and picks a point
+    not yet visited itself."""
+    return _sampler(spec, spec.seed if spec.sampler == "grid" else spec.seed + draw)
 
 
 def _sampler(spec: SearchSpec, seed: int) -> Any:
