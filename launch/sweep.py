@@ -12,12 +12,13 @@
     python launch/sweep.py evaluate DIR --cluster slurm|local|debug [--sweep FILE] [--cluster-config FILE]
                            [--dry-run] [--max-parallel N] [--wait]
 
-See docs/cluster.md.
+See docs/cluster.md, and docs/tuning.md for sweeps with a search: section.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP
 from lit_dendrite.sweeps.launch import fetch_sweep_data, submit_evaluation, submit_sweep, wait_for
 from lit_dendrite.sweeps.plan import DataNeed, fetch_needs
 from lit_dendrite.sweeps.preflight import DEFAULT_TIME_MIN
+from lit_dendrite.sweeps.search_report import with_search_section
 from lit_dendrite.sweeps.spec import SweepError, load_sweep
 from lit_dendrite.sweeps.state import cancel_jobs, collect, format_status, unfinished_runs
 
@@ -105,7 +107,8 @@ def submit_main(argv: list[str]) -> int:
             )
         else:
             sweep = load_sweep(args.sweep)
-            submission = submit_sweep(
+            submit = functools.partial(
+                submit_sweep,
                 sweep,
                 args.cluster,
                 config,
@@ -117,6 +120,10 @@ def submit_main(argv: list[str]) -> int:
                 gpu_speedup=args.gpu_speedup,
                 force=args.force,
             )
+            submission = submit()
+            if args.wait and sweep.search is not None and submission.jobs and not submission.submitted:
+                print(wait_for(submission.jobs, submission.sweep_dir, args.wait_timeout_h * 3600))
+                submission = submit()  # the search's workers ended: its final runs
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -200,7 +207,7 @@ def fetch_main(argv: list[str], download: Download = download_url) -> int:
 def collect_main(sweep_dir: Path, surface_images: int = SURFACE_IMAGES) -> int:
     """Write the analysis report and summary.csv of every run record with the report's per-run numbers; print the
     report's accuracy table."""
-    report = build_report(sweep_dir, n_images=surface_images)
+    report = with_search_section(build_report(sweep_dir, n_images=surface_images))
     print(f"wrote {collect(sweep_dir, report.per_run)}")
     print(f"report: {report.write()}")
     print(accuracy_section(report.text))

@@ -33,7 +33,7 @@ from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid
 from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd, net_panels
 from lit_dendrite.data.datasets import DATASETS
 from lit_dendrite.io import write_text_atomic
-from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, find_records
+from lit_dendrite.runs import RESULT_FILE, SEARCH_DIR, RunDir, RunRecord, find_records
 
 REPORT_NAME = "report.md"
 LEARNING_CURVES_FIGURE = "learning_curves.png"
@@ -46,13 +46,16 @@ CHANCE_MULTIPLE = 1.5
 
 def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
     """Every run under ``sweep_dir`` that has a record, named by its path in the sweep; an unreadable record is
-    kept as a failed run so that the report lists it."""
+    kept as a failed run so that the report lists it. A search's trials (``search/``) are not compared: they trained
+    with other hyperparameters than the final runs."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist; pass the --out of the sweep")
     runs = []
     for path in find_records(sweep_dir):
         name = path.parent.relative_to(sweep_dir).as_posix()
+        if name.startswith(f"{SEARCH_DIR}/"):
+            continue
         try:
             runs.append(RunRecord.read(path.parent, name))
         except ValueError as error:

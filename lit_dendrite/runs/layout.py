@@ -22,6 +22,7 @@ PRETRAINED_INNER_FILE = "inner.pt"
 BEST_INNER_FILE = "inner_best.pt"
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_DIR = "robustness"
+SEARCH_DIR = "search"  # a sweep's hyperparameter search: its studies and trial run directories (not compared)
 PARTIAL_FILE = "partial.json"
 EVALUATION_ERROR_FILE = "error.json"
 CONFIG_FILE = "config.json"

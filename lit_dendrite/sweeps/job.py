@@ -30,6 +30,18 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0"))) == 0
 
 
+def record_failure(run_dir: Path, args: list[str], status: str = "failed", **details: Any) -> dict[str, Any]:
+    """Write (on rank 0) and return the record of a run that ended without a result of its own: ``failed`` with
+    the traceback of the exception being handled and this job's log, or another ``status`` with ``details``."""
+    result = {"status": status, "run_dir": str(run_dir), "experiment": run_dir.parent.name}
+    if status == "failed":
+        result |= {"error": traceback.format_exc(), "log": _log_path()}
+    result |= {**details, "args": list(args)}
+    if _is_rank_zero():
+        write_json_atomic(RunDir(run_dir).result, result)
+    return result
+
+
 class TrainRun(submitit.helpers.Checkpointable):
     """Runs ``lit_dendrite.cli.train(args)``, which resumes from whatever the run directory holds, with
     :class:`~lit_dendrite.sweeps.preemption.RestoreSigtermHandler` among the Trainer callbacks; then, with an
@@ -62,17 +74,7 @@ class TrainRun(submitit.helpers.Checkpointable):
         except Exception:
             if self.interrupted:  # raised by submitit's requeue after checkpoint(): the scheduler owns this job now
                 raise
-            result = {
-                "status": "failed",
-                "run_dir": str(self.run_dir),
-                "experiment": self.run_dir.parent.name,
-                "error": traceback.format_exc(),
-                "log": _log_path(),
-                "args": self.args,
-            }
-            if _is_rank_zero():
-                write_json_atomic(RunDir(self.run_dir).result, result)
-            return result
+            return record_failure(self.run_dir, self.args)
         if self.evaluate is not None and _is_rank_zero():
             try:
                 evaluate_trained_run(self.run_dir, self.evaluate)

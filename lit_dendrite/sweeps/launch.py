@@ -206,12 +206,18 @@ def submit_sweep(
     and nothing is submitted; with ``overwrite`` those runs' results are discarded and they are trained afresh.
     ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`): ``debug`` runs the jobs in this process
     before returning; ``local`` starts at most ``max_parallel`` background processes that share the runs, each
-    taking the next one left.
+    taking the next one left. A sweep with a ``search:`` section submits its search workers, or once the search has
+    finished its final runs (:mod:`lit_dendrite.sweeps.search_launch`).
 
     With a preflight of the sweep (:mod:`lit_dendrite.sweeps.preflight`) the plan prices its runs from the measured
     times, and the runs of a kind whose preflight failed are listed with the reason and not submitted (``force``:
     submitted all the same); without one, the plan says so once and how to run it.
     """
+    if sweep.search is not None:  # its workers, or its final runs (which come back here without the search)
+        from lit_dendrite.sweeps.search_launch import submit_search
+
+        return submit_search(sweep, cluster, config, out, dry_run, max_parallel, parse, echo, overwrite=overwrite,
+                             resolve=resolve, verbose=verbose, gpu_speedup=gpu_speedup, force=force)  # fmt: skip
     backend = cluster_backend(cluster)
     sweep_dir = out.resolve() / sweep.name
     config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)

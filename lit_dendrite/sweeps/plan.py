@@ -149,7 +149,7 @@ def summary_lines(
     for run in sweep.runs:
         runs[run.experiment] = runs.get(run.experiment, 0) + 1
     for run in to_submit:
-        experiment = run.split("/", 1)[0]
+        experiment = run.rsplit("/", 1)[0]
         submitting[experiment] = submitting.get(experiment, 0) + 1
     lines = [
         f"sweep {sweep.name} ({_shown(sweep.path)}) on {cluster}: {len(sweep.runs)} runs, {len(to_submit)} to submit "

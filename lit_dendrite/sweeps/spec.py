@@ -19,6 +19,9 @@ A sweep file (YAML, see ``configs/sweep/``)::
         model.lr: {loguniform: [1.0e-4, 1.0e-2]}
         model.net.init_args.dropout: {choice: [0.0, 0.1, 0.2]}
     short_names: {model.net.init_args.inner_hidden: inner}
+    search:                                     # instead of grid/zip/random: an Optuna study per experiment
+      trials: 24                                # (lit_dendrite.sweeps.search, docs/tuning.md); `seeds` then
+      space: {model.lr: {loguniform: [1.0e-4, 1.0e-2]}}  # retrain each experiment's best configuration
     evaluate:                                   # robustness of each run, in its job after training
       attacks: {linf_pgd: {n: 1000}}            # (see lit_dendrite.sweeps.evaluation)
       corruptions: {spec: mnist_c, root: data}
@@ -44,10 +47,12 @@ import yaml
 
 from lit_dendrite.runs import NAME_SIGNIFICANT_DIGITS, SEED_AXIS, name_value, run_name
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, parse_evaluate
+from lit_dendrite.sweeps.search import SearchSpec, SearchSpecError, parse_search
 
 EXPERIMENT_KEYS = ("experiment", "seeds", "overrides")
 SWEEP_KEYS = (
-    "name", "description", "experiments", "seeds", "overrides", "grid", "zip", "random", "short_names", "evaluate",
+    "name", "description", "experiments", "seeds", "overrides", "grid", "zip", "random", "search", "short_names",
+    "evaluate",
 )  # fmt: skip
 RANDOM_KEYS = ("trials", "seed", "axes")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
@@ -88,12 +93,15 @@ class PlannedRun:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A parsed sweep file and its runs, in a deterministic order, with its ``evaluate:`` section (or None)."""
+    """A parsed sweep file and its runs, in a deterministic order, with its ``evaluate:`` and ``search:`` sections
+    (or None). With a search, ``runs`` are the final step's runs with the experiments' own values of the searched
+    keys (:mod:`lit_dendrite.sweeps.search_launch` puts each condition's best values in)."""
 
     name: str
     path: Path
     runs: tuple[PlannedRun, ...]
     evaluate: dict[str, Any] | None = None
+    search: SearchSpec | None = None
 
 
 def cli_value(value: Any) -> str:
@@ -307,6 +315,13 @@ def load_sweep(path: str | Path) -> Sweep:
                 runs.append(run)
     try:
         evaluate = parse_evaluate(f"sweep file {path}", spec.get("evaluate"))
-    except EvaluateSpecError as error:
+        search = None if spec.get("search") is None else parse_search(f"sweep file {path}", spec["search"])
+    except (EvaluateSpecError, SearchSpecError) as error:
         raise SweepError(str(error)) from None
-    return Sweep(name=name, path=path.resolve(), runs=tuple(runs), evaluate=evaluate)
+    if search is not None:
+        if mixed := [key for key in ("grid", "zip", "random") if spec.get(key) is not None]:
+            raise _fail(path, f"search cannot be combined with {mixed}; search over those keys in search.space")
+        for run in runs:
+            if fixed := sorted(set(search.space) & {key for key, _ in run.overrides}):
+                raise _fail(path, f"{fixed} are both fixed overrides of {run.experiment} and searched; keep one")
+    return Sweep(name=name, path=path.resolve(), runs=tuple(runs), evaluate=evaluate, search=search)

@@ -26,6 +26,7 @@ from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
 from lit_dendrite.runs import FINISHED, FileLock, RunDir, RunRecord, find_records, path_fallbacks
 from lit_dendrite.sweeps.backends import BACKENDS
 from lit_dendrite.sweeps.evaluation import evaluation_error, evaluation_state, refused_attacks
+from lit_dendrite.sweeps.search import read_search, search_lines, search_state
 
 MANIFEST = "sweep.json"
 JOBS = "jobs.json"
@@ -166,9 +167,17 @@ def unfinished_runs(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
 def format_status(sweep_dir: Path) -> str:
     """A table of every run of the sweep in ``sweep_dir`` with its state and job (and, for a sweep with an
     ``evaluate:`` section, its evaluation state: calls done of all, and whether a job evaluates it now), then the
-    counts per state."""
+    counts per state; a sweep with a search first shows each condition's trials and best value so far."""
     manifest = read_manifest(sweep_dir)
     runs = [run["dir"] for run in manifest["runs"]]
+    searched = read_search(sweep_dir)
+    search = (
+        []
+        if searched is None
+        else search_lines(sweep_dir, searched[0], search_state(sweep_dir, manifest["sweep"], *searched))
+    )
+    if not runs:
+        return "\n".join([*search, "final runs: none yet (submitted once every condition's study has its trials)"])
     evaluate = manifest.get("evaluate")
     states = run_states(sweep_dir, runs)
     evaluations = {run: evaluation_state(sweep_dir / run, evaluate) for run in runs} if evaluate else {}
@@ -204,7 +213,7 @@ def format_status(sweep_dir: Path) -> str:
         failed = sum(state == "failed" for state in evaluations.values())
         todo = sum(state not in ("done", "failed", "-") for state in evaluations.values()) - len(evaluating)
         lines.append(f"evaluation: done {done}, running {len(evaluating)}, to do {todo}, failed {failed}")
-    return "\n".join(lines)
+    return "\n".join([*search, *lines])
 
 
 def _evaluating(run_dir: Path, info: dict[str, Any], evaluation: str) -> bool:
