@@ -1,7 +1,6 @@
 """Learning curves of a sweep read from TensorBoard event files laid out as the sweep writes them."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
@@ -107,21 +106,3 @@ def test_empty_or_missing_sweep(tmp_path):
     assert read_scalars(tmp_path).empty
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_scalars(tmp_path / "nope")
-
-
-def test_an_accuracy_band_stays_within_0_and_1():
-    curves = pd.DataFrame(
-        {
-            "condition": "mlp_digits_2arg",
-            "session": "II_joint",
-            "tag": ["val/acc"] * 3 + ["val/loss"] * 3,
-            "x": [0, 1, 2] * 2,
-            "mean": [0.5, 0.97, 0.99, 1.0, 0.04, 0.02],
-            "sd": [0.1, 0.05, 0.04, 0.3, 0.05, 0.05],
-        }
-    )
-    offsets = pd.DataFrame({"condition": ["mlp_digits_2arg"], "session": ["II_joint"], "offset": [0]})
-    accuracy, loss = learning_curve_figure(curves, offsets).axes
-    band = accuracy.collections[0].get_paths()[0].vertices[:, 1]
-    assert band.max() == pytest.approx(1.0) and band.min() == pytest.approx(0.4)
-    assert loss.collections[0].get_paths()[0].vertices[:, 1].min() < 0, "a loss band is not clipped"
