@@ -7,15 +7,26 @@ Without ``allow_abbrev=False`` argparse and jsonargparse take a unique prefix fo
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, NoReturn
+
+from lit_dendrite.errors import ConfigError
 
 PARSER_OPTIONS: dict[str, Any] = {"allow_abbrev": False}
 """Keyword arguments of every parser the project builds (argparse's and jsonargparse's)."""
 
 
-def argument_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are the project's (:func:`lit_dendrite.errors.run_command` prints them in the
+    project's style) instead of a usage text and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog if self.prog.startswith("python") else f"python {self.prog}"
+        raise ConfigError(message, f"see {command} --help")
+
+
+def argument_parser(prog: str, description: str | None = None) -> ArgumentParser:
     """An argparse parser with the project's options."""
-    return argparse.ArgumentParser(prog=prog, description=description, **PARSER_OPTIONS)
+    return ArgumentParser(prog=prog, description=description, **PARSER_OPTIONS)
 
 
 def positive_int(text: str) -> int:

@@ -29,6 +29,7 @@ from lit_dendrite.analysis.robustness_report import robustness_section
 from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid
 from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd
 from lit_dendrite.data.datasets import DATASETS
+from lit_dendrite.errors import MissingFile
 from lit_dendrite.io import write_text_atomic
 from lit_dendrite.runs import RESULT_FILE, RunDir, RunRecord, find_records
 
@@ -44,7 +45,7 @@ def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
     kept as a failed run so that the report lists it."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist; pass the --out of the sweep")
+        raise MissingFile(f"sweep directory {sweep_dir} does not exist; pass the --out of the sweep")
     runs = []
     for path in find_records(sweep_dir):
         name = path.parent.relative_to(sweep_dir).as_posix()
@@ -175,7 +176,7 @@ def write_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir)
     if not runs:
-        raise FileNotFoundError(f"no {RESULT_FILE} under {sweep_dir}; run or collect the sweep first")
+        raise MissingFile(f"no {RESULT_FILE} under {sweep_dir}; run or collect the sweep first")
     conditions = summary_table(runs)
     problems = [f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}" for r in runs if not r.done]
     problems += chance_level_problems(runs)

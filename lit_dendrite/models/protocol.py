@@ -24,11 +24,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.io import atomic_path, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.pretrain import InnerPretrain
-from lit_dendrite.models.resume import BatchSeed, WallClock, resume_point, with_atomic_checkpoints
+from lit_dendrite.models.resume import BatchSeed, ConfigIdentity, WallClock, resume_point, with_atomic_checkpoints
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.neurons import NeuronSpec, net_neuron_spec
 from lit_dendrite.runs import BEST_CHECKPOINT, FROZEN, JOINT, LAST_CHECKPOINT, PRETRAIN, RunDir, SessionDir
@@ -60,22 +61,22 @@ class Protocol:
     def __post_init__(self) -> None:
         unknown = set(self.sessions) - {PRETRAIN, JOINT, FROZEN}
         if unknown or JOINT not in self.sessions:
-            raise ValueError(
+            raise ConfigError(
                 f"protocol.sessions must contain {JOINT!r} and only {[PRETRAIN, JOINT, FROZEN]}, "
                 f"got {list(self.sessions)}"
             )
         if self.pretrain_epochs < 0 or self.patience < 1:
-            raise ValueError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
+            raise ConfigError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
         if not (math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0):
-            raise ValueError(f"protocol.pretrain_lr must be a finite number > 0, got {self.pretrain_lr}")
+            raise ConfigError(f"protocol.pretrain_lr must be a finite number > 0, got {self.pretrain_lr}")
         if self.pretrain_batch_size < 1:
-            raise ValueError(f"protocol.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size}")
+            raise ConfigError(f"protocol.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size}")
         if self.pretrain_target is not None and not 0 < self.pretrain_target <= 1:
-            raise ValueError(f"protocol.pretrain_target must lie in (0, 1] or be null, got {self.pretrain_target}")
+            raise ConfigError(f"protocol.pretrain_target must lie in (0, 1] or be null, got {self.pretrain_target}")
         for key in ("joint_epochs", "frozen_epochs"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise ValueError(f"protocol.{key} must be a positive number of epochs or null, got {value}")
+                raise ConfigError(f"protocol.{key} must be a positive number of epochs or null, got {value}")
 
     def fixed_epochs(self, session: str) -> int | None:
         """The fixed number of epochs of session II or III, or None where it stops early."""
@@ -92,19 +93,19 @@ def check_trainer_options(options: Mapping[str, Any]) -> None:
     for key in TRAINER_LIMITS:
         value = options.get(key)
         if value is not None and (value == 0 or (key.startswith("max_") and value < -1)):
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.{key} is {value}: every session needs at least 1 training epoch, step and validation batch "
                 f"to keep and test a best checkpoint; set --trainer.{key} to at least 1"
                 + (" (or -1 for no limit)" if key.startswith("max_") else "")
             )
     every, epochs = options.get("check_val_every_n_epoch"), options.get("max_epochs")
     if every is not None and epochs is not None and 0 < epochs < every:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.check_val_every_n_epoch is {every} but trainer.max_epochs is {epochs}: no session would validate "
             "and keep a best checkpoint; set --trainer.check_val_every_n_epoch to at most the epochs"
         )
     if options.get("fast_dev_run"):
-        raise ValueError(
+        raise ConfigError(
             "trainer.fast_dev_run saves no checkpoints, which the protocol tests and passes between sessions; "
             "for a quick run set --trainer.max_epochs 1 --protocol.pretrain_epochs 1 "
             "(and --trainer.limit_train_batches N)"
@@ -127,7 +128,7 @@ def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
     prefix = SHARED_PREFIX
     inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not inner:
-        raise ValueError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
+        raise ConfigError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
     return inner
 
 
@@ -138,7 +139,8 @@ def last_checkpoint(session: SessionDir) -> ModelCheckpoint:
 
 class RunProtocol:
     """Runs the sessions of one experiment into ``run_dir``; ``build_model()`` gives a fresh Classifier and
-    ``hparams`` describe the condition in TensorBoard's HParams tab (with each session's final metrics)."""
+    ``hparams`` describe the condition in TensorBoard's HParams tab (with each session's final metrics);
+    ``config_hash`` is written into every checkpoint (:class:`~lit_dendrite.models.resume.ConfigIdentity`)."""
 
     def __init__(
         self,
@@ -150,6 +152,7 @@ class RunProtocol:
         seed: int,
         callbacks: Callable[[], list[Callback]] = list,
         hparams: dict[str, Any] | None = None,
+        config_hash: str | None = None,
     ) -> None:
         self.build_model = build_model
         self.datamodule = datamodule
@@ -160,6 +163,7 @@ class RunProtocol:
         self.callbacks = callbacks
         self.hparams = hparams or {}
         self.summaries: dict[str, dict[str, Any]] = {}
+        self.identity = [ConfigIdentity(config_hash)] if config_hash is not None else []
 
     def _trainer(self, session: SessionDir, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
         logger = TensorBoardLogger(
@@ -168,7 +172,10 @@ class RunProtocol:
         kwargs = {**self.trainer_kwargs, **overrides}
         kwargs["plugins"] = with_atomic_checkpoints(kwargs.get("plugins"))
         return L.Trainer(
-            logger=logger, callbacks=[*callbacks, *self.callbacks()], default_root_dir=str(session.path), **kwargs
+            logger=logger,
+            callbacks=[*callbacks, *self.identity, *self.callbacks()],
+            default_root_dir=str(session.path),
+            **kwargs,
         )
 
     def _fresh_model(self, offset: int) -> tuple[Classifier, BatchSeed, WallClock]:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from lit_dendrite.analysis.plots import write_robustness_figures
 from lit_dendrite.data.corrupted import METADATA_FILE, CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.models import load_net, load_result
 from lit_dendrite.robustness.adversarial import (
     SanityCheckError,
@@ -105,7 +106,7 @@ def corruption_accuracies(
 def _load_checked(run_dir: Path, device: torch.device) -> tuple[RunRecord, nn.Module]:
     result = load_result(run_dir)
     if not result.done:
-        raise ValueError(f"{run_dir} has status {result.status!r}; only finished ('done') runs can be evaluated")
+        raise ConfigError(f"{run_dir} has status {result.status!r}; only finished ('done') runs can be evaluated")
     return result, load_net(run_dir).to(device)
 
 
@@ -178,14 +179,16 @@ def evaluate_run(
     started = time.perf_counter()
     run_dir = RunDir(Path(run_dir)).path
     if n is not None and n < 1:
-        raise ValueError(f"n must be >= 1 (or None for the whole test set), got {n}")
+        raise ConfigError(f"n must be >= 1 (or None for the whole test set), got {n}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     attack_overrides, epsilons = attack_overrides or {}, epsilons or {}
     attacks = default_attacks() if attacks is None else attacks
     stray = sorted((set(attack_overrides) | set(epsilons)) - set(attacks))
     if stray:
-        raise ValueError(f"overrides or epsilons given for attacks that are not run: {stray}; attacks: {list(attacks)}")
+        raise ConfigError(
+            f"overrides or epsilons given for attacks that are not run: {stray}; attacks: {list(attacks)}"
+        )
     built = [build_attack(name, **attack_overrides.get(name, {})) for name in attacks]
     datamodule = (
         CorruptedDataModule.from_spec(corruptions, corruption_root, batch_size=batch_size, n=n) if corruptions else None

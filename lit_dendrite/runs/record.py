@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lit_dendrite.errors import MissingFile, RecordError
 from lit_dendrite.runs.layout import RunDir
 from lit_dendrite.runs.naming import condition_of
 
@@ -18,7 +19,7 @@ FINISHED = ("done", "diverged")
 PACKAGES = ("lit_dendrite", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "submitit", "foolbox")
 
 
-class UntrustedRecord(ValueError):
+class UntrustedRecord(RecordError):
     """A run record or checkpoint asks for something that reading a run never does (building a class outside the
     allow-list, unpickling objects); the message names the file and what was refused."""
 
@@ -37,13 +38,13 @@ class RunRecord:
         directory = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
         path = directory.result
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished run (train it first)")
+            raise MissingFile(f"{path} not found: {run_dir} is not a finished run (train it first)")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); the run's record is damaged") from error
+            raise RecordError(f"{path} is not valid JSON ({error}); the run's record is damaged") from error
         if not isinstance(data, dict):
-            raise ValueError(f"{path} holds {type(data).__name__}, not a run record (a JSON object)")
+            raise RecordError(f"{path} holds {type(data).__name__}, not a run record (a JSON object)")
         return cls(directory, data, name or directory.path.name)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -99,7 +100,7 @@ class RunRecord:
         """The ``model.net`` entry of the resolved config (``class_path`` and ``init_args``)."""
         net = (self.config.get("model") or {}).get("net")
         if not isinstance(net, dict):
-            raise ValueError(f"{self.dir.result} has no config.model.net; it was not written by a training run")
+            raise RecordError(f"{self.dir.result} has no config.model.net; it was not written by a training run")
         return net
 
     @property
@@ -111,7 +112,7 @@ class RunRecord:
         """The best checkpoint of the final session, relative to the run directory, as recorded."""
         name = self.data.get("best_checkpoint")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{self.dir.result} records no best_checkpoint (status {self.status!r})")
+            raise RecordError(f"{self.dir.result} records no best_checkpoint (status {self.status!r})")
         return name
 
     @property
@@ -119,7 +120,7 @@ class RunRecord:
         """The best checkpoint of the final session, which must lie inside the run directory."""
         path = (self.dir.path / self.best_checkpoint_name).resolve()
         if not path.is_relative_to(self.dir.path):
-            raise ValueError(f"{self.dir.result}: best_checkpoint {self.best_checkpoint_name!r} is outside the run")
+            raise RecordError(f"{self.dir.result}: best_checkpoint {self.best_checkpoint_name!r} is outside the run")
         return path
 
     @property

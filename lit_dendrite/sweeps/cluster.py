@@ -11,8 +11,10 @@ from typing import Any
 import yaml
 from submitit.core.job_environment import JobEnvironment
 
+from lit_dendrite.errors import ConfigError
 
-class ClusterError(ValueError):
+
+class ClusterError(ConfigError):
     """A cluster config or environment that cannot run the sweep; the message names the fix."""
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.runs import NAME_SIGNIFICANT_DIGITS, SEED_AXIS, name_value, run_name
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, parse_evaluate
 
@@ -52,7 +53,7 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 SEED_KEY = "seed_everything"
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep file that cannot be expanded; the message names the problem and the fix."""
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lit_dendrite.errors import MissingFile
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
 from lit_dendrite.runs import FINISHED, FileLock, RunDir, find_records
 from lit_dendrite.sweeps.backends import BACKENDS
@@ -43,7 +44,7 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any]:
     """The manifest written at submission: sweep name, sweep file and every run with its axes and arguments."""
     manifest = read_json(sweep_dir / MANIFEST)
     if manifest is None:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{sweep_dir / MANIFEST} not found: {sweep_dir} is not a sweep directory; pass <out>/<sweep name> "
             "as written by `python launch/sweep.py` (e.g. runs/demo)"
         )
@@ -224,7 +225,7 @@ def _flatten(result: dict[str, Any]) -> dict[str, Any]:
 def collect(sweep_dir: Path) -> Path:
     """Write ``summary.csv`` (one row per run record under ``sweep_dir``, with the run's axis values)."""
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir} is not a directory; pass <out>/<sweep name>, e.g. runs/demo")
+        raise MissingFile(f"{sweep_dir} is not a directory; pass <out>/<sweep name>, e.g. runs/demo")
     manifest = read_json(sweep_dir / MANIFEST) or {"runs": []}
     axes = {run["dir"]: run.get("axes", {}) for run in manifest["runs"]}
     rows = []
