@@ -25,7 +25,7 @@ from lit_dendrite.commandline import PARSER_OPTIONS
 from lit_dendrite.data.datamodule import ImageDataModule
 from lit_dendrite.data.datasets import NET_ARGS, dataset_spec
 from lit_dendrite.errors import ConfigError, ResourceError, run_command
-from lit_dendrite.io import write_json_atomic
+from lit_dendrite.io import read_yaml, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
 from lit_dendrite.models.resume import checkpoint_config_hashes
@@ -135,17 +135,7 @@ def check_config_files(args: Sequence[str]) -> None:
         path = Path(name)
         if not path.is_file():
             continue  # jsonargparse names a missing file
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            where = getattr(error, "problem_mark", None)
-            line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-            problem = getattr(error, "problem", None) or type(error).__name__
-            raise ConfigError(
-                f"{path}: not valid YAML{line} ({problem})", f"correct the YAML syntax of {path}"
-            ) from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: cannot be read ({error})", "pass a readable YAML file to --config") from None
+        data = read_yaml(path, "pass a readable YAML file to --config")
         if not isinstance(data, dict):
             raise ConfigError(
                 f"{path}: holds a {type(data).__name__}, not a mapping of configuration keys",

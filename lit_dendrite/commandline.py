@@ -7,6 +7,7 @@ Without ``allow_abbrev=False`` argparse and jsonargparse take a unique prefix fo
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, NoReturn
 
 from lit_dendrite.errors import ConfigError
@@ -43,3 +44,11 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def directory(text: str) -> Path:
+    """An argparse type: a directory to write into, which may not exist yet but must not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    return path

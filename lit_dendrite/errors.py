@@ -47,6 +47,11 @@ class RecordError(ProjectError, ValueError):
     """A run record, robustness file or checkpoint cannot be read or holds values of the wrong kind."""
 
 
+class UntrustedInput(ProjectError, ValueError):
+    """A file asks for something that reading it never does (unpickling objects, building a class outside the
+    allow-list); the message names the file and what was refused."""
+
+
 class ResourceError(ProjectError, RuntimeError):
     """The machine cannot provide what a configuration asks for (a device, memory)."""
 
@@ -61,7 +66,9 @@ def _parser_message(error: argparse.ArgumentError) -> str:
     nan`` becomes ``--model.lr: expected a float, got value: nan``."""
     text = " ".join(str(error).split())
     text = re.sub(r"""Parser key "([^"]+)":\s*""", r"--\1: ", text)
-    text = re.sub(r"Call to compute_fn of link '[^(]*\(([\w.]+)\) --> [^']*' with args \([^)]*\) failed: ", r"--\1: ", text)
+    text = re.sub(
+        r"Call to compute_fn of link '[^(]*\(([\w.]+)\) --> [^']*' with args \([^)]*\) failed: ", r"--\1: ", text
+    )
     text = re.sub(r"<class '(\w+)'>", r"\1", text)
     return text.replace("Expected", "expected").replace(". Got", ", got")
 

@@ -157,7 +157,9 @@ def test_status_and_collect_commands(
     assert rows[0]["axis.lr"] == "0.01" and rows[0]["epochs.II_joint"] == "3" and "config" not in rows[0]
     assert [f for f in os.listdir(sweep_dir) if f.endswith(".tmp")] == []
 
-    assert launcher.main(["status", str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        launcher.main(["status", str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2
 
 
 def test_wait_exits_non_zero_and_names_the_runs_that_failed_or_diverged(

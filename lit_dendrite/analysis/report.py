@@ -41,8 +41,9 @@ CHANCE_MULTIPLE = 1.5
 
 
 def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
-    """Every run under ``sweep_dir`` that has a record, named by its path in the sweep; an unreadable record is
-    kept as a failed run so that the report lists it."""
+    """Every run under ``sweep_dir`` that has a record, named by its path in the sweep; an unreadable record, and a
+    done one whose numbers cannot be used (:meth:`RunRecord.number_problems`), is kept as a failed run so that the
+    report lists it under Problems."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise MissingFile(f"sweep directory {sweep_dir} does not exist; pass the --out of the sweep")
@@ -50,9 +51,13 @@ def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
     for path in find_records(sweep_dir):
         name = path.parent.relative_to(sweep_dir).as_posix()
         try:
-            runs.append(RunRecord.read(path.parent, name))
+            run = RunRecord.read(path.parent, name)
         except ValueError as error:
-            runs.append(RunRecord(RunDir(path.parent), {"status": "failed", "error": str(error)}, name))
+            run = RunRecord(RunDir(path.parent), {"status": "failed", "error": str(error)}, name)
+        if problems := run.number_problems():
+            error = f"{path.name} is done but {'; '.join(problems)}: left out of every table"
+            run = RunRecord(run.dir, {**run.data, "status": "failed", "error": error}, name)
+        runs.append(run)
     return runs
 
 

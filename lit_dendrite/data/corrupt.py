@@ -42,13 +42,14 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from lit_dendrite.commandline import argument_parser, positive_int
+from lit_dendrite.commandline import argument_parser, directory, positive_int
 from lit_dendrite.data.corrupted import LABELS_FILE, METADATA_FILE, SEVERITIES, read_metadata
-from lit_dendrite.errors import DataError, MissingFile
+from lit_dendrite.errors import DataError, MissingFile, run_command
 from lit_dendrite.io import atomic_path, write_json_atomic
 
 CORRUPTIONS = tuple(get_corruption_names("all"))
 MIN_SIDE = 32
+COMMAND = "python -m lit_dendrite.data.corrupt"
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _OWN_SEED = ("glass_blur", "impulse_noise")
 
@@ -178,7 +179,12 @@ def _resumable(out: Path, metadata: dict) -> list[str]:
     path = out / METADATA_FILE
     if not path.is_file():
         return []
-    previous = json.loads(path.read_text())
+    try:
+        previous = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})", f"choose another --out or delete {out}") from None
+    if not isinstance(previous, dict):
+        raise DataError(f"{path}: holds {type(previous).__name__}, not a set's metadata", f"delete {out}")
     differing = [k for k in metadata if k != "corruptions" and previous.get(k) != metadata[k]]
     if differing:
         raise DataError(
@@ -227,11 +233,17 @@ def _load_image_folder(folder: Path, size: int | None) -> tuple[np.ndarray, np.n
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command-line entry point; returns the output directory."""
-    parser = argument_parser("python -m lit_dendrite.data.corrupt", __doc__.split("\n")[0])
+    """Command-line entry point; returns the output directory (a bad input: a short error, see
+    :func:`lit_dendrite.errors.run_command`)."""
+    return run_command(lambda: generate(argv), COMMAND)
+
+
+def generate(argv: Sequence[str] | None) -> Path:
+    """Parse the arguments and write the corrupted set."""
+    parser = argument_parser(COMMAND, __doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="digits|mnist|fashion_mnist|cifar10|cifar100|imagefolder:PATH")
     parser.add_argument("--root", default="data", help="folder holding the clean data sets (default: data)")
-    parser.add_argument("--out", required=True, help="output directory of the corrupted set")
+    parser.add_argument("--out", type=directory, required=True, help="output directory of the corrupted set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--corruptions", nargs="+", choices=CORRUPTIONS, metavar="NAME", help="default: all (without saturate if gray)"

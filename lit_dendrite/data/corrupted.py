@@ -123,7 +123,13 @@ def read_metadata(directory: str | Path) -> dict:
             f"{path}: missing; {directory} is not a generated corrupted set. "
             f"Create one with `python -m lit_dendrite.data.corrupt --dataset NAME --root DIR --out {directory}`."
         )
-    metadata = json.loads(path.read_text())
+    regenerate = f"regenerate the set: python -m lit_dendrite.data.corrupt --dataset NAME --out {directory}"
+    try:
+        metadata = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})", regenerate) from None
+    if not isinstance(metadata, dict):
+        raise DataError(f"{path}: holds {type(metadata).__name__}, not the set's metadata (a JSON object)", regenerate)
     missing = [key for key in METADATA_KEYS if key not in metadata]
     if missing:
         raise DataError(f"{path}: expected keys {list(METADATA_KEYS)}, missing {missing}; regenerate the set.")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_dendrite.errors import DataError, MissingFile
+from lit_dendrite.errors import DataError, MissingFile, UntrustedInput
 
 NET_ARGS = ("in_shape", "num_classes", "mean", "std")
 """The arguments of an outer net that its data set determines (fields of :class:`DatasetSpec`): training sets them
@@ -192,6 +192,11 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.
     images, labels = [], []
     for file in files:
         batch = _read_cifar_batch(file)
+        if "data" not in batch or label_key not in batch:
+            raise DataError(
+                f"{file}: a CIFAR batch needs the keys 'data' and {label_key!r}, found {sorted(map(str, batch))}",
+                f"delete {file} and fetch the data set again (--data.download true)",
+            )
         data = np.asarray(batch["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise DataError(f"{file}: expected 'data' of shape (N, 3072), found {data.shape}")
@@ -225,8 +230,16 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(file: Path) -> dict[str, object]:
-    with open(file, "rb") as handle:
-        batch = _CifarUnpickler(handle, encoding="latin1").load()
+    try:
+        with open(file, "rb") as handle:
+            batch = _CifarUnpickler(handle, encoding="latin1").load()
+    except pickle.UnpicklingError as error:
+        raise UntrustedInput(f"{file}: {error}", f"delete {file} and fetch the data set again") from None
+    except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DataError(
+            f"{file}: not a readable CIFAR batch ({type(error).__name__}: {error})",
+            f"delete {file} and fetch the data set again (--data.download true)",
+        ) from None
     if not isinstance(batch, dict):
         raise DataError(f"{file}: expected a pickled dict (CIFAR python format), found {type(batch).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -237,5 +250,6 @@ def _require_files(name: str, root: Path, files: list[Path]) -> None:
     if missing:
         raise MissingFile(
             f"data set {name!r} not found under {root.resolve()}: missing {', '.join(missing)}. "
-            f"Point --data.root at the folder that holds it, or pass --data.download true to fetch it."
+            "Point the data root (train.py: --data.root, the corruption generator: --root) at the folder that holds "
+            "it, or fetch it with train.py's --data.download true."
         )

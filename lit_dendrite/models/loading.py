@@ -67,7 +67,7 @@ def load_checkpoint(path: Path, fix: str | None = None) -> dict[str, Any]:
     except FileNotFoundError:
         raise RecordError(f"{path} is missing", fix) from None
     except (RuntimeError, OSError, EOFError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
         raise RecordError(f"{path} cannot be read: it is damaged or truncated ({reason})", fix) from None
     if not isinstance(data, dict):
         raise RecordError(f"{path} holds a {type(data).__name__}, not a checkpoint (a dict of tensors)", fix)

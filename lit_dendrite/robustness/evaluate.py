@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from lit_dendrite.analysis.plots import write_robustness_figures
 from lit_dendrite.data.corrupted import METADATA_FILE, CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
-from lit_dendrite.errors import ConfigError
+from lit_dendrite.errors import ConfigError, ResourceError
 from lit_dendrite.models import load_net, load_result
 from lit_dendrite.robustness.adversarial import (
     SanityCheckError,
@@ -101,6 +101,22 @@ def corruption_accuracies(
             corruption, _, severity = name.rpartition("/")
             table.setdefault(corruption, {})[int(severity)] = accuracy
     return table
+
+
+def checked_device(name: str | None) -> torch.device:
+    """The device called ``name`` (default: cuda where available, else cpu), checked to exist on this machine."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device", "pass cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index or 0) >= count:
+            choices = f"cpu or one of cuda:0..cuda:{count - 1}" if count else "cpu"
+            raise ResourceError(f"--device {name}: this machine has {count} CUDA device(s)", f"pass --device {choices}")
+    return device
 
 
 def _load_checked(run_dir: Path, device: torch.device) -> tuple[RunRecord, nn.Module]:
@@ -193,7 +209,8 @@ def evaluate_run(
     datamodule = (
         CorruptedDataModule.from_spec(corruptions, corruption_root, batch_size=batch_size, n=n) if corruptions else None
     )
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = checked_device(device)
+    load_result(run_dir)  # a missing or damaged record stops here, before the lock file is made
     # One process per run directory: a second evaluation, or one of a run still training, would redo or overwrite
     # the sections and units the first is writing.
     with FileLock(RunDir(run_dir).lock, "another process is training or evaluating this run; wait for it or stop it"):

@@ -68,11 +68,13 @@ from lit_dendrite.runs.naming import (
     run_name,
 )
 from lit_dendrite.runs.record import (
+    DONE_NUMBERS,
     FINISHED,
     PACKAGES,
     RunRecord,
     UntrustedRecord,
     git_commit,
+    is_number,
     provenance,
     versions,
 )
@@ -84,6 +86,7 @@ __all__ = [
     "CHECKPOINT_SUFFIX",
     "CONFIG_FILE",
     "DEFAULT_RUNS_ROOT",
+    "DONE_NUMBERS",
     "EVALUATION_ERROR_FILE",
     "FAILED_RESULT_FILE",
     "FINISHED",
@@ -117,6 +120,7 @@ __all__ = [
     "default_run_dir",
     "find_records",
     "git_commit",
+    "is_number",
     "name_value",
     "parse_run_name",
     "provenance",

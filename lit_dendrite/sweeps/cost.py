@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lit_dendrite.data.datasets import dataset_spec
+from lit_dendrite.io import read_yaml
 from lit_dendrite.nn.neurons import NEURONS
 from lit_dendrite.nn.resnet import RESNET18_WIDTHS, scaled_widths
 from lit_dendrite.sweeps.evaluation import settings_for
@@ -369,7 +368,7 @@ def run_shapes(sweep: Sweep) -> list[RunShape]:
     shapes, configs = [], {}
     for run in sweep.runs:
         if run.config not in configs:
-            configs[run.config] = yaml.safe_load(run.config.read_text())
+            configs[run.config] = read_yaml(run.config, "correct the sweep's experiment file")
         config = copy.deepcopy(configs[run.config])
         for key, value in run.overrides:
             *parents, last = key.split(".")
