@@ -17,7 +17,7 @@ from lit_dendrite.runs.layout import RunDir
 from lit_dendrite.runs.naming import condition_of
 
 FINISHED = ("done", "diverged")
-DONE_NUMBERS = ("test_acc", "test_loss", "best_val_loss", "num_params")
+DONE_NUMBERS = ("test_acc", "test_loss", "num_params")
 """The numbers a done run's record must hold (finite) for the report to use it."""
 PACKAGES = ("lit_dendrite", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "submitit", "foolbox")
 
