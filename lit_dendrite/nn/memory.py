@@ -21,7 +21,9 @@ SAVED_FOR_BACKWARD = 2
 def training_bytes(net: nn.Module, in_shape: Sequence[int], batch_size: int) -> tuple[int, int]:
     """``(bytes, parameters)``: about what training ``net`` (built on the meta device) needs at ``batch_size``:
     :data:`TRAINED_COPIES` of its parameters plus the outputs of its leaf modules on one batch, counted
-    :data:`SAVED_FOR_BACKWARD` times (parameters only where the forward pass cannot run on the meta device)."""
+    :data:`SAVED_FOR_BACKWARD` times (parameters only where the forward pass cannot run on the meta device). The
+    outputs are those of one image times ``batch_size``: a whole batch would take the chunked paths of the inner net,
+    whose Python loop over chunks takes minutes even on the meta device."""
     parameters = sum(p.numel() for p in net.parameters())
     weights = sum(p.numel() * p.element_size() for p in net.parameters())
     outputs = 0
@@ -34,13 +36,13 @@ def training_bytes(net: nn.Module, in_shape: Sequence[int], batch_size: int) -> 
     hooks = [m.register_forward_hook(count) for m in net.modules() if not any(True for _ in m.children())]
     try:
         with torch.no_grad():
-            net(torch.empty(batch_size, *in_shape, device="meta"))
+            net(torch.empty(1, *in_shape, device="meta"))
     except Exception:  # a custom op without a meta kernel: the parameters still bound the estimate from below
         outputs = 0
     finally:
         for hook in hooks:
             hook.remove()
-    return TRAINED_COPIES * weights + SAVED_FOR_BACKWARD * outputs, parameters
+    return TRAINED_COPIES * weights + SAVED_FOR_BACKWARD * batch_size * outputs, parameters
 
 
 def device_memory(accelerator: str | None) -> tuple[str, int]:
