@@ -24,13 +24,13 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lit_dendrite.commandline import PARSER_OPTIONS
 from lit_dendrite.data.datamodule import ImageDataModule
 from lit_dendrite.data.datasets import NET_ARGS, dataset_spec
-from lit_dendrite.errors import ConfigError, ResourceError, run_command
-from lit_dendrite.io import read_yaml, write_json_atomic
+from lit_dendrite.errors import ConfigError, run_command
+from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
 from lit_dendrite.models.resume import checkpoint_config_hashes
-from lit_dendrite.nn.memory import device_memory, format_bytes, training_bytes
 from lit_dendrite.nn.nets import CONFIG_KEY
+from lit_dendrite.preflight import check_config_files, check_memory, check_seed, check_trainer
 from lit_dendrite.runs import (
     ConfigMismatch,
     FileLock,
@@ -48,8 +48,6 @@ TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
 COMMAND = "python launch/train.py"
 OVERWRITE = "--overwrite true"
 """How this command's own option discards a run directory's other configuration (train.py's options take a value)."""
-SEED_RANGE = (0, 2**32 - 1)
-"""The seeds numpy (hence the data split and the per-batch seeds) accepts."""
 
 
 class TrainCLI(LightningCLI):
@@ -123,44 +121,6 @@ def check_no_data_set_facts(given: Namespace, dataset: str) -> None:
             f"the config sets {shown}, which the data set determines (data.dataset {dataset!r} gives {derived})",
             "remove these keys from the config files and the command line: the net takes them from data.dataset "
             "(lit_dendrite/data/datasets.py, DATASETS)",
-        )
-
-
-def check_config_files(args: Sequence[str]) -> None:
-    """A ConfigError naming the file and line of a ``--config`` file that is not a YAML mapping (jsonargparse's own
-    message names neither)."""
-    files = [b for a, b in zip(args, args[1:]) if a == "--config"]
-    files += [a.removeprefix("--config=") for a in args if a.startswith("--config=")]
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            continue  # jsonargparse names a missing file
-        data = read_yaml(path, "pass a readable YAML file to --config")
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: holds a {type(data).__name__}, not a mapping of configuration keys",
-                "see configs/experiment/*.yaml for the layout of an experiment file",
-            )
-
-
-def check_seed(seed: Any) -> None:
-    """A ConfigError for a seed outside :data:`SEED_RANGE` (numpy would refuse it after the run started)."""
-    low, high = SEED_RANGE
-    if not isinstance(seed, int) or not low <= seed <= high:
-        raise ConfigError(f"--seed_everything is {seed!r}: a seed must be an integer in {low}..{high}")
-
-
-def check_memory(init: Namespace) -> None:
-    """A ResourceError, before anything is allocated, when the net of ``init`` (built on the meta device) cannot be
-    trained at the configured batch size in the memory of the device it would train on."""
-    needed, parameters = training_bytes(init.model.net, init.data.in_shape, init.data.batch_size)
-    where, available = device_memory(init.trainer.get("accelerator"))
-    if needed > available:
-        raise ResourceError(
-            f"{CONFIG_KEY}.widths and data.batch_size {init.data.batch_size}: training this net needs about "
-            f"{format_bytes(needed)} ({parameters:,} parameters and one batch's activations), more than the "
-            f"{format_bytes(available)} of {where}",
-            f"reduce --{CONFIG_KEY}.widths (or --data.batch_size)",
         )
 
 
@@ -239,6 +199,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
         raise ConfigError(f"--run_dir {run_dir.path} is a file, not a directory", "pass a directory to --run_dir")
     init = build(cli)
     init.data.check_available()  # before the run directory is made: a run without data leaves nothing behind
+    check_trainer(trainer_options(init))
     created = [p for p in (run_dir.path, *run_dir.path.parents) if not p.exists()]
     lock = FileLock(
         run_dir.lock, "another process is training this run; wait for it or stop it, or use another --run_dir"

@@ -22,7 +22,7 @@ from tiny_sweep import make_fake_sweep
 from lit_dendrite.cli import main as train_main
 from lit_dendrite.cli import train
 from lit_dendrite.data.corrupt import main as corrupt_main
-from lit_dendrite.errors import ConfigError, RecordError
+from lit_dendrite.errors import DEBUG_VARIABLE, ConfigError, RecordError
 from lit_dendrite.models.loading import load_net
 from lit_dendrite.models.resume import resume_point
 from lit_dendrite.robustness.cli import main as evaluate_main
@@ -104,6 +104,12 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[object, list[str], str]
             ["--config", RELU, *train_run, "--model.net.init_args.widths", "[2000000000]"],
             "widths",
         ),
+        "train: an accelerator this machine lacks": (
+            train_main,
+            ["--config", RELU, *train_run, "--trainer.accelerator", "gpu"]
+            + (["--trainer.devices", "999"] if torch.cuda.is_available() else []),
+            "trainer options",
+        ),
         "train: --run_dir names a file": (
             train_main,
             ["--config", RELU, *QUIET, "--run_dir", str(tmp / "a_file")],
@@ -173,7 +179,7 @@ def test_every_command_answers_bad_input_with_one_error_line_and_leaves_nothing_
     tmp_path, finished, capsys, monkeypatch
 ):
     """One test over all cases (in-process: a subprocess per case would import torch ~40 times)."""
-    monkeypatch.delenv("LIT_DENDRITE_DEBUG", raising=False)
+    monkeypatch.delenv(DEBUG_VARIABLE, raising=False)
     monkeypatch.chdir(tmp_path)
     cases = _bad_inputs(tmp_path, finished[0])
     capsys.readouterr()
@@ -193,7 +199,7 @@ def test_every_command_answers_bad_input_with_one_error_line_and_leaves_nothing_
         if left := sorted(str(p) for p in _files(tmp_path) - before):
             failures.append(f"{case}: left behind {left}")
     assert not failures, "\n".join(failures)
-    assert len(cases) >= 35
+    assert len(cases) >= 37
 
 
 def test_the_error_line_is_followed_by_the_fix_and_unsafe_loading_is_never_advised(tmp_path, finished, capsys):
@@ -208,24 +214,22 @@ def test_the_error_line_is_followed_by_the_fix_and_unsafe_loading_is_never_advis
 
 def test_a_traceback_only_with_the_debug_switch(tmp_path):
     """The real command line (a subprocess), once without and once with LIT_DENDRITE_DEBUG=1."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**{k: v for k, v in os.environ.items() if k != DEBUG_VARIABLE}, "PYTHONPATH": str(REPO)}
     args = [sys.executable, "launch/train.py", "--config", str(tmp_path / "none.yaml")]
     quiet = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    loud = subprocess.run(args, cwd=REPO, env={**env, "LIT_DENDRITE_DEBUG": "1"}, capture_output=True, text=True)
+    loud = subprocess.run(args, cwd=REPO, env={**env, DEBUG_VARIABLE: "1"}, capture_output=True, text=True)
     assert quiet.returncode == 2 and quiet.stderr.startswith("error: --config: File does not exist")
     assert "Traceback" not in quiet.stderr
     assert loud.returncode != 0 and "Traceback" in loud.stderr
+    assert f"{DEBUG_VARIABLE}=1" in (REPO / "docs" / "troubleshooting.md").read_text()  # the switch is documented
 
 
-def test_a_run_without_its_data_leaves_no_run_directory(tmp_path, capsys):
+def test_a_run_without_its_data_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
     """Issue 24 item 6: one message, and not even the default run directory's .lock is left behind."""
     args = ["--config", str(CONFIGS / "mlp_mnist_relu.yaml"), "--data.root", str(tmp_path / "nodata")]
-    os.chdir(tmp_path)
-    try:
-        with pytest.raises(SystemExit):
-            train_main(args)
-    finally:
-        os.chdir(REPO)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        train_main(args)
     assert "data set 'mnist' not found" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

@@ -77,10 +77,12 @@ def load_checkpoint(path: Path, fix: str | None = None) -> dict[str, Any]:
 def retrain_advice(run_dir: RunDir, session: str) -> str:
     """How to train a run's session (and the sessions after it) again, its other sessions kept."""
     later = SESSIONS[SESSIONS.index(session) :] if session in SESSIONS else (session,)
-    folders = " ".join(f"{run_dir.path / name}/" for name in later if (run_dir.path / name).exists())
+    remove = [run_dir.path / name for name in later if (run_dir.path / name).exists()] or [run_dir.path / session]
+    if run_dir.result.exists():
+        remove.insert(0, run_dir.result)
     return (
-        f"retrain the session: remove {run_dir.result} and {folders or run_dir.path / session}, then run the run's "
-        "training command again (or train the whole run afresh into another --run_dir)"
+        f"retrain the session: remove {' and '.join(map(str, remove))}, then run the run's training command again "
+        "(or train the whole run afresh into another --run_dir)"
     )
 
 

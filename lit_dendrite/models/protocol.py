@@ -24,10 +24,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_dendrite.errors import ConfigError
+from lit_dendrite.errors import ConfigError, RecordError
 from lit_dendrite.io import atomic_path, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.frozen_table import FrozenInnerTables
+from lit_dendrite.models.loading import load_checkpoint, retrain_advice
 from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.models.resume import BatchSeed, ConfigIdentity, WallClock, resume_point, with_atomic_checkpoints
 from lit_dendrite.nn.acceleration import maybe_compile
@@ -124,11 +125,11 @@ SHARED_PREFIX = "net.inner."
 
 def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The shared module's (inner net's) weights in a Classifier checkpoint (loaded with ``weights_only=True``)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_checkpoint(checkpoint).get("state_dict") or {}
     prefix = SHARED_PREFIX
     inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not inner:
-        raise ConfigError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
+        raise RecordError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
     return inner
 
 
@@ -299,10 +300,10 @@ class RunProtocol:
         inner_state = None
         if spec is not None and spec.pretrain is not None and PRETRAIN in self.protocol.sessions:
             sessions[PRETRAIN] = self.pretrain(spec)
-            inner_state = torch.load(self.run_dir.pretrained_inner, map_location="cpu", weights_only=True)
+            inner_state = load_checkpoint(self.run_dir.pretrained_inner, retrain_advice(self.run_dir, PRETRAIN))
         sessions[JOINT] = self.train(JOINT, inner_state, freeze=False, spec=spec)
         if spec is not None and spec.freeze and FROZEN in self.protocol.sessions:
-            best_inner = torch.load(self.run_dir.best_inner, map_location="cpu", weights_only=True)
+            best_inner = load_checkpoint(self.run_dir.best_inner, retrain_advice(self.run_dir, JOINT))
             sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True, spec=spec)
         return sessions
 
