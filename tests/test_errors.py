@@ -199,7 +199,7 @@ def test_every_command_answers_bad_input_with_one_error_line_and_leaves_nothing_
         if left := sorted(str(p) for p in _files(tmp_path) - before):
             failures.append(f"{case}: left behind {left}")
     assert not failures, "\n".join(failures)
-    assert len(cases) >= 37
+    assert len(cases) >= 36
 
 
 def test_the_error_line_is_followed_by_the_fix_and_unsafe_loading_is_never_advised(tmp_path, finished, capsys):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_dendrite.errors import RecordError
+from lit_dendrite.errors import MissingFile, RecordError
 from lit_dendrite.nn.nets import NETS
 from lit_dendrite.runs import SESSIONS, RunDir, RunRecord, UntrustedRecord
 
@@ -65,7 +65,7 @@ def load_checkpoint(path: Path, fix: str | None = None) -> dict[str, Any]:
             f"{path} holds objects other than tensors and plain values; refusing to unpickle it", fix
         ) from None
     except FileNotFoundError:
-        raise RecordError(f"{path} is missing", fix) from None
+        raise MissingFile(f"{path} is missing", fix) from None
     except (RuntimeError, OSError, EOFError, ValueError) as error:
         reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
         raise RecordError(f"{path} cannot be read: it is damaged or truncated ({reason})", fix) from None
