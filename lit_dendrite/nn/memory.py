@@ -33,7 +33,12 @@ def training_bytes(net: nn.Module, in_shape: Sequence[int], batch_size: int) -> 
         if isinstance(output, torch.Tensor):
             outputs += output.numel() * output.element_size()
 
-    hooks = [m.register_forward_hook(count) for m in net.modules() if not any(True for _ in m.children())]
+    # the shared inner net's hidden layers are left out: the fused and lean paths recompute them instead of keeping
+    # them (on the meta device, at one image, the plain path runs and would count them)
+    inner = getattr(net, "inner", None)
+    inside = set(inner.modules()) if isinstance(inner, nn.Module) else set()
+    counted = [m for m in net.modules() if m not in inside and not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(count) for m in counted]
     try:
         with torch.no_grad():
             net(torch.empty(1, *in_shape, device="meta"))
