@@ -199,7 +199,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
         raise ConfigError(f"--run_dir {run_dir.path} is a file, not a directory", "pass a directory to --run_dir")
     init = build(cli)
     init.data.check_available()  # before the run directory is made: a run without data leaves nothing behind
-    check_trainer(trainer_options(init))
+    check_trainer(lambda: trainer_options(init))
     created = [p for p in (run_dir.path, *run_dir.path.parents) if not p.exists()]
     lock = FileLock(
         run_dir.lock, "another process is training this run; wait for it or stop it, or use another --run_dir"

@@ -4,7 +4,8 @@ the memory the net needs and the Trainer options on this machine. A bad input fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,18 @@ def check_memory(init: Namespace) -> None:
         )
 
 
-def check_trainer(options: Mapping[str, Any]) -> None:
-    """A ConfigError when a Trainer cannot be built from ``options`` on this machine (an accelerator, device count or
-    strategy it lacks): Lightning would refuse it only when the first session starts."""
+def check_trainer(options: Callable[[], Mapping[str, Any]]) -> None:
+    """A ConfigError when a Trainer cannot be built from ``options()`` on this machine (an accelerator, device count
+    or strategy it lacks): Lightning would refuse it only when the first session starts. Lightning's warnings while
+    the options and this Trainer are made (``srun`` is available but not used, ...) are left to the real Trainer."""
     log = logging.getLogger(LIGHTNING_LOG)
     level = log.level
-    log.setLevel(logging.WARNING)  # the real Trainer prints the device lines
+    log.setLevel(logging.WARNING)  # the real Trainer prints the device lines and warnings
     try:
         quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "callbacks": []}
-        L.Trainer(**{**options, **quiet, "enable_model_summary": False})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(**{**options(), **quiet, "enable_model_summary": False})
     except MisconfigurationException as error:
         raise ConfigError(
             f"the trainer options cannot run on this machine: {error}",
