@@ -24,9 +24,9 @@ from pathlib import Path
 
 from lit_dendrite.analysis.nonlinearity_report import SURFACE_IMAGES
 from lit_dendrite.analysis.report import accuracy_section, build_report
-from lit_dendrite.commandline import argument_parser, positive_float, positive_int
+from lit_dendrite.commandline import argument_parser, directory, positive_float, positive_int
 from lit_dendrite.data.fetch import NAMES, Download, check_name, download_url
-from lit_dendrite.runs import UntrustedRecord
+from lit_dendrite.errors import run_command
 from lit_dendrite.sweeps.backends import BACKENDS
 from lit_dendrite.sweeps.cluster import ClusterConfig, ClusterError, load_cluster_config
 from lit_dendrite.sweeps.cost import DEFAULT_GPU_SPEEDUP
@@ -85,7 +85,9 @@ def submit_main(argv: list[str]) -> int:
     else:
         parser = _submission_parser("launch/sweep.py", "Submit a sweep as one job array.")
         parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: paper.yaml)")
-        parser.add_argument("--out", type=Path, default=Path("runs"), help="runs go to OUT/<sweep>/<experiment>/<run>")
+        parser.add_argument(
+            "--out", type=directory, default=Path("runs"), help="runs go to OUT/<sweep>/<experiment>/<run>"
+        )
         parser.add_argument(
             "--overwrite",
             action="store_true",
@@ -99,34 +101,30 @@ def submit_main(argv: list[str]) -> int:
         )
         parser.add_argument("--force", action="store_true", help="also submit the kinds of run whose preflight failed")
     args = parser.parse_args(argv)
-    try:
-        config = cluster_config(args)
-        if "sweep_dir" in args:
-            submission = submit_evaluation(
-                args.sweep_dir, args.cluster, config, args.sweep, args.dry_run, args.max_parallel
-            )
-        else:
-            sweep = load_sweep(args.sweep)
-            submit = functools.partial(
-                submit_sweep,
-                sweep,
-                args.cluster,
-                config,
-                args.out,
-                args.dry_run,
-                args.max_parallel,
-                overwrite=args.overwrite,
-                verbose=args.verbose,
-                gpu_speedup=args.gpu_speedup,
-                force=args.force,
-            )
-            submission = submit()
-            if args.wait and sweep.search is not None and submission.jobs and not submission.submitted:
-                print(wait_for(submission.jobs, submission.sweep_dir, args.wait_timeout_h * 3600))
-                submission = submit()  # the search's workers ended: its final runs
-    except (SweepError, ClusterError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = cluster_config(args)
+    if "sweep_dir" in args:
+        submission = submit_evaluation(
+            args.sweep_dir, args.cluster, config, args.sweep, args.dry_run, args.max_parallel
+        )
+    else:
+        sweep = load_sweep(args.sweep)
+        submit = functools.partial(
+            submit_sweep,
+            sweep,
+            args.cluster,
+            config,
+            args.out,
+            args.dry_run,
+            args.max_parallel,
+            overwrite=args.overwrite,
+            verbose=args.verbose,
+            gpu_speedup=args.gpu_speedup,
+            force=args.force,
+        )
+        submission = submit()
+        if args.wait and sweep.search is not None and submission.jobs and not submission.submitted:
+            print(wait_for(submission.jobs, submission.sweep_dir, args.wait_timeout_h * 3600))
+            submission = submit()  # the search's workers ended: its final runs
     if args.wait and submission.jobs:
         print(wait_for(submission.jobs, submission.sweep_dir, args.wait_timeout_h * 3600))
         unfinished = unfinished_runs(submission.sweep_dir, submission.submitted)
@@ -227,6 +225,12 @@ def cancel_main(sweep_dir: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """The command: its exit status, a bad input reported as a short error with status 2
+    (:func:`lit_dendrite.errors.run_command`)."""
+    return run_command(lambda: dispatch(argv), "python launch/sweep.py")
+
+
+def dispatch(argv: list[str]) -> int:
     """Dispatch to `status DIR`, `cancel DIR`, `collect DIR`, `fetch-data`, `preflight`, or submission (of a sweep,
     or with `evaluate DIR` its evaluation)."""
     if argv[:1] in (["status"], ["cancel"], ["collect"]):
@@ -240,16 +244,12 @@ def main(argv: list[str]) -> int:
                 help="test images whose input pairs define the surface regions",
             )
         args = parser.parse_args(argv[1:])
-        try:
-            if argv[0] == "status":
-                print(format_status(args.sweep_dir))
-                return 0
-            if argv[0] == "cancel":
-                return cancel_main(args.sweep_dir)
-            return collect_main(args.sweep_dir, args.surface_images)
-        except (FileNotFoundError, UntrustedRecord, ClusterError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        if argv[0] == "status":
+            print(format_status(args.sweep_dir))
+            return 0
+        if argv[0] == "cancel":
+            return cancel_main(args.sweep_dir)
+        return collect_main(args.sweep_dir, args.surface_images)
     if argv[:1] == ["fetch-data"]:
         return fetch_main(argv[1:])
     if argv[:1] == ["preflight"]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import ActionConfigFile, Namespace
 from jsonargparse import Path as ArgumentPath
@@ -26,15 +27,17 @@ from lit_dendrite.commandline import PARSER_OPTIONS
 from lit_dendrite.config_files import EXTENDS, config_chain, read_config, without_extends
 from lit_dendrite.data.datamodule import ImageDataModule
 from lit_dendrite.data.datasets import NET_ARGS, dataset_spec
+from lit_dendrite.errors import ConfigError, run_command
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
+from lit_dendrite.models.resume import checkpoint_config_hashes
 from lit_dendrite.nn.matching import settled_widths
 from lit_dendrite.nn.nets import CONFIG_KEY, NETS
+from lit_dendrite.preflight import check_config_files, check_memory, check_seed, check_trainer
 from lit_dendrite.runs import (
     ConfigMismatch,
     FileLock,
-    Locked,
     RunDir,
     RunRecord,
     config_differences,
@@ -46,6 +49,9 @@ from lit_dendrite.runs import (
 )
 
 TRAINER_KEYS_OWNED_BY_PROTOCOL = ("logger", "default_root_dir")
+COMMAND = "python launch/train.py"
+OVERWRITE = "--overwrite true"
+"""How this command's own option discards a run directory's other configuration (train.py's options take a value)."""
 
 
 class ExtendingConfigFile(ActionConfigFile):
@@ -166,10 +172,10 @@ def check_no_data_set_facts(given: Namespace, dataset: str) -> None:
     if stated:
         shown = ", ".join(f"{CONFIG_KEY}.{name}" for name in stated)
         derived = ", ".join(f"{name}={list(v) if isinstance(v, tuple) else v}" for name, v in stated.items())
-        raise ValueError(
-            f"the config sets {shown}, which the data set determines (data.dataset {dataset!r} gives {derived}); "
+        raise ConfigError(
+            f"the config sets {shown}, which the data set determines (data.dataset {dataset!r} gives {derived})",
             "remove these keys from the config files and the command line: the net takes them from data.dataset "
-            "(lit_dendrite/data/datasets.py, DATASETS)"
+            "(lit_dendrite/data/datasets.py, DATASETS)",
         )
 
 
@@ -192,6 +198,7 @@ def parse(args: Sequence[str]) -> TrainCLI:
     args = list(args)
     if args[:1] == ["fit"]:
         args = args[1:]
+    check_config_files(args)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
         cli = TrainCLI(
@@ -204,7 +211,11 @@ def parse(args: Sequence[str]) -> TrainCLI:
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False, **PARSER_OPTIONS},
         )
-    check_trainer_options(build(cli).trainer)
+    check_seed(cli.config.seed_everything)
+    with torch.device("meta"):  # nothing allocated before the memory is checked
+        init = build(cli)
+    check_trainer_options(init.trainer)
+    check_memory(init)
     return cli
 
 
@@ -261,29 +272,57 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
     seed = int(config.seed_everything)
     experiment = experiment_name(config)
     run_dir = run_directory(config)
+    if run_dir.path.exists() and not run_dir.path.is_dir():
+        raise ConfigError(f"--run_dir {run_dir.path} is a file, not a directory", "pass a directory to --run_dir")
+    init = build(cli)
+    init.data.check_available()  # before the run directory is made: a run without data leaves nothing behind
+    check_trainer(lambda: trainer_options(init))
+    created = [p for p in (run_dir.path, *run_dir.path.parents) if not p.exists()]
     lock = FileLock(
         run_dir.lock, "another process is training this run; wait for it or stop it, or use another --run_dir"
     )
     if rank_zero_only.rank == 0:
         lock.acquire()
     try:
-        return _train(cli, experiment, seed, run_dir, extra_callbacks)
+        return _train(cli, init, experiment, seed, run_dir, extra_callbacks)
     finally:
         lock.release()
+        if created and rank_zero_only.rank == 0 and not run_dir.config.exists():
+            remove_unused(run_dir, created)
+
+
+def remove_unused(run_dir: RunDir, created: list[Path]) -> None:
+    """Remove the lock file and the (empty) directories made for a run that stopped before it recorded anything."""
+    run_dir.lock.unlink(missing_ok=True)
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty: something else wrote there meanwhile
+            return
 
 
 def claim(run_dir: RunDir, config_data: dict[str, Any], overwrite: bool) -> RunRecord | None:
     """Check that ``run_dir`` holds this configuration or none (or discard another one with ``overwrite``);
-    returns the record of a finished run, which is not trained again."""
+    returns the record of a finished run, which is not trained again. A directory holding results but no readable
+    configuration is known by the configuration hash its checkpoints carry."""
     recorded = recorded_config(run_dir)
-    differences = config_differences(recorded[0], config_data) if recorded is not None else {}
-    if differences and not overwrite:
-        raise ConfigMismatch(run_dir.path, recorded[1], differences)
-    if differences:
+    if recorded is None and run_dir.results():
+        differs = unknown_configuration(run_dir, config_data)
+    else:
+        differences = config_differences(recorded[0], config_data) if recorded is not None else {}
+        if differences and not overwrite:
+            raise ConfigMismatch(run_dir.path, recorded[1], differences, OVERWRITE)
+        differs = ", ".join(differences)
+    if differs and not overwrite:
+        raise ConfigError(
+            f"{run_dir.path} holds results but no readable configuration ({run_dir.config.name} is missing or "
+            f"damaged): {differs}",
+            f"use another --run_dir for this configuration, or add {OVERWRITE} to discard its results and train afresh",
+        )
+    if differs:
         if rank_zero_only.rank == 0:
             print(
-                f"[lit_dendrite] --overwrite: discarding {run_dir.path}, which held another configuration "
-                f"({', '.join(differences)})"
+                f"[lit_dendrite] --overwrite: discarding {run_dir.path}, which held another configuration ({differs})"
             )
             run_dir.discard_results()
     elif run_dir.result.is_file() and (previous := RunRecord.read(run_dir)).finished:
@@ -291,15 +330,33 @@ def claim(run_dir: RunDir, config_data: dict[str, Any], overwrite: bool) -> RunR
     return None
 
 
+def unknown_configuration(run_dir: RunDir, config_data: dict[str, Any]) -> str:
+    """Why the results of a run directory without a readable configuration cannot be taken for ``config_data``'s,
+    judged by the hashes its checkpoints carry; empty where every checkpoint carries this configuration's."""
+    hashes = checkpoint_config_hashes(run_dir)
+    wanted = config_hash(config_data)
+    if not hashes:
+        return "it holds no readable checkpoint that records which configuration produced its results"
+    others = sorted({str(h) for h in hashes.values() if h != wanted})
+    if not others:
+        return ""
+    if others == ["None"]:
+        return "its checkpoints do not record which configuration produced them"
+    return f"its checkpoints were written by configuration hash {', '.join(others)}, not this one's ({wanted})"
+
+
 def _train(
-    cli: TrainCLI, experiment: str, seed: int, run_dir: RunDir, extra_callbacks: Sequence[Callback]
+    cli: TrainCLI,
+    init: Namespace,
+    experiment: str,
+    seed: int,
+    run_dir: RunDir,
+    extra_callbacks: Sequence[Callback],
 ) -> dict[str, Any]:
     config_data = resolved_config(cli)
     if (previous := claim(run_dir, config_data, bool(cli.config.overwrite))) is not None:
-        print(summary_line(previous.data))
+        print(summary_line(previous.data, run_dir))
         return dict(previous.data)
-    init = build(cli)
-    init.data.check_available()
     if rank_zero_only.rank == 0:
         record_config(run_dir, config_data)
     net = init.model.net
@@ -314,6 +371,7 @@ def _train(
         run_dir=run_dir,
         seed=seed,
         callbacks=lambda: [*callbacks, *extra_callbacks],
+        config_hash=config_hash(config_data),
         hparams={
             "experiment": experiment,
             "dataset": init.data.dataset,
@@ -356,25 +414,21 @@ def _train(
     }
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir.result, result)
-        print(summary_line(result))
+        print(summary_line(result, run_dir))
     return result
 
 
-def summary_line(result: dict[str, Any]) -> str:
-    """One line a user reads at the end of a run."""
+def summary_line(result: dict[str, Any], run_dir: RunDir) -> str:
+    """One line a user reads at the end of a run (``run_dir``: where the record lies now, which a copied or moved
+    run's recorded ``run_dir`` is not)."""
     acc = result.get("test_acc")
-    acc_text = "n/a" if acc is None else f"{acc:.4f}"
+    acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "n/a"
     return (
-        f"[lit_dendrite] {result['experiment']} seed={result['seed']} status={result['status']} "
-        f"test_acc={acc_text} params={result['num_params']} -> {RunDir(Path(result['run_dir'])).result}"
+        f"[lit_dendrite] {result.get('experiment')} seed={result.get('seed')} status={result.get('status')} "
+        f"test_acc={acc_text} params={result.get('num_params')} -> {run_dir.result}"
     )
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``launch/train.py``: a run directory in use or holding another configuration is a one-line
-    error (exit status 2)."""
-    try:
-        train(sys.argv[1:] if args is None else args)
-    except (ConfigMismatch, Locked) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Entry point of ``launch/train.py``: a bad input is a short error (:func:`lit_dendrite.errors.run_command`)."""
+    run_command(lambda: train(sys.argv[1:] if args is None else args), COMMAND)

@@ -7,15 +7,27 @@ Without ``allow_abbrev=False`` argparse and jsonargparse take a unique prefix fo
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lit_dendrite.errors import ConfigError
 
 PARSER_OPTIONS: dict[str, Any] = {"allow_abbrev": False}
 """Keyword arguments of every parser the project builds (argparse's and jsonargparse's)."""
 
 
-def argument_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are the project's (:func:`lit_dendrite.errors.run_command` prints them in the
+    project's style) instead of a usage text and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog if self.prog.startswith("python") else f"python {self.prog}"
+        raise ConfigError(message, f"see {command} --help")
+
+
+def argument_parser(prog: str, description: str | None = None) -> ArgumentParser:
     """An argparse parser with the project's options."""
-    return argparse.ArgumentParser(prog=prog, description=description, **PARSER_OPTIONS)
+    return ArgumentParser(prog=prog, description=description, **PARSER_OPTIONS)
 
 
 def positive_int(text: str) -> int:
@@ -32,3 +44,11 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def directory(text: str) -> Path:
+    """An argparse type: a directory to write into, which may not exist yet but must not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    return path

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees either the old file or the whole new one, never half of it."""
+"""Atomic file writes (a reader sees either the old file or the whole new one, never half of it), and the reading
+of the project's JSON and YAML files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from lit_dendrite.errors import ConfigError
 
 READABLE = 0o644
 """Mode of written files (``mkstemp`` alone would leave them readable by their owner only)."""
@@ -59,3 +64,18 @@ def read_json(path: str | Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def read_yaml(path: str | Path, fix: str) -> Any:
+    """The YAML in ``path`` (safe loading: plain data only); a ConfigError naming the file and the line of a syntax
+    error, with ``fix``, when it cannot be read."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{path}: not valid YAML{line} ({problem})", f"correct the YAML syntax of {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read ({error})", fix) from None

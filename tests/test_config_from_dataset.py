@@ -84,7 +84,7 @@ def test_an_old_style_config_that_states_them_is_an_error_naming_the_fix(tmp_pat
     old.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError) as raised:
         parse(["--config", str(old)])
-    message = str(raised.value)
+    message = f"{raised.value}\n{raised.value.fix}"  # what is wrong, then the fix
     for name in NET_ARGS:
         assert f"model.net.init_args.{name}" in message
     assert "data.dataset 'digits' gives" in message and "mean=[0.3053]" in message and "remove these keys" in message

@@ -160,13 +160,13 @@ def test_image_folder_command_line(tmp_path):
     assert np.load(out / "fog.npy").shape == (15, 40, 40, 3)
 
 
-def test_image_folder_sizes_must_agree_or_be_resized(tmp_path):
+def test_image_folder_sizes_must_agree_or_be_resized(tmp_path, capsys):
     write_image_folder(tmp_path / "photos", [(40, 40), (30, 50)])
     folder = f"imagefolder:{tmp_path / 'photos'}"
-    with pytest.raises(
-        ValueError, match=r"dog/0\.png: size \(40, 40\) differs from .*cat/1\.png's \(30, 50\); pass --size S"
-    ):
+    with pytest.raises(SystemExit):
         main(["--dataset", folder, "--out", str(tmp_path / "a"), "--corruptions", "contrast"])
+    error = capsys.readouterr().err
+    assert re.search(r"dog/0\.png: size \(40, 40\) differs from .*cat/1\.png's \(30, 50\); pass --size S", error)
     main(["--dataset", folder, "--out", str(tmp_path / "b"), "--corruptions", "contrast", "--size", "24"])
     assert np.load(tmp_path / "b" / "contrast.npy").shape == (10, 24, 24, 3)
 

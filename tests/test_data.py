@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lit_dendrite.data import DATASETS, ImageDataModule, load_arrays
+from lit_dendrite.errors import UntrustedInput
 
 
 def write_idx(path, array):
@@ -85,7 +86,7 @@ def test_cifar10_reads_python_batches(tmp_path):
 def test_cifar_reader_refuses_arbitrary_pickles(tmp_path):
     make_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({"data": gzip.compress}))
-    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle"):
+    with pytest.raises(UntrustedInput, match="test_batch: refusing to unpickle"):  # names the file
         load_arrays("cifar10", tmp_path, train=False)
 
 

@@ -140,15 +140,18 @@ def test_bad_numbers_and_abbreviations_are_argument_errors(tmp_path, capsys, arg
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_corrupted_set_of_another_data_set_is_refused_before_evaluating(runs, tmp_path):
+def test_corrupted_set_of_another_data_set_is_refused_before_evaluating(runs, tmp_path, capsys):
     run_dir = runs["relu"]
     images, labels = load_arrays("digits", "unused", train=False)
     other = write_corrupted_set(
         images[:4], labels[:4], tmp_path / "fashion_c", dataset="fashion_mnist", num_classes=10,
         corruptions=["brightness"], progress=False,
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"made from 'fashion_mnist'.*trained on 'digits'.*--dataset digits"):
+    with pytest.raises(SystemExit) as stopped:
         main([str(run_dir), "--corruptions", f"generated:{other}", "--attacks", "none"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert re.search(r"error: .*made from 'fashion_mnist'.*trained on 'digits'.*--dataset digits", error)
     assert not RunDir(run_dir).robustness.exists() and not RunDir(run_dir).robustness_dir.exists()
 
 
@@ -302,11 +305,11 @@ def test_a_run_being_trained_or_evaluated_by_another_process_is_refused_naming_i
     assert not FileLock(RunDir(run).lock, "").held(), "the evaluation released the lock"
 
 
-def test_bad_arguments_fail_before_loading(tmp_path):
-    with pytest.raises(ValueError, match="unknown attack"):
-        main([str(tmp_path), "--attacks", "pgd"])
-    with pytest.raises(ValueError, match="corruption spec"):
-        main([str(tmp_path), "--corruptions", "imagenet_c", "--attacks", "none"])
+def test_bad_arguments_fail_before_loading(tmp_path, capsys):
+    for arguments, message in ((["--attacks", "pgd"], "unknown attack"), (["--corruptions", "imagenet_c"], "spec")):
+        with pytest.raises(SystemExit) as stopped:
+            main([str(tmp_path), *arguments])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 def _without_wall_times(report: dict) -> dict:

@@ -29,7 +29,7 @@ def test_rerunning_a_finished_run_with_other_settings_is_an_error(finished):
     assert str(RunDir(run_dir).path) in message and "2 key(s) differ" in message
     assert "model.lr: 0.001 (recorded) != 0.1 (now)" in message
     assert "model.net.init_args.neuron: 'relu' (recorded) != '1arg' (now)" in message
-    assert "--run_dir" in message and "--overwrite" in message
+    assert "--run_dir" in raised.value.fix and "--overwrite true" in raised.value.fix
     assert json.loads(RunDir(run_dir).result.read_text())["test_acc"] == result["test_acc"]
 
 

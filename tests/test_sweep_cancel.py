@@ -111,5 +111,6 @@ def test_a_process_id_that_is_not_a_local_job_is_ended_and_left_alone() -> None:
 
 
 def test_cancel_of_a_directory_that_is_not_a_sweep_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert load_launcher().main(["cancel", str(tmp_path)]) == 2
-    assert "is not a sweep directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        load_launcher().main(["cancel", str(tmp_path)])
+    assert stopped.value.code == 2 and "is not a sweep directory" in capsys.readouterr().err

@@ -164,7 +164,9 @@ def test_status_and_collect_commands(
     assert rows[0]["axis.lr"] == "0.01" and rows[0]["epochs.II_joint"] == "3" and "config" not in rows[0]
     assert [f for f in os.listdir(sweep_dir) if f.endswith(".tmp")] == []
 
-    assert launcher.main(["status", str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        launcher.main(["status", str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2
 
 
 def test_wait_exits_non_zero_and_names_the_runs_that_failed_or_diverged(
@@ -196,7 +198,7 @@ def test_a_backend_registered_outside_the_package_is_a_cluster_choice_that_runs_
     with pytest.raises(SystemExit):
         launcher.main(submit)
     error = capsys.readouterr().err
-    assert "--cluster {slurm,local,debug}" in error and "invalid choice: 'inprocess'" in error
+    assert "invalid choice: 'inprocess' (choose from 'slurm', 'local', 'debug')" in error
 
     @register_backend
     class InProcess(ClusterBackend):
@@ -454,5 +456,6 @@ def test_cancel_through_a_backend_that_cannot_cancel_names_it(
 
     (tmp_path / MANIFEST).write_text(json.dumps({"name": "sweep", "runs": [{"dir": "e/seed=1"}]}))
     record_jobs(tmp_path, "busy", {"e/seed=1": ["7"]})
-    assert load_launcher().main(["cancel", str(tmp_path)]) == 2
-    assert "cluster backend 'busy' cannot cancel jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        load_launcher().main(["cancel", str(tmp_path)])
+    assert stopped.value.code == 2 and "cluster backend 'busy' cannot cancel jobs" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_a_checkpoint_holding_objects_is_not_unpickled(tmp_path):
     marker = tmp_path / "PWNED"
     checkpoint = sweep / TWO_ARG_RUN / "III_frozen" / "checkpoints" / "best.ckpt"
     torch.save({"state_dict": {}, "payload": Payload(str(marker))}, checkpoint)
-    with pytest.raises(ValueError, match=r"best.ckpt holds more than tensors"):
+    with pytest.raises(ValueError, match=r"best.ckpt holds objects other than tensors"):
         load_net(sweep / TWO_ARG_RUN)
     assert not marker.exists()
 

@@ -32,6 +32,7 @@ from lit_dendrite.analysis.robustness_report import robustness_section
 from lit_dendrite.analysis.surfaces import PAPER_GRID, Grid
 from lit_dendrite.analysis.tables import comparison_lines, markdown_table, mean_sd, net_panels
 from lit_dendrite.data.datasets import DATASETS
+from lit_dendrite.errors import MissingFile
 from lit_dendrite.io import write_text_atomic
 from lit_dendrite.runs import RESULT_FILE, SEARCH_DIR, RunDir, RunRecord, find_records
 
@@ -45,21 +46,26 @@ CHANCE_MULTIPLE = 1.5
 
 
 def load_runs(sweep_dir: str | Path) -> list[RunRecord]:
-    """Every run under ``sweep_dir`` that has a record, named by its path in the sweep; an unreadable record is
-    kept as a failed run so that the report lists it. A search's trials (``search/``) are not compared: they trained
-    with other hyperparameters than the final runs."""
+    """Every run under ``sweep_dir`` that has a record, named by its path in the sweep; an unreadable record, and a
+    done one whose numbers cannot be used (:meth:`RunRecord.number_problems`), is kept as a failed run so that the
+    report lists it under Problems. A search's trials (``search/``) are not compared: they trained with other
+    hyperparameters than the final runs."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist; pass the --out of the sweep")
+        raise MissingFile(f"sweep directory {sweep_dir} does not exist; pass the --out of the sweep")
     runs = []
     for path in find_records(sweep_dir):
         name = path.parent.relative_to(sweep_dir).as_posix()
         if name.startswith(f"{SEARCH_DIR}/"):
             continue
         try:
-            runs.append(RunRecord.read(path.parent, name))
+            run = RunRecord.read(path.parent, name)
         except ValueError as error:
-            runs.append(RunRecord(RunDir(path.parent), {"status": "failed", "error": str(error)}, name))
+            run = RunRecord(RunDir(path.parent), {"status": "failed", "error": str(error)}, name)
+        if problems := run.number_problems():
+            error = f"{path.name} is done but {'; '.join(problems)}: left out of every table"
+            run = RunRecord(run.dir, {**run.data, "status": "failed", "error": error}, name)
+        runs.append(run)
     return runs
 
 
@@ -212,7 +218,7 @@ def build_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir)
     if not runs:
-        raise FileNotFoundError(f"no {RESULT_FILE} under {sweep_dir}; run or collect the sweep first")
+        raise MissingFile(f"no {RESULT_FILE} under {sweep_dir}; run or collect the sweep first")
     conditions = summary_table(runs)
     problems = [f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}" for r in runs if not r.done]
     problems += chance_level_problems(runs)

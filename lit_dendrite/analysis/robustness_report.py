@@ -37,6 +37,7 @@ from lit_dendrite.analysis.tables import (
 from lit_dendrite.data.corrupted import CIFAR_C_BENCHMARK, MNIST_C_CORRUPTIONS
 from lit_dendrite.robustness.corruption import corruption_errors, relative_corruption_errors
 from lit_dendrite.robustness.store import REFUSED
+from lit_dendrite.runs import is_number
 
 if TYPE_CHECKING:
     from lit_dendrite.runs import RunRecord
@@ -88,8 +89,11 @@ def robustness_rows(runs: Sequence[RunRecord], problems: list[str]) -> tuple[pd.
             continue
         try:
             robustness = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             problems.append(f"`{run.name}`: unreadable {path.name}: {error}")
+            continue
+        if not isinstance(robustness, dict):
+            problems.append(f"`{run.name}`: {path.name} holds {type(robustness).__name__}, not a JSON object")
             continue
         meta = {
             "condition": run.condition,
@@ -101,7 +105,11 @@ def robustness_rows(runs: Sequence[RunRecord], problems: list[str]) -> tuple[pd.
         }
         section = robustness.get("corruptions") or {}
         clean = (robustness.get("clean") or {}).get("accuracy", run.test_acc)
-        for name, severities in (section.get("accuracy") or {}).items():
+        table = section.get("accuracy") or {}
+        if bad := _bad_corruption_numbers(table):
+            problems.append(f"`{run.name}`: {path.name} corruptions.accuracy{bad}; its corruptions are left out")
+            table = {}
+        for name, severities in table.items():
             for severity, value in severities.items():
                 corruption.append(
                     {
@@ -110,25 +118,59 @@ def robustness_rows(runs: Sequence[RunRecord], problems: list[str]) -> tuple[pd.
                         "corruption": name,
                         "severity": int(severity),
                         "accuracy": float(value),
-                        "clean": float(clean) if clean is not None else np.nan,
+                        "clean": float(clean) if is_number(clean) else np.nan,
                     }
                 )
         for attack, result in (robustness.get("adversarial") or {}).items():
-            if REFUSED in result:
+            if isinstance(result, dict) and REFUSED in result:
                 problems.append(f"`{run.name}`: {attack} refused, left out of its tables: {result[REFUSED]}")
                 continue
-            reported = float((result.get("reported") or {}).get("epsilon", np.nan))
-            for eps, value in zip(result.get("epsilons", []), result.get("robust_accuracy", [])):
+            if bad := _bad_attack_numbers(result):
+                problems.append(f"`{run.name}`: {path.name} adversarial.{attack}{bad}; left out of its tables")
+                continue
+            reported = (result.get("reported") or {}).get("epsilon")
+            for eps, value in zip(result["epsilons"], result["robust_accuracy"]):
                 adversarial.append(
                     {
                         **meta,
                         "attack": attack,
                         "epsilon": float(eps),
                         "robust_accuracy": float(value),
-                        "reported": reported,
+                        "reported": float(reported) if is_number(reported) else np.nan,
                     }
                 )
     return pd.DataFrame(adversarial), pd.DataFrame(corruption)
+
+
+def _bad_corruption_numbers(table: Any) -> str | None:
+    """Where a ``corruptions.accuracy`` table (``{corruption: {severity: accuracy}}``) holds something other than
+    finite numbers (as ``.<corruption>.<severity> is <value>``), or None."""
+    if not isinstance(table, dict):
+        return f" is {table!r}, not a table"
+    for name, severities in table.items():
+        if not isinstance(severities, dict):
+            return f".{name} is {severities!r}, not a table of severities"
+        for severity, value in severities.items():
+            if not str(severity).isdigit() or not is_number(value):
+                return f".{name}.{severity} is {value!r}, not a finite number"
+    return None
+
+
+def _bad_attack_numbers(result: Any) -> str | None:
+    """Where an attack's result lacks finite ``epsilons`` and ``robust_accuracy`` of equal length (as
+    ``.<field>[i] is <value>``), or None."""
+    if not isinstance(result, dict):
+        return f" is {result!r}, not a result"
+    for key in ("epsilons", "robust_accuracy"):
+        values = result.get(key)
+        if not isinstance(values, list) or not values:
+            return f".{key} is {values!r}, not a list of numbers"
+        for index, value in enumerate(values):
+            if not is_number(value):
+                return f".{key}[{index}] is {value!r}, not a finite number"
+    if len(result["epsilons"]) != len(result["robust_accuracy"]):
+        return ".robust_accuracy does not have one value per epsilon"
+    return None
 
 
 def table_one(adversarial: pd.DataFrame, attack: str) -> pd.DataFrame:

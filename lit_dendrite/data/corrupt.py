@@ -42,12 +42,14 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from lit_dendrite.commandline import argument_parser, positive_int
+from lit_dendrite.commandline import argument_parser, directory, positive_int
 from lit_dendrite.data.corrupted import LABELS_FILE, METADATA_FILE, SEVERITIES, read_metadata
+from lit_dendrite.errors import DataError, MissingFile, run_command
 from lit_dendrite.io import atomic_path, write_json_atomic
 
 CORRUPTIONS = tuple(get_corruption_names("all"))
 MIN_SIDE = 32
+COMMAND = "python -m lit_dendrite.data.corrupt"
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _OWN_SEED = ("glass_blur", "impulse_noise")
 
@@ -97,16 +99,16 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 def _check_inputs(images: np.ndarray, labels: np.ndarray, num_classes: int, corruptions: Sequence[str]) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3) or not len(images):
-        raise ValueError(f"expected uint8 images (N, H, W, 1 or 3) with N > 0, found {images.dtype} {images.shape}")
+        raise DataError(f"expected uint8 images (N, H, W, 1 or 3) with N > 0, found {images.dtype} {images.shape}")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"expected {len(images)} integer labels of shape (N,), found {labels.dtype} {labels.shape}")
+        raise DataError(f"expected {len(images)} integer labels of shape (N,), found {labels.dtype} {labels.shape}")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"expected labels in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+        raise DataError(f"expected labels in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
     if unknown or not corruptions:
-        raise ValueError(f"unknown corruptions {unknown}; valid: {', '.join(CORRUPTIONS)}")
+        raise DataError(f"unknown corruptions {unknown}; valid: {', '.join(CORRUPTIONS)}")
     if images.shape[3] == 1 and "saturate" in corruptions:
-        raise ValueError("saturate leaves grayscale images unchanged at severities 1-3; leave it out for gray images")
+        raise DataError("saturate leaves grayscale images unchanged at severities 1-3; leave it out for gray images")
 
 
 def default_corruptions(images: np.ndarray) -> tuple[str, ...]:
@@ -177,10 +179,15 @@ def _resumable(out: Path, metadata: dict) -> list[str]:
     path = out / METADATA_FILE
     if not path.is_file():
         return []
-    previous = json.loads(path.read_text())
+    try:
+        previous = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})", f"choose another --out or delete {out}") from None
+    if not isinstance(previous, dict):
+        raise DataError(f"{path}: holds {type(previous).__name__}, not a set's metadata", f"delete {out}")
     differing = [k for k in metadata if k != "corruptions" and previous.get(k) != metadata[k]]
     if differing:
-        raise ValueError(
+        raise DataError(
             f"{out} already holds a corrupted set made with other {differing}; choose another --out or delete {out}"
         )
     return [c for c in previous.get("corruptions", []) if (out / f"{c}.npy").is_file()]
@@ -192,7 +199,7 @@ def load_source_images(dataset: str, root: str | Path, size: int | None = None) 
     if kind == "imagefolder":
         return _load_image_folder(Path(folder), size)
     if size is not None:
-        raise ValueError("--size applies to imagefolder:PATH only; named data sets keep their own size")
+        raise DataError("--size applies to imagefolder:PATH only; named data sets keep their own size")
     from lit_dendrite.data.datasets import dataset_spec, load_arrays
 
     num_classes = dataset_spec(dataset).num_classes
@@ -206,17 +213,17 @@ def _load_image_folder(folder: Path, size: int | None) -> tuple[np.ndarray, np.n
     from torchvision.transforms import v2
 
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a directory; pass imagefolder:PATH with PATH/<class>/<image> files")
+        raise MissingFile(f"{folder}: not a directory; pass imagefolder:PATH with PATH/<class>/<image> files")
     steps = [v2.PILToTensor()] + ([v2.Resize(size), v2.CenterCrop(size)] if size else [])
     try:
         data = ImageFolder(str(folder), transform=v2.Compose(steps))
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{folder}: no images in class folders ({error})") from error
+        raise MissingFile(f"{folder}: no images in class folders ({error})") from error
     tensors = []
     for index, (path, _) in enumerate(data.samples):
         tensor = data[index][0]
         if tensors and tensor.shape != tensors[0].shape:
-            raise ValueError(
+            raise DataError(
                 f"{path}: size {tuple(tensor.shape[1:])} differs from {data.samples[0][0]}'s "
                 f"{tuple(tensors[0].shape[1:])}; pass --size S to resize and centre-crop all images to S x S"
             )
@@ -226,11 +233,17 @@ def _load_image_folder(folder: Path, size: int | None) -> tuple[np.ndarray, np.n
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command-line entry point; returns the output directory."""
-    parser = argument_parser("python -m lit_dendrite.data.corrupt", __doc__.split("\n")[0])
+    """Command-line entry point; returns the output directory (a bad input: a short error, see
+    :func:`lit_dendrite.errors.run_command`)."""
+    return run_command(lambda: generate(argv), COMMAND)
+
+
+def generate(argv: Sequence[str] | None) -> Path:
+    """Parse the arguments and write the corrupted set."""
+    parser = argument_parser(COMMAND, __doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="digits|mnist|fashion_mnist|cifar10|cifar100|imagefolder:PATH")
     parser.add_argument("--root", default="data", help="folder holding the clean data sets (default: data)")
-    parser.add_argument("--out", required=True, help="output directory of the corrupted set")
+    parser.add_argument("--out", type=directory, required=True, help="output directory of the corrupted set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--corruptions", nargs="+", choices=CORRUPTIONS, metavar="NAME", help="default: all (without saturate if gray)"

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_dendrite.data.datasets import DATASETS, dataset_spec
+from lit_dendrite.errors import DataError, MissingFile
 
 CIFAR_C_BENCHMARK = (
     "gaussian_noise",
@@ -127,7 +128,7 @@ class CorruptedSource:
             else f"generate one with `python -m lit_dendrite.data.corrupt --dataset {dataset} --out DIR` and use "
             "--corruptions generated:DIR"
         )
-        raise ValueError(
+        raise DataError(
             f"{self.directory} ({self.kind}) was made from {self.made_from!r}: images {self.image_shape}, "
             f"{self.num_classes} classes; the run was trained on {dataset!r}: images {(height, width, channels)}, "
             f"{spec.num_classes} classes. Evaluate a run on a corrupted set of its own data set: {fix}"
@@ -144,14 +145,20 @@ def read_metadata(directory: str | Path) -> dict:
     """The metadata of a set written by `lit_dendrite.data.corrupt`, checked for the keys the reader needs."""
     path = Path(directory) / METADATA_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{path}: missing; {directory} is not a generated corrupted set. "
             f"Create one with `python -m lit_dendrite.data.corrupt --dataset NAME --root DIR --out {directory}`."
         )
-    metadata = json.loads(path.read_text())
+    regenerate = f"regenerate the set: python -m lit_dendrite.data.corrupt --dataset NAME --out {directory}"
+    try:
+        metadata = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error})", regenerate) from None
+    if not isinstance(metadata, dict):
+        raise DataError(f"{path}: holds {type(metadata).__name__}, not the set's metadata (a JSON object)", regenerate)
     missing = [key for key in METADATA_KEYS if key not in metadata]
     if missing:
-        raise ValueError(f"{path}: expected keys {list(METADATA_KEYS)}, missing {missing}; regenerate the set.")
+        raise DataError(f"{path}: expected keys {list(METADATA_KEYS)}, missing {missing}; regenerate the set.")
     return metadata
 
 
@@ -188,12 +195,13 @@ def open_source(kind: str, root: str | Path) -> CorruptedSource:
             made_from=metadata["dataset"],
         )
     else:
-        raise ValueError(f"unknown corrupted set kind {kind!r}; expected one of {list(KINDS)}")
+        raise DataError(f"unknown corrupted set kind {kind!r}; expected one of {list(KINDS)}")
     if not source.directory.is_dir():
         release = RELEASES[kind]
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{source.directory}: missing; download {release.filename} from {release.record} and extract it under "
-            f"{root}, or run `python launch/sweep.py fetch-data {kind} --root {root}` (which checks its md5)."
+            f"{root}",
+            f"or run `python launch/sweep.py fetch-data {kind} --root {root}`, which checks its md5",
         )
     return replace(source, made_from=RELEASED_FROM[kind])
 
@@ -203,10 +211,10 @@ def parse_spec(spec: str, root: str | Path = "data") -> tuple[str, Path]:
     kind, _, directory = spec.partition(":")
     if kind == "generated":
         if not directory:
-            raise ValueError(f"corruption spec {spec!r}: write generated:DIR with the generated set's directory")
+            raise DataError(f"corruption spec {spec!r}: write generated:DIR with the generated set's directory")
         return kind, Path(directory)
     if directory or kind not in KINDS:
-        raise ValueError(
+        raise DataError(
             f"unknown corruption spec {spec!r}; expected one of cifar10_c, cifar100_c, mnist_c, generated:DIR"
         )
     return kind, Path(root)
@@ -214,24 +222,24 @@ def parse_spec(spec: str, root: str | Path = "data") -> tuple[str, Path]:
 
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing file; the corrupted set is incomplete (re-extract or regenerate it)")
+        raise MissingFile(f"{path}: missing file; the corrupted set is incomplete (re-extract or regenerate it)")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
-        raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+        raise DataError(f"{path}: not a readable .npy array ({error})") from error
 
 
 def _check_images(path: Path, images: np.ndarray, source: CorruptedSource) -> None:
     allowed = [np.dtype(np.uint8), *_FLOAT_DTYPES] if source.kind == "mnist_c" else [np.dtype(np.uint8)]
     if images.dtype not in allowed:
-        raise ValueError(f"{path}: expected dtype {' or '.join(map(str, allowed))}, found {images.dtype}")
+        raise DataError(f"{path}: expected dtype {' or '.join(map(str, allowed))}, found {images.dtype}")
     if images.ndim != 4 or tuple(images.shape[1:]) != source.image_shape:
-        raise ValueError(f"{path}: expected shape (N, {', '.join(map(str, source.image_shape))}), found {images.shape}")
+        raise DataError(f"{path}: expected shape (N, {', '.join(map(str, source.image_shape))}), found {images.shape}")
     blocks = len(source.severities)
     if len(images) % blocks:
-        raise ValueError(f"{path}: expected {blocks} severity blocks of equal size, found {len(images)} images")
+        raise DataError(f"{path}: expected {blocks} severity blocks of equal size, found {len(images)} images")
     if source.images_per_severity is not None and len(images) != blocks * source.images_per_severity:
-        raise ValueError(
+        raise DataError(
             f"{path}: expected {blocks * source.images_per_severity} images "
             f"({blocks} severities x {source.images_per_severity} as {METADATA_FILE} says), found {len(images)}"
         )
@@ -240,19 +248,19 @@ def _check_images(path: Path, images: np.ndarray, source: CorruptedSource) -> No
         low, high = float(sample.min()), float(sample.max())
         if low < 0 or high > 255 or high <= 1:
             hint = "; the file looks scaled to [0, 1], multiply it by 255" if low >= 0 and high <= 1 else ""
-            raise ValueError(f"{path}: expected pixel values on 0..255, found values in [{low:g}, {high:g}]{hint}")
+            raise DataError(f"{path}: expected pixel values on 0..255, found values in [{low:g}, {high:g}]{hint}")
 
 
 def _check_labels(path: Path, labels: np.ndarray, num_images: int, images_path: Path, num_classes: int) -> np.ndarray:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: expected integer labels of shape (N,), found {labels.dtype} {labels.shape}")
+        raise DataError(f"{path}: expected integer labels of shape (N,), found {labels.dtype} {labels.shape}")
     if len(labels) != num_images:
-        raise ValueError(f"{path}: expected {num_images} labels, one per image of {images_path}, found {len(labels)}")
+        raise DataError(f"{path}: expected {num_images} labels, one per image of {images_path}, found {len(labels)}")
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: expected labels in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+        raise DataError(f"{path}: expected labels in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
     return labels
 
 
@@ -315,13 +323,13 @@ def load_corrupted(
 def _check_names(source: CorruptedSource, corruptions: Sequence[str]) -> None:
     unknown = [c for c in corruptions if c not in source.corruptions]
     if unknown or not corruptions:
-        raise ValueError(f"unknown corruptions {unknown} for {source.kind}; valid: {', '.join(source.corruptions)}")
+        raise DataError(f"unknown corruptions {unknown} for {source.kind}; valid: {', '.join(source.corruptions)}")
 
 
 def _check_severities(source: CorruptedSource, severities: Sequence[int]) -> None:
     unknown = [s for s in severities if s not in source.severities]
     if unknown or not severities:
-        raise ValueError(f"severities {list(severities)} not in {source.kind}; valid: {list(source.severities)}")
+        raise DataError(f"severities {list(severities)} not in {source.kind}; valid: {list(source.severities)}")
 
 
 class CorruptedDataModule(L.LightningDataModule):
@@ -340,7 +348,7 @@ class CorruptedDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or (n is not None and n < 1):
-            raise ValueError(f"need batch_size >= 1, num_workers >= 0, n >= 1; got {batch_size}, {num_workers}, {n}")
+            raise DataError(f"need batch_size >= 1, num_workers >= 0, n >= 1; got {batch_size}, {num_workers}, {n}")
         self.source = open_source(kind, root)
         self.corruptions = tuple(self.source.default_corruptions if corruptions is None else corruptions)
         _check_names(self.source, self.corruptions)
@@ -361,7 +369,7 @@ class CorruptedDataModule(L.LightningDataModule):
         if self.datasets is None:
             missing = [str(f) for c in self.corruptions for f in self.source.files(c) if not f.is_file()]
             if missing:
-                raise FileNotFoundError(
+                raise MissingFile(
                     f"{len(missing)} missing files of {self.source.kind}: {', '.join(dict.fromkeys(missing))}; "
                     "the set is incomplete (re-extract or regenerate it) or choose other corruptions"
                 )
@@ -382,7 +390,7 @@ def accuracy_table(
 ) -> dict[str, dict[int, float]]:
     """Turn `trainer.test` results (one dict per dataloader, in `names` order) into {corruption: {severity: value}}."""
     if len(results) != len(names):
-        raise ValueError(f"got {len(results)} result dicts for {len(names)} dataloaders; pass the module's `.names`")
+        raise DataError(f"got {len(results)} result dicts for {len(names)} dataloaders; pass the module's `.names`")
     table: dict[str, dict[int, float]] = {}
     for index, (result, name) in enumerate(zip(results, names)):
         keys = (f"{metric}/dataloader_idx_{index}", metric)
@@ -392,6 +400,6 @@ def accuracy_table(
         corruption, _, severity = name.rpartition("/")
         value = float(result[key])
         if not math.isfinite(value):
-            raise ValueError(f"{metric} of {name} is {value}")
+            raise DataError(f"{metric} of {name} is {value}")
         table.setdefault(corruption, {})[int(severity)] = value
     return table

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from lit_dendrite.data.datasets import check_available, dataset_spec, load_arrays
 from lit_dendrite.data.shuffle import EpochShuffle
+from lit_dendrite.errors import ConfigError
 
 
 class ImageArrayDataset(Dataset):
@@ -20,7 +21,7 @@ class ImageArrayDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
-            raise ValueError(
+            raise ConfigError(
                 f"expected uint8 images (N, C, H, W) and N labels, got {images.dtype} {tuple(images.shape)} "
                 f"and {len(labels)} labels"
             )
@@ -48,7 +49,7 @@ def augmentation(name: str | None, in_shape: tuple[int, int, int]) -> v2.Transfo
     if name is None:
         return None
     if name not in AUGMENTATIONS:
-        raise ValueError(f"data.augment must be null (none) or one of {list(AUGMENTATIONS)}, got {name!r}")
+        raise ConfigError(f"data.augment must be null (none) or one of {list(AUGMENTATIONS)}, got {name!r}")
     return v2.Compose([v2.RandomCrop(list(in_shape[1:]), padding=4), v2.RandomHorizontalFlip()])
 
 
@@ -113,11 +114,11 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.val_fraction = self.spec.val_fraction if val_fraction is None else val_fraction
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.split_seed = split_seed
         self.num_workers = num_workers
         self.augment = augment
@@ -152,14 +153,14 @@ class ImageDataModule(L.LightningDataModule):
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         n_val = round(self.val_fraction * len(labels))
         if n_val < 1 or n_val >= len(labels):
-            raise ValueError(f"val_fraction {self.val_fraction} leaves no train or no val images of {len(labels)}")
+            raise ConfigError(f"val_fraction {self.val_fraction} leaves no train or no val images of {len(labels)}")
         val, train = order[:n_val], order[n_val:]
         self.splits["train"] = ImageArrayDataset(images[train], labels[train])
         self.splits["val"] = ImageArrayDataset(images[val], labels[val])
         self.splits["test"] = ImageArrayDataset(*to_tensors(*load_arrays(self.dataset, self.root, train=False)))
         found = tuple(self.splits["test"].images.shape[1:])
         if found != self.in_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"data set {self.dataset!r} under {self.root} has images {found}, expected {self.in_shape}"
             )
 

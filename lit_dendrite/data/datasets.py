@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_dendrite.errors import DataError, MissingFile, UntrustedInput
+
 NET_ARGS = ("in_shape", "num_classes", "mean", "std")
 """The arguments of an outer net that its data set determines (fields of :class:`DatasetSpec`): training sets them
 from ``data.dataset``, so an experiment config never states them."""
@@ -109,7 +111,7 @@ def dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
 
 
 def load_arrays(name: str, root: str | Path, train: bool, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +172,7 @@ def _load_mnist_like(name: str, root: Path, train: bool, download: bool) -> tupl
     count, *_ = _idx_shape(images_file, ndim=3)
     (labels_count,) = _idx_shape(labels_file, ndim=1)
     if labels_count != count:
-        raise ValueError(
+        raise DataError(
             f"{labels_file}: {labels_count} labels for the {count} images of {images_file}; the two files come from "
             f"different downloads: delete both and fetch them again with --data.download true"
         )
@@ -192,19 +194,19 @@ def _idx_shape(path: Path, ndim: int) -> tuple[int, ...]:
     with open(path, "rb") as handle:
         header = handle.read(header_size)
     if len(header) < header_size:
-        raise ValueError(
+        raise DataError(
             f"{path}: empty or truncated idx file: expected at least {header_size} bytes (its header), found {size}; "
             f"{fix}"
         )
     if header[:4] != bytes([0, 0, IDX_UNSIGNED_BYTE, ndim]):
-        raise ValueError(
+        raise DataError(
             f"{path}: not an idx file of unsigned bytes with {ndim} dimension(s) (header {header[:4].hex()}, expected "
             f"0000{IDX_UNSIGNED_BYTE:02x}{ndim:02x}); {fix}"
         )
     shape = struct.unpack(f">{ndim}I", header[4:])
     expected = header_size + math.prod(shape)
     if size != expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: truncated or corrupt idx file: expected {expected} bytes (header and {shape} bytes), "
             f"found {size}; {fix}"
         )
@@ -215,7 +217,7 @@ def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> np.ndarra
     """``labels`` as int64, or a ValueError naming the file when one lies outside 0..num_classes-1."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
+        raise DataError(
             f"{path}: expected labels in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}; "
             "the file is corrupt or belongs to another data set: delete it and fetch it again with --data.download true"
         )
@@ -234,12 +236,17 @@ def _load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.
     images, labels = [], []
     for file in files:
         batch = _read_cifar_batch(file)
+        if "data" not in batch or label_key not in batch:
+            raise DataError(
+                f"{file}: a CIFAR batch needs the keys 'data' and {label_key!r}, found {sorted(map(str, batch))}",
+                f"delete {file} and fetch the data set again (--data.download true)",
+            )
         data = np.asarray(batch["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{file}: expected 'data' of shape (N, 3072), found {data.shape}")
+            raise DataError(f"{file}: expected 'data' of shape (N, 3072), found {data.shape}")
         file_labels = _check_labels(file, batch[label_key], num_classes)
         if len(file_labels) != len(data):
-            raise ValueError(f"{file}: {len(file_labels)} labels for {len(data)} images; delete it and fetch it again")
+            raise DataError(f"{file}: {len(file_labels)} labels for {len(data)} images; delete it and fetch it again")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(file_labels)
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
@@ -267,17 +274,26 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(file: Path) -> dict[str, object]:
-    with open(file, "rb") as handle:
-        batch = _CifarUnpickler(handle, encoding="latin1").load()
+    try:
+        with open(file, "rb") as handle:
+            batch = _CifarUnpickler(handle, encoding="latin1").load()
+    except pickle.UnpicklingError as error:
+        raise UntrustedInput(f"{file}: {error}", f"delete {file} and fetch the data set again") from None
+    except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DataError(
+            f"{file}: not a readable CIFAR batch ({type(error).__name__}: {error})",
+            f"delete {file} and fetch the data set again (--data.download true)",
+        ) from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{file}: expected a pickled dict (CIFAR python format), found {type(batch).__name__}")
+        raise DataError(f"{file}: expected a pickled dict (CIFAR python format), found {type(batch).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
 def _require_files(name: str, root: Path, files: list[Path]) -> None:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"data set {name!r} not found under {root.resolve()}: missing {', '.join(missing)}. "
-            f"Point --data.root at the folder that holds it, or pass --data.download true to fetch it."
+            "Point the data root (train.py: --data.root, the corruption generator: --root) at the folder that holds "
+            "it, or fetch it with train.py's --data.download true."
         )

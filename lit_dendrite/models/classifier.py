@@ -11,6 +11,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from lit_dendrite.errors import ConfigError
+
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss; the run stops with status ``diverged`` and is not retried."""
@@ -25,13 +27,13 @@ class Classifier(L.LightningModule):
     def __init__(self, net: nn.Module, lr: float = 1e-3) -> None:
         super().__init__()
         if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"model.lr must be a finite number > 0 (the paper's is 1e-3), got {lr}")
+            raise ConfigError(f"model.lr must be a finite number > 0 (the paper's is 1e-3), got {lr}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.lr = lr
         num_classes = getattr(net, "num_classes", None)
         if num_classes is None:
-            raise ValueError(f"net {type(net).__name__} must expose num_classes")
+            raise ConfigError(f"net {type(net).__name__} must expose num_classes")
         self.accuracy = nn.ModuleDict(
             {f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro") for stage in ("train", "val")}
         )
@@ -44,7 +46,7 @@ class Classifier(L.LightningModule):
     def freeze_inner(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a trained inner net and freeze it (session III)."""
         if self.inner is None:
-            raise ValueError("this network has no inner net to freeze")
+            raise ConfigError("this network has no inner net to freeze")
         self.inner.load_state_dict(state_dict)
         self.inner.requires_grad_(False)
 

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_dendrite.errors import MissingFile, RecordError
 from lit_dendrite.nn.nets import NETS
-from lit_dendrite.runs import RunDir, RunRecord, UntrustedRecord
+from lit_dendrite.runs import SESSIONS, RunDir, RunRecord, UntrustedRecord
 
 PLAIN_VALUES = (str, int, float, bool, type(None))
 
@@ -53,6 +54,38 @@ def build_net(net_config: dict[str, Any]) -> nn.Module:
     return allowed[class_path](**init_args)
 
 
+def load_checkpoint(path: Path, fix: str | None = None) -> dict[str, Any]:
+    """A checkpoint's contents read with ``weights_only=True`` (tensors and plain values); a :class:`RecordError`
+    naming the file, with ``fix``, when it is damaged, truncated or holds objects (never torch's advice to unpickle
+    them)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UntrustedRecord(
+            f"{path} holds objects other than tensors and plain values; refusing to unpickle it", fix
+        ) from None
+    except FileNotFoundError:
+        raise MissingFile(f"{path} is missing", fix) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RecordError(f"{path} cannot be read: it is damaged or truncated ({reason})", fix) from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path} holds a {type(data).__name__}, not a checkpoint (a dict of tensors)", fix)
+    return data
+
+
+def retrain_advice(run_dir: RunDir, session: str) -> str:
+    """How to train a run's session (and the sessions after it) again, its other sessions kept."""
+    later = SESSIONS[SESSIONS.index(session) :] if session in SESSIONS else (session,)
+    remove = [run_dir.path / name for name in later if (run_dir.path / name).exists()] or [run_dir.path / session]
+    if run_dir.result.exists():
+        remove.insert(0, run_dir.result)
+    return (
+        f"retrain the session: remove {' and '.join(map(str, remove))}, then run the run's training command again "
+        "(or train the whole run afresh into another --run_dir)"
+    )
+
+
 def load_result(run_dir: str | Path) -> RunRecord:
     """A run's record, with a clear error when the run has not finished."""
     return RunRecord.read(RunDir(Path(run_dir)))
@@ -67,9 +100,11 @@ def load_net(run_dir: str | Path, checkpoint: str | Path | None = None) -> nn.Mo
     except UntrustedRecord as error:
         raise UntrustedRecord(f"{record.dir.result}: {error}") from None
     path = record.dir.path / checkpoint if checkpoint is not None else record.best_checkpoint
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except pickle.UnpicklingError as error:
-        raise UntrustedRecord(f"{path} holds more than tensors; refusing to unpickle it ({error})") from None
+    session = record.dir.relative(path).split("/")[0]
+    state = load_checkpoint(path, retrain_advice(record.dir, session)).get("state_dict")
+    if not isinstance(state, dict):
+        raise RecordError(
+            f"{path} holds no state_dict: it is not a training checkpoint", retrain_advice(record.dir, session)
+        )
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     return net.eval()

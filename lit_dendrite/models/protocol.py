@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lit_dendrite.errors import ConfigError, RecordError
 from lit_dendrite.io import atomic_path, write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.console import (
@@ -35,8 +36,9 @@ from lit_dendrite.models.console import (
     seconds_text,
 )
 from lit_dendrite.models.frozen_table import FrozenInnerTables
+from lit_dendrite.models.loading import load_checkpoint, retrain_advice
 from lit_dendrite.models.pretrain import InnerPretrain
-from lit_dendrite.models.resume import BatchSeed, WallClock, resume_point, with_atomic_checkpoints
+from lit_dendrite.models.resume import BatchSeed, ConfigIdentity, WallClock, resume_point, with_atomic_checkpoints
 from lit_dendrite.models.tensorboard_layout import LAYOUT
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner_check import PATHS, device_description
@@ -70,22 +72,22 @@ class Protocol:
     def __post_init__(self) -> None:
         unknown = set(self.sessions) - {PRETRAIN, JOINT, FROZEN}
         if unknown or JOINT not in self.sessions:
-            raise ValueError(
+            raise ConfigError(
                 f"protocol.sessions must contain {JOINT!r} and only {[PRETRAIN, JOINT, FROZEN]}, "
                 f"got {list(self.sessions)}"
             )
         if self.pretrain_epochs < 0 or self.patience < 1:
-            raise ValueError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
+            raise ConfigError("protocol.pretrain_epochs must be >= 0 and protocol.patience >= 1")
         if not (math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0):
-            raise ValueError(f"protocol.pretrain_lr must be a finite number > 0, got {self.pretrain_lr}")
+            raise ConfigError(f"protocol.pretrain_lr must be a finite number > 0, got {self.pretrain_lr}")
         if self.pretrain_batch_size < 1:
-            raise ValueError(f"protocol.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size}")
+            raise ConfigError(f"protocol.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size}")
         if self.pretrain_target is not None and not 0 < self.pretrain_target <= 1:
-            raise ValueError(f"protocol.pretrain_target must lie in (0, 1] or be null, got {self.pretrain_target}")
+            raise ConfigError(f"protocol.pretrain_target must lie in (0, 1] or be null, got {self.pretrain_target}")
         for key in ("joint_epochs", "frozen_epochs"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise ValueError(f"protocol.{key} must be a positive number of epochs or null, got {value}")
+                raise ConfigError(f"protocol.{key} must be a positive number of epochs or null, got {value}")
 
     def fixed_epochs(self, session: str) -> int | None:
         """The fixed number of epochs of session II or III, or None where it stops early."""
@@ -102,19 +104,19 @@ def check_trainer_options(options: Mapping[str, Any]) -> None:
     for key in TRAINER_LIMITS:
         value = options.get(key)
         if value is not None and (value == 0 or (key.startswith("max_") and value < -1)):
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.{key} is {value}: every session needs at least 1 training epoch, step and validation batch "
                 f"to keep and test a best checkpoint; set --trainer.{key} to at least 1"
                 + (" (or -1 for no limit)" if key.startswith("max_") else "")
             )
     every, epochs = options.get("check_val_every_n_epoch"), options.get("max_epochs")
     if every is not None and epochs is not None and 0 < epochs < every:
-        raise ValueError(
+        raise ConfigError(
             f"trainer.check_val_every_n_epoch is {every} but trainer.max_epochs is {epochs}: no session would validate "
             "and keep a best checkpoint; set --trainer.check_val_every_n_epoch to at most the epochs"
         )
     if options.get("fast_dev_run"):
-        raise ValueError(
+        raise ConfigError(
             "trainer.fast_dev_run saves no checkpoints, which the protocol tests and passes between sessions; "
             "for a quick run add --config configs/quick.yaml after the experiment's config"
         )
@@ -132,11 +134,11 @@ SHARED_PREFIX = "net.inner."
 
 def inner_state_from_checkpoint(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The shared module's (inner net's) weights in a Classifier checkpoint (loaded with ``weights_only=True``)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_checkpoint(checkpoint).get("state_dict") or {}
     prefix = SHARED_PREFIX
     inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not inner:
-        raise ValueError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
+        raise RecordError(f"{checkpoint} holds no inner-net weights ({prefix}*)")
     return inner
 
 
@@ -154,7 +156,8 @@ def last_checkpoint(session: SessionDir) -> ModelCheckpoint:
 
 class RunProtocol:
     """Runs the sessions of one experiment into ``run_dir``; ``build_model()`` gives a fresh Classifier and
-    ``hparams`` describe the condition in TensorBoard's HParams tab (with each session's final metrics)."""
+    ``hparams`` describe the condition in TensorBoard's HParams tab (with each session's final metrics);
+    ``config_hash`` is written into every checkpoint (:class:`~lit_dendrite.models.resume.ConfigIdentity`)."""
 
     def __init__(
         self,
@@ -166,6 +169,7 @@ class RunProtocol:
         seed: int,
         callbacks: Callable[[], list[Callback]] = list,
         hparams: dict[str, Any] | None = None,
+        config_hash: str | None = None,
     ) -> None:
         self.build_model = build_model
         self.datamodule = datamodule
@@ -177,6 +181,7 @@ class RunProtocol:
         self.hparams = hparams or {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.layout_written = False
+        self.identity = [ConfigIdentity(config_hash)] if config_hash is not None else []
 
     def _trainer(self, session: SessionDir, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
         """A Trainer logging to the session's directory; the run's first one also writes TensorBoard's layout."""
@@ -189,7 +194,9 @@ class RunProtocol:
         kwargs = {**self.trainer_kwargs, **overrides}
         kwargs["plugins"] = with_atomic_checkpoints(kwargs.get("plugins"))
         callbacks = progress_callbacks(
-            kwargs.get("enable_progress_bar"), [*callbacks, *self.callbacks()], SESSION_TITLES[session.name]
+            kwargs.get("enable_progress_bar"),
+            [*callbacks, *self.identity, *self.callbacks()],
+            SESSION_TITLES[session.name],
         )
         kwargs["enable_progress_bar"] = any(isinstance(c, ProgressBar) for c in callbacks)
         return L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(session.path), **kwargs)
@@ -353,10 +360,10 @@ class RunProtocol:
         with quiet_lightning():
             if spec is not None and spec.pretrain is not None and PRETRAIN in self.protocol.sessions:
                 sessions[PRETRAIN] = self.pretrain(spec)
-                inner_state = torch.load(self.run_dir.pretrained_inner, map_location="cpu", weights_only=True)
+                inner_state = load_checkpoint(self.run_dir.pretrained_inner, retrain_advice(self.run_dir, PRETRAIN))
             sessions[JOINT] = self.train(JOINT, inner_state, freeze=False, spec=spec)
             if spec is not None and spec.freeze and FROZEN in self.protocol.sessions:
-                best_inner = torch.load(self.run_dir.best_inner, map_location="cpu", weights_only=True)
+                best_inner = load_checkpoint(self.run_dir.best_inner, retrain_advice(self.run_dir, JOINT))
                 sessions[FROZEN] = self.train(FROZEN, best_inner, freeze=True, spec=spec)
         return sessions
 

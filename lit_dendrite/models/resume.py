@@ -2,13 +2,17 @@
 
 - Checkpoints are written atomically on the run directory's own file system (a temporary file beside the target,
   flushed to disk, then renamed over it), so a job killed while writing leaves the previous checkpoint intact.
-- The resume point is the session's last checkpoint; one that cannot be read (a file damaged outside this code) is
-  named, set aside as ``<name>.corrupt-<time>``, and the session resumes from its best checkpoint (an earlier epoch)
-  or, failing that, restarts from its beginning, saying so.
+- The resume point is the session's last checkpoint; one that cannot be read (a file damaged outside this code, or
+  one holding objects that a weights-only load refuses, which Lightning would unpickle) is named, set aside as
+  ``<name>.corrupt-<time>``, and the session resumes from its best checkpoint (an earlier epoch) or, failing that,
+  restarts from its beginning, saying so.
 - Random numbers are reseeded before every training batch from (run seed, session, epoch, batch), and the
   training data are shuffled per epoch from a seed and the epoch (:class:`~lit_dendrite.data.shuffle.EpochShuffle`),
   so an epoch's order and dropout do not depend on whether the process ran the epochs before it: a resumed run
   is bit-identical to an uninterrupted one on the CPU (on a GPU, up to its nondeterministic kernels).
+- Every checkpoint carries the hash of the run's configuration (:class:`ConfigIdentity`), so that a run directory
+  whose ``config.json`` was damaged or deleted is still known by its checkpoints and never resumed under another
+  configuration.
 - Each session's wall time is carried in its checkpoints, so a resumed session reports the time of all its
   processes (an epoch cut short by the interruption is not counted).
 """
@@ -25,8 +29,13 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
+from lit_dendrite.errors import RecordError
 from lit_dendrite.io import atomic_path
-from lit_dendrite.runs import SessionDir, set_aside
+from lit_dendrite.models.loading import load_checkpoint
+from lit_dendrite.runs import CHECKPOINT_DIR, CHECKPOINT_SUFFIX, RunDir, SessionDir, set_aside
+
+CONFIG_HASH_KEY = "lit_dendrite_config_hash"
+"""The key of a checkpoint holding the configuration hash of the run that wrote it."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -46,13 +55,20 @@ def with_atomic_checkpoints(plugins: Any) -> list[Any]:
 
 
 def unreadable(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` cannot be read (a torch zip archive whose members all check out), or None."""
+    """Why the checkpoint at ``path`` cannot be read, or None: it must be a torch zip archive whose members all check
+    out and that loads with ``weights_only=True`` (Lightning's own resume would unpickle whatever it holds)."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         return f"{type(error).__name__}: {error}"
-    return f"member {bad} is damaged" if bad is not None else None
+    if bad is not None:
+        return f"member {bad} is damaged"
+    try:
+        load_checkpoint(path)
+    except RecordError as error:
+        return str(error).removeprefix(f"{path} ")
+    return None
 
 
 def resume_point(session: SessionDir, echo: Any = print) -> Path | None:
@@ -74,6 +90,28 @@ def resume_point(session: SessionDir, echo: Any = print) -> Path | None:
     if set_aside_any:
         echo(f"[lit_dendrite] session {session.name} restarts from its beginning (no readable checkpoint left)")
     return None
+
+
+class ConfigIdentity(Callback):
+    """Writes the run's configuration hash into every checkpoint (see the module)."""
+
+    def __init__(self, config_hash: str) -> None:
+        self.config_hash = config_hash
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_HASH_KEY] = self.config_hash
+
+
+def checkpoint_config_hashes(run_dir: RunDir) -> dict[Path, str | None]:
+    """The configuration hash each readable checkpoint of the run directory carries (None: a checkpoint written
+    before checkpoints carried one); unreadable checkpoints are left out."""
+    hashes = {}
+    for path in sorted(run_dir.path.glob(f"*/{CHECKPOINT_DIR}/*{CHECKPOINT_SUFFIX}")):
+        try:
+            hashes[path] = load_checkpoint(path).get(CONFIG_HASH_KEY)
+        except RecordError:
+            continue
+    return hashes
 
 
 def batch_seed(seed: int, session: int, epoch: int, batch: int) -> int:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.inner import InnerNet, smooth_random_function
 from lit_dendrite.nn.neurons import (
     LAYER_NORM_EPS,
@@ -40,7 +41,7 @@ def cell_type_blocks(units: int, types: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of each type's units in a layer of ``units`` units: unit u has type ``floor(u * types /
     units)``, so type k starts at ``ceil(k * units / types)``."""
     if units < 1 or types < 1:
-        raise ValueError(f"cell types need units >= 1 and types >= 1, got units={units}, types={types}")
+        raise ConfigError(f"cell types need units >= 1 and types >= 1, got units={units}, types={types}")
     starts = [-(-k * units // types) for k in range(types + 1)]
     return list(zip(starts[:-1], starts[1:]))
 
@@ -51,7 +52,7 @@ class CellTypeInnerNets(nn.Module):
     def __init__(self, types: int, arity: int = 2, hidden: Sequence[int] = (64, 64)) -> None:
         super().__init__()
         if isinstance(types, bool) or not isinstance(types, int) or types < 1:
-            raise ValueError(f"{NET_CONFIG_KEY}.neuron_args.types must be a positive integer, got {types!r}")
+            raise ConfigError(f"{NET_CONFIG_KEY}.neuron_args.types must be a positive integer, got {types!r}")
         self.arity = arity
         self.hidden = tuple(int(h) for h in hidden)
         self.types = nn.ModuleList(InnerNet(arity, hidden) for _ in range(types))
@@ -96,10 +97,10 @@ class CellTypeNeuron(Neuron):
             return self.types[0](x, dim)
         dim = dim % x.dim()
         if x.dim() < 2:
-            raise ValueError(f"CellTypeNeuron needs a dim of units besides the inputs, got shape {tuple(x.shape)}")
+            raise ConfigError(f"CellTypeNeuron needs a dim of units besides the inputs, got shape {tuple(x.shape)}")
         units = x.dim() - 1 if dim < x.dim() - 1 else x.dim() - 2
         if x.shape[units] < len(self.types):
-            raise ValueError(
+            raise ConfigError(
                 f"a layer of {x.shape[units]} units cannot hold {len(self.types)} cell types; give every layer at "
                 f"least {len(self.types)} units ({NET_CONFIG_KEY}.widths) or fewer types (neuron_args.types)"
             )

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.neurons import LAYER_NORM_EPS, NET_CONFIG_KEY, NeuronSpec, max_pool_maps, register_neuron
 
 GRID_RANGE = (-2.0, 2.0)
@@ -43,7 +44,7 @@ fresh layer is close to its base term ``w_b * silu(x)``."""
 def spline_knots(grid: int, order: int, low: float = GRID_RANGE[0], high: float = GRID_RANGE[1]) -> torch.Tensor:
     """The ``grid + 2 * order + 1`` uniform knots: ``grid`` intervals over [low, high] and ``order`` more each side."""
     if grid < 1 or order < 0:
-        raise ValueError(f"a KAN spline needs grid >= 1 and order >= 0, got grid={grid}, order={order}")
+        raise ConfigError(f"a KAN spline needs grid >= 1 and order >= 0, got grid={grid}, order={order}")
     step = (high - low) / grid
     return torch.arange(-order, grid + order + 1, dtype=torch.float64) * step + low
 
@@ -182,7 +183,7 @@ def kan_options(options: dict[str, object]) -> dict[str, int]:
     for key, least in (("grid", 1), ("order", 0)):
         value = options[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{NET_CONFIG_KEY}.neuron_args.{key} must be an integer >= {least}, got {value!r}")
+            raise ConfigError(f"{NET_CONFIG_KEY}.neuron_args.{key} must be an integer >= {least}, got {value!r}")
     return {"grid": int(options["grid"]), "order": int(options["order"])}
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lit_dendrite.data.datasets import NET_ARGS
+from lit_dendrite.errors import ConfigError
 
 PAPER_REFERENCE_NEURON = "2arg"
 PAPER_CONTROL_WIDTHS: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
@@ -54,7 +55,7 @@ def match_width(
     """
     base = [int(w) for w in reference["widths"]]
     if not base or min(base) < 1:
-        raise ValueError(f"reference widths must be positive integers, got {list(reference['widths'])}")
+        raise ConfigError(f"reference widths must be positive integers, got {list(reference['widths'])}")
     target = _count_on_meta(build, **{**kwargs, **reference})
 
     def error(widths: list[int]) -> float:
@@ -70,7 +71,7 @@ def match_width(
         rest = _closest_scale(lambda s: [first, *(s * w for w in base[1:])], build, kwargs, target)
         best = min(best, _rounded([first, *(rest * w for w in base[1:])]), key=error)
     if error(best) > tolerance:
-        raise ValueError(
+        raise ConfigError(
             f"no scaling of widths {base} matches {target} parameters within {tolerance:.1%} "
             f"(best {best}, off by {error(best):.2%}); give the widths explicitly instead"
         )
@@ -93,7 +94,7 @@ def _closest_scale(
     while count(high) < target:
         high *= 2
         if high > 1e4:
-            raise ValueError(f"cannot reach {target} parameters by scaling widths {widths_for(1.0)}")
+            raise ConfigError(f"cannot reach {target} parameters by scaling widths {widths_for(1.0)}")
     for _ in range(40):
         mid = (low + high) / 2
         low, high = (mid, high) if count(mid) < target else (low, mid)

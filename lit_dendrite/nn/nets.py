@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lit_dendrite.data.datasets import DATASETS
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.layers import DendriticConv2d, DendriticLinear
 from lit_dendrite.nn.matching import match_width
 from lit_dendrite.nn.neurons import NET_CONFIG_KEY as CONFIG_KEY
@@ -26,7 +27,7 @@ def positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
     (a width of 0 would train sessions I and II and fail only in session III)."""
     values = tuple(values)
     if not values or any(isinstance(v, bool) or not float(v).is_integer() or v < 1 for v in values):
-        raise ValueError(f"{CONFIG_KEY}.{name} must be positive integers, got {list(values)}")
+        raise ConfigError(f"{CONFIG_KEY}.{name} must be positive integers, got {list(values)}")
     return tuple(int(v) for v in values)
 
 
@@ -36,7 +37,7 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std need one value per channel and std > 0, got {mean}, {std}")
+            raise ConfigError(f"mean and std need one value per channel and std > 0, got {mean}, {std}")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
 
@@ -60,14 +61,14 @@ class OuterNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(in_shape) != 3:
-            raise ValueError(f"{CONFIG_KEY}.in_shape must be (channels, height, width), got {list(in_shape)}")
+            raise ConfigError(f"{CONFIG_KEY}.in_shape must be (channels, height, width), got {list(in_shape)}")
         self.in_shape = positive_ints("in_shape", in_shape)
         if len(mean) != in_shape[0]:
-            raise ValueError(f"mean/std need {in_shape[0]} values (one per input channel), got {len(mean)}")
+            raise ConfigError(f"mean/std need {in_shape[0]} values (one per input channel), got {len(mean)}")
         if num_classes < 1:
-            raise ValueError(f"{CONFIG_KEY}.num_classes must be at least 1, got {num_classes}")
+            raise ConfigError(f"{CONFIG_KEY}.num_classes must be at least 1, got {num_classes}")
         if not 0 <= dropout < 1:
-            raise ValueError(f"{CONFIG_KEY}.dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"{CONFIG_KEY}.dropout must be in [0, 1), got {dropout}")
         self.dropout = dropout
         self.num_classes = num_classes
         self.neuron_name = neuron
@@ -101,7 +102,7 @@ class OuterNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} expects images of shape (N, {', '.join(map(str, self.in_shape))}), "
                 f"got {tuple(x.shape)}; check the data set against the net's in_shape"
             )
@@ -143,7 +144,9 @@ def register_net(cls: type[OuterNet]) -> type[OuterNet]:
     if not (isinstance(cls, type) and issubclass(cls, OuterNet)):
         raise TypeError(f"register_net takes an OuterNet subclass, got {cls!r}")
     if NETS.get(cls.__name__, cls) is not cls:
-        raise ValueError(f"an outer net named {cls.__name__!r} is already registered ({NETS[cls.__name__]}); rename it")
+        raise ConfigError(
+            f"an outer net named {cls.__name__!r} is already registered ({NETS[cls.__name__]}); rename it"
+        )
     NETS[cls.__name__] = cls
     return cls
 
@@ -203,7 +206,7 @@ class DendriticCNN(OuterNet):
         super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout, neuron_args)
         kernels, (pool,) = positive_ints("kernels", kernels), positive_ints("pool", [pool])
         if len(widths) < len(kernels):
-            raise ValueError(f"need at least one width per conv kernel, got widths={widths}, kernels={kernels}")
+            raise ConfigError(f"need at least one width per conv kernel, got widths={widths}, kernels={kernels}")
         self.widths = self.matched_widths(widths, match_neuron, architecture)
         channels, height, width = self.in_shape
         convs = []
@@ -211,7 +214,7 @@ class DendriticCNN(OuterNet):
             convs.append(self.conv_layer(channels, units, kernel, pool))
             height, width = (height - kernel + 1) // pool, (width - kernel + 1) // pool
             if height < 1 or width < 1:
-                raise ValueError(f"input {list(in_shape)} is too small for kernels {list(kernels)} with pool {pool}")
+                raise ConfigError(f"input {list(in_shape)} is too small for kernels {list(kernels)} with pool {pool}")
             channels = units
         self.features = nn.Sequential(*convs)
         self.add_dense_layers(channels * height * width, self.widths[len(kernels) :])

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.inner import InnerNet, smooth_target
 from lit_dendrite.nn.inner_kernels import fused_normalized_inner
 
@@ -49,7 +50,7 @@ class Neuron(nn.Module):
 
     def _check(self, x: torch.Tensor, dim: int) -> None:
         if x.dim() == 0 or x.shape[dim] != self.arity:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} expects size {self.arity} along dim {dim}, got shape {tuple(x.shape)}"
             )
 
@@ -165,13 +166,13 @@ class NeuronSpec:
 
     def __post_init__(self) -> None:
         if self.arity < 1:
-            raise ValueError(f"a neuron's arity must be >= 1, got {self.arity}")
+            raise ConfigError(f"a neuron's arity must be >= 1, got {self.arity}")
         if self.build is None and (self.dense is None or self.conv is None):
-            raise ValueError("a neuron spec needs build, or both dense and conv layers")
+            raise ConfigError("a neuron spec needs build, or both dense and conv layers")
         if self.analysis not in ANALYSES:
-            raise ValueError(f"analysis must be one of {ANALYSES}, got {self.analysis!r}")
+            raise ConfigError(f"analysis must be one of {ANALYSES}, got {self.analysis!r}")
         if (self.pretrain is not None or self.freeze or self.tables) and self.shared is None:
-            raise ValueError("pretrain, freeze and tables need a shared module (spec.shared)")
+            raise ConfigError("pretrain, freeze and tables need a shared module (spec.shared)")
 
     @property
     def learned(self) -> bool:
@@ -184,7 +185,7 @@ class NeuronSpec:
         unknown = sorted(set(neuron_args) - set(self.options))
         if unknown:
             known = sorted(self.options) or "none"
-            raise ValueError(f"{NET_CONFIG_KEY}.neuron_args {unknown} are not options of this neuron (it has {known})")
+            raise ConfigError(f"{NET_CONFIG_KEY}.neuron_args {unknown} are not options of this neuron (it has {known})")
         return {**self.options, **neuron_args}
 
     def shared_module(
@@ -207,9 +208,9 @@ NEURONS: dict[str, NeuronSpec] = {}
 def register_neuron(name: str, spec: NeuronSpec) -> NeuronSpec:
     """Make ``name`` a neuron every net, config and analysis accepts; refuses to redefine a known name."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a neuron name must be a non-empty string, got {name!r}")
+        raise ConfigError(f"a neuron name must be a non-empty string, got {name!r}")
     if name in NEURONS:
-        raise ValueError(f"neuron {name!r} is already registered")
+        raise ConfigError(f"neuron {name!r} is already registered")
     NEURONS[name] = spec
     return spec
 
@@ -243,18 +244,18 @@ def neuron_spec(name: str) -> NeuronSpec:
     try:
         return NEURONS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown neuron {name!r}; choose one of {sorted(NEURONS)}") from None
+        raise ConfigError(f"unknown neuron {name!r}; choose one of {sorted(NEURONS)}") from None
 
 
 def build_neuron(name: str, shared: nn.Module | None = None) -> Neuron:
     """Build the neuron ``name`` for one layer; learned neurons need the net's ``shared`` module (``net.inner``)."""
     spec = neuron_spec(name)
     if spec.build is None:
-        raise ValueError(f"neuron {name!r} brings its own layers (spec.dense / spec.conv), not a neuron module")
+        raise ConfigError(f"neuron {name!r} brings its own layers (spec.dense / spec.conv), not a neuron module")
     if spec.learned:
         got = getattr(shared, "arity", spec.arity) if shared is not None else None
         if got != spec.arity:
-            raise ValueError(f"neuron {name!r} needs the net's shared module of arity {spec.arity}, got {got}")
+            raise ConfigError(f"neuron {name!r} needs the net's shared module of arity {spec.arity}, got {got}")
         return spec.build(shared)
     return spec.build(None)
 

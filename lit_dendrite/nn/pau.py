@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.neurons import NeuronSpec, SharedNeuron, register_neuron
 
 BACKWARD_CHUNK = 1 << 18
@@ -108,7 +109,7 @@ class PadeActivation(nn.Module):
     ) -> None:
         super().__init__()
         if len(numerator) < 2 or len(denominator) < 1:
-            raise ValueError(f"a PAU needs degrees >= 1 above and below, got {list(numerator)} / {list(denominator)}")
+            raise ConfigError(f"a PAU needs degrees >= 1 above and below, got {list(numerator)} / {list(denominator)}")
         self.numerator = nn.Parameter(torch.tensor(numerator, dtype=torch.float32))
         self.denominator = nn.Parameter(torch.tensor(denominator, dtype=torch.float32))
 

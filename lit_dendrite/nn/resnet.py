@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.nets import CIFAR10, CONFIG_KEY, NOT_ARCHITECTURE, OuterNet, positive_ints, register_net
 from lit_dendrite.nn.neurons import Neuron
 
@@ -123,21 +124,21 @@ class DendriticResNet(OuterNet):
         residual_bn_init: float | None = None,
     ) -> None:
         if not (math.isfinite(width_multiplier) and width_multiplier > 0):
-            raise ValueError(f"{CONFIG_KEY}.width_multiplier must be a finite number > 0, got {width_multiplier}")
+            raise ConfigError(f"{CONFIG_KEY}.width_multiplier must be a finite number > 0, got {width_multiplier}")
         if residual_bn_init is not None and not math.isfinite(residual_bn_init):
-            raise ValueError(f"{CONFIG_KEY}.residual_bn_init must be a finite number or null, got {residual_bn_init}")
+            raise ConfigError(f"{CONFIG_KEY}.residual_bn_init must be a finite number or null, got {residual_bn_init}")
         # the reference of a matched control is built from the already scaled widths
         architecture = {k: v for k, v in locals().items() if k not in NOT_ARCHITECTURE} | {"width_multiplier": 1.0}
         super().__init__(in_shape, num_classes, neuron, inner_hidden, mean, std, dropout, neuron_args)
         if self.neuron_spec.conv is not None or self.neuron_spec.build is None:
-            raise ValueError(
+            raise ConfigError(
                 f"neuron {neuron!r} brings its own conv layer, which {type(self).__name__} cannot put in a residual "
                 "block; choose a neuron that acts on a layer's pre-activations (such as 2arg, 1arg or relu)"
             )
         blocks = positive_ints("blocks", blocks)
         scaled = scaled_widths(positive_ints("widths", widths), width_multiplier)
         if len(scaled) != len(blocks):
-            raise ValueError(
+            raise ConfigError(
                 f"{CONFIG_KEY}.widths and .blocks need one value per stage, got widths={list(widths)}, "
                 f"blocks={list(blocks)}"
             )

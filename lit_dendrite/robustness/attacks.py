@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import torch
 from torch import nn
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.robustness.adversarial import NORMS, epsilons_for, evaluate_attack, predict, reported_epsilon
 
 
@@ -59,7 +60,7 @@ def register_engine(name: str) -> Callable[[EngineClass], EngineClass]:
         if not callable(getattr(cls, "run", None)) or not isinstance(getattr(cls, "defaults", None), dict):
             raise TypeError(f"an attack engine needs a run() method and a `defaults` dict, {cls!r} lacks one")
         if ENGINES.get(name, cls) is not cls:
-            raise ValueError(f"an attack engine named {name!r} is already registered ({ENGINES[name]}); rename it")
+            raise ConfigError(f"an attack engine named {name!r} is already registered ({ENGINES[name]}); rename it")
         ENGINES[name] = cls
         return cls
 
@@ -77,15 +78,15 @@ class FoolboxEngine:
         import foolbox as fb
 
         if restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {restarts}")
+            raise ConfigError(f"restarts must be >= 1, got {restarts}")
         if restarts > 1 and not params.get("random_start", False):
-            raise ValueError(f"restarts={restarts} repeats {spec.method} identically; set random_start=True")
+            raise ConfigError(f"restarts={restarts} repeats {spec.method} identically; set random_start=True")
         if not hasattr(fb.attacks, spec.method):
-            raise ValueError(f"foolbox has no attack {spec.method!r}; see foolbox.attacks")
+            raise ConfigError(f"foolbox has no attack {spec.method!r}; see foolbox.attacks")
         try:
             attack = getattr(fb.attacks, spec.method)(**params)
         except TypeError as error:
-            raise ValueError(f"foolbox {spec.method} does not accept parameters {params}: {error}") from None
+            raise ConfigError(f"foolbox {spec.method} does not accept parameters {params}: {error}") from None
         self.attack = attack.repeat(restarts) if restarts > 1 else attack
         # one epsilon at a time draws the same random numbers as all at once only for a single fixed-epsilon run
         # (a minimization attack runs once for every epsilon; restarts draw restart by restart)
@@ -112,7 +113,7 @@ class AutoAttackEngine:
         try:
             import pyautoattack  # noqa: F401
         except ImportError:
-            raise ValueError("the autoattack engine needs the optional package: pip install pyautoattack") from None
+            raise ConfigError("the autoattack engine needs the optional package: pip install pyautoattack") from None
         self.norm = {"linf": "Linf", "l2": "L2"}[spec.norm]
         self.version, self.seed = spec.method, seed
         self.splits_epsilons = True  # one AutoAttack per epsilon, seeded by itself
@@ -144,13 +145,13 @@ def register_attack(name: str, spec: AttackSpec) -> AttackSpec:
     """Make ``name`` an attack (``--attacks``, a sweep's ``evaluate.attacks``); registering the same spec again
     is allowed, another spec under a taken name is not."""
     if not isinstance(name, str) or not name or "," in name:
-        raise ValueError(f"an attack name must be a non-empty string without commas, got {name!r}")
+        raise ConfigError(f"an attack name must be a non-empty string without commas, got {name!r}")
     if spec.norm not in NORMS:
-        raise ValueError(f"attack {name!r}: unknown norm {spec.norm!r}; choose one of {NORMS}")
+        raise ConfigError(f"attack {name!r}: unknown norm {spec.norm!r}; choose one of {NORMS}")
     if spec.engine not in ENGINES:
-        raise ValueError(f"attack {name!r}: unknown engine {spec.engine!r}; registered: {sorted(ENGINES)}")
+        raise ConfigError(f"attack {name!r}: unknown engine {spec.engine!r}; registered: {sorted(ENGINES)}")
     if ATTACKS.get(name, spec) != spec:
-        raise ValueError(f"an attack named {name!r} is already registered ({ATTACKS[name]}); rename it")
+        raise ConfigError(f"an attack named {name!r} is already registered ({ATTACKS[name]}); rename it")
     ATTACKS[name] = spec
     return spec
 
@@ -222,13 +223,13 @@ def build_attack(name: str, **overrides: Any) -> Attack:
     try:
         spec = ATTACKS[name]
     except KeyError:
-        raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}") from None
+        raise ConfigError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}") from None
     engine_class = ENGINES[spec.engine]
     params = {**engine_class.defaults, **spec.defaults, **overrides}
     try:
         engine = engine_class(spec, **params)
     except TypeError as error:
-        raise ValueError(f"attack {name!r} does not accept the parameters {sorted(params)}: {error}") from None
+        raise ConfigError(f"attack {name!r} does not accept the parameters {sorted(params)}: {error}") from None
     return Attack(name, spec.norm, engine, params)
 
 

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_dendrite.errors import run_command
 from lit_dendrite.robustness.attacks import ATTACKS, default_attacks
 from lit_dendrite.robustness.evaluate import evaluate_run
 from lit_dendrite.robustness.store import REFUSED
-from lit_dendrite.runs import PARTIAL_FILE, Locked, RunDir, UntrustedRecord
+from lit_dendrite.runs import PARTIAL_FILE, RunDir
+
+COMMAND = "python launch/evaluate.py"
 
 
 def _attack_list(text: str) -> list[str]:
@@ -18,7 +21,13 @@ def _attack_list(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command line of :func:`evaluate_run` (``python launch/evaluate.py RUN_DIR ...``); prints a summary."""
+    """Command line of :func:`evaluate_run` (``python launch/evaluate.py RUN_DIR ...``); prints a summary, or a bad
+    input as a short error (:func:`lit_dendrite.errors.run_command`)."""
+    return run_command(lambda: evaluate_command(argv), COMMAND)
+
+
+def evaluate_command(argv: Sequence[str] | None) -> dict[str, Any]:
+    """Parse the arguments, evaluate, print the summary."""
     from lit_dendrite.commandline import argument_parser, positive_int
 
     parser = argument_parser("launch/evaluate.py", "Clean, corrupted and adversarial accuracy of a trained run.")
@@ -45,22 +54,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{PARTIAL_FILE}",
     )
     args = parser.parse_args(argv)
-    try:
-        report = evaluate_run(
-            args.run_dir,
-            corruptions=args.corruptions,
-            corruption_root=args.corruption_root,
-            attacks=args.attacks,
-            n=args.n,
-            baseline=args.baseline,
-            data_root=args.data_root,
-            batch_size=args.batch_size,
-            device=args.device,
-            seed=args.seed,
-            fresh=args.fresh,
-        )
-    except (UntrustedRecord, FileNotFoundError, Locked) as error:  # a bad or busy run directory: one line
-        parser.exit(2, f"error: {error}\n")
+    report = evaluate_run(
+        args.run_dir,
+        corruptions=args.corruptions,
+        corruption_root=args.corruption_root,
+        attacks=args.attacks,
+        n=args.n,
+        baseline=args.baseline,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        fresh=args.fresh,
+    )
     print(format_summary(report))
     return report
 

@@ -12,16 +12,18 @@ corruptions out and :func:`corruption_report` names them, instead of one corrupt
 import math
 from collections.abc import Mapping
 
+from lit_dendrite.errors import ConfigError
+
 Accuracies = Mapping[str, Mapping[int | str, float]]
 
 
 def _normalised(accuracies: Accuracies, what: str) -> dict[str, dict[int, float]]:
     if not accuracies:
-        raise ValueError(f"{what}: no corruptions given")
+        raise ConfigError(f"{what}: no corruptions given")
     table = {}
     for corruption, by_severity in accuracies.items():
         if not by_severity:
-            raise ValueError(f"{what}: corruption {corruption!r} has no severities")
+            raise ConfigError(f"{what}: corruption {corruption!r} has no severities")
         table[corruption] = {int(s): _accuracy(a, f"{what} {corruption}/{s}") for s, a in by_severity.items()}
     return table
 
@@ -29,7 +31,7 @@ def _normalised(accuracies: Accuracies, what: str) -> dict[str, dict[int, float]
 def _accuracy(value: float, what: str) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{what}: accuracy must be a fraction in [0, 1], got {value}")
+        raise ConfigError(f"{what}: accuracy must be a fraction in [0, 1], got {value}")
     return value
 
 
@@ -37,13 +39,13 @@ def _paired(accuracies: Accuracies, baseline: Accuracies) -> tuple[dict, dict]:
     """Both tables normalised, with an error if their corruptions or severities differ."""
     ours, base = _normalised(accuracies, "accuracies"), _normalised(baseline, "baseline")
     if set(ours) != set(base):
-        raise ValueError(
+        raise ConfigError(
             f"corruptions differ: only in accuracies {sorted(set(ours) - set(base))}, "
             f"only in baseline {sorted(set(base) - set(ours))}; evaluate both on the same corruptions"
         )
     for corruption in ours:
         if set(ours[corruption]) != set(base[corruption]):
-            raise ValueError(
+            raise ConfigError(
                 f"severities of {corruption!r} differ: accuracies {sorted(ours[corruption])}, "
                 f"baseline {sorted(base[corruption])}; evaluate both on the same severities"
             )
@@ -124,7 +126,7 @@ def corruption_report(
     if baseline is None:
         return report
     if baseline_clean_accuracy is None:
-        raise ValueError("a baseline needs its clean accuracy too (baseline_clean_accuracy) for the relative mCE")
+        raise ConfigError("a baseline needs its clean accuracy too (baseline_clean_accuracy) for the relative mCE")
     errors = corruption_errors(table, baseline)
     relative = relative_corruption_errors(table, clean_accuracy, baseline, baseline_clean_accuracy)
     report |= {

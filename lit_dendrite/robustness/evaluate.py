@@ -30,6 +30,7 @@ from torch import nn
 from lit_dendrite.analysis.robustness_plots import write_robustness_figures
 from lit_dendrite.data.corrupted import METADATA_FILE, CorruptedDataModule
 from lit_dendrite.data.datasets import load_arrays, pixels
+from lit_dendrite.errors import ConfigError, ResourceError
 from lit_dendrite.models import load_net, load_result
 from lit_dendrite.robustness.adversarial import (
     SanityCheckError,
@@ -110,10 +111,26 @@ def corruption_accuracies(
     return table
 
 
+def checked_device(name: str | None) -> torch.device:
+    """The device called ``name`` (default: cuda where available, else cpu), checked to exist on this machine."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device", "pass cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index or 0) >= count:
+            choices = f"cpu or one of cuda:0..cuda:{count - 1}" if count else "cpu"
+            raise ResourceError(f"--device {name}: this machine has {count} CUDA device(s)", f"pass --device {choices}")
+    return device
+
+
 def _load_checked(run_dir: Path, device: torch.device) -> tuple[RunRecord, nn.Module]:
     result = load_result(run_dir)
     if not result.done:
-        raise ValueError(f"{run_dir} has status {result.status!r}; only finished ('done') runs can be evaluated")
+        raise ConfigError(f"{run_dir} has status {result.status!r}; only finished ('done') runs can be evaluated")
     return result, load_net(run_dir).to(device)
 
 
@@ -186,19 +203,22 @@ def evaluate_run(
     started = time.perf_counter()
     run_dir = RunDir(Path(run_dir)).path
     if n is not None and n < 1:
-        raise ValueError(f"n must be >= 1 (or None for the whole test set), got {n}")
+        raise ConfigError(f"n must be >= 1 (or None for the whole test set), got {n}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     attack_overrides, epsilons = attack_overrides or {}, epsilons or {}
     attacks = default_attacks() if attacks is None else attacks
     stray = sorted((set(attack_overrides) | set(epsilons)) - set(attacks))
     if stray:
-        raise ValueError(f"overrides or epsilons given for attacks that are not run: {stray}; attacks: {list(attacks)}")
+        raise ConfigError(
+            f"overrides or epsilons given for attacks that are not run: {stray}; attacks: {list(attacks)}"
+        )
     built = [build_attack(name, **attack_overrides.get(name, {})) for name in attacks]
     datamodule = (
         CorruptedDataModule.from_spec(corruptions, corruption_root, batch_size=batch_size, n=n) if corruptions else None
     )
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = checked_device(device)
+    load_result(run_dir)  # a missing or damaged record stops here, before the lock file is made
     # One process per run directory: a second evaluation, or one of a run still training, would redo or overwrite
     # the sections and units the first is writing.
     with FileLock(RunDir(run_dir).lock, "another process is training or evaluating this run; wait for it or stop it"):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.runs.layout import RunDir
 
@@ -65,18 +66,22 @@ def config_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -
     }
 
 
-class ConfigMismatch(ValueError):
-    """A run directory already holds another configuration; the message lists the differing keys and the fix."""
+class ConfigMismatch(ConfigError):
+    """A run directory already holds another configuration; the message lists the differing keys, the fix names
+    ``overwrite``, the command's own spelling of the option that discards it (``--overwrite true`` for train.py)."""
 
-    def __init__(self, run_dir: Path, recorded_in: Path, differences: dict[str, tuple[Any, Any]]) -> None:
+    def __init__(
+        self, run_dir: Path, recorded_in: Path, differences: dict[str, tuple[Any, Any]], overwrite: str
+    ) -> None:
         self.run_dir, self.differences = run_dir, differences
         shown = [f"  {key}: {old!r} (recorded) != {new!r} (now)" for key, (old, new) in differences.items()]
         if len(shown) > MAX_SHOWN:
             shown = [*shown[:MAX_SHOWN], f"  ... and {len(shown) - MAX_SHOWN} more"]
         super().__init__(
             f"{run_dir} holds another configuration (recorded in {recorded_in}); {len(differences)} key(s) "
-            "differ:\n" + "\n".join(shown) + "\nUse another run directory (--run_dir) for this configuration, or "
-            "pass --overwrite to discard this run directory's results and train it afresh"
+            "differ:\n" + "\n".join(shown),
+            f"use another run directory (--run_dir) for this configuration, or add {overwrite} to the same command "
+            "to discard this run directory's results and train it afresh",
         )
 
 

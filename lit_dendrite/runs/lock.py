@@ -20,11 +20,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lit_dendrite.errors import ProjectError
+
 STALE_WAIT_S = 180.0
 POLL_S = 0.5
 
 
-class Locked(RuntimeError):
+class Locked(ProjectError, RuntimeError):
     """The lock is held by another live process; the message names it."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -11,10 +12,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lit_dendrite.errors import MissingFile, RecordError, UntrustedInput
 from lit_dendrite.runs.layout import RunDir
 from lit_dendrite.runs.naming import condition_of
 
 FINISHED = ("done", "diverged")
+DONE_NUMBERS = ("test_acc", "test_loss", "num_params")
+"""The numbers a done run's record must hold (finite) for the report to use it."""
 PACKAGES = (
     "lit_dendrite",
     "torch",
@@ -28,7 +32,7 @@ PACKAGES = (
 )
 
 
-class UntrustedRecord(ValueError):
+class UntrustedRecord(RecordError, UntrustedInput):
     """A run record or checkpoint asks for something that reading a run never does (building a class outside the
     allow-list, unpickling objects); the message names the file and what was refused."""
 
@@ -46,15 +50,32 @@ class RunRecord:
         """The record of ``run_dir``; a clear error when there is none or it is not JSON."""
         directory = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
         path = directory.result
+        retrain = "train the run again: its training command rewrites the record"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished run (train it first)")
+            raise MissingFile(
+                f"{path} not found: {directory.path} is not a finished run", "train it first (launch/train.py)"
+            )
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); the run's record is damaged") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RecordError(f"{path} is not valid JSON ({error}): the run's record is damaged", retrain) from None
+        except OSError as error:
+            raise RecordError(f"{path} cannot be read ({error})", retrain) from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path} holds {type(data).__name__}, not a run record (a JSON object)")
+            raise RecordError(f"{path} holds {type(data).__name__}, not a run record (a JSON object)", retrain)
         return cls(directory, data, name or directory.path.name)
+
+    def number_problems(self) -> list[str]:
+        """What is wrong with the numbers of a done record (:data:`DONE_NUMBERS` missing, of another type, or not
+        finite), one phrase per field naming it; empty when the report can use them."""
+        if not self.done:
+            return []
+        problems = []
+        for key in DONE_NUMBERS:
+            value = self.data.get(key)
+            if not is_number(value):
+                problems.append(f"{key} is {value!r}, not a finite number" if key in self.data else f"{key} is missing")
+        return problems
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -109,7 +130,7 @@ class RunRecord:
         """The ``model.net`` entry of the resolved config (``class_path`` and ``init_args``)."""
         net = (self.config.get("model") or {}).get("net")
         if not isinstance(net, dict):
-            raise ValueError(f"{self.dir.result} has no config.model.net; it was not written by a training run")
+            raise RecordError(f"{self.dir.result} has no config.model.net; it was not written by a training run")
         return net
 
     @property
@@ -121,7 +142,7 @@ class RunRecord:
         """The best checkpoint of the final session, relative to the run directory, as recorded."""
         name = self.data.get("best_checkpoint")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{self.dir.result} records no best_checkpoint (status {self.status!r})")
+            raise RecordError(f"{self.dir.result} records no best_checkpoint (status {self.status!r})")
         return name
 
     @property
@@ -129,7 +150,7 @@ class RunRecord:
         """The best checkpoint of the final session, which must lie inside the run directory."""
         path = (self.dir.path / self.best_checkpoint_name).resolve()
         if not path.is_relative_to(self.dir.path):
-            raise ValueError(f"{self.dir.result}: best_checkpoint {self.best_checkpoint_name!r} is outside the run")
+            raise RecordError(f"{self.dir.result}: best_checkpoint {self.best_checkpoint_name!r} is outside the run")
         return path
 
     @property
@@ -151,6 +172,11 @@ def path_fallbacks(data: Mapping[str, Any]) -> list[str]:
         fallbacks = ((summary or {}).get("inner_path") or {}).get("fallbacks") or []
         lines += [f"{session}: {f.get('specialisation')} ran {f.get('used')}: {f.get('reason')}" for f in fallbacks]
     return lines
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` read from JSON is a finite number (bools are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def versions() -> dict[str, str | None]:

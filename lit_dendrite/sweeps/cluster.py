@@ -8,11 +8,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 from submitit.core.job_environment import JobEnvironment
 
+from lit_dendrite.errors import ConfigError
+from lit_dendrite.io import read_yaml
 
-class ClusterError(ValueError):
+
+class ClusterError(ConfigError):
     """A cluster config or environment that cannot run the sweep; the message names the fix."""
 
 
@@ -86,7 +88,7 @@ def load_cluster_config(path: str | Path | None) -> ClusterConfig:
     path = Path(path)
     if not path.is_file():
         raise ClusterError(f"cluster config {path} does not exist; pick one from configs/cluster/")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "pass a readable cluster config to --cluster-config") or {}
     if not isinstance(raw, dict):
         raise ClusterError(f"cluster config {path} must be a YAML mapping")
     allowed = [f.name for f in fields(ClusterConfig)]

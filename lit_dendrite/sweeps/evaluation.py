@@ -29,6 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.io import read_json, write_json_atomic
 from lit_dendrite.robustness.store import (
     ADVERSARIAL,
@@ -49,7 +50,7 @@ ATTACK_KEYS = ("epsilons", "n")  # any other key of an attack's settings overrid
 DEFAULTS = {"n": None, "batch_size": 500, "seed": 0, "attacks": {}, "corruptions": None}
 
 
-class EvaluateSpecError(ValueError):
+class EvaluateSpecError(ConfigError):
     """An ``evaluate:`` section that cannot be used; the message names the key and the fix."""
 
 

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lit_dendrite.errors import ConfigError
+from lit_dendrite.io import read_yaml
 from lit_dendrite.runs import NAME_SIGNIFICANT_DIGITS, SEED_AXIS, name_value, run_name
 from lit_dendrite.sweeps.evaluation import EvaluateSpecError, parse_evaluate
 from lit_dendrite.sweeps.search import SearchSpec, SearchSpecError, parse_search
@@ -59,7 +59,7 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 SEED_KEY = "seed_everything"
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep file that cannot be expanded; the message names the problem and the fix."""
 
 
@@ -272,7 +272,7 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {path} does not exist; pass --sweep with a file from configs/sweep/")
-    spec = yaml.safe_load(path.read_text())
+    spec = read_yaml(path, "pass a readable sweep file to --sweep")
     if not isinstance(spec, dict):
         raise _fail(path, "must be a YAML mapping with at least `experiments` and `seeds`")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lit_dendrite.errors import MissingFile
 from lit_dendrite.io import read_json, write_json_atomic, write_text_atomic
 from lit_dendrite.runs import FINISHED, FileLock, RunDir, RunRecord, find_records, path_fallbacks
 from lit_dendrite.sweeps.backends import BACKENDS
@@ -46,7 +47,7 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any]:
     """The manifest written at submission: sweep name, sweep file and every run with its axes and arguments."""
     manifest = read_json(sweep_dir / MANIFEST)
     if manifest is None:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{sweep_dir / MANIFEST} not found: {sweep_dir} is not a sweep directory; pass <out>/<sweep name> "
             "as written by `python launch/sweep.py` (e.g. runs/demo)"
         )
@@ -244,7 +245,7 @@ def collect(sweep_dir: Path, analysis: Mapping[str, Mapping[str, Any]] | None = 
     record and, from ``analysis`` (``{run name: {column: value}}``, the report's per-run numbers), every number the
     report's tables summarise."""
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir} is not a directory; pass <out>/<sweep name>, e.g. runs/demo")
+        raise MissingFile(f"{sweep_dir} is not a directory; pass <out>/<sweep name>, e.g. runs/demo")
     manifest = read_json(sweep_dir / MANIFEST) or {"runs": []}
     axes = {run["dir"]: run.get("axes", {}) for run in manifest["runs"]}
     rows = []
