@@ -1,7 +1,8 @@
 """Submit a sweep, or show its status, or collect its results.
 
     python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
-                           [--dry-run [--gpu-speedup X]] [--verbose] [--max-parallel N] [--overwrite] [--wait]
+                           [--dry-run [--gpu-speedup X]] [--verbose] [--max-parallel N] [--overwrite] [--retry-stalled]
+                           [--wait]
     python launch/sweep.py fetch-data [NAME ...] [--sweep FILE] [--root DIR] [--dry-run]
     python launch/sweep.py status DIR
     python launch/sweep.py cancel DIR
@@ -79,6 +80,12 @@ def submit_main(argv: list[str]) -> int:
             help="discard the results of runs whose directory holds another configuration, and train them afresh",
         )
         parser.add_argument(
+            "--retry-stalled",
+            action="store_true",
+            help="train stalled runs again from the session that stalled (by default a stalled run is finished: "
+            "the same seed and code stall again)",
+        )
+        parser.add_argument(
             "--gpu-speedup",
             type=positive_float,
             default=DEFAULT_GPU_SPEEDUP,
@@ -105,6 +112,7 @@ def submit_main(argv: list[str]) -> int:
                 overwrite=args.overwrite,
                 verbose=args.verbose,
                 gpu_speedup=args.gpu_speedup,
+                retry_stalled=args.retry_stalled,
             )
     except (SweepError, ClusterError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -14,7 +14,8 @@ from typing import Any
 from lit_dendrite.runs.layout import RunDir
 from lit_dendrite.runs.naming import condition_of
 
-FINISHED = ("done", "diverged")
+FINISHED = ("done", "diverged", "stalled")
+"""Statuses of runs with nothing more to train: a diverged or stalled run would do the same again."""
 PACKAGES = ("lit_dendrite", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "submitit", "foolbox")
 
 
@@ -59,7 +60,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        """Done or diverged: nothing more to train."""
+        """Done, diverged or stalled: nothing more to train."""
         return self.status in FINISHED
 
     @property

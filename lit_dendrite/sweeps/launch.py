@@ -164,15 +164,20 @@ def checked_evaluate(evaluate: dict[str, Any] | None) -> None:
 
 
 def _to_skip(
-    sweep_dir: Path, runs: list[str], evaluate: dict[str, Any] | None, changed: set[str] = frozenset()
+    sweep_dir: Path,
+    runs: list[str],
+    evaluate: dict[str, Any] | None,
+    changed: set[str] = frozenset(),
+    retry_stalled: bool = False,
 ) -> dict[str, str]:
     """``{run: why}`` of the runs not to submit: queued or running, or finished and (with an ``evaluate``
-    section) evaluated, unless (not queued or running) their directory holds another configuration (``changed``)."""
+    section) evaluated, unless (not queued or running) their directory holds another configuration (``changed``)
+    or they stalled and ``retry_stalled`` asks to train them again."""
     skipped = {}
     for run, info in run_states(sweep_dir, runs).items():
         if info["live"]:
             skipped[run] = f"{info['state']}, job {info['job_id']} {info['job_state'].lower()}"
-        elif run in changed:
+        elif run in changed or (retry_stalled and info["state"] == "stalled"):
             continue
         elif info["state"] == "running":
             skipped[run] = "running"
@@ -196,6 +201,7 @@ def submit_sweep(
     resolve: Callable[[list[str]], dict[str, Any]] | None = None,
     verbose: bool = False,
     gpu_speedup: float = DEFAULT_GPU_SPEEDUP,
+    retry_stalled: bool = False,
 ) -> Submission:
     """Validate the sweep, print its plan (:mod:`lit_dendrite.sweeps.plan`: runs per experiment, GPU-hours, the data
     sets the jobs read and which are missing), then submit every run that is neither finished nor queued/running as
@@ -205,6 +211,8 @@ def submit_sweep(
     command that fetches it, and nothing is submitted; a dry run reports it in the plan. A run whose directory holds
     another configuration (the sweep's overrides changed) is an error listing each such run and its differing keys,
     and nothing is submitted; with ``overwrite`` those runs' results are discarded and they are trained afresh.
+    A stalled run is finished (the same seed would stall again) unless ``retry_stalled``: then the session that
+    stalled is trained afresh, after the sessions it finished.
     ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`): ``debug`` runs the jobs in this process
     before returning; ``local`` starts at most ``max_parallel`` background processes that share the runs, each
     taking the next one left.
@@ -218,7 +226,7 @@ def submit_sweep(
     parsed = dict(zip(args, check_configs(list(args.values()), parse)))
     checked_evaluate(sweep.evaluate)
     mismatches = config_mismatches(sweep_dir, args, resolve)
-    skipped = _to_skip(sweep_dir, list(args), sweep.evaluate, set(mismatches))
+    skipped = _to_skip(sweep_dir, list(args), sweep.evaluate, set(mismatches), retry_stalled)
     mismatches = {run: keys for run, keys in mismatches.items() if run not in skipped}  # live jobs keep theirs
     to_submit = [run for run in args if run not in skipped]
     needs = data_needs({run: run_data(parsed[run]) for run in to_submit}, sweep.evaluate)
@@ -269,8 +277,11 @@ def submit_sweep(
         RunDir(sweep_dir / run).discard_results()
     for run in to_submit:
         run_dir = RunDir(sweep_dir / run)
-        if (read_json(run_dir.result) or {}).get("status") == "failed":
+        status = (read_json(run_dir.result) or {}).get("status")
+        if status == "failed":
             run_dir.result.replace(run_dir.failed_result)
+        elif status == "stalled":
+            run_dir.retry_stalled()
     jobs, jobs_of_run = _submit(backend, config, sweep.name, sweep_dir, to_submit, args, sweep.evaluate)
     record_jobs(sweep_dir, cluster, jobs_of_run)
     job_ids = [job.job_id for job in jobs]
