@@ -1,0 +1,35 @@
+"""The ResNet diagnosis's measurements on nets whose answers are known."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lit_dendrite.analysis.resnet_diagnosis import block_statistics, growth_per_block, inner_shape
+from lit_dendrite.nn import DendriticResNet
+
+
+class Sine(nn.Module):
+    """sin(4 x) of one argument: zeros at 0 and +-pi/4 inside [-1.5, 1.5], slope 4 at 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(4 * x[..., 0])
+
+
+def test_inner_shape_counts_sign_changes_and_the_slope_at_zero():
+    shape = inner_shape(Sine(), 1)
+    assert shape["sign_changes"] == 3
+    assert shape["slope_at_0"] == pytest.approx(4.0, rel=1e-5)
+    assert shape["out_mean"] == pytest.approx(0.0, abs=0.02)  # odd function of a symmetric input
+
+
+def test_block_statistics_of_a_resnet_name_every_stage_with_its_gradient():
+    torch.manual_seed(0)
+    net = DendriticResNet(in_shape=(1, 28, 28), mean=(0.3,), std=(0.3,), width_multiplier=1 / 16, neuron="relu")
+    rows = block_statistics(net, torch.rand(6, 1, 28, 28), torch.arange(6))
+    assert [row["stage"] for row in rows] == ["stem", *(f"block {i}" for i in range(1, 9))]
+    assert all(math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0 for row in rows)
+    assert all(row["branch_std"] > 0 and row["residual_std"] > 0 for row in rows[1:])
+    assert growth_per_block([{"grad_norm": 100.0}, {"grad_norm": 10.0}, {"grad_norm": 1.0}]) == pytest.approx(10.0)
+    assert net.stem.conv.weight.grad is None  # measured on the net given, which is left without gradients
