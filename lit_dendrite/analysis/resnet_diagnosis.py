@@ -49,9 +49,9 @@ def inner_shape(inner: nn.Module, arity: int, seed: int = 0) -> dict[str, float]
 
 def block_statistics(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[dict[str, float]]:
     """Per stage of a :class:`~lit_dendrite.nn.resnet.DendriticResNet` (the stem, then each block): its output's
-    mean and standard deviation, the standard deviation of the residual (shortcut) and of the branch (the second
-    BatchNorm's output) added to it, and the norm of the loss gradient at its output, on one batch in train mode
-    (which updates the BatchNorms' running statistics: measure a copy of a net in training)."""
+    mean and standard deviation, the standard deviation of the residual (shortcut: ``projection`` or identity) and of
+    the branch (the second BatchNorm's output) added to it, and the norm of the loss gradient at its output, on one
+    batch in train mode (which updates the BatchNorms' running statistics: measure a copy of a net in training)."""
     stages = [("stem", net.stem), *((f"block {i + 1}", block) for i, block in enumerate(net.stages))]
     found: dict[str, dict[str, Any]] = {name: {} for name, _ in stages}
     handles = []
@@ -80,9 +80,11 @@ def block_statistics(net: nn.Module, images: torch.Tensor, labels: torch.Tensor)
     rows = []
     for name, _ in stages:
         tensors = found[name]
-        row = {"stage": name, "out_mean": float(tensors["out"].mean()), "out_std": float(tensors["out"].std())}
+        std = {key: float(value.detach().std()) for key, value in tensors.items()}
+        row = {"stage": name, "out_mean": float(tensors["out"].detach().mean()), "out_std": std["out"]}
         if "residual" in tensors:
-            row |= {"residual_std": float(tensors["residual"].std()), "branch_std": float(tensors["branch"].std())}
+            projection = not isinstance(dict(stages)[name].shortcut, nn.Identity)
+            row |= {"residual_std": std["residual"], "branch_std": std["branch"], "projection": projection}
         grad = tensors["out"].grad
         rows.append(row | {"grad_norm": math.nan if grad is None else float(grad.norm())})
     return rows
