@@ -33,3 +33,15 @@ def test_block_statistics_of_a_resnet_name_every_stage_with_its_gradient():
     assert all(row["branch_std"] > 0 and row["residual_std"] > 0 for row in rows[1:])
     assert growth_per_block([{"grad_norm": 100.0}, {"grad_norm": 10.0}, {"grad_norm": 1.0}]) == pytest.approx(10.0)
     assert net.stem.conv.weight.grad is None  # measured on the net given, which is left without gradients
+
+
+def test_the_script_measures_session_two_start_and_first_epoch_of_a_config(tmp_path):
+    from helpers import REPO
+
+    from lit_dendrite.analysis.resnet_diagnosis import diagnose_run
+
+    config = REPO / "configs" / "experiment" / "resnet18_digits_relu.yaml"
+    tiny = ["--model.net.init_args.width_multiplier", "0.0625", "--trainer.limit_train_batches", "2"]
+    row = diagnose_run(config, 3, tmp_path / "run", 0, 1, tiny)
+    assert row["seed"] == 3 and len(row["start"]["blocks"]) == 9 and "inner" not in row["start"]  # ReLU: none
+    assert len(row["train_loss"]) == 1 and len(row["val_acc"]) == 1 and row["test_acc"] is not None
