@@ -17,6 +17,11 @@ class Sine(nn.Module):
         return torch.sin(4 * x[..., 0])
 
 
+class Relu1(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x[..., 0])
+
+
 def test_inner_shape_counts_sign_changes_and_the_slope_at_zero():
     shape = inner_shape(Sine(), 1)
     assert shape["sign_changes"] == 3
@@ -45,3 +50,8 @@ def test_the_script_measures_session_two_start_and_first_epoch_of_a_config(tmp_p
     row = diagnose_run(config, 3, tmp_path / "run", 0, 1, tiny)
     assert row["seed"] == 3 and len(row["start"]["blocks"]) == 9 and "inner" not in row["start"]  # ReLU: none
     assert len(row["train_loss"]) == 1 and len(row["val_acc"]) == 1 and row["test_acc"] is not None
+
+
+def test_relu_has_the_backward_gain_the_docstring_gives():
+    shape = inner_shape(Relu1(), 1)
+    assert shape["backward_gain"] == pytest.approx(0.5**0.5 / (0.5 - 0.5 / math.pi) ** 0.5, rel=0.03)

@@ -30,20 +30,29 @@ SHAPE_SAMPLES = 20_000
 def inner_shape(inner: nn.Module, arity: int, seed: int = 0) -> dict[str, float]:
     """The shared function over the inputs LayerNorm gives it (independent standard normals, an approximation: a
     unit's inputs are correlated): its output's mean and standard deviation there, its sign changes along the
-    diagonal (all inputs equal) in [-SHAPE_LIMIT, SHAPE_LIMIT], and the norm of its gradient at 0."""
+    diagonal (all inputs equal) in [-SHAPE_LIMIT, SHAPE_LIMIT], the norm of its gradient at 0, the root mean square
+    of its gradient's norm there, and ``backward_gain``: that RMS slope over the output's standard deviation, by which
+    a layer normalised after it (BatchNorm, in the ResNet) multiplies gradients relative to activations (ReLU's:
+    0.5 ** 0.5 / 0.58 = 1.2)."""
     generator = torch.Generator().manual_seed(seed)
-    samples = inner(torch.randn(SHAPE_SAMPLES, arity, generator=generator))
+    inputs = torch.randn(SHAPE_SAMPLES, arity, generator=generator)
+    samples = inner(inputs)
     line = torch.linspace(-SHAPE_LIMIT, SHAPE_LIMIT, SHAPE_POINTS)
     values = inner(line[:, None].expand(-1, arity).contiguous())
     signs = torch.sign(values[values != 0])
     with torch.enable_grad():
         origin = torch.zeros(1, arity, requires_grad=True)
         (slope,) = torch.autograd.grad(inner(origin).sum(), origin)
+        points = inputs.clone().requires_grad_(True)
+        (slopes,) = torch.autograd.grad(inner(points).sum(), points)
+    rms_slope = float(slopes.norm(dim=-1).square().mean().sqrt())
     return {
         "out_mean": float(samples.mean()),
         "out_std": float(samples.std()),
         "sign_changes": int((signs[1:] != signs[:-1]).sum()),
         "slope_at_0": float(slope.norm()),
+        "rms_slope": rms_slope,
+        "backward_gain": rms_slope / float(samples.std()),
     }
 
 
