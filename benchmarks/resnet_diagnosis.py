@@ -44,35 +44,39 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{args.config} not found; pass one such as configs/experiment/resnet18_digits_2arg.yaml")
     if args.epochs < 0 or args.pretrain_epochs < 0:
         parser.error("--epochs and --pretrain-epochs must be >= 0")
-    with tempfile.TemporaryDirectory() as scratch:
-        root = args.runs or Path(scratch)
-        rows = []
-        for seed in args.seeds:
-            row = diagnose_run(args.config, seed, root / f"seed={seed}", args.pretrain_epochs, args.epochs, extra)
-            rows.append(row)
-            start, inner = row["start"], row["start"].get("inner", {})
-            blocks = start["blocks"]
-            print(
-                f"seed {seed}: stem grad {blocks[0]['grad_norm']:.3g}, last {blocks[-1]['grad_norm']:.3g}, "
-                f"x{start['growth_per_block']:.2f}/block; out std {min(b['out_std'] for b in blocks):.3f}-"
-                f"{max(b['out_std'] for b in blocks):.3f}; inner std {inner.get('out_std', float('nan')):.3f} "
-                f"mean {inner.get('out_mean', float('nan')):.3f} sign changes {inner.get('sign_changes', '-')} "
-                f"slope0 {inner.get('slope_at_0', float('nan')):.3f}; loss "
-                + " ".join(f"{x:.3f}" for x in row["train_loss"])
-                + "; val acc "
-                + " ".join(f"{x:.2f}" for x in row["val_acc"]),
-                flush=True,
-            )
     result = {
         "command": " ".join(["resnet_diagnosis.py", *sys.argv[1:]]),
         "git_commit": git_commit(),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
-        "runs": rows,
+        "runs": [],
     }
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.runs or Path(scratch)
+        for seed in args.seeds:
+            row = diagnose_run(args.config, seed, root / f"seed={seed}", args.pretrain_epochs, args.epochs, extra)
+            result["runs"].append(row)
+            if args.out is not None:  # after every seed: a long measurement keeps what it finished
+                write_json_atomic(args.out, result)
+            print(seed_line(row), flush=True)
     if args.out is not None:
-        write_json_atomic(args.out, result)
         print(f"wrote {args.out}")
+
+
+def seed_line(row: dict) -> str:
+    """One seed's measurements in a line."""
+    start, inner, blocks = row["start"], row["start"].get("inner", {}), row["start"]["blocks"]
+    nan = float("nan")
+    return (
+        f"seed {row['seed']}: stem grad {blocks[0]['grad_norm']:.3g}, last {blocks[-1]['grad_norm']:.3g}, "
+        f"x{start['growth_per_block']:.2f}/block; out std {min(b['out_std'] for b in blocks):.3f}-"
+        f"{max(b['out_std'] for b in blocks):.3f}; inner std {inner.get('out_std', nan):.3f} "
+        f"mean {inner.get('out_mean', nan):.3f} sign changes {inner.get('sign_changes', '-')} "
+        f"slope0 {inner.get('slope_at_0', nan):.3f} backward gain {inner.get('backward_gain', nan):.2f}; loss "
+        + " ".join(f"{x:.3f}" for x in row["train_loss"])
+        + "; val acc "
+        + " ".join(f"{x:.2f}" for x in row["val_acc"])
+    )
 
 
 if __name__ == "__main__":

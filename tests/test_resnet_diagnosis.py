@@ -1,5 +1,6 @@
 """The ResNet diagnosis's measurements on nets whose answers are known."""
 
+import json
 import math
 
 import pytest
@@ -50,6 +51,19 @@ def test_the_script_measures_session_two_start_and_first_epoch_of_a_config(tmp_p
     row = diagnose_run(config, 3, tmp_path / "run", 0, 1, tiny)
     assert row["seed"] == 3 and len(row["start"]["blocks"]) == 9 and "inner" not in row["start"]  # ReLU: none
     assert len(row["train_loss"]) == 1 and len(row["val_acc"]) == 1 and row["test_acc"] is not None
+
+
+def test_the_start_only_measurement_trains_session_one_whole(tmp_path):
+    """Epochs 0 stops session II after its first batch; session I must still run every step of its epochs."""
+    from helpers import REPO
+
+    from lit_dendrite.analysis.resnet_diagnosis import diagnose_run
+
+    config = REPO / "configs" / "experiment" / "resnet18_digits_2arg.yaml"
+    row = diagnose_run(config, 1, tmp_path / "run", 1, 0, ["--model.net.init_args.width_multiplier", "0.0625"])
+    session_one = json.loads((tmp_path / "run" / "I_pretrain" / "session.json").read_text())
+    assert session_one["steps"] == 40 and "inner" in row["start"]  # 101 x 101 grid points / 256 a batch
+    assert json.loads((tmp_path / "run" / "II_joint" / "session.json").read_text())["epochs"] <= 1
 
 
 def test_relu_has_the_backward_gain_the_docstring_gives():

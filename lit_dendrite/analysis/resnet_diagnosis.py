@@ -107,9 +107,11 @@ def growth_per_block(rows: Sequence[dict[str, float]]) -> float:
 
 class ResNetProbe(L.Callback):
     """Measures session II's starting net (:func:`inner_shape`, :func:`block_statistics`) on its first training
-    batch, then records each epoch's mean training loss and validation accuracy."""
+    batch, then records each epoch's mean training loss and validation accuracy; with ``stop_after_start`` session
+    II ends after that batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_after_start: bool = False) -> None:
+        self.stop_after_start = stop_after_start
         self.start: dict[str, Any] | None = None
         self.losses: list[float] = []
         self.val_acc: list[float] = []
@@ -124,6 +126,7 @@ class ResNetProbe(L.Callback):
         if getattr(net, "inner", None) is not None:
             self.start["inner"] = inner_shape(net.inner, net.neuron_spec.arity)
         self.start["growth_per_block"] = growth_per_block(self.start["blocks"])
+        trainer.should_stop = self.stop_after_start
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._sum, self._count = 0.0, 0
@@ -149,9 +152,10 @@ def diagnose_run(
     training arguments (``--key value``)."""
     from lit_dendrite.cli import train  # the training command: imported only where a run is trained
 
-    probe = ResNetProbe()
-    # 0 epochs: the measurement at session II's start only (one training, validation and test batch)
-    limits = [f"--trainer.limit_{stage}_batches" for stage in ("train", "val", "test")] if epochs == 0 else []
+    probe = ResNetProbe(stop_after_start=epochs == 0)
+    # 0 epochs: the measurement at session II's start only (then one validation and test batch; session I has none,
+    # so limiting them leaves it whole, as a limit on training batches would not)
+    limits = [f"--trainer.limit_{stage}_batches" for stage in ("val", "test")] if epochs == 0 else []
     args = [
         "--config", str(config), "--seed_everything", str(seed), "--run_dir", str(run_dir),
         "--protocol.pretrain_epochs", str(pretrain_epochs), "--protocol.sessions", "[I_pretrain,II_joint]",
