@@ -2,7 +2,7 @@
 
     python launch/sweep.py [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
                            [--dry-run [--gpu-speedup X]] [--verbose] [--max-parallel N] [--overwrite] [--force]
-                           [--wait]
+                           [--retry-stalled] [--wait]
     python launch/sweep.py preflight [--sweep FILE] --cluster slurm|local|debug [--cluster-config FILE] [--out DIR]
                            [--time-min MIN]
     python launch/sweep.py fetch-data [NAME ...] [--sweep FILE] [--root DIR] [--dry-run]
@@ -94,6 +94,12 @@ def submit_main(argv: list[str]) -> int:
             help="discard the results of runs whose directory holds another configuration, and train them afresh",
         )
         parser.add_argument(
+            "--retry-stalled",
+            action="store_true",
+            help="train stalled runs again from the session that stalled (by default a stalled run is finished: "
+            "the same seed and code stall again)",
+        )
+        parser.add_argument(
             "--gpu-speedup",
             type=positive_float,
             default=DEFAULT_GPU_SPEEDUP,
@@ -120,6 +126,7 @@ def submit_main(argv: list[str]) -> int:
             verbose=args.verbose,
             gpu_speedup=args.gpu_speedup,
             force=args.force,
+            retry_stalled=args.retry_stalled,
         )
         submission = submit()
         if args.wait and sweep.search is not None and submission.jobs and not submission.submitted:

@@ -32,6 +32,7 @@ from lit_dendrite.io import write_json_atomic
 from lit_dendrite.models.classifier import Classifier, Diverged
 from lit_dendrite.models.protocol import Protocol, RunProtocol, check_trainer_options, protocol_dict
 from lit_dendrite.models.resume import checkpoint_config_hashes
+from lit_dendrite.models.stall import Stalled
 from lit_dendrite.nn.matching import settled_widths
 from lit_dendrite.nn.nets import CONFIG_KEY, NETS
 from lit_dendrite.preflight import check_config_files, check_memory, check_seed, check_trainer
@@ -264,7 +265,7 @@ def train(args: Sequence[str], extra_callbacks: Sequence[Callback] = ()) -> dict
 
     The run directory is locked while this runs (a second process on it stops, naming the holder) and holds one
     configuration: another one is an error listing the differing keys, unless ``--overwrite`` discards it. A
-    finished run (a record with status done or diverged) is not run again; an interrupted one resumes from its
+    finished run (a record with status done, diverged or stalled) is not run again; an interrupted one resumes from its
     last completed session and last checkpoint.
     """
     cli = parse(args)
@@ -387,6 +388,8 @@ def _train(
         runner.run()
     except Diverged as diverged:
         status, error = "diverged", str(diverged)
+    except Stalled as stalled:
+        status, error = "stalled", str(stalled)
     sessions = runner.summaries
     final = sessions[list(sessions)[-1]] if sessions and status == "done" else {}
     result = {

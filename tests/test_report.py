@@ -77,6 +77,9 @@ def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep)
     failed_dir = fake_sweep / "mlp_digits_2arg" / "seed=8"
     failed_dir.mkdir()
     (failed_dir / "result.json").write_text(json.dumps({"status": "diverged", "error": "loss is NaN"}))
+    stalled_dir = fake_sweep / "mlp_digits_2arg" / "seed=9"
+    stalled_dir.mkdir()
+    (stalled_dir / "result.json").write_text(json.dumps({"status": "stalled", "error": "session II_joint: at chance"}))
     broken = json.loads((fake_sweep / "mlp_digits_2arg" / "seed=3" / "result.json").read_text())
     (fake_sweep / "mlp_digits_2arg" / "seed=3" / broken["best_checkpoint"]).unlink()
     write_session_events(fake_sweep / "mlp_digits_relu" / "seed=4" / "II_joint", [0.5, 0.9])  # still training
@@ -93,6 +96,8 @@ def test_report_of_a_hand_made_sweep_has_every_section_and_condition(fake_sweep)
     assert re.search(r"seed=3`: surface analysis failed: MissingFile: .*best.ckpt is missing", report)
     assert re.search(r"\| mlp_digits_2arg \| 1 \(hidden\.0\.neuron\) authors' \| [0-2]/2 \|", report), "per layer"
     assert "seed=8`: status 'diverged': loss is NaN" in report
+    stalled = report.split("## Stalled runs")[1].split("\n## ")[0]  # listed apart from the problems
+    assert "seed=9`: session II_joint: at chance" in stalled and "seed=9" not in report.split("## Problems")[1]
     assert "| mlp_digits_2arg | 3 | 67.00 ± 1.00 | 86.61 ± 2.68 | 100.00 ± 0.00 |" in report, "corruption table"
     assert "| mlp_digits_relu | 82.00 ± 1.00 | 50.00 ± 0.00 | 12.00 ± 1.00 |" in report, "robust accuracy vs eps"
     # learning speed of the three finished ReLU runs only (their curves reach their end at their 4th epoch)

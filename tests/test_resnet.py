@@ -152,3 +152,16 @@ def test_two_arg_run_goes_through_every_session_with_augmentation(tmp_path):
 def test_short_two_arg_run_learns(tmp_path):
     result = quick_train("resnet18_digits_2arg", tmp_path / "run", 1, 2, "--data.batch_size", "50")
     assert result["test_acc"] > 0.3 and result["sessions"]["II_joint"]["test_acc"] > 0.3, result["sessions"]
+
+
+def test_post_neuron_bn_gives_unit_scale_blocks_and_is_absent_by_default():
+    torch.manual_seed(0)
+    default = DendriticResNet(**DIGITS, **TINY)
+    assert not any("post_bn" in key for key in default.state_dict())  # recorded checkpoints still load
+    net = DendriticResNet(**DIGITS, **TINY, post_neuron_bn=True).train()
+    outputs = []
+    for block in net.stages:
+        block.register_forward_hook(lambda module, args, out: outputs.append(out))
+    net(torch.rand(8, 1, 28, 28))
+    for out in outputs:  # BatchNorm's batch statistics: each unit's output standardised
+        torch.testing.assert_close(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(out.shape[1]), atol=1e-2, rtol=0)

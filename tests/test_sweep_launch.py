@@ -44,12 +44,13 @@ def sweep_file(tmp_path: Path) -> Path:
 
 
 class FakePipeline:
-    """Stands in for lit_dendrite.cli: records calls; `fail`/`diverge` pick runs by their seed."""
+    """Stands in for lit_dendrite.cli: records calls; `fail`/`diverge`/`stall` pick runs by their seed."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.fail: set[str] = set()
         self.diverge: set[str] = set()
+        self.stall: set[str] = set()
         self.bad_config = False
         self.parsed = 0
 
@@ -70,8 +71,13 @@ class FakePipeline:
         if seed in self.fail:
             raise RuntimeError(f"boom in seed {seed}")
         run_dir = Path(arg(args, "--run_dir"))
-        status = "diverged" if seed in self.diverge else "done"
-        result = {"status": status, "run_dir": str(run_dir), "seed": int(seed), "test_acc": 0.5,
+        status = "diverged" if seed in self.diverge else "stalled" if seed in self.stall else "done"
+        if status == "stalled":  # as the protocol leaves it: session I finished, session II's checkpoints only
+            for path in (run_dir / "I_pretrain" / "session.json", run_dir / "II_joint" / "checkpoints" / "last.ckpt"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("{}")
+        error = "session II_joint: loss at chance" if status == "stalled" else None
+        result = {"status": status, "error": error, "run_dir": str(run_dir), "seed": int(seed), "test_acc": 0.5,
                   "epochs": {"II_joint": 3}, "config": self.resolve(args)}  # fmt: skip
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "result.json").write_text(json.dumps(result))
@@ -139,6 +145,30 @@ def test_debug_sweep_runs_isolates_failures_and_rerun_submits_only_unfinished(
     assert third.submitted == [] and len(pipeline.calls) == 6
 
 
+def test_a_stalled_run_is_shown_and_resubmitted_only_when_asked(
+    sweep_file: Path, tmp_path: Path, pipeline: FakePipeline, capsys: pytest.CaptureFixture
+) -> None:
+    launcher = load_launcher()
+    submit = ["--sweep", str(sweep_file), "--cluster", "debug", "--out", str(tmp_path / "runs")]
+    pipeline.stall = {"1"}
+    assert launcher.main(submit) == 0
+    sweep_dir, stalled = tmp_path / "runs" / "tiny", "mlp_digits_2arg/lr=0.01,seed=1"
+    capsys.readouterr()
+    assert launcher.main(["status", str(sweep_dir)]) == 0
+    status = capsys.readouterr().out
+    assert re.search(rf"{re.escape(stalled)}\s+stalled", status) and "session II_joint: loss at chance" in status
+    assert "done 2, failed 0, diverged 0, stalled 2 (of 4)" in status
+    assert launcher.main(submit) == 0 and len(pipeline.calls) == 4  # finished: not submitted again
+    pipeline.stall = set()
+    assert launcher.main([*submit, "--retry-stalled"]) == 0
+    assert len(pipeline.calls) == 6 and {arg(call, "--seed_everything") for call in pipeline.calls[4:]} == {"1"}
+    run_dir = sweep_dir / stalled
+    assert json.loads((run_dir / "result.stalled.json").read_text())["status"] == "stalled"
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "done"
+    # the session it finished is kept, the one that stalled starts afresh
+    assert (run_dir / "I_pretrain" / "session.json").is_file() and not (run_dir / "II_joint").exists()
+
+
 def test_status_and_collect_commands(
     sweep_file: Path, tmp_path: Path, pipeline: FakePipeline, capsys: pytest.CaptureFixture
 ) -> None:
@@ -150,7 +180,7 @@ def test_status_and_collect_commands(
     capsys.readouterr()
     assert launcher.main(["status", str(sweep_dir)]) == 0
     status = capsys.readouterr().out
-    assert "pending 1, running 0, done 2, failed 1, diverged 0 (of 4)" in status
+    assert "pending 1, running 0, done 2, failed 1, diverged 0, stalled 0 (of 4)" in status
     assert "error: RuntimeError: boom in seed 2" in status
 
     assert launcher.main(["collect", str(sweep_dir)]) == 0
@@ -386,7 +416,7 @@ def test_debug_sweep_with_the_real_pipeline_on_digits(tmp_path: Path, capsys: py
     assert launcher.main(argv) == 0
     assert "0 to submit" in capsys.readouterr().out
     assert launcher.main(["status", str(sweep_dir)]) == 0
-    assert "pending 0, running 0, done 1, failed 0, diverged 0 (of 1)" in capsys.readouterr().out
+    assert "pending 0, running 0, done 1, failed 0, diverged 0, stalled 0 (of 1)" in capsys.readouterr().out
     assert launcher.main(["collect", str(sweep_dir)]) == 0
     with (sweep_dir / "summary.csv").open() as f:
         (row,) = list(csv.DictReader(f))

@@ -220,7 +220,12 @@ def build_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     if not runs:
         raise MissingFile(f"no {RESULT_FILE} under {sweep_dir}; run or collect the sweep first")
     conditions = summary_table(runs)
-    problems = [f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}" for r in runs if not r.done]
+    stalled = [f"`{r.name}`: {r.get('error', 'no reason recorded')}" for r in runs if r.status == "stalled"]
+    problems = [
+        f"`{r.name}`: status {r.status!r}: {r.get('error', 'no error recorded')}"
+        for r in runs
+        if not r.done and r.status != "stalled"
+    ]
     problems += chance_level_problems(runs)
     problems += [
         f"`{r.name}`: the inner net fell back from the fused op in {line}" for r in runs for line in r.path_fallbacks
@@ -239,6 +244,9 @@ def build_report(sweep_dir: str | Path, grid: Grid = PAPER_GRID, n_images: int =
     if curve_lines := curve_section(sweep_dir, runs, problems, n_images, per_run):
         lines += [*curve_lines, ""]
     lines += [*robustness_section(sweep_dir, runs, conditions, problems, per_run), ""]
+    if stalled:
+        lines += ["## Stalled runs", "", "Their training loss stayed at chance; they are in no table above.", ""]
+        lines += [*(f"- {s}" for s in stalled), ""]
     if problems:
         lines += ["## Problems", "", *(f"- {p}" for p in problems), ""]
     return SweepReport(sweep_dir, "\n".join(lines).rstrip() + "\n", per_run)

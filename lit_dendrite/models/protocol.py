@@ -39,6 +39,7 @@ from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.loading import load_checkpoint, retrain_advice
 from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.models.resume import BatchSeed, ConfigIdentity, WallClock, resume_point, with_atomic_checkpoints
+from lit_dendrite.models.stall import STALL_EPOCHS, STALL_MARGIN, Stalled, StallStop
 from lit_dendrite.models.tensorboard_layout import LAYOUT
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner_check import PATHS, device_description
@@ -55,7 +56,11 @@ class Protocol:
     this many epochs without early stopping (the paper's 200 / 400), still testing the checkpoint of the best
     validation loss; None: early stopping with ``patience``, up to ``trainer.max_epochs``.
     ``frozen_fast_path`` trains session III through lookup tables of the frozen inner net (tests stay exact);
-    ``compile`` wraps the network in ``torch.compile``.
+    ``compile`` wraps the network in ``torch.compile``. ``stall_epochs``: a session II or III whose mean training
+    loss stays within ``stall_margin`` nats of chance (ln of the class count) for this many epochs in a row ends the
+    run as ``stalled`` (:mod:`~lit_dendrite.models.stall`); 0 turns the rule off. Both default to null, meaning
+    :data:`~lit_dendrite.models.stall.STALL_EPOCHS` and :data:`~lit_dendrite.models.stall.STALL_MARGIN`, so that
+    configurations recorded before the rule keep their identity.
     """
 
     pretrain_epochs: int = 500
@@ -68,6 +73,8 @@ class Protocol:
     sessions: tuple[str, ...] = (PRETRAIN, JOINT, FROZEN)
     frozen_fast_path: bool = True
     compile: bool = False
+    stall_epochs: int | None = None
+    stall_margin: float | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.sessions) - {PRETRAIN, JOINT, FROZEN}
@@ -88,6 +95,19 @@ class Protocol:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"protocol.{key} must be a positive number of epochs or null, got {value}")
+
+        if self.stall_epochs is not None and self.stall_epochs < 0:
+            raise ValueError(f"protocol.stall_epochs must be >= 0 (0: no stall rule) or null, got {self.stall_epochs}")
+        if self.stall_margin is not None and not (math.isfinite(self.stall_margin) and self.stall_margin > 0):
+            raise ValueError(
+                f"protocol.stall_margin must be a finite number > 0 (nats) or null, got {self.stall_margin}"
+            )
+
+    def stall_stop(self, num_classes: int) -> StallStop | None:
+        """The stall rule's callback for a session of a ``num_classes`` classifier, or None where it is off."""
+        epochs = STALL_EPOCHS if self.stall_epochs is None else self.stall_epochs
+        margin = STALL_MARGIN if self.stall_margin is None else self.stall_margin
+        return StallStop(num_classes, epochs, margin) if epochs > 0 else None
 
     def fixed_epochs(self, session: str) -> int | None:
         """The fixed number of epochs of session II or III, or None where it stops early."""
@@ -290,6 +310,9 @@ class RunProtocol:
         patience = self.protocol.patience if fixed is None else fixed + 1
         stop = EarlyStopping(monitor="val/loss", mode="min", patience=patience, check_finite=True)
         callbacks = [best, last_checkpoint(session), stop, seeds, clock]
+        stall = self.protocol.stall_stop(model.net.num_classes)
+        if stall is not None:
+            callbacks.append(stall)
         if freeze and self.protocol.frozen_fast_path and spec is not None and spec.tables:
             callbacks.append(FrozenInnerTables())
         maybe_compile(model.net, self.protocol.compile)
@@ -310,6 +333,10 @@ class RunProtocol:
         stopped_early = bool(stop.stopped_epoch)
         if stopped_early and not torch.isfinite(stop.best_score):
             raise Diverged(f"validation loss became non-finite in session {name}")
+        if stall is not None and stall.stalled:
+            # no summary: the session did not finish (its checkpoints stay); --retry-stalled trains it afresh
+            say(f"{SESSION_TITLES[name]} stalled: {stall.reason}")
+            raise Stalled(f"session {name}: {stall.reason}")
         best_path = Path(best.best_model_path)
         tested = trainer.test(model, datamodule=self.datamodule, ckpt_path=str(best_path), verbose=False)[0]
         summary = {

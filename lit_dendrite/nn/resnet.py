@@ -42,20 +42,23 @@ class DendriticConvBN2d(nn.Module):
     pre-activations adjacent in memory); returns (N, units, H', W') maps, channels-last.
     """
 
-    def __init__(self, in_channels: int, units: int, neuron: Neuron, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, units: int, neuron: Neuron, stride: int = 1, post_neuron_bn: bool = False
+    ) -> None:
         super().__init__()
         self.units = units
         self.arity = neuron.arity
         self.conv = nn.Conv2d(in_channels, self.arity * units, 3, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(self.arity * units)
         self.neuron = neuron
+        self.post_bn = nn.BatchNorm2d(units) if post_neuron_bn else nn.Identity()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``residual``: (N, units, H', W') maps, one value per unit added to each of its ``arity`` pre-activations."""
         z = self.bn(self.conv(x.contiguous(memory_format=torch.channels_last))).permute(0, 2, 3, 1)
         if residual is not None:
             z = (z.unflatten(-1, (self.units, self.arity)) + residual.permute(0, 2, 3, 1).unsqueeze(-1)).flatten(-2)
-        return self.neuron.normalized(z, 3).permute(0, 3, 1, 2)
+        return self.post_bn(self.neuron.normalized(z, 3).permute(0, 3, 1, 2))
 
 
 class Projection(nn.Module):
@@ -76,10 +79,12 @@ class Projection(nn.Module):
 class DendriticBasicBlock(nn.Module):
     """ResNet BasicBlock with dendritic units: the residual sum is taken per pre-activation (see the module)."""
 
-    def __init__(self, in_channels: int, units: int, stride: int, make_neuron: Callable[[], Neuron]) -> None:
+    def __init__(
+        self, in_channels: int, units: int, stride: int, make_neuron: Callable[[], Neuron], post_neuron_bn: bool
+    ) -> None:
         super().__init__()
-        self.first = DendriticConvBN2d(in_channels, units, make_neuron(), stride)
-        self.second = DendriticConvBN2d(units, units, make_neuron())
+        self.first = DendriticConvBN2d(in_channels, units, make_neuron(), stride, post_neuron_bn)
+        self.second = DendriticConvBN2d(units, units, make_neuron(), post_neuron_bn=post_neuron_bn)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != units:
             self.shortcut = Projection(in_channels, units, stride)
@@ -105,6 +110,8 @@ class DendriticResNet(OuterNet):
     the same net built with ``match_neuron`` (see :meth:`OuterNet.matched_widths`). ``residual_bn_init`` is the
     initial weight of every block's second BatchNorm (the one before the residual sum; None: 1 like the others),
     ``0`` being torchvision's ``zero_init_residual`` (Goyal et al. 2017): each block starts as its shortcut.
+    ``post_neuron_bn`` puts a BatchNorm over the units after every neuron (None: none), so that the residual stream
+    and the next conv see unit-scale activations whatever the scale of the neuron's output (docs/resnet-diagnosis.md).
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class DendriticResNet(OuterNet):
         match_neuron: str | None = None,
         neuron_args: dict[str, Any] | None = None,
         residual_bn_init: float | None = None,
+        post_neuron_bn: bool | None = None,
     ) -> None:
         if not (math.isfinite(width_multiplier) and width_multiplier > 0):
             raise ConfigError(f"{CONFIG_KEY}.width_multiplier must be a finite number > 0, got {width_multiplier}")
@@ -144,12 +152,12 @@ class DendriticResNet(OuterNet):
             )
         self.widths = self.matched_widths(scaled, match_neuron, architecture)
         self.blocks = blocks
-        self.stem = DendriticConvBN2d(self.in_shape[0], self.widths[0], self.make_neuron())
+        self.stem = DendriticConvBN2d(self.in_shape[0], self.widths[0], self.make_neuron(), 1, bool(post_neuron_bn))
         stages, channels = [], self.widths[0]
         for stage, (units, count) in enumerate(zip(self.widths, blocks)):
             for index in range(count):
                 stride = 2 if stage > 0 and index == 0 else 1
-                stages.append(DendriticBasicBlock(channels, units, stride, self.make_neuron))
+                stages.append(DendriticBasicBlock(channels, units, stride, self.make_neuron, bool(post_neuron_bn)))
                 channels = units
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)

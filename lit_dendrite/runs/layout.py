@@ -11,6 +11,7 @@ from typing import Any
 
 RESULT_FILE = "result.json"
 FAILED_RESULT_FILE = "result.failed.json"
+STALLED_RESULT_FILE = "result.stalled.json"
 SESSION_FILE = "session.json"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -93,8 +94,22 @@ class RunDir:
         """Where a failed job's record is set aside when the sweep submits the run again."""
         return self.path / FAILED_RESULT_FILE
 
+    @property
+    def stalled_result(self) -> Path:
+        """Where a stalled run's record is set aside when a sweep is asked to train it again (--retry-stalled)."""
+        return self.path / STALLED_RESULT_FILE
+
     def session(self, name: str) -> SessionDir:
         return SessionDir(self.path / name)
+
+    def retry_stalled(self) -> None:
+        """Make a stalled run trainable again: its record set aside, the session that stalled (the one without a
+        summary) removed so that it starts afresh; the sessions it finished are kept."""
+        for name in SESSIONS:
+            session = self.session(name)
+            if session.path.is_dir() and not session.summary.is_file():
+                shutil.rmtree(session.path)
+        self.result.replace(self.stalled_result)
 
     @property
     def pretrained_inner(self) -> Path:
@@ -126,7 +141,15 @@ class RunDir:
 
     def results(self) -> list[Path]:
         """Everything a run has produced (the lock file aside): what ``--overwrite`` discards."""
-        names = [RESULT_FILE, FAILED_RESULT_FILE, CONFIG_FILE, *SESSIONS, ROBUSTNESS_FILE, ROBUSTNESS_DIR]
+        names = [
+            RESULT_FILE,
+            FAILED_RESULT_FILE,
+            STALLED_RESULT_FILE,
+            CONFIG_FILE,
+            *SESSIONS,
+            ROBUSTNESS_FILE,
+            ROBUSTNESS_DIR,
+        ]
         return [self.path / name for name in names if (self.path / name).exists()]
 
     def discard_results(self) -> None:

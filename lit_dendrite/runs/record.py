@@ -16,7 +16,8 @@ from lit_dendrite.errors import MissingFile, RecordError, UntrustedInput
 from lit_dendrite.runs.layout import RunDir
 from lit_dendrite.runs.naming import condition_of
 
-FINISHED = ("done", "diverged")
+FINISHED = ("done", "diverged", "stalled")
+"""Statuses of runs with nothing more to train: a diverged or stalled run would do the same again."""
 DONE_NUMBERS = ("test_acc", "test_loss", "num_params")
 """The numbers a done run's record must hold (finite) for the report to use it."""
 PACKAGES = (
@@ -90,7 +91,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        """Done or diverged: nothing more to train."""
+        """Done, diverged or stalled: nothing more to train."""
         return self.status in FINISHED
 
     @property

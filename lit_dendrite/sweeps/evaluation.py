@@ -253,7 +253,7 @@ def evaluation_state(run_dir: Path, evaluate: dict[str, Any] | None) -> str:
         result = RunRecord.read(run_dir)
     except (OSError, ValueError):
         result = None
-    if evaluate is None or (result is not None and result.status == "diverged"):
+    if evaluate is None or (result is not None and result.status in ("diverged", "stalled")):
         return "-"
     if result is None or not result.done:
         return "waiting"

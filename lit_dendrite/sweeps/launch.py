@@ -162,15 +162,20 @@ def checked_evaluate(evaluate: dict[str, Any] | None) -> None:
 
 
 def _to_skip(
-    sweep_dir: Path, runs: list[str], evaluate: dict[str, Any] | None, changed: set[str] = frozenset()
+    sweep_dir: Path,
+    runs: list[str],
+    evaluate: dict[str, Any] | None,
+    changed: set[str] = frozenset(),
+    retry_stalled: bool = False,
 ) -> dict[str, str]:
     """``{run: why}`` of the runs not to submit: queued or running, or finished and (with an ``evaluate``
-    section) evaluated, unless (not queued or running) their directory holds another configuration (``changed``)."""
+    section) evaluated, unless (not queued or running) their directory holds another configuration (``changed``)
+    or they stalled and ``retry_stalled`` asks to train them again."""
     skipped = {}
     for run, info in run_states(sweep_dir, runs).items():
         if info["live"]:
             skipped[run] = f"{info['state']}, job {info['job_id']} {info['job_state'].lower()}"
-        elif run in changed:
+        elif run in changed or (retry_stalled and info["state"] == "stalled"):
             continue
         elif info["state"] == "running":
             skipped[run] = "running"
@@ -195,6 +200,7 @@ def submit_sweep(
     verbose: bool = False,
     gpu_speedup: float = DEFAULT_GPU_SPEEDUP,
     force: bool = False,
+    retry_stalled: bool = False,
 ) -> Submission:
     """Validate the sweep, print its plan (:mod:`lit_dendrite.sweeps.plan`: runs per experiment, GPU-hours, the data
     sets the jobs read and which are missing), then submit every run that is neither finished nor queued/running as
@@ -204,6 +210,8 @@ def submit_sweep(
     command that fetches it, and nothing is submitted; a dry run reports it in the plan. A run whose directory holds
     another configuration (the sweep's overrides changed) is an error listing each such run and its differing keys,
     and nothing is submitted; with ``overwrite`` those runs' results are discarded and they are trained afresh.
+    A stalled run is finished (the same seed would stall again) unless ``retry_stalled``: then the session that
+    stalled is trained afresh, after the sessions it finished.
     ``cluster`` names the backend (:mod:`lit_dendrite.sweeps.backends`): ``debug`` runs the jobs in this process
     before returning; ``local`` starts at most ``max_parallel`` background processes that share the runs, each
     taking the next one left. A sweep with a ``search:`` section submits its search workers, or once the search has
@@ -217,7 +225,8 @@ def submit_sweep(
         from lit_dendrite.sweeps.search_launch import submit_search
 
         return submit_search(sweep, cluster, config, out, dry_run, max_parallel, parse, echo, overwrite=overwrite,
-                             resolve=resolve, verbose=verbose, gpu_speedup=gpu_speedup, force=force)  # fmt: skip
+                             resolve=resolve, verbose=verbose, gpu_speedup=gpu_speedup, force=force,
+                             retry_stalled=retry_stalled)  # fmt: skip
     backend = cluster_backend(cluster)
     sweep_dir = out.resolve() / sweep.name
     config = dataclasses.replace(config, array_parallelism=max_parallel or config.array_parallelism)
@@ -227,7 +236,7 @@ def submit_sweep(
     parsed = dict(zip(args, check_configs(list(args.values()), parse)))
     checked_evaluate(sweep.evaluate)
     mismatches = config_mismatches(sweep_dir, args, resolve)
-    skipped = _to_skip(sweep_dir, list(args), sweep.evaluate, set(mismatches))
+    skipped = _to_skip(sweep_dir, list(args), sweep.evaluate, set(mismatches), retry_stalled)
     mismatches = {run: keys for run, keys in mismatches.items() if run not in skipped}  # live jobs keep theirs
     preflight = read_preflight(sweep_dir)
     kinds = {run: run_kind(parsed[run], sweep.evaluate) for run in args} if preflight is not None else {}
@@ -286,8 +295,11 @@ def submit_sweep(
         RunDir(sweep_dir / run).discard_results()
     for run in to_submit:
         run_dir = RunDir(sweep_dir / run)
-        if (read_json(run_dir.result) or {}).get("status") == "failed":
+        status = (read_json(run_dir.result) or {}).get("status")
+        if status == "failed":
             run_dir.result.replace(run_dir.failed_result)
+        elif status == "stalled":
+            run_dir.retry_stalled()
     jobs, jobs_of_run = _submit(backend, config, sweep.name, sweep_dir, to_submit, args, sweep.evaluate)
     record_jobs(sweep_dir, cluster, jobs_of_run)
     job_ids = [job.job_id for job in jobs]

@@ -1,7 +1,7 @@
 """Sweep directories on disk: the manifest of runs, submitted jobs, each run's state, and summary.csv.
 
 A run's state, from the most to the least definite evidence:
-- ``done`` / ``diverged``: its run record says so (written by train);
+- ``done`` / ``diverged`` / ``stalled``: its run record says so (written by train);
 - ``running`` / ``pending``: its last job is still known to the scheduler (its backend's
   :meth:`~lit_dendrite.sweeps.backends.ClusterBackend.job_states`: squeue for Slurm, the process for local):
   running if it runs, pending if it is queued or being requeued (even after a failure: it is retried);
@@ -37,7 +37,7 @@ CONFIG_SNAPSHOTS = "submitted_configs"  # the experiment configs as submitted, n
 JOBS_LOCK = ".jobs.lock"
 JOBS_LOCK_WAIT_S = 60.0
 SUMMARY = "summary.csv"
-STATES = ("pending", "running", "done", "failed", "diverged")
+STATES = ("pending", "running", "done", "failed", "diverged", "stalled")
 RUNNING_JOB_STATES = ("RUNNING", "COMPLETING", "CONFIGURING")
 RECENT_CHECKPOINT_S = 15 * 60
 SUMMARY_SKIPPED = ("config", "sessions", "versions")
@@ -193,6 +193,8 @@ def format_status(sweep_dir: Path) -> str:
         evaluation = evaluations.get(run, "") + (", running" if run in evaluating else "")
         evaluation = f"{evaluation:<14}  " if evaluate else ""
         lines.append(f"{run:<{width}}  {info['state']:<8}  {evaluation}{job}")
+        if info["state"] == "stalled":
+            lines.append(f"    {info['result'].get('error')}")
         if info["state"] == "failed":
             error = (info["result"].get("error") or "").strip().splitlines()
             lines.append(f"    error: {error[-1] if error else '?'}")
