@@ -9,11 +9,13 @@ rstd)``: the values in ``z``'s dtype, the signs of the last hidden layer as int1
 the first hidden layer, and returns every gradient.
 
 Backends, by the device of ``z`` (:func:`backend`): the native C kernel on CPU (:mod:`lit_dendrite.nn.native`,
-float32) and the Triton kernel on CUDA (:mod:`lit_dendrite.nn.inner_triton`, float32/tf32, bf16 and fp16 inputs).
+float32 inputs, and with ``bf16`` its bf16 products with float32 accumulation) and the Triton kernel on CUDA
+(:mod:`lit_dendrite.nn.inner_triton`, float32/tf32, bf16 and fp16 inputs).
 With ``TRITON_INTERPRET=1`` set before Triton is imported, CPU tensors take the Triton kernels too, run by Triton's
 interpreter (slow: for tests and debugging). Both ops have fake (meta) implementations and the forward op an
 autograd formula, so ``torch.compile`` traces them as single nodes and autocast passes them through (the inputs
-keep the dtype autocast gave them), instead of falling back to the plain layers.
+keep the dtype autocast gave them; on CPU they are cast to float32, see :func:`fused_inner_net`), instead of falling
+back to the plain layers.
 """
 
 from __future__ import annotations
@@ -43,16 +45,19 @@ def backend(device: torch.device) -> str | None:
     return "native" if device.type == "cpu" else None
 
 
-def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
-    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``z``, or None."""
+def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False) -> str | None:
+    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``z`` (with ``bf16``
+    products), or None."""
     if len(params) != 6 or params[-2].shape[0] != 1:
         return f"it needs an inner net of 2 hidden layers and 1 output, got {len(params) // 2 - 1} hidden layers"
     widths = [params[0].shape[0], params[2].shape[0]]
     if any(width % SIGN_BITS for width in widths):
         return f"it needs hidden widths that are multiples of {SIGN_BITS}, got {widths}"
     kind = backend(z.device)
+    if bf16 and kind != "native":
+        return "its bf16 products are the native CPU kernel's (on CUDA, bf16-mixed precision gives Triton bf16 inputs)"
     if kind == "native":
-        return native.inner_kernel_mismatch(z, params)
+        return native.inner_kernel_mismatch(z, params, upcast=cpu_autocast_upcasts(z))
     if kind is None:
         return f"it has no kernel for {z.device.type} tensors"
     if not triton_installed():
@@ -64,6 +69,12 @@ def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
     if z.numel() >= 2**31:
         return f"its Triton kernels index with int32: {z.numel()} input values are too many (split the batch)"
     return None
+
+
+def cpu_autocast_upcasts(z: torch.Tensor) -> bool:
+    """Whether ``z`` is a bf16 or fp16 CPU tensor under CPU autocast, which the native kernel takes cast to float32
+    (as autocast runs the LayerNorm before it)."""
+    return z.device.type == "cpu" and torch.is_autocast_enabled("cpu") and z.dtype in (torch.bfloat16, torch.float16)
 
 
 @torch.compiler.assume_constant_result
@@ -85,6 +96,7 @@ def inner_net(
     normalized_ndim: int,
     eps: float,
     keep_signs: bool,
+    bf16: bool,
     w1: Tensor,
     b1: Tensor,
     w2: Tensor,
@@ -99,7 +111,7 @@ def inner_net(
         return triton_kernels().inner_forward(z, normalized_ndim, eps, params, keep_signs)
     arity, h2 = w1.shape[1], w2.shape[0]
     rows, statistics = _normalized_rows(z, normalized_ndim, eps, arity)
-    out, signs = native.inner_forward(rows, params, keep_signs=keep_signs)
+    out, signs = native.inner_forward(rows, params, keep_signs=keep_signs, bf16=bf16)
     if signs is None:
         signs = torch.empty(0, h2 // SIGN_BITS, dtype=torch.int16)
     mean, rstd = statistics or (z.new_empty(0), z.new_empty(0))
@@ -107,7 +119,7 @@ def inner_net(
 
 
 @inner_net.register_fake
-def _(z, normalized_ndim, eps, keep_signs, w1, b1, w2, b2, w3, b3):
+def _(z, normalized_ndim, eps, keep_signs, bf16, w1, b1, w2, b2, w3, b3):
     arity, h2 = w1.shape[1], w2.shape[0]
     out = z.new_empty(*z.shape[:-1], z.shape[-1] // arity)
     signs = z.new_empty(z.numel() // arity if keep_signs else 0, h2 // SIGN_BITS, dtype=torch.int16)
@@ -126,6 +138,7 @@ def inner_net_backward(
     eps: float,
     input_grad: bool,
     param_grads: bool,
+    bf16: bool,
     w1: Tensor,
     b1: Tensor,
     w2: Tensor,
@@ -148,7 +161,9 @@ def inner_net_backward(
         rows, _ = _normalized_rows(z, normalized_ndim, eps, arity)
         signs = signs if signs.numel() else None
         overwrite = bool(normalized_ndim)
-        grad_rows, sums = native.inner_backward(rows, grad_out, params, input_grad, param_grads, signs, overwrite)
+        grad_rows, sums = native.inner_backward(
+            rows, grad_out, params, input_grad, param_grads, signs, overwrite, bf16=bf16
+        )
         del rows
     grad_rows = grad_rows.view(z.shape) if input_grad else z.new_empty(0, dtype=torch.float32)
     if sums is None:
@@ -164,29 +179,29 @@ def inner_net_backward(
 
 
 @inner_net_backward.register_fake
-def _(grad_out, z, mean, rstd, signs, normalized_ndim, eps, input_grad, param_grads, w1, b1, w2, b2, w3, b3):
+def _(grad_out, z, mean, rstd, signs, normalized_ndim, eps, input_grad, param_grads, bf16, w1, b1, w2, b2, w3, b3):
     grad_rows = torch.empty_like(z, dtype=torch.float32) if input_grad else z.new_empty(0, dtype=torch.float32)
     params = (w1, b1, w2, b2, w3, b3)
     return [grad_rows, *(torch.empty_like(p) if param_grads else p.new_empty(0) for p in params)]
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    z, normalized_ndim, eps, _, *params = inputs
+    z, normalized_ndim, eps, _, bf16, *params = inputs
     _, signs, mean, rstd = output
     ctx.save_for_backward(z, mean, rstd, *params)
-    ctx.normalized_ndim, ctx.eps = normalized_ndim, eps
+    ctx.normalized_ndim, ctx.eps, ctx.bf16 = normalized_ndim, eps, bf16
     ctx.signs = signs  # not saved with the inputs: backward frees it as soon as it is used
     ctx.set_materialize_grads(False)  # no zero gradients for the signs and statistics
 
 
 def _backward(ctx, grad_out, *_unused_grads):
     z, mean, rstd, *params = ctx.saved_tensors
-    need_z, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[4:])
+    need_z, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[5:])
     # The signs are used once, then freed before the LayerNorm's backward; a second backward through a retained
     # graph recomputes them (empty signs).
     signs, ctx.signs = ctx.signs, ctx.signs.new_empty(0, ctx.signs.shape[1])
     grad_rows, *grads = inner_net_backward(
-        grad_out, z, mean, rstd, signs, ctx.normalized_ndim, ctx.eps, need_z, need_params, *params
+        grad_out, z, mean, rstd, signs, ctx.normalized_ndim, ctx.eps, need_z, need_params, ctx.bf16, *params
     )
     del signs
     grad_z = None
@@ -198,19 +213,24 @@ def _backward(ctx, grad_out, *_unused_grads):
         )[0].to(z.dtype)
     elif need_z:
         grad_z = grad_rows.to(z.dtype)
-    return (grad_z, None, None, None, *(g if need_params else None for g in grads))
+    return (grad_z, None, None, None, None, *(g if need_params else None for g in grads))
 
 
 inner_net.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_inner_net(z: torch.Tensor, normalized_ndim: int, eps: float, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The op's values, keeping the signs for backward only when a gradient will be needed. Under CUDA autocast,
-    float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs."""
+def fused_inner_net(
+    z: torch.Tensor, normalized_ndim: int, eps: float, params: Sequence[torch.Tensor], bf16: bool = False
+) -> torch.Tensor:
+    """The op's values (with ``bf16`` products), keeping the signs for backward only when a gradient will be needed.
+    Under CUDA autocast, float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs;
+    under CPU autocast, bf16 and fp16 inputs are cast to the native kernel's float32."""
     if z.is_cuda and torch.is_autocast_enabled("cuda") and z.dtype == torch.float32:
         z = z.to(torch.get_autocast_dtype("cuda"))
+    if cpu_autocast_upcasts(z):
+        z = z.float()
     keep_signs = torch.is_grad_enabled() and any(t.requires_grad for t in (z, *params))
-    return inner_net(z, normalized_ndim, eps, keep_signs, *params)[0]
+    return inner_net(z, normalized_ndim, eps, keep_signs, bf16, *params)[0]
 
 
 def output_layer_grads(

@@ -9,6 +9,10 @@ a hash of the sources, the flags, the compiler and the CPU, so that nodes of a c
 get their own build. It is written to a temporary name and renamed, so concurrent jobs never load a half-written
 file. Without a working compiler (a warning says so), or with ``LIT_DENDRITE_NATIVE=0``, the pure-torch paths run:
 the same values, more slowly.
+
+The inner kernel also multiplies in bf16 (``bf16=True``: operands of its large products rounded to bf16, float32
+accumulation): on AVX512-BF16's ``vdpbf16ps`` where ``-march=native`` finds it (:func:`bf16_hardware`), else the same
+products emulated in float32 (also when ``-DLIT_DENDRITE_PORTABLE_BF16`` is among the flags).
 """
 
 from __future__ import annotations
@@ -79,8 +83,9 @@ def load_kernel(path: Path) -> ctypes.CDLL:
     net_shape, weights = [size, integer, integer, integer], [pointer] * 4
     signatures = {
         "layer_norm_table_lookup": [pointer, pointer, *shape, ctypes.c_double, *table, size, *outputs, integer],
-        "inner_forward": [pointer, pointer, pointer, *net_shape, *weights, pointer, ctypes.c_double, integer],
-        "inner_backward": [pointer, pointer, pointer, *net_shape, *weights, pointer, pointer, pointer, integer],
+        "inner_forward": [pointer, pointer, pointer, *net_shape, *weights, pointer, ctypes.c_double, pointer, integer],
+        "inner_backward": [pointer, pointer, pointer, *net_shape, *weights, *[pointer] * 5, integer],
+        "inner_bf16_hardware": [],
     }
     for name, argtypes in signatures.items():
         function = getattr(library, name)
@@ -171,9 +176,10 @@ def normalized_table_lookup(
     return values, mean, rstd, candidates[values.view(-1)[candidates].isnan()]
 
 
-def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
-    """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None."""
-    unsupported = _unsupported(x, params)
+def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor], upcast: bool = False) -> str | None:
+    """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None;
+    with ``upcast``, ``x`` is taken cast to float32."""
+    unsupported = _unsupported(x.new_empty(0, dtype=torch.float32) if upcast else x, params)
     if unsupported is None and not native_available():
         return "the native kernels are unavailable (LIT_DENDRITE_NATIVE=0, or no C compiler: see the warning)"
     return unsupported
@@ -192,18 +198,23 @@ def _unsupported(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
 
 
 def inner_forward(
-    rows: torch.Tensor, params: Sequence[torch.Tensor], keep_signs: bool = False, library: ctypes.CDLL | None = None
+    rows: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    keep_signs: bool = False,
+    bf16: bool = False,
+    library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The inner net ``params`` (W1, b1, W2, b2, w3, b3) on each row of contiguous float32 CPU ``rows`` (n, arity),
     and with ``keep_signs`` the signs of its last hidden layer for :func:`inner_backward`: 1 bit per unit, as
-    (n, h2 / 16) int16 words (otherwise None)."""
+    (n, h2 / 16) int16 words (otherwise None). With ``bf16`` the hidden-to-hidden product takes bf16 operands."""
     library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, b3) = _inner_call(rows, params, library)
     out = rows.new_empty(len(rows))
     signs = torch.empty(len(rows), h2 // SIGN_BITS, dtype=torch.int16) if keep_signs else None
+    w2_pairs = bf16_pairs(w2t) if bf16 else None
     failed = library.inner_forward(
         rows.data_ptr(), out.data_ptr(), 0 if signs is None else signs.data_ptr(), len(rows), arity, h1, h2,
         w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), w3.data_ptr(), b3.item(),
-        torch.get_num_threads(),
+        0 if w2_pairs is None else w2_pairs.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     _check_allocated(failed)
     return out, signs
@@ -217,13 +228,15 @@ def inner_backward(
     param_sums: bool,
     signs: torch.Tensor | None = None,
     overwrite_rows: bool = False,
+    bf16: bool = False,
     library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
     """Backward of :func:`inner_forward` for the output gradient ``grad_out``: the rows' gradient (``input_grad``) and
     (``param_sums``) the sums the weight gradients are made of: ``[P, s, dW1^T, db1, sum(grad_out)]`` with
     ``G = grad_out * [h2 > 0]``, ``P = G^T relu(h1)`` and ``s = colsum(G)`` (see ``inner_kernel.c``). With the forward
     pass's ``signs``, h2 is not recomputed: one matrix product per row fewer. With ``overwrite_rows`` the rows'
-    gradient is written over ``rows`` (each block is read before its gradient is written), saving a buffer."""
+    gradient is written over ``rows`` (each block is read before its gradient is written), saving a buffer. With
+    ``bf16`` the two hidden-to-hidden products take bf16 operands, as in :func:`inner_forward`."""
     library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, _) = _inner_call(rows, params, library)
     if grad_out.shape != rows.shape[:1] or grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
         raise ValueError(f"grad_out must be a contiguous float32 vector of {len(rows)} values, got {grad_out.shape}")
@@ -231,12 +244,14 @@ def inner_backward(
     if signs is not None and (signs.shape != words or signs.dtype != torch.int16 or not signs.is_contiguous()):
         raise ValueError(f"signs must be contiguous int16 words of shape {words}, got {tuple(signs.shape)}")
     w2out = (w3.unsqueeze(1) * params[2]).contiguous()
+    pairs = [bf16_pairs(w2t), bf16_pairs(w2out)] if bf16 else [None, None]
     grad_rows = (rows if overwrite_rows else torch.empty_like(rows)) if input_grad else None
     sizes = [h2 * h1, h2, arity * h1, h1, 1]
     sums = rows.new_zeros(sum(sizes), dtype=torch.float64) if param_sums else None
     failed = library.inner_backward(
         rows.data_ptr(), grad_out.data_ptr(), 0 if signs is None else signs.data_ptr(), len(rows), arity, h1, h2,
         w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), w2out.data_ptr(),
+        *(0 if pair is None else pair.data_ptr() for pair in pairs),
         0 if grad_rows is None else grad_rows.data_ptr(), 0 if sums is None else sums.data_ptr(),
         torch.get_num_threads(),
     )  # fmt: skip
@@ -245,6 +260,13 @@ def inner_backward(
         return grad_rows, None
     product, gated_sum, first_weight_t, first_bias, grad_sum = sums.float().split(sizes)
     return grad_rows, [product.view(h2, h1), gated_sum, first_weight_t.view(arity, h1), first_bias, grad_sum]
+
+
+def bf16_pairs(weight_t: torch.Tensor) -> torch.Tensor:
+    """A transposed weight (k, n) rounded to bf16 as the kernel's bf16 products read it: (k / 2, n, 2), rows 2i and
+    2i + 1 of each column side by side."""
+    k, n = weight_t.shape
+    return weight_t.to(torch.bfloat16).view(k // 2, 2, n).transpose(1, 2).contiguous()
 
 
 def _inner_call(
@@ -274,6 +296,13 @@ def _check_allocated(failed: int) -> None:
 def native_available() -> bool:
     """Whether the native kernels are enabled and built (builds them on the first call)."""
     return native_enabled() and kernel_library() is not None
+
+
+@torch.compiler.assume_constant_result
+def bf16_hardware() -> bool:
+    """Whether the native kernel multiplies bf16 on the CPU's AVX512-BF16 instructions (False: it emulates them in
+    float32, or the kernels are unavailable)."""
+    return native_available() and bool(kernel_library().inner_bf16_hardware())
 
 
 def _library(library: ctypes.CDLL | None) -> ctypes.CDLL:
