@@ -10,14 +10,16 @@ from lit_dendrite.nn.inner_kernels import choose_impl
 from lit_dendrite.nn.neurons import LAYER_NORM_EPS
 
 
-def op_arguments(arity=2, hidden=(32, 16), shape=(3, 4, 10), normalized_ndim=2, keep_signs=True, bf16=False, seed=0):
+def op_arguments(
+    arity=2, hidden=(32, 16), shape=(3, 4, 10), normalized_ndim=2, keep_signs=True, bf16=False, dtype=None, seed=0
+):
     """Arguments of ``lit_dendrite::inner_net`` and of its backward op for a small random problem."""
     torch.manual_seed(seed)
     inner = InnerNet(arity=arity, hidden=hidden)
     for linear in inner.linears:
         torch.nn.init.uniform_(linear.bias, -0.5, 0.5)
     params = [p.detach().requires_grad_(True) for p in inner.parameters()]
-    z = (torch.randn(*shape[:-1], shape[-1] * arity // 2) * 2).requires_grad_(True)
+    z = (torch.randn(*shape[:-1], shape[-1] * arity // 2) * 2).to(dtype).requires_grad_(True)
     forward = (z, normalized_ndim, LAYER_NORM_EPS, keep_signs, bf16, *params)
     out, signs, mean, rstd = inner_op.inner_net(*[a.detach() if torch.is_tensor(a) else a for a in forward])
     backward = (torch.randn_like(out), z.detach(), mean, rstd, signs, normalized_ndim, LAYER_NORM_EPS, True, True,
@@ -26,11 +28,13 @@ def op_arguments(arity=2, hidden=(32, 16), shape=(3, 4, 10), normalized_ndim=2, 
 
 
 @pytest.mark.parametrize(
-    ("normalized_ndim", "keep_signs", "bf16"), [(0, True, False), (2, True, True), (1, False, False)]
+    ("normalized_ndim", "keep_signs", "bf16", "dtype"),
+    [(0, True, False, None), (2, True, True, None), (1, False, False, None), (0, True, True, torch.bfloat16)],
 )
-def test_the_op_and_its_backward_pass_opcheck(normalized_ndim, keep_signs, bf16):
-    """Schema, fake tensors, autograd registration and AOT dispatch (what torch.compile relies on)."""
-    forward, backward = op_arguments(normalized_ndim=normalized_ndim, keep_signs=keep_signs, bf16=bf16)
+def test_the_op_and_its_backward_pass_opcheck(normalized_ndim, keep_signs, bf16, dtype):
+    """Schema, fake tensors, autograd registration and AOT dispatch (what torch.compile relies on); a bf16 input (as
+    CPU autocast gives it) is cast to float32 inside and its values come back in bf16."""
+    forward, backward = op_arguments(normalized_ndim=normalized_ndim, keep_signs=keep_signs, bf16=bf16, dtype=dtype)
     torch.library.opcheck(torch.ops.lit_dendrite.inner_net.default, forward)
     torch.library.opcheck(torch.ops.lit_dendrite.inner_net_backward.default, backward)
 

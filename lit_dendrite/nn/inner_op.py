@@ -14,8 +14,8 @@ float32 inputs, and with ``bf16`` its bf16 products with float32 accumulation) a
 With ``TRITON_INTERPRET=1`` set before Triton is imported, CPU tensors take the Triton kernels too, run by Triton's
 interpreter (slow: for tests and debugging). Both ops have fake (meta) implementations and the forward op an
 autograd formula, so ``torch.compile`` traces them as single nodes and autocast passes them through (the inputs
-keep the dtype autocast gave them; on CPU they are cast to float32, see :func:`fused_inner_net`), instead of falling
-back to the plain layers.
+keep the dtype autocast gave them: the native kernel casts bf16 and fp16 ones to float32 inside, keeping the half
+precision input for backward), instead of falling back to the plain layers.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False
     if bf16 and kind != "native":
         return "its bf16 products are the native CPU kernel's (on CUDA, bf16-mixed precision gives Triton bf16 inputs)"
     if kind == "native":
-        return native.inner_kernel_mismatch(z, params, upcast=cpu_autocast_upcasts(z))
+        return native.inner_kernel_mismatch(z, params)
     if kind is None:
         return f"it has no kernel for {z.device.type} tensors"
     if not triton_installed():
@@ -69,12 +69,6 @@ def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False
     if z.numel() >= 2**31:
         return f"its Triton kernels index with int32: {z.numel()} input values are too many (split the batch)"
     return None
-
-
-def cpu_autocast_upcasts(z: torch.Tensor) -> bool:
-    """Whether ``z`` is a bf16 or fp16 CPU tensor under CPU autocast, which the native kernel takes cast to float32
-    (as autocast runs the LayerNorm before it)."""
-    return z.device.type == "cpu" and torch.is_autocast_enabled("cpu") and z.dtype in (torch.bfloat16, torch.float16)
 
 
 @torch.compiler.assume_constant_result
@@ -110,11 +104,12 @@ def inner_net(
     if backend(z.device) == "triton":
         return triton_kernels().inner_forward(z, normalized_ndim, eps, params, keep_signs)
     arity, h2 = w1.shape[1], w2.shape[0]
-    rows, statistics = _normalized_rows(z, normalized_ndim, eps, arity)
+    rows, statistics = _normalized_rows(z.float(), normalized_ndim, eps, arity)
     out, signs = native.inner_forward(rows, params, keep_signs=keep_signs, bf16=bf16)
+    out = out.to(z.dtype)
     if signs is None:
         signs = torch.empty(0, h2 // SIGN_BITS, dtype=torch.int16)
-    mean, rstd = statistics or (z.new_empty(0), z.new_empty(0))
+    mean, rstd = statistics or (rows.new_empty(0), rows.new_empty(0))
     return out.view(*z.shape[:-1], z.shape[-1] // arity), signs, mean, rstd
 
 
@@ -158,11 +153,11 @@ def inner_net_backward(
         )
     else:
         # The recomputed LayerNorm output is a fresh tensor: its gradient may replace it (saves a buffer).
-        rows, _ = _normalized_rows(z, normalized_ndim, eps, arity)
+        rows, _ = _normalized_rows(z.float(), normalized_ndim, eps, arity)
         signs = signs if signs.numel() else None
         overwrite = bool(normalized_ndim)
         grad_rows, sums = native.inner_backward(
-            rows, grad_out, params, input_grad, param_grads, signs, overwrite, bf16=bf16
+            rows, grad_out.float(), params, input_grad, param_grads, signs, overwrite, bf16=bf16
         )
         del rows
     grad_rows = grad_rows.view(z.shape) if input_grad else z.new_empty(0, dtype=torch.float32)
@@ -223,12 +218,9 @@ def fused_inner_net(
     z: torch.Tensor, normalized_ndim: int, eps: float, params: Sequence[torch.Tensor], bf16: bool = False
 ) -> torch.Tensor:
     """The op's values (with ``bf16`` products), keeping the signs for backward only when a gradient will be needed.
-    Under CUDA autocast, float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs;
-    under CPU autocast, bf16 and fp16 inputs are cast to the native kernel's float32."""
+    Under CUDA autocast, float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs."""
     if z.is_cuda and torch.is_autocast_enabled("cuda") and z.dtype == torch.float32:
         z = z.to(torch.get_autocast_dtype("cuda"))
-    if cpu_autocast_upcasts(z):
-        z = z.float()
     keep_signs = torch.is_grad_enabled() and any(t.requires_grad for t in (z, *params))
     return inner_net(z, normalized_ndim, eps, keep_signs, bf16, *params)[0]
 

@@ -176,9 +176,10 @@ def normalized_table_lookup(
     return values, mean, rstd, candidates[values.view(-1)[candidates].isnan()]
 
 
-def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor], upcast: bool = False) -> str | None:
-    """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None;
-    with ``upcast``, ``x`` is taken cast to float32."""
+def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
+    """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None.
+    A bf16 or fp16 ``x`` (as CPU autocast gives it) is taken: the op casts it to float32 inside."""
+    upcast = x.dtype in (torch.bfloat16, torch.float16)
     unsupported = _unsupported(x.new_empty(0, dtype=torch.float32) if upcast else x, params)
     if unsupported is None and not native_available():
         return "the native kernels are unavailable (LIT_DENDRITE_NATIVE=0, or no C compiler: see the warning)"
