@@ -391,17 +391,77 @@ static float *block_memory(int64_t floats, int64_t halves, int bf16)
 /* Whether the bf16 products run on AVX512-BF16's vdpbf16ps (1) or on their float32 emulation (0) */
 int inner_bf16_hardware(void) { return BF16_HARDWARE; }
 
+/* Cell types: the rows come grouped by type, type_rows[k] rows of type k after those of the types before it, and
+ * every weight array holds one net per type, one after the other (b3: one float per type). A block never mixes types. */
+typedef struct {
+    int types;
+    const int64_t *type_rows;
+    int64_t blocks, first_block[]; /* first_block[k]: type k's first block; first_block[types] = blocks */
+} typed_blocks_t;
+
+static typed_blocks_t *typed_blocks(int types, const int64_t *type_rows)
+{
+    typed_blocks_t *b = malloc(sizeof(typed_blocks_t) + sizeof(int64_t) * (types + 1));
+    if (!b)
+        return NULL;
+    b->types = types;
+    b->type_rows = type_rows;
+    b->first_block[0] = 0;
+    for (int k = 0; k < types; ++k)
+        b->first_block[k + 1] = b->first_block[k] + (type_rows[k] + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    b->blocks = b->first_block[types];
+    return b;
+}
+
+/* block `block`'s type, its first row and its number of rows */
+static int locate(const typed_blocks_t *b, int64_t block, int64_t *r0, int64_t *n)
+{
+    int k = 0;
+    int64_t start = 0;
+    while (block >= b->first_block[k + 1])
+        start += b->type_rows[k++];
+    *r0 = start + (block - b->first_block[k]) * BLOCK_ROWS;
+    const int64_t left = start + b->type_rows[k] - *r0;
+    *n = left < BLOCK_ROWS ? left : BLOCK_ROWS;
+    return k;
+}
+
+/* type k's net from the stacked weights of `all` (type 0's) */
+static net_t type_net(const net_t *all, const float *b3, int k)
+{
+    const int64_t a = all->arity, h1 = all->h1, h2 = all->h2;
+    net_t net = *all;
+    net.w1t += k * a * h1;
+    net.b1 += k * h1;
+    net.w2t += k * h1 * h2;
+    net.b2 += k * h2;
+    if (net.w3)
+        net.w3 += k * h2;
+    if (net.w2out)
+        net.w2out += k * h2 * h1;
+    if (net.w2_pairs)
+        net.w2_pairs += k * h1 * h2;
+    if (net.w2out_pairs)
+        net.w2out_pairs += k * h2 * h1;
+    net.b3 = b3 ? b3[k] : 0.0f;
+    return net;
+}
+
 /* Both functions return 0, or 1 when a thread's buffers could not be allocated (then nothing was computed).
  * signs: (rows, h2 / 16) words of bits [h2 > 0], written by the forward pass when non-null, and read by the
  * backward pass instead of recomputing h2 when non-null. w2_pairs (and w2out_pairs for backward): the bf16 pairs of
- * the weights for bf16 products (see the top of the file), or null for float32 products. */
-int inner_forward(const float *x, float *out, uint16_t *signs, int64_t rows, int arity, int h1, int h2,
-                  const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w3, double b3,
-                  const uint16_t *w2_pairs, int threads)
+ * the weights for bf16 products (see the top of the file), or null for float32 products. types and type_rows: the
+ * cell types (see typed_blocks_t; 1 and {rows} for one net). */
+int inner_forward(const float *x, float *out, uint16_t *signs, int arity, int h1, int h2,
+                  const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w3, const float *b3,
+                  const uint16_t *w2_pairs, int types, const int64_t *type_rows, int threads)
 {
-    const net_t net = {arity, h1, h2, w1t, b1, w2t, b2, w3, NULL, (float)b3, w2_pairs, NULL};
-    const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS, words = h2 / LANES;
+    const net_t all = {arity, h1, h2, w1t, b1, w2t, b2, w3, NULL, 0.0f, w2_pairs, NULL};
+    const int64_t words = h2 / LANES;
     const int bf16 = w2_pairs != NULL;
+    typed_blocks_t *grouped = typed_blocks(types, type_rows);
+    if (!grouped)
+        return 1;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -411,8 +471,9 @@ int inner_forward(const float *x, float *out, uint16_t *signs, int64_t rows, int
         float block_out[BLOCK_ROWS];
         if (team_allocated(h && (block_signs || !signs), &failed))
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < blocks; ++b) {
-                const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
+            for (int64_t b = 0; b < grouped->blocks; ++b) {
+                int64_t r0, n;
+                const net_t net = type_net(&all, b3, locate(grouped, b, &r0, &n));
                 for (int r = 0; r < BLOCK_ROWS; ++r)
                     block_out[r] = net.b3;
                 first_layer(&net, x + r0 * arity, n, h);
@@ -426,28 +487,33 @@ int inner_forward(const float *x, float *out, uint16_t *signs, int64_t rows, int
         free(h);
         free(block_signs);
     }
+    free(grouped);
     return failed;
 }
 
-/* sums (double): P (h2 x h1), s (h2), dW1^T (arity x h1), db1 (h1), sum g (1), zeroed by the caller; null to skip */
-int inner_backward(const float *x, const float *grad_out, const uint16_t *signs, int64_t rows, int arity, int h1,
-                   int h2, const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w2out,
-                   const uint16_t *w2_pairs, const uint16_t *w2out_pairs, float *grad_x, double *sums, int threads)
+/* sums (double, one set per type): P (h2 x h1), s (h2), dW1^T (arity x h1), db1 (h1), sum g (1), zeroed by the
+ * caller; null to skip */
+int inner_backward(const float *x, const float *grad_out, const uint16_t *signs, int arity, int h1, int h2,
+                  const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w2out,
+                  const uint16_t *w2_pairs, const uint16_t *w2out_pairs, float *grad_x, double *sums, int types,
+                  const int64_t *type_rows, int threads)
 {
-    const net_t net = {arity, h1, h2, w1t, b1, w2t, b2, NULL, w2out, 0.0f, w2_pairs, w2out_pairs};
-    const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    const net_t all = {arity, h1, h2, w1t, b1, w2t, b2, NULL, w2out, 0.0f, w2_pairs, w2out_pairs};
     const int64_t sum_size = sums ? (int64_t)h2 * h1 + h2 + (int64_t)arity * h1 + h1 + 1 : 0;
     const int bf16 = w2_pairs != NULL;
+    typed_blocks_t *grouped = typed_blocks(types, type_rows);
+    if (!grouped)
+        return 1;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         const int64_t floats = (int64_t)BLOCK_ROWS * (2 * h1 + h2) + sum_size + LANES;
         float *memory = block_memory(floats, (int64_t)BLOCK_ROWS * 2 * (h1 + h2), bf16);
-        double *total = calloc(sum_size + 1, sizeof(double));
+        double *total = calloc(sum_size * types + 1, sizeof(double));
         if (team_allocated(memory && total, &failed)) {
             uint16_t *halves = bf16 ? (uint16_t *)(memory + floats) : NULL;
             scratch_t t = {.h = memory, .G = memory + BLOCK_ROWS * h1, .G1 = memory + BLOCK_ROWS * (h1 + h2),
-                           .block = memory + BLOCK_ROWS * (2 * h1 + h2), .total = total};
+                           .block = memory + BLOCK_ROWS * (2 * h1 + h2)};
             if (bf16) {
                 t.hb = halves;
                 t.hp = t.hb + BLOCK_ROWS * h1;
@@ -455,17 +521,21 @@ int inner_backward(const float *x, const float *grad_out, const uint16_t *signs,
                 t.Gp = t.Gb + BLOCK_ROWS * h2;
             }
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < blocks; ++b) {
-                const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
+            for (int64_t b = 0; b < grouped->blocks; ++b) {
+                int64_t r0, n;
+                const int k = locate(grouped, b, &r0, &n);
+                const net_t net = type_net(&all, NULL, k);
+                t.total = total + k * sum_size;
                 backward_block(&net, x + r0 * arity, grad_out + r0, signs ? signs + r0 * (h2 / LANES) : NULL, n,
                                grad_x ? grad_x + r0 * arity : NULL, sum_size, &t);
             }
 #pragma omp critical
-            for (int64_t i = 0; i < sum_size; ++i)
+            for (int64_t i = 0; i < sum_size * types; ++i)
                 sums[i] += total[i];
         }
         free(memory);
         free(total);
     }
+    free(grouped);
     return failed;
 }

@@ -62,7 +62,7 @@ def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
     rows = x.numel() // linears[0].in_features
     if (
         rows >= FUSED_MIN_ROWS.get(device.type, FUSED_MIN_ROWS["cpu"])
-        and inner_op.mismatch(x, _params(linears)) is None
+        and inner_op.mismatch(x, inner_params(linears)) is None
     ):
         bf16_autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         native_bf16 = inner_op.backend(device) == "native" and bf16_autocast and native.bf16_hardware()
@@ -84,7 +84,7 @@ def lean_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], chunk_ro
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     rows = x.movedim(dim, -1)
-    out = _LeanInner.apply(rows.reshape(-1, rows.shape[-1]), chunk_rows, *_params(linears))
+    out = _LeanInner.apply(rows.reshape(-1, rows.shape[-1]), chunk_rows, *inner_params(linears))
     return out.view(rows.shape[:-1])
 
 
@@ -98,31 +98,34 @@ def fused_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], bf16: b
 
 
 def fused_normalized_inner(
-    z: torch.Tensor, normalized_ndim: int, linears: Sequence[nn.Linear], eps: float, bf16: bool = False
+    z: torch.Tensor, normalized_ndim: int, params: Sequence[torch.Tensor], eps: float, bf16: bool = False
 ) -> torch.Tensor:
     """LayerNorm (no affine, epsilon ``eps``) of ``z`` over its last ``normalized_ndim`` dims, then the inner net on
     each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), by the fused op (with
-    ``bf16`` products).
+    ``bf16`` products). ``params``: the inner net's (:func:`inner_params`), or K cell types' stacked along a leading
+    dim, type k serving the k-th block of units (:func:`~lit_dendrite.nn.inner_op.cell_type_blocks`; CPU only).
 
     Backward recomputes the LayerNorm, so a layer keeps only ``z`` (which its LayerNorm would keep anyway), the
     statistics and the signs of the inner net's last hidden layer.
     """
-    params = _fused_params(z, linears, bf16)
-    if z.shape[-1] % params[0].shape[1]:
-        raise ValueError(f"the last dim of {tuple(z.shape)} is not a multiple of arity {params[0].shape[1]}")
+    mismatch = inner_op.mismatch(z, params, bf16)
+    if mismatch is not None:
+        raise ValueError(f"InnerNet.impl={FUSED_IMPLS[bf16]!r} cannot run here: {mismatch}; use impl='auto'")
+    if z.shape[-1] % params[0].shape[-1]:
+        raise ValueError(f"the last dim of {tuple(z.shape)} is not a multiple of arity {params[0].shape[-1]}")
     return inner_op.fused_inner_net(z, normalized_ndim, eps, params, bf16)
 
 
 def _fused_params(x: torch.Tensor, linears: Sequence[nn.Linear], bf16: bool) -> list[torch.Tensor]:
-    params = _params(linears)
+    params = inner_params(linears)
     mismatch = inner_op.mismatch(x, params, bf16)
     if mismatch is not None:
-        impl = FUSED_IMPLS[bf16]
-        raise ValueError(f"InnerNet.impl={impl!r} cannot run here: {mismatch}; use impl='auto'")
+        raise ValueError(f"InnerNet.impl={FUSED_IMPLS[bf16]!r} cannot run here: {mismatch}; use impl='auto'")
     return params
 
 
-def _params(linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
+def inner_params(linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
+    """An inner net's parameters in the fused op's order: ``[W1, b1, W2, b2, ...]``."""
     return [t for linear in linears for t in (linear.weight, linear.bias)]
 
 

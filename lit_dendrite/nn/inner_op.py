@@ -46,16 +46,18 @@ def backend(device: torch.device) -> str | None:
 
 
 def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False) -> str | None:
-    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``z`` (with ``bf16``
-    products), or None."""
-    if len(params) != 6 or params[-2].shape[0] != 1:
+    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3, or cell types' stacked along a
+    leading dim) on ``z`` (with ``bf16`` products), or None."""
+    if len(params) != 6 or params[-2].shape[-2] != 1:
         return f"it needs an inner net of 2 hidden layers and 1 output, got {len(params) // 2 - 1} hidden layers"
-    widths = [params[0].shape[0], params[2].shape[0]]
+    widths = [params[0].shape[-2], params[2].shape[-2]]
     if any(width % SIGN_BITS for width in widths):
         return f"it needs hidden widths that are multiples of {SIGN_BITS}, got {widths}"
     kind = backend(z.device)
     if bf16 and kind != "native":
         return "its bf16 products are the native CPU kernel's (on CUDA, bf16-mixed precision gives Triton bf16 inputs)"
+    if params[0].dim() == 3 and kind != "native":
+        return "cell types in one call are the native CPU kernel's"
     if kind == "native":
         return native.inner_kernel_mismatch(z, params)
     if kind is None:
@@ -103,9 +105,16 @@ def inner_net(
     z = z.contiguous()
     if backend(z.device) == "triton":
         return triton_kernels().inner_forward(z, normalized_ndim, eps, params, keep_signs)
-    arity, h2 = w1.shape[1], w2.shape[0]
+    arity, h2 = w1.shape[-1], w2.shape[-2]
     rows, statistics = _normalized_rows(z.float(), normalized_ndim, eps, arity)
-    out, signs = native.inner_forward(rows, params, keep_signs=keep_signs, bf16=bf16)
+    types = _TypeOrder(z.shape[-1] // arity, w1) if w1.dim() == 3 else None
+    if types is not None:
+        rows = types.grouped(rows)
+    out, signs = native.inner_forward(
+        rows, params, keep_signs=keep_signs, bf16=bf16, type_rows=types and types.rows(len(rows))
+    )
+    if types is not None:
+        out = types.ungrouped(out)
     out = out.to(z.dtype)
     if signs is None:
         signs = torch.empty(0, h2 // SIGN_BITS, dtype=torch.int16)
@@ -115,7 +124,7 @@ def inner_net(
 
 @inner_net.register_fake
 def _(z, normalized_ndim, eps, keep_signs, bf16, w1, b1, w2, b2, w3, b3):
-    arity, h2 = w1.shape[1], w2.shape[0]
+    arity, h2 = w1.shape[-1], w2.shape[-2]
     out = z.new_empty(*z.shape[:-1], z.shape[-1] // arity)
     signs = z.new_empty(z.numel() // arity if keep_signs else 0, h2 // SIGN_BITS, dtype=torch.int16)
     stat_shape = (*z.shape[: z.dim() - normalized_ndim], *[1] * normalized_ndim) if normalized_ndim else (0,)
@@ -146,7 +155,7 @@ def inner_net_backward(
     formula takes; the gradients not asked for (``input_grad``, ``param_grads``) are empty. Empty ``signs`` are
     recomputed."""
     params = [t.contiguous() for t in (w1, b1, w2, b2, w3, b3)]
-    z, grad_out, arity = z.contiguous(), grad_out.contiguous().view(-1), w1.shape[1]
+    z, grad_out, arity = z.contiguous(), grad_out.contiguous().view(-1), w1.shape[-1]
     if backend(z.device) == "triton":
         grad_rows, sums = triton_kernels().inner_backward(
             grad_out, z, mean, rstd, signs, normalized_ndim, params, input_grad, param_grads
@@ -154,18 +163,25 @@ def inner_net_backward(
     else:
         # The recomputed LayerNorm output is a fresh tensor: its gradient may replace it (saves a buffer).
         rows, _ = _normalized_rows(z.float(), normalized_ndim, eps, arity)
+        grad_out = grad_out.float()
+        types = _TypeOrder(z.shape[-1] // arity, w1) if w1.dim() == 3 else None
+        if types is not None:  # grouped copies, so the rows' gradient may replace them
+            rows, grad_out = types.grouped(rows), types.grouped(grad_out)
         signs = signs if signs.numel() else None
-        overwrite = bool(normalized_ndim)
+        overwrite = bool(normalized_ndim) or types is not None
         grad_rows, sums = native.inner_backward(
-            rows, grad_out.float(), params, input_grad, param_grads, signs, overwrite, bf16=bf16
+            rows, grad_out, params, input_grad, param_grads, signs, overwrite, bf16, types and types.rows(len(rows))
         )
         del rows
+        if types is not None and grad_rows is not None:
+            grad_rows = types.ungrouped(grad_rows)
     grad_rows = grad_rows.view(z.shape) if input_grad else z.new_empty(0, dtype=torch.float32)
     if sums is None:
         return [grad_rows, *(t.new_empty(0) for t in params)]
     product, gated_sum, first_weight_t, first_bias, grad_sum = sums
-    hidden_grads = output_layer_grads(params[2].float(), params[3].float(), params[4][0].float(), product, gated_sum)
-    grads = [first_weight_t.t(), first_bias, *hidden_grads, grad_sum]
+    out_weight = params[4][..., 0, :].float()
+    hidden_grads = output_layer_grads(params[2].float(), params[3].float(), out_weight, product, gated_sum)
+    grads = [first_weight_t.transpose(-1, -2), first_bias, *hidden_grads, grad_sum]
     # Copies: the sums are views of one buffer, and an op's outputs may not alias each other.
     return [
         grad_rows,
@@ -229,9 +245,42 @@ def output_layer_grads(
     weight: torch.Tensor, bias: torch.Tensor, out_weight: torch.Tensor, product: torch.Tensor, gated_sum: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the last hidden layer (``weight``, ``bias``) and of the output weights from ``product`` = G^T a
-    and ``gated_sum`` = colsum(G), G the output gradient gated by the last hidden layer's ReLU (see ``_LeanInner``)."""
-    grad_out_weight = ((weight * product).sum(1) + bias * gated_sum).unsqueeze(0)
-    return out_weight.unsqueeze(1) * product, out_weight * gated_sum, grad_out_weight
+    and ``gated_sum`` = colsum(G), G the output gradient gated by the last hidden layer's ReLU (see ``_LeanInner``);
+    any leading dims (cell types) are kept."""
+    grad_out_weight = ((weight * product).sum(-1) + bias * gated_sum).unsqueeze(-2)
+    return out_weight.unsqueeze(-1) * product, out_weight * gated_sum, grad_out_weight
+
+
+def cell_type_blocks(units: int, types: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each type's units in a layer of ``units`` units: unit u has type ``floor(u * types /
+    units)``, so type k starts at ``ceil(k * units / types)``."""
+    if units < 1 or types < 1:
+        raise ValueError(f"cell types need units >= 1 and types >= 1, got units={units}, types={types}")
+    starts = [-(-k * units // types) for k in range(types + 1)]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+class _TypeOrder:
+    """Rows of a layer's units (unit fastest) regrouped by cell type (:func:`cell_type_blocks`) for the kernel's one
+    call over all types, and back."""
+
+    def __init__(self, units: int, stacked_w1: torch.Tensor) -> None:
+        self.units = units
+        self.blocks = cell_type_blocks(units, len(stacked_w1))
+
+    def rows(self, n: int) -> list[int]:
+        """How many of ``n`` rows each type has."""
+        return [n // self.units * (stop - start) for start, stop in self.blocks]
+
+    def grouped(self, values: torch.Tensor) -> torch.Tensor:
+        per_unit = values.view(-1, self.units, *values.shape[1:])
+        return torch.cat([per_unit[:, start:stop].reshape(-1, *values.shape[1:]) for start, stop in self.blocks])
+
+    def ungrouped(self, values: torch.Tensor) -> torch.Tensor:
+        per_unit = values.new_empty(len(values) // self.units, self.units, *values.shape[1:])
+        for (start, stop), part in zip(self.blocks, values.split(self.rows(len(values)))):
+            per_unit[:, start:stop] = part.view(len(per_unit), stop - start, *values.shape[1:])
+        return per_unit.view(values.shape)
 
 
 def _normalized_rows(

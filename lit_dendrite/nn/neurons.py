@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_dendrite.nn.inner import InnerNet, smooth_target
-from lit_dendrite.nn.inner_kernels import FUSED_IMPLS, fused_normalized_inner
+from lit_dendrite.nn.inner_kernels import FUSED_IMPLS, fused_normalized_inner, inner_params
 
 LAYER_NORM_EPS = 1e-5
 """The epsilon of the dendritic layers' LayerNorm (``F.layer_norm``'s default); the native paths use it too."""
@@ -90,7 +90,8 @@ class LearnedNeuron(SharedNeuron):
             return self.table.normalized(z, normalized_ndim, self.inner, pool)
         impl = self.inner.implementation(z) if self.table is None else None
         if impl in FUSED_IMPLS:
-            fused = fused_normalized_inner(z, normalized_ndim, self.inner.linears, LAYER_NORM_EPS, impl == "fused_bf16")
+            params = inner_params(self.inner.linears)
+            fused = fused_normalized_inner(z, normalized_ndim, params, LAYER_NORM_EPS, impl == "fused_bf16")
             return max_pool_maps(fused, pool)
         return super().normalized(z, normalized_ndim, pool)
 
