@@ -148,9 +148,9 @@ def test_networks_under_cpu_bf16_autocast_run_the_kernel_in_every_large_layer(bu
     calls = []
     kernel = native.inner_forward
 
-    def spy(rows, params, keep_signs=False, bf16=False, library=None):
+    def spy(rows, params, keep_signs=False, bf16=False, type_rows=None, library=None):
         calls.append(bf16)
-        return kernel(rows, params, keep_signs, bf16, library)
+        return kernel(rows, params, keep_signs, bf16, type_rows, library)
 
     monkeypatch.setattr(native, "inner_forward", spy)
     torch.manual_seed(0)
