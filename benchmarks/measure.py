@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -96,17 +97,20 @@ def timed_kinds(
     warmup: int,
     rounds: int,
     autocast: bool = False,
+    autocast_variants: Collection[str] = (),
 ) -> dict[str, dict[str, float]]:
     """Median seconds of each net's training step (on ``x``), inference and attack gradient (on ``x_eval``; none for
     :data:`UNMEASURED_PATHS`), ``{"train" | "inference" | "attack": {variant: s}}``. All are timed in the same
     interleaved rounds, so that load coming and going hits the ratio of an attack gradient to a training step as
-    little as the ratio of one variant to another. Attacks take their gradients without autocast, as evaluations
-    run."""
+    little as the ratio of one variant to another. Training and inference run under bf16 autocast with ``autocast``,
+    or for the ``autocast_variants``; attacks take their gradients without autocast, as evaluations run (so an
+    autocast variant gets none: it would time its net's float32 path)."""
     fns = {}
     for variant, net in nets.items():
-        fns[f"train {variant}"] = train_step_fn(net, x, y, autocast)
-        fns[f"inference {variant}"] = inference_fn(net, x_eval, autocast)
-        if variant not in UNMEASURED_PATHS:
+        under_autocast = autocast or variant in autocast_variants
+        fns[f"train {variant}"] = train_step_fn(net, x, y, under_autocast)
+        fns[f"inference {variant}"] = inference_fn(net, x_eval, under_autocast)
+        if variant not in (*UNMEASURED_PATHS, *autocast_variants):
             fns[f"attack {variant}"] = attack_gradient_fn(net, x_eval, y)
     seconds = interleaved_medians(fns, device, warmup, rounds)
     kinds: dict[str, dict[str, float]] = {"train": {}, "inference": {}, "attack": {}}

@@ -6,18 +6,20 @@ reference.
 On the CPU, for the paper's MLP (MNIST shapes, batch 200) and CNN (CIFAR shapes, batch 50) it measures, in one process,
 the training step time (forward, backward, Adam step) and inference images/s of the 2-arg net along each path
 (``reference``: the plain vectorised implementation kept below; ``plain``, ``lean`` and ``fused``: the library's exact
-implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks; ``table``:
+implementations, ``fused`` (the custom op, here its native kernel) being the one that ``impl="auto"`` picks;
+``fused_bf16``: the same op with bf16 products and float32 accumulation, asked for in float32 training; ``table``:
 the frozen fast path, whose training step is session III's, outer net only, and whose CPU inference runs the native pass
-of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the image gradient an attack
+of ``lit_dendrite/nn/native.py``; ``LIT_DENDRITE_NATIVE=0`` times the pure-torch one), the 2-arg net under bf16
+autocast (``bf16_mixed``: ``impl="auto"``, as ``--trainer.precision bf16-mixed`` trains), the image gradient an attack
 takes at every step (eval mode, exact inner net, frozen weights; not for ``reference`` and ``table``, which no attack
-runs), the paper's controls at matched parameters (:data:`CONTROLS`: ReLU, and the 1-arg neuron along its
-``impl="auto"`` path), each of :data:`BASELINE_NEURONS` (``pau``, ``kan``, ``celltypes`` with its 10 types) at matched
-parameters along its own path, the analytic forward FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the
-inner net's achieved training GFLOP/s on the CNN's first layer. Peak training memory is measured in a child process per
-model and path (RSS high-water mark minus RSS after building the model, with glibc's mmap threshold fixed so that the
-mark follows live memory). Step, inference and attack-gradient times are medians over rounds that time each of them for
-every variant in turn, so that load coming and going on a shared machine hits them alike. Prints a table and writes JSON
-atomically.
+runs, nor for ``bf16_mixed``: attacks run without autocast), the paper's controls at matched parameters
+(:data:`CONTROLS`: ReLU, and the 1-arg neuron along its ``impl="auto"`` path), each of :data:`BASELINE_NEURONS`
+(``pau``, ``kan``, ``celltypes`` with its 10 types) at matched parameters along its own path, the analytic forward
+FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's
+first layer. Peak training memory is measured in a child process per model and path (RSS high-water mark minus RSS
+after building the model, with glibc's mmap threshold fixed so that the mark follows live memory). Step, inference and
+attack-gradient times are medians over rounds that time each of them for every variant in turn, so that load coming and
+going on a shared machine hits them alike. Prints a table and writes JSON atomically.
 
 ``--gpu`` runs the GPU measurements of ``benchmarks/neurons_gpu.py`` instead (CNN batch 50 and 256, fp32, tf32 and
 bf16-mixed, CUDA allocator peaks, the inner net's TFLOP/s and the paper sweep's GPU-hours), most important first, the
@@ -50,8 +52,10 @@ from lit_dendrite.sweeps.cost import sweep_cost
 from lit_dendrite.sweeps.spec import load_sweep
 from lit_dendrite.sweeps.step_times import BENCHMARK_RESULTS, CPU_RESULTS, GPU_RESULTS
 
-PATHS = ("reference", "plain", "lean", "fused", "table")
+PATHS = ("reference", "plain", "lean", "fused", "fused_bf16", "table")
 """The 2-arg net's evaluation paths (see :func:`set_path`)."""
+AUTOCAST_VARIANTS = ("bf16_mixed",)
+"""Variants of the 2-arg net whose training step, inference and memory run under CPU bf16 autocast (``impl="auto"``)."""
 CONTROLS = ("relu", "1arg")
 """The paper's controls, each timed as a variant of its own name, width-matched to the 2-arg net (ReLU is every
 ratio's baseline)."""
@@ -101,7 +105,7 @@ def set_path(net: nn.Module, path: str, calibration: torch.Tensor | None) -> Non
         for module in list(net.modules()):
             if isinstance(getattr(module, "neuron", None), LearnedNeuron):
                 module.neuron = ReferenceNeuron(module.neuron.inner)
-    elif path in ("plain", "lean", "fused"):
+    elif path in ("plain", "lean", "fused", "fused_bf16"):
         net.inner.impl = path
     elif path == "table":
         tabulate_inner(net, calibration=[calibration])
@@ -189,7 +193,7 @@ def memory_child(spec: dict[str, str]) -> None:
     x, y = data(model, batch, device)
     if path in PATHS:
         set_path(net, path, x)
-    step = train_step_fn(net, x, y, autocast=False)
+    step = train_step_fn(net, x, y, autocast=path in AUTOCAST_VARIANTS)
     base = status_kib("VmRSS") * 1024
     for _ in range(2):
         step()
@@ -205,7 +209,7 @@ def benchmark_model(
     warmup, rounds = (1, 3) if quick else (2, 7)
     x, y = data(model, batch, device)
     x_eval, _ = data(model, batch, device, seed=1)
-    variants = [*CONTROLS, *BASELINE_NEURONS, *PATHS] + (["compiled"] if compile_ else [])
+    variants = [*CONTROLS, *BASELINE_NEURONS, *PATHS, *AUTOCAST_VARIANTS] + (["compiled"] if compile_ else [])
     variants = [v for v in variants if only is None or v == "relu" or v in only]  # ReLU is every ratio's baseline
     paths = [v for v in variants if v in PATHS]
     nets = {}
@@ -214,7 +218,7 @@ def benchmark_model(
         if variant in paths:
             set_path(net, variant, x)
         maybe_compile(net, variant == "compiled")
-    seconds = timed_kinds(nets, x, y, x_eval, device, warmup, rounds)
+    seconds = timed_kinds(nets, x, y, x_eval, device, warmup, rounds, autocast_variants=AUTOCAST_VARIANTS)
     rows: dict[str, dict[str, float]] = {}
     for variant, net in nets.items():
         net.eval()
@@ -249,7 +253,7 @@ def ratios(models: dict[str, dict[str, object]], matmul: float, inner: dict[str,
         rows, relu = result["rows"], result["rows"]["relu"]
         flops = result["forward_flops_per_image"]
         out[f"{model}_flop_ratio"] = flops["2arg"]["total"] / flops["relu"]["total"]
-        for path in (*PATHS, *CONTROLS[1:], *BASELINE_NEURONS, "compiled"):
+        for path in (*PATHS, *AUTOCAST_VARIANTS, *CONTROLS[1:], *BASELINE_NEURONS, "compiled"):
             if path not in rows:
                 continue
             out[f"{model}_{path}_train_step_ratio"] = rows[path]["train_step_s"] / relu["train_step_s"]
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        choices=[*CONTROLS[1:], *BASELINE_NEURONS, *PATHS, "compiled"],
+        choices=[*CONTROLS[1:], *BASELINE_NEURONS, *PATHS, *AUTOCAST_VARIANTS, "compiled"],
         default=None,
         help="time only these variants beside the ReLU control (default: all); the inner net's GFLOP/s need a path",
     )

@@ -10,7 +10,7 @@ from lit_dendrite.analysis.report import write_report
 from lit_dendrite.analysis.surfaces import evaluate_surface
 from lit_dendrite.analysis.xor import analyse_inner_nets, analyse_layers
 from lit_dendrite.models import InnerPretrain
-from lit_dendrite.nn import DendriticCNN, DendriticMLP, count_parameters, tabulate_inner
+from lit_dendrite.nn import DendriticCNN, DendriticMLP, count_parameters, native, tabulate_inner
 from lit_dendrite.nn.celltypes import (
     CellTypeInnerNets,
     CellTypeNeuron,
@@ -64,6 +64,35 @@ def test_fused_path_equals_plain_path_per_type():
     for fused, plain in zip(p_fused, p_plain):
         assert plain.abs().sum() > 0
         torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_the_mlp_evaluates_all_types_of_a_layer_in_one_kernel_call(monkeypatch):
+    """Each type's block (200 x 6-7 units: far below the fused path's threshold) would take the plain layers; the
+    layer's blocks together take the native kernel once, with uneven blocks, and give the per-type plain values."""
+    calls = []
+    kernel = native.inner_forward
+
+    def spy(rows, params, keep_signs=False, bf16=False, type_rows=None, library=None):
+        calls.append(type_rows)
+        return kernel(rows, params, keep_signs, bf16, type_rows, library)
+
+    monkeypatch.setattr(native, "inner_forward", spy)
+    torch.manual_seed(0)
+    net = DendriticMLP(neuron="celltypes", dropout=0.0, widths=(64, 57, 64))
+    x = torch.rand(200, *net.in_shape)
+    results = {}
+    for impl in ("plain", "auto"):
+        for inner in net.inner.types:
+            inner.impl = impl
+        net.zero_grad()
+        logits = net(x)
+        logits.square().sum().backward()
+        results[impl] = (logits, [p.grad.clone() for p in net.parameters()])
+    assert [len(rows) for rows in calls] == [10, 10, 10] and sum(calls[1]) == 200 * 57
+    assert calls[1][:4] == [200 * 6] * 3 + [200 * 5]  # units 0-5, 6-11, 12-17, 18-22, ... of 57
+    torch.testing.assert_close(results["auto"][0], results["plain"][0], rtol=1e-5, atol=1e-5)
+    for fused, plain in zip(results["auto"][1], results["plain"][1]):
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
 
 
 def test_bad_number_of_types_is_a_clear_error():

@@ -10,25 +10,31 @@ from lit_dendrite.nn.inner_kernels import choose_impl
 from lit_dendrite.nn.neurons import LAYER_NORM_EPS
 
 
-def op_arguments(arity=2, hidden=(32, 16), shape=(3, 4, 10), normalized_ndim=2, keep_signs=True, seed=0):
+def op_arguments(
+    arity=2, hidden=(32, 16), shape=(3, 4, 10), normalized_ndim=2, keep_signs=True, bf16=False, dtype=None, seed=0
+):
     """Arguments of ``lit_dendrite::inner_net`` and of its backward op for a small random problem."""
     torch.manual_seed(seed)
     inner = InnerNet(arity=arity, hidden=hidden)
     for linear in inner.linears:
         torch.nn.init.uniform_(linear.bias, -0.5, 0.5)
     params = [p.detach().requires_grad_(True) for p in inner.parameters()]
-    z = (torch.randn(*shape[:-1], shape[-1] * arity // 2) * 2).requires_grad_(True)
-    forward = (z, normalized_ndim, LAYER_NORM_EPS, keep_signs, *params)
+    z = (torch.randn(*shape[:-1], shape[-1] * arity // 2) * 2).to(dtype).requires_grad_(True)
+    forward = (z, normalized_ndim, LAYER_NORM_EPS, keep_signs, bf16, *params)
     out, signs, mean, rstd = inner_op.inner_net(*[a.detach() if torch.is_tensor(a) else a for a in forward])
     backward = (torch.randn_like(out), z.detach(), mean, rstd, signs, normalized_ndim, LAYER_NORM_EPS, True, True,
-                *(p.detach() for p in params))  # fmt: skip
+                bf16, *(p.detach() for p in params))  # fmt: skip
     return forward, backward
 
 
-@pytest.mark.parametrize(("normalized_ndim", "keep_signs"), [(0, True), (2, True), (1, False)])
-def test_the_op_and_its_backward_pass_opcheck(normalized_ndim, keep_signs):
-    """Schema, fake tensors, autograd registration and AOT dispatch (what torch.compile relies on)."""
-    forward, backward = op_arguments(normalized_ndim=normalized_ndim, keep_signs=keep_signs)
+@pytest.mark.parametrize(
+    ("normalized_ndim", "keep_signs", "bf16", "dtype"),
+    [(0, True, False, None), (2, True, True, None), (1, False, False, None), (0, True, True, torch.bfloat16)],
+)
+def test_the_op_and_its_backward_pass_opcheck(normalized_ndim, keep_signs, bf16, dtype):
+    """Schema, fake tensors, autograd registration and AOT dispatch (what torch.compile relies on); a bf16 input (as
+    CPU autocast gives it) is cast to float32 inside and its values come back in bf16."""
+    forward, backward = op_arguments(normalized_ndim=normalized_ndim, keep_signs=keep_signs, bf16=bf16, dtype=dtype)
     torch.library.opcheck(torch.ops.lit_dendrite.inner_net.default, forward)
     torch.library.opcheck(torch.ops.lit_dendrite.inner_net_backward.default, backward)
 
@@ -75,7 +81,7 @@ def test_auto_rule_picks_the_fused_op_on_cuda_at_every_precision_and_under_compi
         assert choose_impl(torch.empty(1 << 23, 2, device="cuda", dtype=torch.bfloat16), linears) == "fused"
         assert choose_impl(torch.empty(1 << 23, 2, device="cuda"), _fake_cuda_linears((48, 20))) == "plain"
         out, signs, mean, rstd = inner_op.inner_net(
-            torch.empty(5, 6, 8, device="cuda"), 2, 1e-5, True, *linears.parameters()
+            torch.empty(5, 6, 8, device="cuda"), 2, 1e-5, True, False, *linears.parameters()
         )
         assert (out.shape, signs.shape, mean.shape, out.device.type) == ((5, 6, 4), (120, 4), (5, 1, 1), "cuda")
 

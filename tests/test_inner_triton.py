@@ -178,12 +178,12 @@ def test_the_op_opchecks_on_the_triton_backend(device, keep_signs):
     inner = _random_inner(2, (32, 16), seed=5)
     params = [p.detach().to(device).requires_grad_(True) for p in inner.parameters()]
     z = torch.randn(2, 3, 12, device=device, requires_grad=True)
-    forward = (z, 2, LAYER_NORM_EPS, keep_signs, *params)
+    forward = (z, 2, LAYER_NORM_EPS, keep_signs, False, *params)
     torch.library.opcheck(torch.ops.lit_dendrite.inner_net.default, forward)
     out, signs, mean, rstd = inner_op.inner_net(
-        z.detach(), 2, LAYER_NORM_EPS, keep_signs, *(p.detach() for p in params)
+        z.detach(), 2, LAYER_NORM_EPS, keep_signs, False, *(p.detach() for p in params)
     )
-    backward = (torch.randn_like(out), z.detach(), mean, rstd, signs, 2, LAYER_NORM_EPS, True, True)
+    backward = (torch.randn_like(out), z.detach(), mean, rstd, signs, 2, LAYER_NORM_EPS, True, True, False)
     torch.library.opcheck(torch.ops.lit_dendrite.inner_net_backward.default, (*backward, *(p.detach() for p in params)))
 
 
@@ -256,7 +256,7 @@ def test_a_direct_op_call_refuses_widths_whose_signs_it_cannot_hold(device, widt
         out = inner_op.fused_inner_net(z, 1, LAYER_NORM_EPS, params)
         out.sum().backward()
     with pytest.raises(ValueError, match="multiples of 16"):
-        torch.ops.lit_dendrite.inner_net(z, 1, LAYER_NORM_EPS, True, *params)
+        torch.ops.lit_dendrite.inner_net(z, 1, LAYER_NORM_EPS, True, False, *params)
 
 
 @pytest.mark.parametrize("device", DEVICES)

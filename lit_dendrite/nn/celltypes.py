@@ -3,10 +3,11 @@
 Unit ``u`` of a layer with ``n`` units has type ``floor(u * K / n)``: contiguous blocks of ``n / K`` units (sizes
 differ by at most one; every layer needs at least K units, so that every type serves units in every layer). The same
 rule in every layer, so type k is the k-th slice of each layer, and in a conv layer a block of channels. All K inner
-nets live in one :class:`CellTypeInnerNets`, the net's shared module; each type's block is evaluated by an ordinary
-:class:`~lit_dendrite.nn.neurons.LearnedNeuron` of that type, so each block takes the inner net's exact paths (the
-fused op: native C on CPU, Triton on CUDA) and, frozen, its own lookup table, and hooks and tables see one type at a
-time. With K = 1 the layer is the 2-arg layer, computed the same way.
+nets live in one :class:`CellTypeInnerNets`, the net's shared module. On CPU the fused op evaluates all types of a
+layer in one call of the native kernel (the types' inner nets stacked, rows grouped by type); elsewhere, or with hooks
+or tables, each type's block is evaluated by an ordinary :class:`~lit_dendrite.nn.neurons.LearnedNeuron` of that type
+(its exact paths, and frozen its own lookup table), so hooks and tables see one type at a time. With K = 1 the layer
+is the 2-arg layer, computed the same way.
 
 As the neuron ``celltypes`` of the registry (option ``types``, default 10, in ``model.net.init_args.neuron_args``)
 it follows the paper's protocol: session I fits type k to its own random smooth function (type 0 the run's own, as
@@ -26,6 +27,9 @@ from torch import nn
 
 from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.inner import InnerNet, smooth_random_function
+from lit_dendrite.nn.inner_check import fused_unusable
+from lit_dendrite.nn.inner_kernels import FUSED_IMPLS, fused_normalized_inner, inner_params
+from lit_dendrite.nn.inner_op import cell_type_blocks
 from lit_dendrite.nn.neurons import (
     LAYER_NORM_EPS,
     NET_CONFIG_KEY,
@@ -35,15 +39,6 @@ from lit_dendrite.nn.neurons import (
     max_pool_maps,
     register_neuron,
 )
-
-
-def cell_type_blocks(units: int, types: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each type's units in a layer of ``units`` units: unit u has type ``floor(u * types /
-    units)``, so type k starts at ``ceil(k * units / types)``."""
-    if units < 1 or types < 1:
-        raise ConfigError(f"cell types need units >= 1 and types >= 1, got units={units}, types={types}")
-    starts = [-(-k * units // types) for k in range(types + 1)]
-    return list(zip(starts[:-1], starts[1:]))
 
 
 class CellTypeInnerNets(nn.Module):
@@ -99,22 +94,35 @@ class CellTypeNeuron(Neuron):
         if x.dim() < 2:
             raise ConfigError(f"CellTypeNeuron needs a dim of units besides the inputs, got shape {tuple(x.shape)}")
         units = x.dim() - 1 if dim < x.dim() - 1 else x.dim() - 2
-        if x.shape[units] < len(self.types):
-            raise ConfigError(
-                f"a layer of {x.shape[units]} units cannot hold {len(self.types)} cell types; give every layer at "
-                f"least {len(self.types)} units ({NET_CONFIG_KEY}.widths) or fewer types (neuron_args.types)"
-            )
-        blocks = cell_type_blocks(x.shape[units], len(self.types))
+        blocks = self._blocks(x.shape[units])
         outputs = [
             neuron(x.narrow(units, start, stop - start), dim) for neuron, (start, stop) in zip(self.types, blocks)
         ]
         return torch.cat(outputs, -1)
 
+    def _blocks(self, units: int) -> list[tuple[int, int]]:
+        if units < len(self.types):
+            raise ConfigError(
+                f"a layer of {units} units cannot hold {len(self.types)} cell types; give every layer at "
+                f"least {len(self.types)} units ({NET_CONFIG_KEY}.widths) or fewer types (neuron_args.types)"
+            )
+        return cell_type_blocks(units, len(self.types))
+
     def normalized(self, z: torch.Tensor, normalized_ndim: int, pool: int = 1) -> torch.Tensor:
-        """LayerNorm over the whole layer, then each type's block through its neuron; with one type, the 2-arg
-        layer's own (fused) path."""
+        """LayerNorm over the whole layer, then every type's block of units: in one call of the fused op (the types'
+        inner nets stacked; native CPU kernel) where type 0's ``impl`` picks the fused op for the whole layer, else
+        each block through its neuron; with one type, the 2-arg layer's own path. Hooks on the neuron or on a type,
+        and lookup tables, take the per-block path."""
+        hooked = any(m._forward_pre_hooks or m._forward_hooks for m in (self, *self.types))
         if len(self.types) == 1 and not (self._forward_pre_hooks or self._forward_hooks):
             return self.types[0].normalized(z, normalized_ndim, pool)
+        impl = self.types[0].inner.implementation(z)
+        if impl in FUSED_IMPLS and not hooked and all(neuron.table is None for neuron in self.types):
+            self._blocks(z.shape[-1] // self.arity)
+            params = [torch.stack(p) for p in zip(*(inner_params(neuron.inner.linears) for neuron in self.types))]
+            bf16 = impl == "fused_bf16"
+            if fused_unusable(z, params, bf16) is None:  # the stacked call: the op's checks and self-check
+                return max_pool_maps(fused_normalized_inner(z, normalized_ndim, params, LAYER_NORM_EPS, bf16), pool)
         z = F.layer_norm(z, z.shape[z.dim() - normalized_ndim :], eps=LAYER_NORM_EPS)
         return max_pool_maps(self(z.unflatten(-1, (-1, self.arity)), dim=-1), pool)
 

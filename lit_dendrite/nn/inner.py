@@ -10,7 +10,15 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from lit_dendrite.nn.inner_check import PATHS
-from lit_dendrite.nn.inner_kernels import IMPLS, choose_impl, default_chunk_rows, fused_inner, lean_inner, plain_inner
+from lit_dendrite.nn.inner_kernels import (
+    FUSED_IMPLS,
+    IMPLS,
+    choose_impl,
+    default_chunk_rows,
+    fused_inner,
+    lean_inner,
+    plain_inner,
+)
 
 
 class InnerNet(nn.Module):
@@ -18,7 +26,8 @@ class InnerNet(nn.Module):
 
     ``forward`` maps a tensor whose last dimension is ``arity`` to one value per row (the last
     dimension is dropped); ``evaluate`` does the same along any dimension. Both are exact; the attributes ``impl``
-    (``"auto"``, ``"plain"``, ``"lean"`` or ``"fused"``, see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`) and
+    (``"auto"``, ``"plain"``, ``"lean"``, ``"fused"`` or ``"fused_bf16"``, the fused op with bf16 products on CPU,
+    also in float32 training; see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`) and
     ``chunk_rows`` (``None``: the device's tuned value; ``lean`` only) pick how, and are not part of the state dict.
     """
 
@@ -52,8 +61,8 @@ class InnerNet(nn.Module):
         impl = self.implementation(x)
         if impl == "plain":
             return plain_inner(x.movedim(dim, -1), self.linears)
-        if impl == "fused":
-            return fused_inner(x, dim, self.linears)
+        if impl in FUSED_IMPLS:
+            return fused_inner(x, dim, self.linears, bf16=impl == "fused_bf16")
         return lean_inner(x, dim, self.linears, self.chunk_rows or default_chunk_rows(x.device))
 
     def implementation(self, x: torch.Tensor) -> str:

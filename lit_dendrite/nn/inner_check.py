@@ -51,19 +51,25 @@ class Specialisation:
         return f"{self.device} {self.dtype} arity {self.arity} widths {list(self.widths)}"
 
 
-def specialisation(z: torch.Tensor, params: Sequence[torch.Tensor]) -> Specialisation:
-    """The specialisation of the fused op that inputs ``z`` (as the op receives them) and ``params`` run."""
+def specialisation(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False) -> Specialisation:
+    """The specialisation of the fused op that inputs ``z`` (as the op receives them) and ``params`` run, with
+    ``bf16`` products (the native kernel's). The native kernel multiplies float32 (it casts bf16 and fp16 inputs up)
+    unless ``bf16``. Cell types' params stacked along a leading dim (dim 3) are one type's specialisation: the kernel
+    runs every type's rows with the same code, so a check of one type's shapes covers the stacked call."""
+    arity, widths = params[0].shape[-1], (params[0].shape[-2], params[2].shape[-2])
+    if inner_op.backend(z.device) == "native":
+        return Specialisation(str(z.device), "bfloat16" if bf16 else "float32", arity, widths)
     dtype = inner_op.op_dtype(z)
     name = "tf32" if inner_op.tf32_products(dtype, z.device) else str(dtype).removeprefix("torch.")
-    return Specialisation(str(z.device), name, params[0].shape[1], (params[0].shape[0], params[2].shape[0]))
+    return Specialisation(str(z.device), name, arity, widths)
 
 
-def fused_unusable(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
-    """Why the fused op must not evaluate ``params`` on ``z`` here (it cannot run, or its self-check on this device
-    failed), or None."""
-    if (reason := inner_op.mismatch(z, params)) is not None:
+def fused_unusable(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False) -> str | None:
+    """Why the fused op must not evaluate ``params`` (one inner net's, or cell types' stacked) on ``z`` here with
+    ``bf16`` products (it cannot run, or its self-check on this device failed), or None."""
+    if (reason := inner_op.mismatch(z, params, bf16)) is not None:
         return reason
-    spec = specialisation(z, params)
+    spec = specialisation(z, params, bf16)
     return _checked(spec.device, spec.dtype, spec.arity, spec.widths)
 
 
@@ -126,10 +132,11 @@ def _largest_errors(spec: Specialisation) -> dict[str, tuple[float, float]]:
              "b3 gradient"]  # fmt: skip
     errors = dict.fromkeys(names, (0.0, 0.0))
     low_precision = dtype in (torch.bfloat16, torch.float16)
+    bf16 = inner_op.backend(device) == "native" and dtype == torch.bfloat16  # the native kernel's bf16 products
     with torch.enable_grad():
         for normalized_ndim in (0, 1):
             with torch.autocast(device.type, enabled=False):
-                fused = _values_and_grads(z.to(device, dtype), params, upstream, normalized_ndim, fused=True)
+                fused = _values_and_grads(z.to(device, dtype), params, upstream, normalized_ndim, True, bf16)
                 exact = _values_and_grads(z.double(), [p.double() for p in params], upstream, normalized_ndim, False)
             with torch.autocast(device.type, dtype=dtype if low_precision else None, enabled=low_precision):
                 plain = _values_and_grads(z.to(device, dtype), params, upstream, normalized_ndim, fused=False)
@@ -145,13 +152,18 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def _values_and_grads(
-    z: torch.Tensor, params: Sequence[torch.Tensor], upstream: torch.Tensor, normalized_ndim: int, fused: bool
+    z: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    upstream: torch.Tensor,
+    normalized_ndim: int,
+    fused: bool,
+    bf16: bool = False,
 ) -> list[torch.Tensor]:
     device = z.device
     z = z.detach().requires_grad_(True)
     params = [p.to(device).requires_grad_(True) for p in params]
     if fused:
-        out = inner_op.inner_net(z, normalized_ndim, 1e-5, True, *params)[0]
+        out = inner_op.inner_net(z, normalized_ndim, 1e-5, True, bf16, *params)[0]
     else:
         rows = F.layer_norm(z, z.shape[-1:], eps=1e-5) if normalized_ndim else z
         w1, b1, w2, b2, w3, b3 = params

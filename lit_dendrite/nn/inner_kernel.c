@@ -8,13 +8,25 @@
  * output gradient), P = G^T relu(h1) and s = colsum(G), the caller forms dW2 = w3 * P, db2 = w3 * s,
  * dw3 = rowsum(W2 * P) + b2 * s and db3 = sum(g); the gradient below is G @ w2out. h1 and h2 must be multiples
  * of 16. Written with GCC vector extensions, so -march=native picks AVX-512, AVX2 or NEON; every value is
- * computed in float32 with fused multiply-adds, and the blocks' weight-gradient sums are added up in double. */
+ * computed in float32 with fused multiply-adds, and the blocks' weight-gradient sums are added up in double.
+ *
+ * bf16 products: given w2t and w2out also as bf16 pairs (w2_pairs (h1 / 2, h2, 2), w2out_pairs (h2 / 2, h1, 2): the
+ * two rows of a pair side by side per column), the three h1 x h2 products (h2 in forward, P and G @ w2out in
+ * backward) round both operands to bf16 and multiply pairs of them into float32 accumulators: AVX512-BF16's
+ * vdpbf16ps where the compiler targets it (-march=native on a CPU that has it), else the same products unpacked into
+ * float32 fused multiply-adds (also with -DLIT_DENDRITE_PORTABLE_BF16). The thin layers (arity and 1 wide), the
+ * gates, the sums and the input gradient stay float32. */
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
+#endif
+#if defined(__AVX512BF16__) && !defined(LIT_DENDRITE_PORTABLE_BF16)
+#define BF16_HARDWARE 1
+#else
+#define BF16_HARDWARE 0
 #endif
 
 #define LANES 16
@@ -29,6 +41,8 @@
 
 typedef float vec __attribute__((vector_size(4 * LANES)));
 typedef int32_t ivec __attribute__((vector_size(4 * LANES)));
+typedef uint32_t uvec __attribute__((vector_size(4 * LANES)));
+typedef uint16_t bf16vec __attribute__((vector_size(2 * LANES)));
 typedef float half __attribute__((vector_size(2 * LANES)));
 typedef float quarter __attribute__((vector_size(LANES)));
 
@@ -94,10 +108,83 @@ INLINE void tile(vec acc[][TILE_VECS], const float *in, int64_t in_row, int64_t 
     }
 }
 
+/* v's bits rounded to bf16 (to nearest, ties to even; a NaN stays NaN), in the upper half of each lane */
+INLINE uvec bf16_rounded(vec v)
+{
+    uvec bits = (uvec)v | ((uvec)(v != v) & 0x00400000u);
+    return (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+}
+
+/* rows x width floats to bf16, row-major */
+static void to_bf16(const float *src, uint16_t *dst, int rows, int width)
+{
+    for (int64_t i = 0; i < (int64_t)rows * width; i += LANES) {
+        const bf16vec packed = __builtin_convertvector(bf16_rounded(load(src + i)) >> 16, bf16vec);
+        memcpy(dst + i, &packed, sizeof packed);
+    }
+}
+
+/* rows (even) x width floats to bf16 row pairs: dst[r / 2][c] holds rows r and r + 1 of column c side by side */
+static void to_bf16_row_pairs(const float *src, uint16_t *dst, int rows, int width)
+{
+    for (int r = 0; r < rows; r += 2)
+        for (int c = 0; c < width; c += LANES) {
+            const uvec pairs = bf16_rounded(load(src + r * width + c)) >> 16 |
+                               bf16_rounded(load(src + (r + 1) * width + c));
+            memcpy(dst + ((int64_t)r * width + 2 * c), &pairs, sizeof pairs);
+        }
+}
+
+INLINE uint32_t load_pair(const uint16_t *p) { uint32_t pair; memcpy(&pair, p, sizeof pair); return pair; }
+
+/* LANES columns of bf16 weight pairs, and acc + the products of a pair of bf16 inputs with them, per column */
+#if BF16_HARDWARE
+typedef __m512bh pairs_t;
+INLINE pairs_t load_pairs(const uint16_t *p) { __m512i v; memcpy(&v, p, sizeof v); return (pairs_t)v; }
+INLINE vec dot_pairs(vec acc, uint32_t pair, pairs_t w)
+{
+    return (vec)_mm512_dpbf16_ps((__m512)acc, (pairs_t)_mm512_set1_epi32((int)pair), w);
+}
+#else
+typedef struct { vec low, high; } pairs_t;
+INLINE pairs_t load_pairs(const uint16_t *p)
+{
+    uvec v;
+    memcpy(&v, p, sizeof v);
+    return (pairs_t){(vec)(v << 16), (vec)(v & 0xffff0000u)};
+}
+INLINE float bits_float(uint32_t bits) { float f; memcpy(&f, &bits, sizeof f); return f; }
+INLINE vec dot_pairs(vec acc, uint32_t pair, pairs_t w)
+{
+    return acc + splat(bits_float(pair << 16)) * w.low + splat(bits_float(pair & 0xffff0000u)) * w.high;
+}
+#endif
+
+/* tile() on bf16 operands, the depth taken in pairs: in[2 * (r * in_row + p * in_pair)] holds the pair p of row r,
+ * w + p * w_row + 2 * v * LANES the pair p of LANES columns */
+INLINE void tile_bf16(vec acc[][TILE_VECS], const uint16_t *in, int64_t in_row, int64_t in_pair, const uint16_t *w,
+                      int64_t w_row, int pairs, const float *init, const int nr, const int nv)
+{
+    for (int r = 0; r < nr; ++r)
+        for (int v = 0; v < nv; ++v)
+            acc[r][v] = init ? load(init + v * LANES) : splat(0.0f);
+    for (int p = 0; p < pairs; ++p) {
+        pairs_t wp[TILE_VECS];
+        for (int v = 0; v < nv; ++v)
+            wp[v] = load_pairs(w + p * w_row + 2 * v * LANES);
+        for (int r = 0; r < nr; ++r) {
+            const uint32_t pair = load_pair(in + 2 * (r * in_row + p * in_pair));
+            for (int v = 0; v < nv; ++v)
+                acc[r][v] = dot_pairs(acc[r][v], pair, wp[v]);
+        }
+    }
+}
+
 typedef struct {
     int arity, h1, h2;
     const float *w1t, *b1, *w2t, *b2, *w3, *w2out;
     float b3;
+    const uint16_t *w2_pairs, *w2out_pairs; /* non-null: bf16 products */
 } net_t;
 
 /* h[r] = relu(b1 + x[r] W1^T) for BLOCK_ROWS rows, rows from n on padded with x = 0 */
@@ -123,19 +210,33 @@ static void first_layer(const net_t *net, const float *x, int64_t n, float *h)
         }                                                                                                              \
     }
 
+/* A thread's buffers: a block's h1 (and in bf16, row-major hb and as row pairs hp), G (bf16: row-major Gb, row pairs
+ * Gp) and G1, its sums (float, laid out as `sums` below) and the thread's totals of them (double, so that sums over
+ * millions of rows lose no more than torch's). Forward uses h and hb only. */
+typedef struct {
+    float *h, *G, *G1, *block;
+    uint16_t *hb, *hp, *Gb, *Gp;
+    double *total;
+} scratch_t;
+
 /* Second layer on a block: out[r] += relu(h2[r]) . w3 and, with `signs`, the bits of [h2[r] > 0] (forward), or
  * G[r] = g[r] * [h2[r] > 0] (g non-null) */
-INLINE void second_layer_cols(const net_t *net, const float *h, int c, const float *g, float *out, float *G,
+INLINE void second_layer_cols(const net_t *net, const scratch_t *t, int c, const float *g, float *out,
                               uint16_t *signs, const int nv)
 {
     vec acc[TILE_ROWS][TILE_VECS];
+    const int h1 = net->h1, h2 = net->h2;
     for (int r0 = 0; r0 < BLOCK_ROWS; r0 += TILE_ROWS) {
-        tile(acc, h + r0 * net->h1, net->h1, 1, net->w2t + c, net->h2, net->h1, net->b2 + c, 0, TILE_ROWS, nv);
+        if (net->w2_pairs)
+            tile_bf16(acc, t->hb + r0 * h1, h1 / 2, 1, net->w2_pairs + 2 * c, 2 * h2, h1 / 2, net->b2 + c, TILE_ROWS,
+                      nv);
+        else
+            tile(acc, t->h + r0 * h1, h1, 1, net->w2t + c, h2, h1, net->b2 + c, 0, TILE_ROWS, nv);
         for (int r = 0; r < TILE_ROWS; ++r) {
             if (g) {
                 const vec gr = splat(g[r0 + r]);
                 for (int v = 0; v < nv; ++v)
-                    store(G + (r0 + r) * net->h2 + c + v * LANES, keep(gr, active(acc[r][v])));
+                    store(t->G + (r0 + r) * h2 + c + v * LANES, keep(gr, active(acc[r][v])));
             } else {
                 vec part = relu(acc[r][0]) * load(net->w3 + c);
                 for (int v = 1; v < nv; ++v)
@@ -143,50 +244,52 @@ INLINE void second_layer_cols(const net_t *net, const float *h, int c, const flo
                 out[r0 + r] += hsum(part);
                 if (signs)
                     for (int v = 0; v < nv; ++v)
-                        signs[(r0 + r) * (net->h2 / LANES) + c / LANES + v] = pack(active(acc[r][v]));
+                        signs[(r0 + r) * (h2 / LANES) + c / LANES + v] = pack(active(acc[r][v]));
             }
         }
     }
 }
 
-static void second_layer(const net_t *net, const float *h, const float *g, float *out, float *G, uint16_t *signs)
+/* the second layer on the block's h1 (in t->h, and in bf16 t->hb): see second_layer_cols */
+static void second_layer(const net_t *net, const scratch_t *t, const float *g, float *out, uint16_t *signs)
 {
-#define SECOND_CALL(nv) second_layer_cols(net, h, c, g, out, G, signs, nv)
+#define SECOND_CALL(nv) second_layer_cols(net, t, c, g, out, signs, nv)
     BY_COLUMN_BLOCKS(net->h2, SECOND_CALL)
 }
 
 /* P = G^T h over the block (P is h2 x h1) */
-INLINE void block_p_cols(const net_t *net, const float *G, const float *h, float *P, int c, const int nv)
+INLINE void block_p_cols(const net_t *net, const scratch_t *t, float *P, int c, const int nv)
 {
     vec acc[P_TILE_ROWS][TILE_VECS];
-    for (int j0 = 0; j0 < net->h2; j0 += P_TILE_ROWS) {
-        tile(acc, G + j0, 1, net->h2, h + c, net->h1, BLOCK_ROWS, NULL, 0, P_TILE_ROWS, nv);
+    const int h1 = net->h1, h2 = net->h2;
+    for (int j0 = 0; j0 < h2; j0 += P_TILE_ROWS) {
+        if (net->w2_pairs)
+            tile_bf16(acc, t->Gp + 2 * j0, 1, h2, t->hp + 2 * c, 2 * h1, BLOCK_ROWS / 2, NULL, P_TILE_ROWS, nv);
+        else
+            tile(acc, t->G + j0, 1, h2, t->h + c, h1, BLOCK_ROWS, NULL, 0, P_TILE_ROWS, nv);
         for (int r = 0; r < P_TILE_ROWS; ++r)
             for (int v = 0; v < nv; ++v)
-                store(P + (j0 + r) * net->h1 + c + v * LANES, acc[r][v]);
+                store(P + (j0 + r) * h1 + c + v * LANES, acc[r][v]);
     }
 }
 
 /* G1 = (G @ w2out) * [h > 0] over the block (G1 is BLOCK_ROWS x h1) */
-INLINE void below_cols(const net_t *net, const float *G, const float *h, float *G1, int c, const int nv)
+INLINE void below_cols(const net_t *net, const scratch_t *t, int c, const int nv)
 {
     vec acc[TILE_ROWS][TILE_VECS];
+    const int h1 = net->h1, h2 = net->h2;
     for (int r0 = 0; r0 < BLOCK_ROWS; r0 += TILE_ROWS) {
-        tile(acc, G + r0 * net->h2, net->h2, 1, net->w2out + c, net->h1, net->h2, NULL, 0, TILE_ROWS, nv);
+        if (net->w2_pairs)
+            tile_bf16(acc, t->Gb + r0 * h2, h2 / 2, 1, net->w2out_pairs + 2 * c, 2 * h1, h2 / 2, NULL, TILE_ROWS, nv);
+        else
+            tile(acc, t->G + r0 * h2, h2, 1, net->w2out + c, h1, h2, NULL, 0, TILE_ROWS, nv);
         for (int r = 0; r < TILE_ROWS; ++r)
             for (int v = 0; v < nv; ++v) {
-                const int64_t at = (r0 + r) * net->h1 + c + v * LANES;
-                store(G1 + at, keep(acc[r][v], active(load(h + at))));
+                const int64_t at = (r0 + r) * h1 + c + v * LANES;
+                store(t->G1 + at, keep(acc[r][v], active(load(t->h + at))));
             }
     }
 }
-
-/* A thread's buffers: a block's h1, G and G1, its sums (float, laid out as `sums` below) and the thread's totals of
- * them (double, so that sums over millions of rows lose no more than torch's) */
-typedef struct {
-    float *h, *G, *G1, *block;
-    double *total;
-} scratch_t;
 
 /* G[r] = g[r] * [h2[r] > 0] from the signs the forward pass kept */
 static void gate_by_signs(const net_t *net, const uint16_t *signs, const float *g, int64_t n, float *G)
@@ -202,18 +305,28 @@ static void gate_by_signs(const net_t *net, const uint16_t *signs, const float *
 static void backward_block(const net_t *net, const float *x, const float *g_in, const uint16_t *signs, int64_t n,
                            float *grad_x, int64_t sum_size, scratch_t *t)
 {
+    const int h1 = net->h1, h2 = net->h2, arity = net->arity, bf16 = net->w2_pairs != NULL;
     float g[BLOCK_ROWS];
     for (int r = 0; r < BLOCK_ROWS; ++r)
         g[r] = r < n ? g_in[r] : 0.0f;
     first_layer(net, x, n, t->h);
-    if (signs)
+    if (signs) {
         gate_by_signs(net, signs, g, n, t->G);
-    else
-        second_layer(net, t->h, g, NULL, t->G, NULL);
-    const int h1 = net->h1, h2 = net->h2, arity = net->arity;
+    } else {
+        if (bf16)
+            to_bf16(t->h, t->hb, BLOCK_ROWS, h1);
+        second_layer(net, t, g, NULL, NULL);
+    }
+    if (bf16) {
+        to_bf16(t->G, t->Gb, BLOCK_ROWS, h2);
+        if (sum_size) {
+            to_bf16_row_pairs(t->h, t->hp, BLOCK_ROWS, h1);
+            to_bf16_row_pairs(t->G, t->Gp, BLOCK_ROWS, h2);
+        }
+    }
     float *P = t->block, *s = P + (int64_t)h2 * h1, *w1 = s + h2, *b1 = w1 + (int64_t)arity * h1, *g_sum = b1 + h1;
     if (sum_size) {
-#define P_CALL(nv) block_p_cols(net, t->G, t->h, P, c, nv)
+#define P_CALL(nv) block_p_cols(net, t, P, c, nv)
         BY_COLUMN_BLOCKS(h1, P_CALL)
         for (int j = 0; j < h2; j += LANES) {
             vec acc = splat(0.0f);
@@ -225,7 +338,7 @@ static void backward_block(const net_t *net, const float *x, const float *g_in, 
         for (int r = 0; r < n; ++r)
             *g_sum += g[r];
     }
-#define BELOW_CALL(nv) below_cols(net, t->G, t->h, t->G1, c, nv)
+#define BELOW_CALL(nv) below_cols(net, t, c, nv)
     BY_COLUMN_BLOCKS(h1, BELOW_CALL)
     if (sum_size) {
         for (int c = 0; c < h1; c += LANES) {
@@ -267,29 +380,106 @@ static int team_allocated(int allocated, int *failed)
     return !any_failed;
 }
 
+/* 64-byte aligned memory for `floats` floats and then, with bf16 products, `halves` bf16 values; NULL if out of
+ * memory */
+static float *block_memory(int64_t floats, int64_t halves, int bf16)
+{
+    const size_t bytes = sizeof(float) * floats + (bf16 ? sizeof(uint16_t) * halves : 0);
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
+/* Whether the bf16 products run on AVX512-BF16's vdpbf16ps (1) or on their float32 emulation (0) */
+int inner_bf16_hardware(void) { return BF16_HARDWARE; }
+
+/* Cell types: the rows come grouped by type, type_rows[k] rows of type k after those of the types before it, and
+ * every weight array holds one net per type, one after the other (b3: one float per type). A block never mixes types. */
+typedef struct {
+    int types;
+    const int64_t *type_rows;
+    int64_t blocks, first_block[]; /* first_block[k]: type k's first block; first_block[types] = blocks */
+} typed_blocks_t;
+
+static typed_blocks_t *typed_blocks(int types, const int64_t *type_rows)
+{
+    typed_blocks_t *b = malloc(sizeof(typed_blocks_t) + sizeof(int64_t) * (types + 1));
+    if (!b)
+        return NULL;
+    b->types = types;
+    b->type_rows = type_rows;
+    b->first_block[0] = 0;
+    for (int k = 0; k < types; ++k)
+        b->first_block[k + 1] = b->first_block[k] + (type_rows[k] + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    b->blocks = b->first_block[types];
+    return b;
+}
+
+/* block `block`'s type, its first row and its number of rows */
+static int locate(const typed_blocks_t *b, int64_t block, int64_t *r0, int64_t *n)
+{
+    int k = 0;
+    int64_t start = 0;
+    while (block >= b->first_block[k + 1])
+        start += b->type_rows[k++];
+    *r0 = start + (block - b->first_block[k]) * BLOCK_ROWS;
+    const int64_t left = start + b->type_rows[k] - *r0;
+    *n = left < BLOCK_ROWS ? left : BLOCK_ROWS;
+    return k;
+}
+
+/* type k's net from the stacked weights of `all` (type 0's) */
+static net_t type_net(const net_t *all, const float *b3, int k)
+{
+    const int64_t a = all->arity, h1 = all->h1, h2 = all->h2;
+    net_t net = *all;
+    net.w1t += k * a * h1;
+    net.b1 += k * h1;
+    net.w2t += k * h1 * h2;
+    net.b2 += k * h2;
+    if (net.w3)
+        net.w3 += k * h2;
+    if (net.w2out)
+        net.w2out += k * h2 * h1;
+    if (net.w2_pairs)
+        net.w2_pairs += k * h1 * h2;
+    if (net.w2out_pairs)
+        net.w2out_pairs += k * h2 * h1;
+    net.b3 = b3 ? b3[k] : 0.0f;
+    return net;
+}
+
 /* Both functions return 0, or 1 when a thread's buffers could not be allocated (then nothing was computed).
  * signs: (rows, h2 / 16) words of bits [h2 > 0], written by the forward pass when non-null, and read by the
- * backward pass instead of recomputing h2 when non-null. */
-int inner_forward(const float *x, float *out, uint16_t *signs, int64_t rows, int arity, int h1, int h2,
-                  const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w3, double b3,
-                  int threads)
+ * backward pass instead of recomputing h2 when non-null. w2_pairs (and w2out_pairs for backward): the bf16 pairs of
+ * the weights for bf16 products (see the top of the file), or null for float32 products. types and type_rows: the
+ * cell types (see typed_blocks_t; 1 and {rows} for one net). */
+int inner_forward(const float *x, float *out, uint16_t *signs, int arity, int h1, int h2,
+                  const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w3, const float *b3,
+                  const uint16_t *w2_pairs, int types, const int64_t *type_rows, int threads)
 {
-    const net_t net = {arity, h1, h2, w1t, b1, w2t, b2, w3, NULL, (float)b3};
-    const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS, words = h2 / LANES;
+    const net_t all = {arity, h1, h2, w1t, b1, w2t, b2, w3, NULL, 0.0f, w2_pairs, NULL};
+    const int64_t words = h2 / LANES;
+    const int bf16 = w2_pairs != NULL;
+    typed_blocks_t *grouped = typed_blocks(types, type_rows);
+    if (!grouped)
+        return 1;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *h = aligned_alloc(64, sizeof(float) * BLOCK_ROWS * h1);
+        float *h = block_memory((int64_t)BLOCK_ROWS * h1, (int64_t)BLOCK_ROWS * h1, bf16);
+        const scratch_t t = {.h = h, .hb = bf16 && h ? (uint16_t *)(h + BLOCK_ROWS * h1) : NULL};
         uint16_t *block_signs = signs ? malloc(sizeof(uint16_t) * BLOCK_ROWS * words) : NULL;
         float block_out[BLOCK_ROWS];
         if (team_allocated(h && (block_signs || !signs), &failed))
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < blocks; ++b) {
-                const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
+            for (int64_t b = 0; b < grouped->blocks; ++b) {
+                int64_t r0, n;
+                const net_t net = type_net(&all, b3, locate(grouped, b, &r0, &n));
                 for (int r = 0; r < BLOCK_ROWS; ++r)
                     block_out[r] = net.b3;
                 first_layer(&net, x + r0 * arity, n, h);
-                second_layer(&net, h, NULL, block_out, NULL, block_signs);
+                if (bf16)
+                    to_bf16(h, t.hb, BLOCK_ROWS, h1);
+                second_layer(&net, &t, NULL, block_out, block_signs);
                 memcpy(out + r0, block_out, sizeof(float) * n);
                 if (signs)
                     memcpy(signs + r0 * words, block_signs, sizeof(uint16_t) * n * words);
@@ -297,38 +487,55 @@ int inner_forward(const float *x, float *out, uint16_t *signs, int64_t rows, int
         free(h);
         free(block_signs);
     }
+    free(grouped);
     return failed;
 }
 
-/* sums (double): P (h2 x h1), s (h2), dW1^T (arity x h1), db1 (h1), sum g (1), zeroed by the caller; null to skip */
-int inner_backward(const float *x, const float *grad_out, const uint16_t *signs, int64_t rows, int arity, int h1,
-                   int h2, const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w2out,
-                   float *grad_x, double *sums, int threads)
+/* sums (double, one set per type): P (h2 x h1), s (h2), dW1^T (arity x h1), db1 (h1), sum g (1), zeroed by the
+ * caller; null to skip */
+int inner_backward(const float *x, const float *grad_out, const uint16_t *signs, int arity, int h1, int h2,
+                  const float *w1t, const float *b1, const float *w2t, const float *b2, const float *w2out,
+                  const uint16_t *w2_pairs, const uint16_t *w2out_pairs, float *grad_x, double *sums, int types,
+                  const int64_t *type_rows, int threads)
 {
-    const net_t net = {arity, h1, h2, w1t, b1, w2t, b2, NULL, w2out, 0.0f};
-    const int64_t blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    const net_t all = {arity, h1, h2, w1t, b1, w2t, b2, NULL, w2out, 0.0f, w2_pairs, w2out_pairs};
     const int64_t sum_size = sums ? (int64_t)h2 * h1 + h2 + (int64_t)arity * h1 + h1 + 1 : 0;
+    const int bf16 = w2_pairs != NULL;
+    typed_blocks_t *grouped = typed_blocks(types, type_rows);
+    if (!grouped)
+        return 1;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         const int64_t floats = (int64_t)BLOCK_ROWS * (2 * h1 + h2) + sum_size + LANES;
-        float *memory = aligned_alloc(64, (sizeof(float) * floats + 63) / 64 * 64);
-        double *total = calloc(sum_size + 1, sizeof(double));
+        float *memory = block_memory(floats, (int64_t)BLOCK_ROWS * 2 * (h1 + h2), bf16);
+        double *total = calloc(sum_size * types + 1, sizeof(double));
         if (team_allocated(memory && total, &failed)) {
-            scratch_t t = {memory, memory + BLOCK_ROWS * h1, memory + BLOCK_ROWS * (h1 + h2),
-                           memory + BLOCK_ROWS * (2 * h1 + h2), total};
+            uint16_t *halves = bf16 ? (uint16_t *)(memory + floats) : NULL;
+            scratch_t t = {.h = memory, .G = memory + BLOCK_ROWS * h1, .G1 = memory + BLOCK_ROWS * (h1 + h2),
+                           .block = memory + BLOCK_ROWS * (2 * h1 + h2)};
+            if (bf16) {
+                t.hb = halves;
+                t.hp = t.hb + BLOCK_ROWS * h1;
+                t.Gb = t.hp + BLOCK_ROWS * h1;
+                t.Gp = t.Gb + BLOCK_ROWS * h2;
+            }
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < blocks; ++b) {
-                const int64_t r0 = b * BLOCK_ROWS, n = rows - r0 < BLOCK_ROWS ? rows - r0 : BLOCK_ROWS;
+            for (int64_t b = 0; b < grouped->blocks; ++b) {
+                int64_t r0, n;
+                const int k = locate(grouped, b, &r0, &n);
+                const net_t net = type_net(&all, NULL, k);
+                t.total = total + k * sum_size;
                 backward_block(&net, x + r0 * arity, grad_out + r0, signs ? signs + r0 * (h2 / LANES) : NULL, n,
                                grad_x ? grad_x + r0 * arity : NULL, sum_size, &t);
             }
 #pragma omp critical
-            for (int64_t i = 0; i < sum_size; ++i)
+            for (int64_t i = 0; i < sum_size * types; ++i)
                 sums[i] += total[i];
         }
         free(memory);
         free(total);
     }
+    free(grouped);
     return failed;
 }

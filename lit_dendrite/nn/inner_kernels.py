@@ -5,7 +5,8 @@ so no ``(rows, 64)`` tensor of the whole layer ever exists: ``lean`` in torch op
 time (any device, dtype and depth), ``fused`` as the custom op of :mod:`lit_dendrite.nn.inner_op` (two hidden layers
 of multiples of 16 units: the native C kernel on float32 CPU tensors, a Triton kernel on CUDA), which also fuses the
 elementwise work into the matrix products and keeps the signs of the last hidden layer (1 bit per unit) instead of
-recomputing it; in the dendritic layers it also takes over their LayerNorm, so that it keeps the LayerNorm's input
+recomputing it (``fused_bf16``: the same op with bf16 products and float32 accumulation, on CPU); in the dendritic
+layers it also takes over their LayerNorm, so that it keeps the LayerNorm's input
 instead of its output (:func:`fused_normalized_inner`). Their inputs are rows of ``arity`` adjacent values: the
 dendritic layers lay their pre-activations out that way (conv maps channels-last), so nothing is copied; any other
 layout costs one copy of the inputs. ``choose_impl`` documents the rule that picks an implementation.
@@ -18,11 +19,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lit_dendrite.nn import inner_op
+from lit_dendrite.nn import inner_op, native
 from lit_dendrite.nn.inner_check import PATHS, fused_unusable, specialisation
 from lit_dendrite.nn.inner_op import output_layer_grads
 
-IMPLS = ("auto", "plain", "lean", "fused")
+IMPLS = ("auto", "plain", "lean", "fused", "fused_bf16")
+FUSED_IMPLS = ("fused", "fused_bf16")
+"""The implementations that run the fused op (``fused_bf16`` with bf16 products)."""
 
 # Rows per chunk: a chunk's (rows, 64) buffers should stay in the CPU's L2 cache. On our 2-core Xeon (1 thread,
 # the CNN's first layer, fwd+bwd) 2048 rows took 385-395 ns/row, 1024 and 4096 400-480, 8192 420-440; the issue's
@@ -47,9 +50,11 @@ def default_chunk_rows(device: torch.device) -> int:
 def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
     """The rule behind ``impl="auto"`` for inputs ``x`` (rows of ``arity`` along some dim): ``fused`` where the op
     can run and passed its self-check on this device (:func:`~lit_dendrite.nn.inner_check.fused_unusable`) and the
-    problem is not small (``FUSED_MIN_ROWS``), also under autocast and torch.compile; otherwise ``plain`` under
-    autocast, torch.compile or for small problems (``LEAN_MIN_ROWS``), ``lean`` elsewhere. A large problem that the
-    fused op cannot take is a fallback: warned once and noted with its reason in the path log (``PATHS``).
+    problem is not small (``FUSED_MIN_ROWS``), also under autocast (CPU: bf16 and fp16 inputs cast to float32) and
+    torch.compile, and ``fused_bf16`` instead under CPU bf16 autocast where the CPU multiplies bf16 (AVX512-BF16,
+    :func:`~lit_dendrite.nn.native.bf16_hardware`; :func:`bf16_products`); otherwise ``plain`` under autocast,
+    torch.compile or for small problems (``LEAN_MIN_ROWS``), ``lean`` elsewhere. A large problem that the fused op
+    cannot take is a fallback: warned once and noted with its reason in the path log (``PATHS``).
 
     The fused op keeps its path under autocast and compile because it is a registered custom op (with a fake
     implementation and an autograd formula); ``lean`` is a Python autograd function whose hand-written backward
@@ -66,12 +71,22 @@ def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
     if rows < FUSED_MIN_ROWS.get(device.type, FUSED_MIN_ROWS["cpu"]):
         PATHS.note("auto", torch_path)
         return torch_path
-    params = _params(linears)
-    if (reason := fused_unusable(x, params)) is not None:
-        PATHS.fell_back(specialisation(x, params), torch_path, reason)
+    params = inner_params(linears)
+    bf16 = bf16_products(device)
+    if (reason := fused_unusable(x, params, bf16)) is not None:
+        PATHS.fell_back(specialisation(x, params, bf16), torch_path, reason)
         return torch_path
-    PATHS.note("auto", "fused")
-    return "fused"
+    impl = FUSED_IMPLS[bf16]
+    PATHS.note("auto", impl)
+    return impl
+
+
+def bf16_products(device: torch.device) -> bool:
+    """Whether ``impl="auto"`` gives the fused op bf16 products on ``device``: the native CPU kernel under CPU bf16
+    autocast, where the CPU multiplies bf16 (AVX512-BF16; its float32 emulation elsewhere is slower than float32)."""
+    if inner_op.backend(device) != "native" or not torch.is_autocast_enabled("cpu"):
+        return False
+    return torch.get_autocast_dtype("cpu") == torch.bfloat16 and native.bf16_hardware()
 
 
 def plain_inner(x: torch.Tensor, linears: Sequence[nn.Linear]) -> torch.Tensor:
@@ -86,43 +101,51 @@ def lean_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], chunk_ro
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     rows = x.movedim(dim, -1)
-    out = _LeanInner.apply(rows.reshape(-1, rows.shape[-1]), chunk_rows, *_params(linears))
+    out = _LeanInner.apply(rows.reshape(-1, rows.shape[-1]), chunk_rows, *inner_params(linears))
     return out.view(rows.shape[:-1])
 
 
-def fused_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear]) -> torch.Tensor:
+def fused_inner(x: torch.Tensor, dim: int, linears: Sequence[nn.Linear], bf16: bool = False) -> torch.Tensor:
     """The exact evaluation along ``dim`` by the fused op (:mod:`lit_dendrite.nn.inner_op`: the native kernel on CPU,
-    Triton on CUDA); a clear error where it cannot run."""
-    params = _fused_params(x, linears)
+    with ``bf16`` products, or Triton on CUDA); a clear error where it cannot run."""
+    params = _fused_params(x, linears, bf16)
     rows = x.movedim(dim, -1)
-    out = inner_op.fused_inner_net(rows.reshape(-1, rows.shape[-1]), 0, 0.0, params)
+    out = inner_op.fused_inner_net(rows.reshape(-1, rows.shape[-1]), 0, 0.0, params, bf16)
     return out.view(rows.shape[:-1])
 
 
 def fused_normalized_inner(
-    z: torch.Tensor, normalized_ndim: int, linears: Sequence[nn.Linear], eps: float
+    z: torch.Tensor, normalized_ndim: int, params: Sequence[torch.Tensor], eps: float, bf16: bool = False
 ) -> torch.Tensor:
     """LayerNorm (no affine, epsilon ``eps``) of ``z`` over its last ``normalized_ndim`` dims, then the inner net on
-    each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), by the fused op.
+    each group of ``arity`` adjacent features of the last dim (which shrinks by ``arity``), by the fused op (with
+    ``bf16`` products). ``params``: the inner net's (:func:`inner_params`), or K cell types' stacked along a leading
+    dim, type k serving the k-th block of units (:func:`~lit_dendrite.nn.inner_op.cell_type_blocks`; CPU only).
 
     Backward recomputes the LayerNorm, so a layer keeps only ``z`` (which its LayerNorm would keep anyway), the
     statistics and the signs of the inner net's last hidden layer.
     """
-    params = _fused_params(z, linears)
-    if z.shape[-1] % params[0].shape[1]:
-        raise ValueError(f"the last dim of {tuple(z.shape)} is not a multiple of arity {params[0].shape[1]}")
-    return inner_op.fused_inner_net(z, normalized_ndim, eps, params)
+    params = list(params)
+    if (reason := fused_unusable(z, params, bf16)) is not None:
+        raise ValueError(
+            f"InnerNet.impl={FUSED_IMPLS[bf16]!r} cannot run here: {reason}; use impl='auto' (it falls back)"
+        )
+    if z.shape[-1] % params[0].shape[-1]:
+        raise ValueError(f"the last dim of {tuple(z.shape)} is not a multiple of arity {params[0].shape[-1]}")
+    return inner_op.fused_inner_net(z, normalized_ndim, eps, params, bf16)
 
 
-def _fused_params(x: torch.Tensor, linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
-    params = _params(linears)
-    reason = fused_unusable(x, params)
-    if reason is not None:
-        raise ValueError(f"InnerNet.impl='fused' cannot run here: {reason}; use impl='auto' (it falls back)")
+def _fused_params(x: torch.Tensor, linears: Sequence[nn.Linear], bf16: bool) -> list[torch.Tensor]:
+    params = inner_params(linears)
+    if (reason := fused_unusable(x, params, bf16)) is not None:
+        raise ValueError(
+            f"InnerNet.impl={FUSED_IMPLS[bf16]!r} cannot run here: {reason}; use impl='auto' (it falls back)"
+        )
     return params
 
 
-def _params(linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
+def inner_params(linears: Sequence[nn.Linear]) -> list[torch.Tensor]:
+    """An inner net's parameters in the fused op's order: ``[W1, b1, W2, b2, ...]``."""
     return [t for linear in linears for t in (linear.weight, linear.bias)]
 
 

@@ -9,11 +9,13 @@ rstd)``: the values in ``z``'s dtype, the signs of the last hidden layer as int1
 the first hidden layer, and returns every gradient.
 
 Backends, by the device of ``z`` (:func:`backend`): the native C kernel on CPU (:mod:`lit_dendrite.nn.native`,
-float32) and the Triton kernel on CUDA (:mod:`lit_dendrite.nn.inner_triton`, float32/tf32, bf16 and fp16 inputs).
+float32 inputs, and with ``bf16`` its bf16 products with float32 accumulation) and the Triton kernel on CUDA
+(:mod:`lit_dendrite.nn.inner_triton`, float32/tf32, bf16 and fp16 inputs).
 With ``TRITON_INTERPRET=1`` set before Triton is imported, CPU tensors take the Triton kernels too, run by Triton's
 interpreter (slow: for tests and debugging). Both ops have fake (meta) implementations and the forward op an
 autograd formula, so ``torch.compile`` traces them as single nodes and autocast passes them through (the inputs
-keep the dtype autocast gave them), instead of falling back to the plain layers.
+keep the dtype autocast gave them: the native kernel casts bf16 and fp16 ones to float32 inside, keeping the half
+precision input for backward), instead of falling back to the plain layers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn import native
 from lit_dendrite.nn.native import SIGN_BITS
 
@@ -48,21 +51,27 @@ def backend(device: torch.device) -> str | None:
 
 
 def shape_mismatch(params: Sequence[torch.Tensor]) -> str | None:
-    """Why no backend of the op can hold the inner net ``params`` (W1, b1, W2, b2, w3, b3), or None: the sign words
-    of the last hidden layer hold 16 units each, so a width that is no multiple of 16 would lose gradients."""
-    if len(params) != 6 or params[-2].shape[0] != 1:
+    """Why no backend of the op can hold the inner net ``params`` (W1, b1, W2, b2, w3, b3, or cell types' stacked
+    along a leading dim), or None: the sign words of the last hidden layer hold 16 units each, so a width that is no
+    multiple of 16 would lose gradients."""
+    if len(params) != 6 or params[-2].shape[-2] != 1:
         return f"it needs an inner net of 2 hidden layers and 1 output, got {len(params) // 2 - 1} hidden layers"
-    widths = [params[0].shape[0], params[2].shape[0]]
+    widths = [params[0].shape[-2], params[2].shape[-2]]
     if any(width % SIGN_BITS for width in widths):
         return f"it needs hidden widths that are multiples of {SIGN_BITS}, got {widths}"
     return None
 
 
-def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
-    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``z``, or None."""
+def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False) -> str | None:
+    """Why the op cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3, or cell types' stacked along a
+    leading dim) on ``z`` (with ``bf16`` products), or None."""
     if (reason := shape_mismatch(params)) is not None:
         return reason
     kind = backend(z.device)
+    if bf16 and kind != "native":
+        return "its bf16 products are the native CPU kernel's (on CUDA, bf16-mixed precision gives Triton bf16 inputs)"
+    if params[0].dim() == 3 and kind != "native":
+        return "cell types in one call are the native CPU kernel's"
     if kind == "native":
         return native.inner_kernel_mismatch(z, params)
     if kind is None:
@@ -78,9 +87,10 @@ def mismatch(z: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
     return None
 
 
-def check_arguments(z: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
-    """Raise where the op cannot evaluate ``params`` on ``z``: every call, whichever backend, checks this first."""
-    if (reason := mismatch(z, params)) is not None:
+def check_arguments(z: torch.Tensor, params: Sequence[torch.Tensor], bf16: bool = False) -> None:
+    """Raise where the op cannot evaluate ``params`` on ``z`` (with ``bf16`` products): every call, whichever
+    backend, checks this first."""
+    if (reason := mismatch(z, params, bf16)) is not None:
         raise ValueError(f"lit_dendrite::inner_net cannot run: {reason}")
 
 
@@ -130,6 +140,7 @@ def inner_net(
     normalized_ndim: int,
     eps: float,
     keep_signs: bool,
+    bf16: bool,
     w1: Tensor,
     b1: Tensor,
     w2: Tensor,
@@ -140,23 +151,31 @@ def inner_net(
     """(out, signs, mean, rstd): see the module's docstring."""
     params = [t.contiguous() for t in (w1, b1, w2, b2, w3, b3)]
     z = z.contiguous()
-    check_arguments(z, params)
+    check_arguments(z, params, bf16)
     if backend(z.device) == "triton":
         return triton_kernels().inner_forward(z, normalized_ndim, eps, params, keep_signs)
-    arity, h2 = w1.shape[1], w2.shape[0]
-    rows, statistics = _normalized_rows(z, normalized_ndim, eps, arity)
-    out, signs = native.inner_forward(rows, params, keep_signs=keep_signs)
+    arity, h2 = w1.shape[-1], w2.shape[-2]
+    rows, statistics = _normalized_rows(z.float(), normalized_ndim, eps, arity)
+    types = _TypeOrder(z.shape[-1] // arity, w1) if w1.dim() == 3 else None
+    if types is not None:
+        rows = types.grouped(rows)
+    out, signs = native.inner_forward(
+        rows, params, keep_signs=keep_signs, bf16=bf16, type_rows=types and types.rows(len(rows))
+    )
+    if types is not None:
+        out = types.ungrouped(out)
+    out = out.to(z.dtype)
     if signs is None:
         signs = torch.empty(0, h2 // SIGN_BITS, dtype=torch.int16)
-    mean, rstd = statistics or (z.new_empty(0), z.new_empty(0))
+    mean, rstd = statistics or (rows.new_empty(0), rows.new_empty(0))
     return out.view(*z.shape[:-1], z.shape[-1] // arity), signs, mean, rstd
 
 
 @inner_net.register_fake
-def _(z, normalized_ndim, eps, keep_signs, w1, b1, w2, b2, w3, b3):
+def _(z, normalized_ndim, eps, keep_signs, bf16, w1, b1, w2, b2, w3, b3):
     if (reason := shape_mismatch((w1, b1, w2, b2, w3, b3))) is not None:
         raise ValueError(f"lit_dendrite::inner_net cannot run: {reason}")
-    arity, h2 = w1.shape[1], w2.shape[0]
+    arity, h2 = w1.shape[-1], w2.shape[-2]
     out = z.new_empty(*z.shape[:-1], z.shape[-1] // arity)
     signs = z.new_empty(z.numel() // arity if keep_signs else 0, h2 // SIGN_BITS, dtype=torch.int16)
     stat_shape = (*z.shape[: z.dim() - normalized_ndim], *[1] * normalized_ndim) if normalized_ndim else (0,)
@@ -174,6 +193,7 @@ def inner_net_backward(
     eps: float,
     input_grad: bool,
     param_grads: bool,
+    bf16: bool,
     w1: Tensor,
     b1: Tensor,
     w2: Tensor,
@@ -186,25 +206,34 @@ def inner_net_backward(
     formula takes; the gradients not asked for (``input_grad``, ``param_grads``) are empty. Empty ``signs`` are
     recomputed."""
     params = [t.contiguous() for t in (w1, b1, w2, b2, w3, b3)]
-    z, grad_out, arity = z.contiguous(), grad_out.contiguous().view(-1), w1.shape[1]
-    check_arguments(z, params)
+    z, grad_out, arity = z.contiguous(), grad_out.contiguous().view(-1), w1.shape[-1]
+    check_arguments(z, params, bf16)
     if backend(z.device) == "triton":
         grad_rows, sums = triton_kernels().inner_backward(
             grad_out, z, mean, rstd, signs, normalized_ndim, params, input_grad, param_grads
         )
     else:
         # The recomputed LayerNorm output is a fresh tensor: its gradient may replace it (saves a buffer).
-        rows, _ = _normalized_rows(z, normalized_ndim, eps, arity)
+        rows, _ = _normalized_rows(z.float(), normalized_ndim, eps, arity)
+        grad_out = grad_out.float()
+        types = _TypeOrder(z.shape[-1] // arity, w1) if w1.dim() == 3 else None
+        if types is not None:  # grouped copies, so the rows' gradient may replace them
+            rows, grad_out = types.grouped(rows), types.grouped(grad_out)
         signs = signs if signs.numel() else None
-        overwrite = bool(normalized_ndim)
-        grad_rows, sums = native.inner_backward(rows, grad_out, params, input_grad, param_grads, signs, overwrite)
+        overwrite = bool(normalized_ndim) or types is not None
+        grad_rows, sums = native.inner_backward(
+            rows, grad_out, params, input_grad, param_grads, signs, overwrite, bf16, types and types.rows(len(rows))
+        )
         del rows
+        if types is not None and grad_rows is not None:
+            grad_rows = types.ungrouped(grad_rows)
     grad_rows = grad_rows.view(z.shape) if input_grad else z.new_empty(0, dtype=torch.float32)
     if sums is None:
         return [grad_rows, *(t.new_empty(0) for t in params)]
     product, gated_sum, first_weight_t, first_bias, grad_sum = sums
-    hidden_grads = output_layer_grads(params[2].float(), params[3].float(), params[4][0].float(), product, gated_sum)
-    grads = [first_weight_t.t(), first_bias, *hidden_grads, grad_sum]
+    out_weight = params[4][..., 0, :].float()
+    hidden_grads = output_layer_grads(params[2].float(), params[3].float(), out_weight, product, gated_sum)
+    grads = [first_weight_t.transpose(-1, -2), first_bias, *hidden_grads, grad_sum]
     # Copies: the sums are views of one buffer, and an op's outputs may not alias each other.
     return [
         grad_rows,
@@ -213,29 +242,29 @@ def inner_net_backward(
 
 
 @inner_net_backward.register_fake
-def _(grad_out, z, mean, rstd, signs, normalized_ndim, eps, input_grad, param_grads, w1, b1, w2, b2, w3, b3):
+def _(grad_out, z, mean, rstd, signs, normalized_ndim, eps, input_grad, param_grads, bf16, w1, b1, w2, b2, w3, b3):
     grad_rows = torch.empty_like(z, dtype=torch.float32) if input_grad else z.new_empty(0, dtype=torch.float32)
     params = (w1, b1, w2, b2, w3, b3)
     return [grad_rows, *(torch.empty_like(p) if param_grads else p.new_empty(0) for p in params)]
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    z, normalized_ndim, eps, _, *params = inputs
+    z, normalized_ndim, eps, _, bf16, *params = inputs
     _, signs, mean, rstd = output
     ctx.save_for_backward(z, mean, rstd, *params)
-    ctx.normalized_ndim, ctx.eps = normalized_ndim, eps
+    ctx.normalized_ndim, ctx.eps, ctx.bf16 = normalized_ndim, eps, bf16
     ctx.signs = signs  # not saved with the inputs: backward frees it as soon as it is used
     ctx.set_materialize_grads(False)  # no zero gradients for the signs and statistics
 
 
 def _backward(ctx, grad_out, *_unused_grads):
     z, mean, rstd, *params = ctx.saved_tensors
-    need_z, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[4:])
+    need_z, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[5:])
     # The signs are used once, then freed before the LayerNorm's backward; a second backward through a retained
     # graph recomputes them (empty signs).
     signs, ctx.signs = ctx.signs, ctx.signs.new_empty(0, ctx.signs.shape[1])
     grad_rows, *grads = inner_net_backward(
-        grad_out, z, mean, rstd, signs, ctx.normalized_ndim, ctx.eps, need_z, need_params, *params
+        grad_out, z, mean, rstd, signs, ctx.normalized_ndim, ctx.eps, need_z, need_params, ctx.bf16, *params
     )
     del signs
     grad_z = None
@@ -247,27 +276,62 @@ def _backward(ctx, grad_out, *_unused_grads):
         )[0].to(z.dtype)
     elif need_z:
         grad_z = grad_rows.to(z.dtype)
-    return (grad_z, None, None, None, *(g if need_params else None for g in grads))
+    return (grad_z, None, None, None, None, *(g if need_params else None for g in grads))
 
 
 inner_net.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_inner_net(z: torch.Tensor, normalized_ndim: int, eps: float, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The op's values, keeping the signs for backward only when a gradient will be needed. Under CUDA autocast,
-    float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs."""
+def fused_inner_net(
+    z: torch.Tensor, normalized_ndim: int, eps: float, params: Sequence[torch.Tensor], bf16: bool = False
+) -> torch.Tensor:
+    """The op's values (with ``bf16`` products), keeping the signs for backward only when a gradient will be needed.
+    Under CUDA autocast, float32 inputs are cast to autocast's dtype first, as autocast casts a matmul's inputs."""
     z = z.to(op_dtype(z))
     keep_signs = torch.is_grad_enabled() and any(t.requires_grad for t in (z, *params))
-    return inner_net(z, normalized_ndim, eps, keep_signs, *params)[0]
+    return inner_net(z, normalized_ndim, eps, keep_signs, bf16, *params)[0]
 
 
 def output_layer_grads(
     weight: torch.Tensor, bias: torch.Tensor, out_weight: torch.Tensor, product: torch.Tensor, gated_sum: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the last hidden layer (``weight``, ``bias``) and of the output weights from ``product`` = G^T a
-    and ``gated_sum`` = colsum(G), G the output gradient gated by the last hidden layer's ReLU (see ``_LeanInner``)."""
-    grad_out_weight = ((weight * product).sum(1) + bias * gated_sum).unsqueeze(0)
-    return out_weight.unsqueeze(1) * product, out_weight * gated_sum, grad_out_weight
+    and ``gated_sum`` = colsum(G), G the output gradient gated by the last hidden layer's ReLU (see ``_LeanInner``);
+    any leading dims (cell types) are kept."""
+    grad_out_weight = ((weight * product).sum(-1) + bias * gated_sum).unsqueeze(-2)
+    return out_weight.unsqueeze(-1) * product, out_weight * gated_sum, grad_out_weight
+
+
+def cell_type_blocks(units: int, types: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each type's units in a layer of ``units`` units: unit u has type ``floor(u * types /
+    units)``, so type k starts at ``ceil(k * units / types)``."""
+    if units < 1 or types < 1:
+        raise ConfigError(f"cell types need units >= 1 and types >= 1, got units={units}, types={types}")
+    starts = [-(-k * units // types) for k in range(types + 1)]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+class _TypeOrder:
+    """Rows of a layer's units (unit fastest) regrouped by cell type (:func:`cell_type_blocks`) for the kernel's one
+    call over all types, and back."""
+
+    def __init__(self, units: int, stacked_w1: torch.Tensor) -> None:
+        self.units = units
+        self.blocks = cell_type_blocks(units, len(stacked_w1))
+
+    def rows(self, n: int) -> list[int]:
+        """How many of ``n`` rows each type has."""
+        return [n // self.units * (stop - start) for start, stop in self.blocks]
+
+    def grouped(self, values: torch.Tensor) -> torch.Tensor:
+        per_unit = values.view(-1, self.units, *values.shape[1:])
+        return torch.cat([per_unit[:, start:stop].reshape(-1, *values.shape[1:]) for start, stop in self.blocks])
+
+    def ungrouped(self, values: torch.Tensor) -> torch.Tensor:
+        per_unit = values.new_empty(len(values) // self.units, self.units, *values.shape[1:])
+        for (start, stop), part in zip(self.blocks, values.split(self.rows(len(values)))):
+            per_unit[:, start:stop] = part.view(len(per_unit), stop - start, *values.shape[1:])
+        return per_unit.view(values.shape)
 
 
 def _normalized_rows(

@@ -9,6 +9,10 @@ a hash of the sources, the flags, the compiler and the CPU, so that nodes of a c
 get their own build. It is written to a temporary name and renamed, so concurrent jobs never load a half-written
 file. Without a working compiler (a warning says so), or with ``LIT_DENDRITE_NATIVE=0``, the pure-torch paths run:
 the same values, more slowly.
+
+The inner kernel also multiplies in bf16 (``bf16=True``: operands of its large products rounded to bf16, float32
+accumulation): on AVX512-BF16's ``vdpbf16ps`` where ``-march=native`` finds it (:func:`bf16_hardware`), else the same
+products emulated in float32 (also when ``-DLIT_DENDRITE_PORTABLE_BF16`` is among the flags).
 """
 
 from __future__ import annotations
@@ -76,11 +80,12 @@ def load_kernel(path: Path) -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
     pointer, size, integer = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     shape, table, outputs = [size] * 5, [pointer] * 3, [pointer] * 4
-    net_shape, weights = [size, integer, integer, integer], [pointer] * 4
+    net_shape, weights = [integer, integer, integer], [pointer] * 4
     signatures = {
         "layer_norm_table_lookup": [pointer, pointer, *shape, ctypes.c_double, *table, size, *outputs, integer],
-        "inner_forward": [pointer, pointer, pointer, *net_shape, *weights, pointer, ctypes.c_double, integer],
-        "inner_backward": [pointer, pointer, pointer, *net_shape, *weights, pointer, pointer, pointer, integer],
+        "inner_forward": [pointer, pointer, pointer, *net_shape, *weights, *[pointer] * 3, integer, pointer, integer],
+        "inner_backward": [pointer, pointer, pointer, *net_shape, *weights, *[pointer] * 5, integer, pointer, integer],
+        "inner_bf16_hardware": [],
     }
     for name, argtypes in signatures.items():
         function = getattr(library, name)
@@ -172,8 +177,10 @@ def normalized_table_lookup(
 
 
 def inner_kernel_mismatch(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
-    """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None."""
-    unsupported = _unsupported(x, params)
+    """Why the native kernel cannot evaluate the inner net ``params`` (W1, b1, W2, b2, w3, b3) on ``x``, or None.
+    A bf16 or fp16 ``x`` (as CPU autocast gives it) is taken: the op casts it to float32 inside."""
+    upcast = x.dtype in (torch.bfloat16, torch.float16)
+    unsupported = _unsupported(x.new_empty(0, dtype=torch.float32) if upcast else x, params)
     if unsupported is None and not native_available():
         return "the native kernels are unavailable (LIT_DENDRITE_NATIVE=0, or no C compiler: see the warning)"
     return unsupported
@@ -183,27 +190,36 @@ def _unsupported(x: torch.Tensor, params: Sequence[torch.Tensor]) -> str | None:
     """What of ``x`` and ``params`` the inner kernel does not support (dtype, device, depth, widths), or None."""
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (x, *params)):
         return f"it needs float32 CPU inputs and weights, got {x.dtype} inputs on {x.device}"
-    if len(params) != 6 or params[-2].shape[0] != 1:
+    if len(params) != 6 or params[-2].shape[-2] != 1:
         return f"it needs an inner net of 2 hidden layers and 1 output, got {len(params) // 2 - 1} hidden layers"
-    widths = [params[0].shape[0], params[2].shape[0]]
+    widths = [params[0].shape[-2], params[2].shape[-2]]
     if any(width % 16 for width in widths):
         return f"it needs hidden widths that are multiples of 16, got {widths}"
     return None
 
 
 def inner_forward(
-    rows: torch.Tensor, params: Sequence[torch.Tensor], keep_signs: bool = False, library: ctypes.CDLL | None = None
+    rows: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    keep_signs: bool = False,
+    bf16: bool = False,
+    type_rows: Sequence[int] | None = None,
+    library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The inner net ``params`` (W1, b1, W2, b2, w3, b3) on each row of contiguous float32 CPU ``rows`` (n, arity),
     and with ``keep_signs`` the signs of its last hidden layer for :func:`inner_backward`: 1 bit per unit, as
-    (n, h2 / 16) int16 words (otherwise None)."""
-    library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, b3) = _inner_call(rows, params, library)
+    (n, h2 / 16) int16 words (otherwise None). With ``bf16`` the hidden-to-hidden product takes bf16 operands.
+
+    Cell types: ``params`` stacked along a leading dim of K nets and ``rows`` grouped by type, ``type_rows[k]`` rows of
+    type k after those of the types before it."""
+    library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, b3), counts = _inner_call(rows, params, type_rows, library)
     out = rows.new_empty(len(rows))
     signs = torch.empty(len(rows), h2 // SIGN_BITS, dtype=torch.int16) if keep_signs else None
+    w2_pairs = bf16_pairs(w2t) if bf16 else None
     failed = library.inner_forward(
-        rows.data_ptr(), out.data_ptr(), 0 if signs is None else signs.data_ptr(), len(rows), arity, h1, h2,
-        w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), w3.data_ptr(), b3.item(),
-        torch.get_num_threads(),
+        rows.data_ptr(), out.data_ptr(), 0 if signs is None else signs.data_ptr(), arity, h1, h2,
+        w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), w3.data_ptr(), b3.data_ptr(),
+        0 if w2_pairs is None else w2_pairs.data_ptr(), len(counts), counts.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     _check_allocated(failed)
     return out, signs
@@ -217,52 +233,73 @@ def inner_backward(
     param_sums: bool,
     signs: torch.Tensor | None = None,
     overwrite_rows: bool = False,
+    bf16: bool = False,
+    type_rows: Sequence[int] | None = None,
     library: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
     """Backward of :func:`inner_forward` for the output gradient ``grad_out``: the rows' gradient (``input_grad``) and
     (``param_sums``) the sums the weight gradients are made of: ``[P, s, dW1^T, db1, sum(grad_out)]`` with
-    ``G = grad_out * [h2 > 0]``, ``P = G^T relu(h1)`` and ``s = colsum(G)`` (see ``inner_kernel.c``). With the forward
-    pass's ``signs``, h2 is not recomputed: one matrix product per row fewer. With ``overwrite_rows`` the rows'
-    gradient is written over ``rows`` (each block is read before its gradient is written), saving a buffer."""
-    library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, _) = _inner_call(rows, params, library)
+    ``G = grad_out * [h2 > 0]``, ``P = G^T relu(h1)`` and ``s = colsum(G)`` (see ``inner_kernel.c``), each with the
+    leading dim of K cell types where ``params`` have one. With the forward pass's ``signs``, h2 is not recomputed:
+    one matrix product per row fewer. With ``overwrite_rows`` the rows' gradient is written over ``rows`` (each block
+    is read before its gradient is written), saving a buffer. With ``bf16`` the two hidden-to-hidden products take
+    bf16 operands, as in :func:`inner_forward`."""
+    library, (arity, h1, h2), (w1t, b1, w2t, b2, w3, _), counts = _inner_call(rows, params, type_rows, library)
     if grad_out.shape != rows.shape[:1] or grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
         raise ValueError(f"grad_out must be a contiguous float32 vector of {len(rows)} values, got {grad_out.shape}")
     words = (len(rows), h2 // SIGN_BITS)
     if signs is not None and (signs.shape != words or signs.dtype != torch.int16 or not signs.is_contiguous()):
         raise ValueError(f"signs must be contiguous int16 words of shape {words}, got {tuple(signs.shape)}")
-    w2out = (w3.unsqueeze(1) * params[2]).contiguous()
+    w2out = (w3.unsqueeze(-1) * w2t.transpose(-1, -2)).contiguous()
+    pairs = [bf16_pairs(w2t), bf16_pairs(w2out)] if bf16 else [None, None]
     grad_rows = (rows if overwrite_rows else torch.empty_like(rows)) if input_grad else None
     sizes = [h2 * h1, h2, arity * h1, h1, 1]
-    sums = rows.new_zeros(sum(sizes), dtype=torch.float64) if param_sums else None
+    types = len(counts)
+    sums = rows.new_zeros(types, sum(sizes), dtype=torch.float64) if param_sums else None
     failed = library.inner_backward(
-        rows.data_ptr(), grad_out.data_ptr(), 0 if signs is None else signs.data_ptr(), len(rows), arity, h1, h2,
+        rows.data_ptr(), grad_out.data_ptr(), 0 if signs is None else signs.data_ptr(), arity, h1, h2,
         w1t.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), w2out.data_ptr(),
+        *(0 if pair is None else pair.data_ptr() for pair in pairs),
         0 if grad_rows is None else grad_rows.data_ptr(), 0 if sums is None else sums.data_ptr(),
-        torch.get_num_threads(),
+        types, counts.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     _check_allocated(failed)
     if sums is None:
         return grad_rows, None
-    product, gated_sum, first_weight_t, first_bias, grad_sum = sums.float().split(sizes)
-    return grad_rows, [product.view(h2, h1), gated_sum, first_weight_t.view(arity, h1), first_bias, grad_sum]
+    shapes = [(h2, h1), (h2,), (arity, h1), (h1,), (1,)]
+    parts = [part.reshape(types, *shape) for part, shape in zip(sums.float().split(sizes, dim=1), shapes)]
+    return grad_rows, parts if params[0].dim() == 3 else [part[0] for part in parts]
+
+
+def bf16_pairs(weight_t: torch.Tensor) -> torch.Tensor:
+    """A transposed weight (..., k, n) rounded to bf16 as the kernel's bf16 products read it: (..., k / 2, n, 2), rows
+    2i and 2i + 1 of each column side by side."""
+    k = weight_t.shape[-2]
+    return weight_t.to(torch.bfloat16).unflatten(-2, (k // 2, 2)).transpose(-1, -2).contiguous()
 
 
 def _inner_call(
-    rows: torch.Tensor, params: Sequence[torch.Tensor], library: ctypes.CDLL | None
-) -> tuple[ctypes.CDLL, tuple[int, int, int], list[torch.Tensor]]:
-    """The library, (arity, h1, h2) and the weights as the kernel takes them, after checking what C will read."""
+    rows: torch.Tensor, params: Sequence[torch.Tensor], type_rows: Sequence[int] | None, library: ctypes.CDLL | None
+) -> tuple[ctypes.CDLL, tuple[int, int, int], list[torch.Tensor], torch.Tensor]:
+    """The library, (arity, h1, h2), the weights as the kernel takes them (stacked over cell types: (K, ...)) and the
+    rows per type, after checking what C will read."""
     library = _library(library)
     unsupported = _unsupported(rows, params)
     if unsupported is not None:
         raise ValueError(f"the native inner kernel cannot run: {unsupported}")
-    if rows.dim() != 2 or not rows.is_contiguous() or params[0].shape[1] != rows.shape[1]:
-        raise ValueError(f"rows must be contiguous (n, {params[0].shape[1]}), got {tuple(rows.shape)}")
-    w1, b1, w2, b2, w3, b3 = (t.detach() for t in params)
-    if w2.shape[1] != w1.shape[0] or w3.shape[1] != w2.shape[0]:
+    one_net = params[0].dim() == 2
+    w1, b1, w2, b2, w3, b3 = (t.detach().unsqueeze(0) if one_net else t.detach() for t in params)
+    types, arity = w1.shape[0], w1.shape[2]
+    if rows.dim() != 2 or not rows.is_contiguous() or rows.shape[1] != arity:
+        raise ValueError(f"rows must be contiguous (n, {arity}), got {tuple(rows.shape)}")
+    if w2.shape[2] != w1.shape[1] or w3.shape[2] != w2.shape[1] or any(len(t) != types for t in (b1, w2, b2, w3, b3)):
         raise ValueError(f"inconsistent inner-net weights: {[tuple(t.shape) for t in params]}")
-    shape = (w1.shape[1], w1.shape[0], w2.shape[0])
-    prepared = [w1.t().contiguous(), b1.contiguous(), w2.t().contiguous(), b2.contiguous(), w3[0].contiguous(), b3]
-    return library, shape, prepared
+    counts = torch.tensor([len(rows)] if type_rows is None else list(type_rows), dtype=torch.int64)
+    if len(counts) != types or counts.sum() != len(rows) or (counts < 0).any():
+        raise ValueError(f"type_rows must give the rows of each of {types} nets, {len(rows)} in all, got {type_rows}")
+    shape = (arity, w1.shape[1], w2.shape[1])
+    prepared = [w1.transpose(1, 2), b1, w2.transpose(1, 2), b2, w3[:, 0], b3.reshape(types)]
+    return library, shape, [t.contiguous() for t in prepared], counts
 
 
 def _check_allocated(failed: int) -> None:
@@ -274,6 +311,13 @@ def _check_allocated(failed: int) -> None:
 def native_available() -> bool:
     """Whether the native kernels are enabled and built (builds them on the first call)."""
     return native_enabled() and kernel_library() is not None
+
+
+@torch.compiler.assume_constant_result
+def bf16_hardware() -> bool:
+    """Whether the native kernel multiplies bf16 on the CPU's AVX512-BF16 instructions (False: it emulates them in
+    float32, or the kernels are unavailable)."""
+    return native_available() and bool(kernel_library().inner_bf16_hardware())
 
 
 def _library(library: ctypes.CDLL | None) -> ctypes.CDLL:

@@ -30,7 +30,7 @@ from torch import nn
 
 from lit_dendrite.errors import ConfigError
 from lit_dendrite.nn.inner import InnerNet, smooth_target
-from lit_dendrite.nn.inner_kernels import fused_normalized_inner
+from lit_dendrite.nn.inner_kernels import FUSED_IMPLS, fused_normalized_inner, inner_params
 
 LAYER_NORM_EPS = 1e-5
 """The epsilon of the dendritic layers' LayerNorm (``F.layer_norm``'s default); the native paths use it too."""
@@ -89,8 +89,11 @@ class LearnedNeuron(SharedNeuron):
             return super().normalized(z, normalized_ndim, pool)
         if self.table is not None and self.table.fuses(z):
             return self.table.normalized(z, normalized_ndim, self.inner, pool)
-        if self.table is None and self.inner.implementation(z) == "fused":
-            return max_pool_maps(fused_normalized_inner(z, normalized_ndim, self.inner.linears, LAYER_NORM_EPS), pool)
+        impl = self.inner.implementation(z) if self.table is None else None
+        if impl in FUSED_IMPLS:
+            params = inner_params(self.inner.linears)
+            fused = fused_normalized_inner(z, normalized_ndim, params, LAYER_NORM_EPS, impl == "fused_bf16")
+            return max_pool_maps(fused, pool)
         return super().normalized(z, normalized_ndim, pool)
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from lit_dendrite.data.corrupted import CorruptedDataModule
 from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.nn.inner_check import PATHS, device_description, fused_unusable, specialisation
+from lit_dendrite.nn.inner_kernels import bf16_products
 from lit_dendrite.nn.neurons import inner_net_neurons, net_neuron_spec
 from lit_dendrite.nn.tabulated import tabulate_inner, use_exact_inner
 from lit_dendrite.runs import FROZEN, JOINT, PRETRAIN
@@ -119,7 +120,8 @@ def self_checks(net: torch.nn.Module, autocast: Any) -> dict[str, str | None]:
         params = [t for linear in neuron.inner.linears for t in (linear.weight, linear.bias)]
         z = torch.zeros(1, neuron.inner.arity, device=params[0].device)
         with autocast:
-            verdicts[str(specialisation(z, params))] = fused_unusable(z, params)
+            bf16 = bf16_products(z.device)  # impl="auto"'s fused_bf16 under CPU bf16 autocast
+            verdicts[str(specialisation(z, params, bf16))] = fused_unusable(z, params, bf16)
     return verdicts
 
 

@@ -17,6 +17,7 @@ from lit_dendrite.nn.resnet import RESNET18_WIDTHS, scaled_widths
 BENCHMARK_MODELS = {"DendriticMLP": ("mlp", 28), "DendriticCNN": ("cnn", 32), "DendriticResNet": ("resnet", 32)}
 CONV_MODELS = ("cnn", "resnet")  # time scales with the input's area
 UNMEASURED_PATHS = ("reference", "table")  # neither what session II trains with nor what attacks run
+BF16_PATHS = ("fused_bf16", "bf16_mixed")  # bf16 products: not what a float32 run trains with
 DEFAULT_GPU_SPEEDUP = 100.0
 BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GPU_RESULTS, CPU_RESULTS = "neurons_cuda.json", "neurons_cpu.json"
@@ -42,7 +43,8 @@ class StepTimes:
     def learned_path(self, model: str) -> str:
         """The fastest measured path of the learned neuron (what ``impl="auto"`` is meant to pick)."""
         # rows named after a neuron (relu, kan, celltypes, ...) time that neuron, not a path of the inner net
-        candidates = {p: t for p, t in self.train[model].items() if p not in (*UNMEASURED_PATHS, *NEURONS)}
+        excluded = (*UNMEASURED_PATHS, *BF16_PATHS, *NEURONS)
+        candidates = {p: t for p, t in self.train[model].items() if p not in excluded}
         if not candidates:  # a model timed per neuron only (benchmarks/resnet.py): the 2-arg neuron's row
             return "2arg"
         return min(candidates, key=candidates.get)
