@@ -15,25 +15,21 @@ from typing import Any
 
 import yaml
 
-from lit_dendrite.io import write_text_atomic
+from lit_dendrite.errors import ConfigError
+from lit_dendrite.io import read_yaml, write_text_atomic
 
 EXTENDS = "extends"
 """The key of a config file that names the config files it builds on."""
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigError):
     """A config file that cannot be read as a chain; the message names the file, the problem and the fix."""
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The YAML mapping in ``path`` as written (its ``extends`` included)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigFileError(f"cannot read config file {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigFileError(f"config file {path} is not valid YAML: {error}") from None
+    data = read_yaml(path, "pass a readable YAML config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

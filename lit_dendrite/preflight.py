@@ -13,8 +13,8 @@ import lightning as L
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from lit_dendrite.config_files import config_chain
 from lit_dendrite.errors import ConfigError, ResourceError
-from lit_dendrite.io import read_yaml
 from lit_dendrite.nn.memory import device_memory, format_bytes, training_bytes
 from lit_dendrite.nn.nets import CONFIG_KEY
 
@@ -25,20 +25,17 @@ LIGHTNING_LOG = "lightning.pytorch.utilities.rank_zero"
 
 
 def check_config_files(args: Sequence[str]) -> None:
-    """A ConfigError naming the file and line of a ``--config`` file that is not a YAML mapping (jsonargparse's own
-    message names neither)."""
+    """A ConfigError naming the file (and the line of a YAML error) of a ``--config`` file, or of a file it extends,
+    that cannot be read as a chain of YAML mappings (jsonargparse's own message names neither)."""
     files = [b for a, b in zip(args, args[1:]) if a == "--config"]
     files += [a.removeprefix("--config=") for a in args if a.startswith("--config=")]
     for name in files:
-        path = Path(name)
-        if not path.is_file():
-            continue  # jsonargparse names a missing file
-        data = read_yaml(path, "pass a readable YAML file to --config")
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: holds a {type(data).__name__}, not a mapping of configuration keys",
-                "see configs/experiment/*.yaml for the layout of an experiment file",
-            )
+        try:
+            is_file = Path(name).is_file()
+        except OSError:  # a config given as a YAML string too long to be a file name
+            is_file = False
+        if is_file:  # jsonargparse names a missing file
+            config_chain(name)
 
 
 def check_seed(seed: Any) -> None:
