@@ -68,6 +68,8 @@ def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
         torch_path = "plain"
     else:
         torch_path = "plain" if rows < LEAN_MIN_ROWS.get(device.type, LEAN_MIN_ROWS["cpu"]) else "lean"
+    if device.type == "meta":  # a memory estimate's pass: no kernel runs, so nothing falls back or is noted
+        return torch_path
     if rows < FUSED_MIN_ROWS.get(device.type, FUSED_MIN_ROWS["cpu"]):
         PATHS.note("auto", torch_path)
         return torch_path
