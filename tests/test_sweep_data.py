@@ -46,7 +46,9 @@ def test_a_submission_refuses_when_a_runs_clean_data_set_is_missing_where_its_jo
         submit_sweep(load_sweep(path), "local", ClusterConfig(), tmp_path / "runs", echo=lambda _: None)
     assert not (tmp_path / "runs").exists()
     launcher = load_launcher()
-    assert launcher.main(["--sweep", str(path), "--cluster", "local", "--out", str(tmp_path / "runs")]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        launcher.main(["--sweep", str(path), "--cluster", "local", "--out", str(tmp_path / "runs")])
+    assert stopped.value.code == 2
     captured = capsys.readouterr()
     assert "error: 1 data set(s) missing" in captured.err and "digits" not in captured.err
     assert not (tmp_path / "runs").exists()
