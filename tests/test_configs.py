@@ -62,7 +62,8 @@ def test_every_sweep_keeps_its_runs_and_their_identities(name):
     args = {run.relative_dir: run.train_args(Path("runs") / sweep.name) for run in sweep.runs}
     run_dir_at = {run: given.index("--run_dir") for run, given in args.items()}
     now = {run: identity(given[: run_dir_at[run]] + given[run_dir_at[run] + 2 :]) for run, given in args.items()}
-    assert now == IDENTITIES["sweeps"][name]
+    # A sweep may gain runs (precision.yaml gained the CNN), never change or lose one it had.
+    assert IDENTITIES["sweeps"][name].items() <= now.items()
 
 
 def test_experiment_configs_are_at_most_two_fifths_of_the_lines_they_were():
