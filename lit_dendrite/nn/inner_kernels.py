@@ -25,7 +25,8 @@ from lit_dendrite.nn.inner_op import output_layer_grads
 
 IMPLS = ("auto", "plain", "lean", "fused", "fused_bf16")
 FUSED_IMPLS = ("fused", "fused_bf16")
-"""The implementations that run the fused op (``fused_bf16`` with bf16 products)."""
+"""The implementations that run the fused op (``fused_bf16`` with bf16 products), indexed by ``int(bf16)`` (torch 2.11's
+compile refuses a bool index)."""
 
 # Rows per chunk: a chunk's (rows, 64) buffers should stay in the CPU's L2 cache. On our 2-core Xeon (1 thread,
 # the CNN's first layer, fwd+bwd) 2048 rows took 385-395 ns/row, 1024 and 4096 400-480, 8192 420-440; the issue's
@@ -78,7 +79,7 @@ def choose_impl(x: torch.Tensor, linears: Sequence[nn.Linear]) -> str:
     if (reason := fused_unusable(x, params, bf16)) is not None:
         PATHS.fell_back(specialisation(x, params, bf16), torch_path, reason)
         return torch_path
-    impl = FUSED_IMPLS[bf16]
+    impl = FUSED_IMPLS[int(bf16)]
     PATHS.note("auto", impl)
     return impl
 
@@ -130,7 +131,7 @@ def fused_normalized_inner(
     params = list(params)
     if (reason := fused_unusable(z, params, bf16)) is not None:
         raise ValueError(
-            f"InnerNet.impl={FUSED_IMPLS[bf16]!r} cannot run here: {reason}; use impl='auto' (it falls back)"
+            f"InnerNet.impl={FUSED_IMPLS[int(bf16)]!r} cannot run here: {reason}; use impl='auto' (it falls back)"
         )
     if z.shape[-1] % params[0].shape[-1]:
         raise ValueError(f"the last dim of {tuple(z.shape)} is not a multiple of arity {params[0].shape[-1]}")
@@ -141,7 +142,7 @@ def _fused_params(x: torch.Tensor, linears: Sequence[nn.Linear], bf16: bool) -> 
     params = inner_params(linears)
     if (reason := fused_unusable(x, params, bf16)) is not None:
         raise ValueError(
-            f"InnerNet.impl={FUSED_IMPLS[bf16]!r} cannot run here: {reason}; use impl='auto' (it falls back)"
+            f"InnerNet.impl={FUSED_IMPLS[int(bf16)]!r} cannot run here: {reason}; use impl='auto' (it falls back)"
         )
     return params
 
