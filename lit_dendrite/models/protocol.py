@@ -39,7 +39,7 @@ from lit_dendrite.models.frozen_table import FrozenInnerTables
 from lit_dendrite.models.loading import load_checkpoint, retrain_advice
 from lit_dendrite.models.pretrain import InnerPretrain
 from lit_dendrite.models.resume import BatchSeed, ConfigIdentity, WallClock, resume_point, with_atomic_checkpoints
-from lit_dendrite.models.stall import STALL_EPOCHS, STALL_MARGIN, Stalled, StallStop
+from lit_dendrite.models.stall import STALL_MARGIN, Stalled, StallStop
 from lit_dendrite.models.tensorboard_layout import LAYOUT
 from lit_dendrite.nn.acceleration import maybe_compile
 from lit_dendrite.nn.inner_check import PATHS, device_description
@@ -58,9 +58,10 @@ class Protocol:
     ``frozen_fast_path`` trains session III through lookup tables of the frozen inner net (tests stay exact);
     ``compile`` wraps the network in ``torch.compile``. ``stall_epochs``: a session II or III whose mean training
     loss stays within ``stall_margin`` nats of chance (ln of the class count) for this many epochs in a row ends the
-    run as ``stalled`` (:mod:`~lit_dendrite.models.stall`); 0 turns the rule off. Both default to null, meaning
-    :data:`~lit_dendrite.models.stall.STALL_EPOCHS` and :data:`~lit_dendrite.models.stall.STALL_MARGIN`, so that
-    configurations recorded before the rule keep their identity.
+    run as ``stalled`` (:mod:`~lit_dendrite.models.stall`); null or 0: the rule is off (the default, see
+    :data:`~lit_dendrite.models.stall.STALL_EPOCHS`). ``stall_margin`` null means
+    :data:`~lit_dendrite.models.stall.STALL_MARGIN`; nulls keep the identity of configurations recorded before the
+    rule.
     """
 
     pretrain_epochs: int = 500
@@ -105,7 +106,7 @@ class Protocol:
 
     def stall_stop(self, num_classes: int) -> StallStop | None:
         """The stall rule's callback for a session of a ``num_classes`` classifier, or None where it is off."""
-        epochs = STALL_EPOCHS if self.stall_epochs is None else self.stall_epochs
+        epochs = self.stall_epochs or 0  # null: off (see STALL_EPOCHS for why)
         margin = STALL_MARGIN if self.stall_margin is None else self.stall_margin
         return StallStop(num_classes, epochs, margin) if epochs > 0 else None
 

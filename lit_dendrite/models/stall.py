@@ -16,11 +16,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 STALL_EPOCHS = 10
-"""Default of ``protocol.stall_epochs``: the runs of docs/results.md that went on to learn left chance within 9
-epochs of session II; the one that never learned sat at chance for 21."""
+"""The streak ``protocol.stall_epochs`` is tested with: the runs of docs/results.md that went on to learn left chance
+within 9 epochs of session II; the one that never learned sat at chance for 21. The rule is off unless a config sets
+it: in the digits demo a 1-arg MLP (6 steps an epoch) sat at chance for its first 10 epochs and then learned."""
 STALL_MARGIN = 0.05
-"""Default of ``protocol.stall_margin``, in nats either side of ln(classes): a net at 2.253 for 10 classes puts on
-average 1.05 times chance's probability on the right class (e^0.05), i.e. it has learned close to nothing."""
+"""Default of ``protocol.stall_margin`` (where the rule is on), in nats either side of ln(classes): a net at
+2.253 for 10 classes puts on average 1.05 times chance's probability on the right class (e^0.05), i.e. it has
+learned close to nothing."""
 
 
 class Stalled(RuntimeError):
