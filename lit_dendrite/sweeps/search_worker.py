@@ -13,13 +13,14 @@ import importlib
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import submitit
 
 from lit_dendrite.io import write_json_atomic
-from lit_dendrite.runs import PRETRAIN, PRETRAINED_INNER_FILE, FileLock, RunDir
+from lit_dendrite.runs import PRETRAIN, PRETRAINED_INNER_FILE, FileLock, RunDir, record_config
 from lit_dendrite.sweeps.job import TRAIN_ENTRY, record_failure
 from lit_dendrite.sweeps.search import (
     ASK_LOCK,
@@ -56,10 +57,11 @@ def trial_args(base: list[str], values: dict[str, Any], seed: int, run_dir: Path
     return [*args, "--seed_everything", str(seed), "--run_dir", str(run_dir)]
 
 
-def reuse_pretraining(run_dir: Path) -> str | None:
+def reuse_pretraining(run_dir: Path, write_config: Callable[[], None]) -> str | None:
     """Give a new trial's run directory the session I that another trial of its condition finished (the searched
     keys leave it unchanged), with ``reused_from`` in its summary; returns where it came from, or None (none yet,
-    or the run directory has started)."""
+    or the run directory has started). ``write_config`` writes the trial's configuration first: a directory that
+    holds a session I and no configuration is refused by the training command."""
     target = RunDir(run_dir)
     if target.config.exists() or target.session(PRETRAIN).summary.exists() or not run_dir.parent.is_dir():
         return None
@@ -69,6 +71,7 @@ def reuse_pretraining(run_dir: Path) -> str | None:
         if summary is None:
             continue
         origin = summary.get("reused_from") or other.relative_to(run_dir.parent.parent).as_posix()
+        write_config()
         session = target.session(PRETRAIN)
         session.path.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source.path / PRETRAINED_INNER_FILE, session.path / PRETRAINED_INNER_FILE)
@@ -153,8 +156,15 @@ class SearchWorker(submitit.helpers.Checkpointable):
         run_dir = trial_dir(self.sweep_dir, experiment, number)
         args = trial_args(self.conditions[experiment], values, self.spec.trial_seed, run_dir)
         print(f"[lit_dendrite] trial {number} of {experiment}: {values} -> {run_dir}", flush=True)
-        if self.spec.reuses_session_i and (origin := reuse_pretraining(run_dir)) is not None:
-            print(f"[lit_dendrite] session I reused from {origin} (the searched keys leave it unchanged)", flush=True)
+        if self.spec.reuses_session_i:
+            training = importlib.import_module(TRAIN_ENTRY)
+
+            def write_config() -> None:
+                record_config(RunDir(run_dir), training.resolved_config(training.parse(args)))
+
+            if (origin := reuse_pretraining(run_dir, write_config)) is not None:
+                reused = f"[lit_dendrite] session I reused from {origin} (the searched keys leave it unchanged)"
+                print(reused, flush=True)
         pruning = TrialPruning(trial, self.spec.monitored_session, self.spec.monitor)
         try:
             train = importlib.import_module(TRAIN_ENTRY).train
