@@ -6,6 +6,8 @@ Shared by ``neurons.py``, ``neurons_gpu.py`` and ``resnet.py`` (next to this fil
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import statistics
 import time
@@ -143,6 +145,22 @@ def interleaved_medians(fns: dict[str, object], device: torch.device, warmup: in
             sync(device)
             times[name].append((time.perf_counter() - start) / calls[name])
     return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def step_peak_bytes(make_step) -> int:
+    """Peak RSS of two training steps above the built model, in bytes. ``make_step()`` builds a model and returns
+    its training step. A first model's step runs and is thrown away before the measurement, so that what a process
+    does once (loading kernels' code, oneDNN's JIT for bf16, the fused kernels' self-check) is not counted as the
+    step's memory: it counted 5-12 MiB, more than the MLP's whole step (about 4 MiB)."""
+    make_step()()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the thrown-away step freed goes back to the OS
+    step = make_step()
+    base = status_kib("VmRSS") * 1024
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux 4.0+)
+    for _ in range(2):
+        step()
+    return status_kib("VmHWM") * 1024 - base
 
 
 def status_kib(field: str) -> int:

@@ -16,8 +16,9 @@ runs, nor for ``bf16_mixed``: attacks run without autocast), the paper's control
 (:data:`CONTROLS`: ReLU, and the 1-arg neuron along its ``impl="auto"`` path), each of :data:`BASELINE_NEURONS`
 (``pau``, ``kan``, ``celltypes`` with its 10 types) at matched parameters along its own path, the analytic forward
 FLOPs per image, the machine's dense fp32 matmul GFLOP/s and the inner net's achieved training GFLOP/s on the CNN's
-first layer. Peak training memory is measured in a child process per model and path (RSS high-water mark minus RSS
-after building the model, with glibc's mmap threshold fixed so that the mark follows live memory). Step, inference and
+first layer. Peak training memory is measured in a child process per model and path (RSS high-water mark of two
+steps minus RSS after building the model, after a thrown-away first model's step has loaded what a process loads once,
+with glibc's mmap threshold fixed so that the mark follows live memory). Step, inference and
 attack-gradient times are medians over rounds that time each of them for every variant in turn, so that load coming and
 going on a shared machine hits them alike. Prints a table and writes JSON atomically.
 
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from measure import CHILD_ENV, status_kib, sync, timed, timed_kinds, train_step_fn  # next to this file
+from measure import CHILD_ENV, step_peak_bytes, timed, timed_kinds, train_step_fn  # next to this file
 from torch import nn
 
 from lit_dendrite.commandline import argument_parser
@@ -185,21 +186,18 @@ def peak_memory_child(model: str, path: str, device: str) -> int:
 
 
 def memory_child(spec: dict[str, str]) -> None:
-    """Child process body: build, then two training steps; print the peak above the built model."""
+    """Child process body: print the peak of two training steps above the built model (:func:`step_peak_bytes`)."""
     device = torch.device(spec["device"])
     model, path = spec["model"], spec["path"]
-    batch = MODELS[model]["batch"]
-    net = build(model, variant_neuron(path), device).train()
-    x, y = data(model, batch, device)
-    if path in PATHS:
-        set_path(net, path, x)
-    step = train_step_fn(net, x, y, autocast=path in AUTOCAST_VARIANTS)
-    base = status_kib("VmRSS") * 1024
-    for _ in range(2):
-        step()
-    sync(device)
-    peak = status_kib("VmHWM") * 1024
-    print(json.dumps({"peak_bytes": peak - base}))
+
+    def make_step():
+        net = build(model, variant_neuron(path), device).train()
+        x, y = data(model, MODELS[model]["batch"], device)
+        if path in PATHS:
+            set_path(net, path, x)
+        return train_step_fn(net, x, y, autocast=path in AUTOCAST_VARIANTS)
+
+    print(json.dumps({"peak_bytes": step_peak_bytes(make_step)}))
 
 
 def benchmark_model(

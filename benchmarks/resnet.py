@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
-from measure import CHILD_ENV, status_kib, sync, timed_kinds, train_step_fn  # next to this file
+from measure import CHILD_ENV, step_peak_bytes, sync, timed_kinds, train_step_fn  # next to this file
 
 from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
@@ -65,13 +65,13 @@ def peak_memory_mib(neuron: str, args: argparse.Namespace, device: torch.device)
 
 
 def memory_child(neuron: str, args: argparse.Namespace) -> None:
-    """Child process body: build, then two training steps; print the peak RSS above the built model."""
+    """Child process body: print the peak RSS of two training steps above the built model (``step_peak_bytes``)."""
     device = torch.device("cpu")
-    step = train_step_fn(build(neuron, args.width_multiplier, device), *batch_data(args.batch, device), False)
-    base = status_kib("VmRSS") * 1024
-    for _ in range(2):
-        step()
-    print(json.dumps({"peak_bytes": status_kib("VmHWM") * 1024 - base}))
+
+    def make_step():
+        return train_step_fn(build(neuron, args.width_multiplier, device), *batch_data(args.batch, device), False)
+
+    print(json.dumps({"peak_bytes": step_peak_bytes(make_step)}))
 
 
 def main(argv: list[str] | None = None) -> None:
