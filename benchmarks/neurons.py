@@ -42,11 +42,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from measure import CHILD_ENV, step_peak_bytes, timed, timed_kinds, train_step_fn  # next to this file
+from neurons_table import markdown_table, print_table
 from torch import nn
 
 from lit_dendrite.commandline import argument_parser
 from lit_dendrite.io import write_json_atomic
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, maybe_compile
+from lit_dendrite.nn.inner_check import PATHS as INNER_PATHS
 from lit_dendrite.nn.neurons import LearnedNeuron, Neuron
 from lit_dendrite.nn.tabulated import exact_inner, tabulate_inner
 from lit_dendrite.sweeps.cost import sweep_cost
@@ -170,8 +172,9 @@ def inner_gflops(device: torch.device, batch: int, quick: bool) -> dict[str, flo
     return result
 
 
-def peak_memory_child(model: str, path: str, device: str) -> int:
-    """Run one training-step measurement in a fresh process; returns peak bytes above the built model."""
+def peak_memory_child(model: str, path: str, device: str) -> tuple[int, list[str]]:
+    """Run one training-step measurement in a fresh process; returns the peak bytes above the built model and the
+    inner-net implementations its steps ran (``[]`` where no inner net runs)."""
     spec = json.dumps({"model": model, "path": path, "device": device})
     proc = subprocess.run(
         [sys.executable, __file__, "--memory-child", spec, "--threads", str(torch.get_num_threads())],
@@ -182,11 +185,13 @@ def peak_memory_child(model: str, path: str, device: str) -> int:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory child for {model}/{path} failed:\n{proc.stderr[-2000:]}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    return int(measured["peak_bytes"]), measured["inner_paths"]
 
 
 def memory_child(spec: dict[str, str]) -> None:
-    """Child process body: print the peak of two training steps above the built model (:func:`step_peak_bytes`)."""
+    """Child process body: print the peak of two training steps above the built model (:func:`step_peak_bytes`) and
+    the inner-net implementations they ran (a fresh process: its path log holds this variant's only)."""
     device = torch.device(spec["device"])
     model, path = spec["model"], spec["path"]
 
@@ -197,7 +202,8 @@ def memory_child(spec: dict[str, str]) -> None:
             set_path(net, path, x)
         return train_step_fn(net, x, y, autocast=path in AUTOCAST_VARIANTS)
 
-    print(json.dumps({"peak_bytes": step_peak_bytes(make_step)}))
+    peak = step_peak_bytes(make_step)
+    print(json.dumps({"peak_bytes": peak, "inner_paths": INNER_PATHS.summary()["used"]}))
 
 
 def benchmark_model(
@@ -225,7 +231,8 @@ def benchmark_model(
         if variant in seconds["attack"]:
             row["attack_gradient_s"] = seconds["attack"][variant]
         if variant != "compiled":
-            row["peak_train_memory_mib"] = peak_memory_child(model, variant, device.type) / 2**20
+            peak, row["inner_paths"] = peak_memory_child(model, variant, device.type)
+            row["peak_train_memory_mib"] = peak / 2**20
         if variant == "table":
             with torch.no_grad():
                 fast = net(x_eval)
@@ -271,50 +278,6 @@ def ratios(models: dict[str, dict[str, object]], matmul: float, inner: dict[str,
     return out
 
 
-def print_table(result: dict[str, object]) -> None:
-    print(
-        f"\nmachine: {result['machine']}  threads: {result['threads']}  dense fp32 matmul: "
-        f"{result['matmul_gflops']:.1f} GFLOP/s"
-    )
-    header = f"{'model':5} {'variant':10} {'train step s':>12} {'x ReLU':>7} {'infer img/s':>12} {'x ReLU':>7} "
-    print(header + f"{'attack grad s':>13} {'x ReLU':>7} {'peak MiB':>9} {'x ReLU':>7} {'disagree pp':>11}")
-    for model, res in result["models"].items():
-        relu = res["rows"]["relu"]
-        for variant, row in res["rows"].items():
-            mem, gradient = row.get("peak_train_memory_mib"), row.get("attack_gradient_s")
-            print(
-                f"{model:5} {variant:10} {row['train_step_s']:12.4f} {row['train_step_s'] / relu['train_step_s']:7.2f} "
-                f"{row['inference_images_per_s']:12.1f} "
-                f"{row['inference_images_per_s'] / relu['inference_images_per_s']:7.3f} "
-                + (
-                    f"{gradient:13.4f} {gradient / relu['attack_gradient_s']:7.2f} "
-                    if gradient is not None
-                    else f"{'-':>13} {'-':>7} "
-                )
-                + (
-                    f"{mem:9.1f} {mem / relu['peak_train_memory_mib']:7.2f} "
-                    if mem is not None
-                    else f"{'-':>9} {'-':>7} "
-                )
-                + f"{row.get('prediction_disagreement_pp', float('nan')):11.2f}"
-            )
-        flops = res["forward_flops_per_image"]
-        print(
-            f"{model:5} forward MFLOP/image: 2arg {flops['2arg']['total'] / 1e6:.1f} "
-            f"(inner {flops['2arg']['inner'] / 1e6:.1f}), relu {flops['relu']['total'] / 1e6:.1f}"
-        )
-    if result["inner_gflops"]:
-        print(
-            "inner net training GFLOP/s on the CNN's first layer: "
-            + ", ".join(
-                f"{k} {v:.1f} ({v / result['matmul_gflops']:.3f} of matmul)" for k, v in result["inner_gflops"].items()
-            )
-        )
-    print("ratios:")
-    for key, value in result["ratios"].items():
-        print(f"  {key}: {value:.3f}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argument_parser("benchmarks/neurons.py", __doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (numbers are noisier)")
@@ -338,8 +301,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON path (default benchmarks/results/neurons_<device>.json)"
     )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="JSON",
+        default=None,
+        help="measure nothing: print the CPU results file JSON as docs/performance.md's table",
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown_table(json.loads(args.markdown.read_text())))
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.memory_child is not None:

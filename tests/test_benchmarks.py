@@ -29,6 +29,7 @@ def test_the_neuron_benchmark_times_the_1arg_control_and_the_estimate_prices_1ar
         for row in rows.values():  # training step, inference and attack gradient, all timed in the same rounds
             assert row["train_step_s"] > 0 and row["inference_images_per_s"] > 0 and row["attack_gradient_s"] > 0
             assert row["peak_train_memory_mib"] > 0
+        assert rows["relu"]["inner_paths"] == [] and rows["1arg"]["inner_paths"] == ["fused"]  # what each step ran
         assert result["ratios"][f"{model}_1arg_train_step_ratio"] > 1  # an inner net per unit costs more than ReLU
     times = load_step_times(tmp_path, gpu_speedup=10)
     shape = RunShape("cnn_cifar10_1arg", "cifar10", "DendriticCNN", "1arg", 32, 200, 2, 3, True)
