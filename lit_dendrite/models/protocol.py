@@ -267,6 +267,8 @@ class RunProtocol:
             trainer.fit(module, ckpt_path=resume_point(session))
         module.restore_best()
         explained = module.explained_variance()
+        if spec.finish_pretrain is not None:
+            spec.finish_pretrain(model.inner)
         best = module.best["epoch"]
         at = "" if best is None else f" (epoch {best + 1} of {trainer.current_epoch})"
         say(f"{SESSION_TITLES[PRETRAIN]} done in {seconds_text(clock.seconds)}: explained variance {explained:.3f}{at}")
