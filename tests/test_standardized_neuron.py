@@ -115,3 +115,10 @@ def test_session_one_fixes_the_affine_and_sessions_two_and_three_keep_it(tmp_pat
 def test_neurons_without_an_inner_net_refuse_the_option(neuron):
     with pytest.raises(ConfigError, match="standardize"):
         DendriticMLP(neuron=neuron, neuron_args={"standardize": True})
+
+
+def test_a_run_without_session_one_standardizes_session_two_fresh_inner_net(tmp_path):
+    run_dir = tmp_path / "run"
+    result = quick_train("mlp_digits_2arg", run_dir, 1, 2, *STANDARDIZE, "--protocol.sessions", "[II_joint]")
+    assert result["status"] == "done" and not RunDir(run_dir).pretrained_inner.exists()
+    assert float(torch.load(RunDir(run_dir).best_inner, weights_only=True)["output_gain"]) != 1.0

@@ -301,6 +301,8 @@ class RunProtocol:
                 model.freeze_inner(inner_state)
             else:
                 model.inner.load_state_dict(inner_state)
+        elif spec is not None and spec.finish_pretrain is not None:  # no session I ran: its end's fix still applies
+            spec.finish_pretrain(model.inner)
         best = ModelCheckpoint(
             dirpath=session.checkpoints,
             filename=BEST_CHECKPOINT,

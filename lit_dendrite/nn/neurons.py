@@ -155,7 +155,8 @@ class NeuronSpec:
     kernel_size, pool, options)``: a whole hidden layer when the neuron brings its own, instead of a
     :class:`~lit_dendrite.nn.layers.DendriticLinear` / ``DendriticConv2d`` around ``build(shared)``.
     ``finish_pretrain(shared)``: what the end of session I fixes in the shared module, on its best fit, before it is
-    saved (None: nothing), such as the inner net's output standardisation.
+    saved (None: nothing), such as the inner net's output standardisation; a run without session I applies it to
+    session II's freshly initialised shared module.
     """
 
     arity: int
