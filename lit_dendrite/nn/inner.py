@@ -102,7 +102,8 @@ class InnerNet(nn.Module):
         std = float(raw.std())
         if not std > 0:
             raise ValueError(
-                "the inner net's output is constant over standard-normal inputs: it cannot be standardised"
+                "the inner net's output is constant over standard-normal inputs, so it cannot be standardised; "
+                "pretrain it (session I) or set neuron_args.standardize to false"
             )
         self.output_gain.fill_(1.0 / std)
         self.output_offset.fill_(-float(raw.mean()) / std)
