@@ -165,3 +165,50 @@ def test_post_neuron_bn_gives_unit_scale_blocks_and_is_absent_by_default():
     net(torch.rand(8, 1, 28, 28))
     for out in outputs:  # BatchNorm's batch statistics: each unit's output standardised
         torch.testing.assert_close(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(out.shape[1]), atol=1e-2, rtol=0)
+
+
+def test_pre_activation_layout_is_the_identity_mapping_block_and_absent_by_default():
+    torch.manual_seed(0)
+    default = DendriticResNet(**DIGITS, **TINY)
+    assert default.block_layout == "post" and not any(key.startswith("final.") for key in default.state_dict())
+    net = DendriticResNet(**DIGITS, **TINY, block_layout="pre").train()
+    block = net.stages[0]  # identity shortcut: the stream of 2 pre-activations per unit plus the branch
+    assert isinstance(block.shortcut, torch.nn.Identity) and block.conv2.out_channels == 2 * 4
+    stream = torch.randn(3, 8, 28, 28)
+    torch.testing.assert_close(block(stream), stream + block.conv2(block.second(block.conv1(block.first(stream)))))
+    x = torch.rand(4, 1, 28, 28)
+    assert net(x).shape == (4, 10)
+    assert len(learned_neurons(net)) == 17  # two per block and the last one before the pooling
+    with pytest.raises(ValueError, match="block_layout must be one of"):
+        DendriticResNet(block_layout="middle")
+
+
+@pytest.mark.parametrize("control", ["1arg", "relu"])
+def test_pre_activation_controls_match_the_two_arg_net_within_one_percent(control):
+    reference = count_parameters(DendriticResNet(**DIGITS, width_multiplier=1 / 8, block_layout="pre"))
+    net = DendriticResNet(**DIGITS, width_multiplier=1 / 8, block_layout="pre", neuron=control, match_neuron="2arg")
+    assert abs(count_parameters(net) - reference) <= 0.01 * reference
+
+
+def test_pre_activation_residual_init_zero_starts_every_block_as_its_shortcut():
+    torch.manual_seed(0)
+    net = DendriticResNet(**DIGITS, **TINY, block_layout="pre", residual_bn_init=0.0).train()
+    for block in net.stages:
+        assert torch.all(block.conv2.weight == 0)
+    block = net.stages[0]
+    stream = torch.randn(3, 8, 28, 28)
+    torch.testing.assert_close(block(stream), stream)
+
+
+def test_pre_activation_tables_approximate_the_exact_net():
+    torch.manual_seed(0)
+    net = DendriticResNet(**DIGITS, **TINY, block_layout="pre")
+    x = torch.rand(16, 1, 28, 28)
+    F.cross_entropy(net(x), torch.arange(16) % 10).backward()  # moves BatchNorm's running stats
+    tabulate_inner(net, calibration=[x])
+    net.eval()
+    with torch.no_grad():
+        tabulated = net(x)
+        with exact_inner(net):
+            exact = net(x)
+    torch.testing.assert_close(tabulated, exact, atol=2e-3 * exact.abs().max().item(), rtol=0)

@@ -41,6 +41,16 @@ def test_block_statistics_of_a_resnet_name_every_stage_with_its_gradient():
     assert net.stem.conv.weight.grad is None  # measured on the net given, which is left without gradients
 
 
+def test_block_statistics_of_the_pre_activation_layout_measure_the_branch_at_its_last_conv():
+    torch.manual_seed(0)
+    net = DendriticResNet(
+        in_shape=(1, 28, 28), mean=(0.3,), std=(0.3,), width_multiplier=1 / 16, block_layout="pre", residual_bn_init=0
+    )
+    rows = block_statistics(net, torch.rand(6, 1, 28, 28), torch.arange(6))
+    assert all(row["branch_std"] == 0 and row["residual_std"] > 0 for row in rows[1:])  # every branch starts at 0
+    assert all(math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0 for row in rows)
+
+
 def test_the_script_measures_session_two_start_and_first_epoch_of_a_config(tmp_path):
     from helpers import REPO
 

@@ -82,6 +82,31 @@ def test_short_relu_run_beats_chance(tmp_path):
     assert result["test_acc"] > 0.5, result["test_acc"]
 
 
+class LearningRates(L.Callback):
+    """Records (global step, learning rate) of every optimizer step, and the training batches per epoch."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float]] = []
+        self.batches_per_epoch = 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer) -> None:
+        self.steps.append((trainer.global_step, optimizer.param_groups[0]["lr"]))
+        self.batches_per_epoch = trainer.num_training_batches
+
+
+@pytest.mark.parametrize("warmup_epochs", [None, 2])
+def test_learning_rate_warms_up_linearly_over_its_epochs_then_stays(tmp_path, warmup_epochs):
+    warmup = [] if warmup_epochs is None else ["--model.warmup_epochs", str(warmup_epochs)]
+    rates = LearningRates()
+    result = quick_train("mlp_digits_relu", tmp_path / "run", 3, 0, *warmup, extra_callbacks=[rates])
+    assert result["status"] == "done" and len(rates.steps) == 3 * rates.batches_per_epoch > 3
+    ramp = (warmup_epochs or 0) * rates.batches_per_epoch
+    for step, lr in rates.steps:
+        assert lr == pytest.approx(1e-3 * min(1.0, (step + 1) / ramp) if ramp else 1e-3, rel=1e-9), (step, lr)
+    if warmup_epochs is not None:
+        assert rates.steps[0][1] == pytest.approx(1e-3 / ramp) and rates.steps[-1][1] == 1e-3
+
+
 def test_bf16_mixed_precision_runs_every_session(tmp_path):
     result = quick_train("mlp_digits_2arg", tmp_path / "run", 4, 2, "--trainer.precision", "bf16-mixed")
     assert result["status"] == "done"
@@ -249,3 +274,12 @@ def test_launcher_prints_config_and_one_line_result(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("[lit_dendrite] mlp_digits_relu seed=0 status=done test_acc=") and "result.json" in last
+
+
+def test_a_bad_warmup_is_a_clear_error():
+    from lit_dendrite.models import Classifier
+    from lit_dendrite.nn import DendriticMLP
+
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="model.warmup_epochs must be a finite number > 0 or null"):
+            Classifier(DendriticMLP(neuron="relu"), warmup_epochs=bad)

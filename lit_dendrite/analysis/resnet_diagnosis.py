@@ -59,7 +59,8 @@ def inner_shape(inner: nn.Module, arity: int, seed: int = 0) -> dict[str, float]
 def block_statistics(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[dict[str, float]]:
     """Per stage of a :class:`~lit_dendrite.nn.resnet.DendriticResNet` (the stem, then each block): its output's
     mean and standard deviation, the standard deviation of the residual (shortcut: ``projection`` or identity) and of
-    the branch (the second BatchNorm's output) added to it, and the norm of the loss gradient at its output, on one
+    the branch (its ``branch_end``'s output: the second BatchNorm's, or in the pre-activation layout the second conv's)
+    added to it, and the norm of the loss gradient at its output, on one
     batch in train mode (which updates the BatchNorms' running statistics: measure a copy of a net in training)."""
     stages = [("stem", net.stem), *((f"block {i + 1}", block) for i, block in enumerate(net.stages))]
     found: dict[str, dict[str, Any]] = {name: {} for name, _ in stages}
@@ -77,7 +78,7 @@ def block_statistics(net: nn.Module, images: torch.Tensor, labels: torch.Tensor)
         handles.append(module.register_forward_hook(keep(name, "out")))
         if name != "stem":
             handles.append(module.shortcut.register_forward_hook(keep(name, "residual")))
-            handles.append(module.second.bn.register_forward_hook(keep(name, "branch")))
+            handles.append(module.branch_end.register_forward_hook(keep(name, "branch")))
     try:
         net.train()
         net.zero_grad(set_to_none=True)

@@ -21,16 +21,24 @@ class Diverged(RuntimeError):
 class Classifier(L.LightningModule):
     """Cross-entropy training of an outer network (passed in as ``net``) with Adam.
 
-    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+    ``warmup_epochs`` (None: none): the learning rate rises linearly from ``lr / steps`` to ``lr`` over the first
+    ``warmup_epochs`` epochs' optimizer steps (``steps`` of them) of each training session (II and III, which both
+    start from a freshly initialised outer net), then stays at ``lr``; it follows the global step, so a resumed run
+    continues it exactly. Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
     """
 
-    def __init__(self, net: nn.Module, lr: float = 1e-3) -> None:
+    def __init__(self, net: nn.Module, lr: float = 1e-3, warmup_epochs: float | None = None) -> None:
         super().__init__()
         if not (math.isfinite(lr) and lr > 0):
             raise ConfigError(f"model.lr must be a finite number > 0 (the paper's is 1e-3), got {lr}")
+        if warmup_epochs is not None and not (math.isfinite(warmup_epochs) and warmup_epochs > 0):
+            raise ConfigError(
+                f"model.warmup_epochs must be a finite number > 0 or null (no warm-up), got {warmup_epochs}"
+            )
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.lr = lr
+        self.warmup_epochs = warmup_epochs
         num_classes = getattr(net, "num_classes", None)
         if num_classes is None:
             raise ConfigError(f"net {type(net).__name__} must expose num_classes")
@@ -68,6 +76,20 @@ class Classifier(L.LightningModule):
             self.accuracy[f"{stage}_acc"](logits, labels)
             self.log(f"{stage}/acc", self.accuracy[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def warmup_factor(self, step: int) -> float:
+        """The learning rate's factor at optimizer step ``step`` (0-based) of this session's training."""
+        if self.warmup_epochs is None:
+            return 1.0
+        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        return min(1.0, (step + 1) / (self.warmup_epochs * steps_per_epoch))
+
+    def on_train_batch_start(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        if self.warmup_epochs is not None:
+            factor = self.warmup_factor(self.trainer.global_step)
+            for optimizer in self.trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr * factor
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")

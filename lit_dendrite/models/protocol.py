@@ -267,6 +267,8 @@ class RunProtocol:
             trainer.fit(module, ckpt_path=resume_point(session))
         module.restore_best()
         explained = module.explained_variance()
+        if spec.finish_pretrain is not None:
+            spec.finish_pretrain(model.inner)
         best = module.best["epoch"]
         at = "" if best is None else f" (epoch {best + 1} of {trainer.current_epoch})"
         say(f"{SESSION_TITLES[PRETRAIN]} done in {seconds_text(clock.seconds)}: explained variance {explained:.3f}{at}")
@@ -299,6 +301,8 @@ class RunProtocol:
                 model.freeze_inner(inner_state)
             else:
                 model.inner.load_state_dict(inner_state)
+        elif spec is not None and spec.finish_pretrain is not None:  # no session I ran: its end's fix still applies
+            spec.finish_pretrain(model.inner)
         best = ModelCheckpoint(
             dirpath=session.checkpoints,
             filename=BEST_CHECKPOINT,

@@ -20,6 +20,9 @@ from lit_dendrite.nn.inner_kernels import (
     plain_inner,
 )
 
+STANDARDIZE_SAMPLES = 100_000
+"""Standard-normal input rows over which :meth:`InnerNet.standardize_output` measures the output's mean and std."""
+
 
 class InnerNet(nn.Module):
     """MLP ``arity -> hidden... -> 1`` with ReLU, Xavier-uniform weights and zero biases.
@@ -29,9 +32,14 @@ class InnerNet(nn.Module):
     (``"auto"``, ``"plain"``, ``"lean"``, ``"fused"`` or ``"fused_bf16"``, the fused op with bf16 products on CPU,
     also in float32 training; see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`) and
     ``chunk_rows`` (``None``: the device's tuned value; ``lean`` only) pick how, and are not part of the state dict.
+
+    With ``standardize``, a fixed gain and offset (buffers ``output_gain``, ``output_offset``; 1 and 0 until
+    :meth:`standardize_output` sets them at the end of session I) follow the MLP, so that the function's output has
+    zero mean and unit variance over the inputs LayerNorm gives it; they are state (saved, loaded, frozen with the
+    weights), never trained. Without it the state dict is the paper's.
     """
 
-    def __init__(self, arity: int = 2, hidden: Sequence[int] = (64, 64)) -> None:
+    def __init__(self, arity: int = 2, hidden: Sequence[int] = (64, 64), standardize: bool = False) -> None:
         super().__init__()
         if arity < 1:
             raise ValueError(f"InnerNet arity must be >= 1, got {arity}")
@@ -43,6 +51,14 @@ class InnerNet(nn.Module):
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.impl = "auto"
         self.chunk_rows: int | None = None
+        if not isinstance(standardize, bool):
+            raise ValueError(
+                f"the inner net's standardize (neuron_args.standardize) must be true or false, got {standardize!r}"
+            )
+        self.standardize = standardize
+        if self.standardize:
+            self.register_buffer("output_gain", torch.ones(()))
+            self.register_buffer("output_offset", torch.zeros(()))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -60,10 +76,37 @@ class InnerNet(nn.Module):
             raise ValueError(f"InnerNet expects size arity={self.arity} along dim {dim}, got shape {tuple(x.shape)}")
         impl = self.implementation(x)
         if impl == "plain":
-            return plain_inner(x.movedim(dim, -1), self.linears)
-        if impl in FUSED_IMPLS:
-            return fused_inner(x, dim, self.linears, bf16=impl == "fused_bf16")
-        return lean_inner(x, dim, self.linears, self.chunk_rows or default_chunk_rows(x.device))
+            y = plain_inner(x.movedim(dim, -1), self.linears)
+        elif impl in FUSED_IMPLS:
+            y = fused_inner(x, dim, self.linears, bf16=impl == "fused_bf16")
+        else:
+            y = lean_inner(x, dim, self.linears, self.chunk_rows or default_chunk_rows(x.device))
+        return self.output_affine(y)
+
+    def output_affine(self, y: torch.Tensor) -> torch.Tensor:
+        """The MLP's outputs ``y`` through the fixed gain and offset (``y`` itself without ``standardize``)."""
+        return torch.addcmul(self.output_offset.to(y.dtype), y, self.output_gain.to(y.dtype)) if self.standardize else y
+
+    @torch.no_grad()
+    def standardize_output(self, samples: int = STANDARDIZE_SAMPLES, seed: int = 0) -> None:
+        """Fix the gain and offset (with ``standardize``; else nothing) so that the output has mean 0 and standard
+        deviation 1 over ``samples`` independent standard-normal inputs (LayerNorm's outputs, approximately) drawn
+        from a generator seeded with ``seed``, so that the same weights always give the same affine."""
+        if not self.standardize:
+            return
+        inputs = torch.randn(samples, self.arity, generator=torch.Generator().manual_seed(seed))
+        param = self.linears[0].weight
+        self.output_gain.fill_(1.0)
+        self.output_offset.fill_(0.0)
+        raw = plain_inner(inputs.to(device=param.device, dtype=param.dtype), self.linears).double()
+        std = float(raw.std())
+        if not std > 0:
+            raise ValueError(
+                "the inner net's output is constant over standard-normal inputs, so it cannot be standardised; "
+                "pretrain it (session I) or set neuron_args.standardize to false"
+            )
+        self.output_gain.fill_(1.0 / std)
+        self.output_offset.fill_(-float(raw.mean()) / std)
 
     def implementation(self, x: torch.Tensor) -> str:
         """The implementation that evaluates inputs like ``x``: ``impl``, or the automatic choice for ``x``."""
@@ -75,7 +118,8 @@ class InnerNet(nn.Module):
         return self.impl
 
     def extra_repr(self) -> str:
-        return f"impl={self.impl!r}, chunk_rows={self.chunk_rows}"
+        standardize = ", standardize=True" if self.standardize else ""
+        return f"impl={self.impl!r}, chunk_rows={self.chunk_rows}{standardize}"
 
 
 GRID_POINTS = 101

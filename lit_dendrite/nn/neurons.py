@@ -93,7 +93,7 @@ class LearnedNeuron(SharedNeuron):
         if impl in FUSED_IMPLS:
             params = inner_params(self.inner.linears)
             fused = fused_normalized_inner(z, normalized_ndim, params, LAYER_NORM_EPS, impl == "fused_bf16")
-            return max_pool_maps(fused, pool)
+            return max_pool_maps(self.inner.output_affine(fused), pool)
         return super().normalized(z, normalized_ndim, pool)
 
 
@@ -154,6 +154,9 @@ class NeuronSpec:
     or None. ``dense(in_features, units, shared, dropout, options)`` / ``conv(in_channels, units, shared, dropout,
     kernel_size, pool, options)``: a whole hidden layer when the neuron brings its own, instead of a
     :class:`~lit_dendrite.nn.layers.DendriticLinear` / ``DendriticConv2d`` around ``build(shared)``.
+    ``finish_pretrain(shared)``: what the end of session I fixes in the shared module, on its best fit, before it is
+    saved (None: nothing), such as the inner net's output standardisation; a run without session I applies it to
+    session II's freshly initialised shared module.
     """
 
     arity: int
@@ -166,6 +169,7 @@ class NeuronSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     dense: Callable[..., nn.Module] | None = None
     conv: Callable[..., nn.Module] | None = None
+    finish_pretrain: Callable[[nn.Module], None] | None = None
 
     def __post_init__(self) -> None:
         if self.arity < 1:
@@ -176,6 +180,8 @@ class NeuronSpec:
             raise ConfigError(f"analysis must be one of {ANALYSES}, got {self.analysis!r}")
         if (self.pretrain is not None or self.freeze or self.tables) and self.shared is None:
             raise ConfigError("pretrain, freeze and tables need a shared module (spec.shared)")
+        if self.finish_pretrain is not None and self.pretrain is None:
+            raise ConfigError("finish_pretrain needs a session-I target (spec.pretrain)")
 
     @property
     def learned(self) -> bool:
@@ -220,15 +226,19 @@ def register_neuron(name: str, spec: NeuronSpec) -> NeuronSpec:
 
 def inner_net_spec(arity: int, analysis: str | None) -> NeuronSpec:
     """A learned neuron of the paper: one :class:`InnerNet` of ``arity`` inputs shared by every unit, pretrained in
-    session I to a random smooth function, frozen in session III."""
+    session I to a random smooth function, frozen in session III. Option ``standardize`` (default false): a gain and
+    offset fixed when session I ends make the function's output zero-mean and unit-variance over standard-normal
+    inputs (:meth:`InnerNet.standardize_output`; docs/resnet-diagnosis.md)."""
     return NeuronSpec(
         arity,
         build=LearnedNeuron,
-        shared=lambda hidden, options: InnerNet(arity, hidden),
+        shared=lambda hidden, options: InnerNet(arity, hidden, standardize=options["standardize"]),
         pretrain=smooth_target,
         freeze=True,
         tables=True,
         analysis=analysis,
+        options={"standardize": False},
+        finish_pretrain=lambda inner: inner.standardize_output(),
     )
 
 
