@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lit_dendrite.nn import DendriticCNN, DendriticMLP, InnerNet, inner_op, native
+from lit_dendrite.nn.inner_check import PATHS
 from lit_dendrite.nn.inner_kernels import LEAN_MIN_ROWS, choose_impl, fused_inner, plain_inner
 from lit_dendrite.nn.neurons import LAYER_NORM_EPS
 
@@ -177,20 +178,26 @@ def test_networks_under_cpu_bf16_autocast_run_the_kernel_in_every_large_layer(bu
 
 
 def test_fp32_training_takes_bf16_products_when_asked():
-    torch.manual_seed(0)
-    net = DendriticMLP(dropout=0.0)
-    x = torch.rand(200, *net.in_shape)
+    """A net asks for them with ``neuron_args: {impl: fused_bf16}`` (``--model.net.init_args.neuron_args``)."""
+    x = torch.rand(200, *DendriticMLP().in_shape)
     results = {}
     for impl in ("fused", "fused_bf16"):
-        net.inner.impl = impl
-        net.zero_grad()
+        torch.manual_seed(0)
+        net = DendriticMLP(dropout=0.0, neuron_args={"impl": impl})
+        PATHS.reset()
         logits = net(x)
         logits.square().sum().backward()
         results[impl] = (logits, [p.grad.clone() for p in net.parameters()])
+        assert PATHS.summary()["used"] == [impl]
     assert not torch.equal(results["fused"][0], results["fused_bf16"][0])
     torch.testing.assert_close(results["fused_bf16"][0], results["fused"][0], rtol=2e-2, atol=2e-2)
     for got, want in zip(results["fused_bf16"][1], results["fused"][1]):
         torch.testing.assert_close(got, want, rtol=1e-1, atol=5e-2 * float(want.abs().max()))
+
+
+def test_an_unknown_inner_impl_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"neuron_args.impl\) must be one of \['auto', 'plain', 'lean', 'fused', "):
+        DendriticMLP(neuron_args={"impl": "bf16"})
 
 
 def test_bf16_products_elsewhere_are_refused_with_a_clear_error():

@@ -31,7 +31,8 @@ class InnerNet(nn.Module):
     dimension is dropped); ``evaluate`` does the same along any dimension. Both are exact; the attributes ``impl``
     (``"auto"``, ``"plain"``, ``"lean"``, ``"fused"`` or ``"fused_bf16"``, the fused op with bf16 products on CPU,
     also in float32 training; see :func:`~lit_dendrite.nn.inner_kernels.choose_impl`) and
-    ``chunk_rows`` (``None``: the device's tuned value; ``lean`` only) pick how, and are not part of the state dict.
+    ``chunk_rows`` (``None``: the device's tuned value; ``lean`` only) pick how, and are not part of the state dict
+    (``impl`` starts as the ``impl`` argument, a net's ``neuron_args.impl``).
 
     With ``standardize``, a fixed gain and offset (buffers ``output_gain``, ``output_offset``; 1 and 0 until
     :meth:`standardize_output` sets them at the end of session I) follow the MLP, so that the function's output has
@@ -39,7 +40,9 @@ class InnerNet(nn.Module):
     weights), never trained. Without it the state dict is the paper's.
     """
 
-    def __init__(self, arity: int = 2, hidden: Sequence[int] = (64, 64), standardize: bool = False) -> None:
+    def __init__(
+        self, arity: int = 2, hidden: Sequence[int] = (64, 64), standardize: bool = False, impl: str = "auto"
+    ) -> None:
         super().__init__()
         if arity < 1:
             raise ValueError(f"InnerNet arity must be >= 1, got {arity}")
@@ -49,7 +52,9 @@ class InnerNet(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         widths = (arity, *self.hidden, 1)
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.impl = "auto"
+        if impl not in IMPLS:
+            raise ValueError(f"the inner net's impl (neuron_args.impl) must be one of {list(IMPLS)}, got {impl!r}")
+        self.impl = impl
         self.chunk_rows: int | None = None
         if not isinstance(standardize, bool):
             raise ValueError(

@@ -228,16 +228,18 @@ def inner_net_spec(arity: int, analysis: str | None) -> NeuronSpec:
     """A learned neuron of the paper: one :class:`InnerNet` of ``arity`` inputs shared by every unit, pretrained in
     session I to a random smooth function, frozen in session III. Option ``standardize`` (default false): a gain and
     offset fixed when session I ends make the function's output zero-mean and unit-variance over standard-normal
-    inputs (:meth:`InnerNet.standardize_output`; docs/resnet-diagnosis.md)."""
+    inputs (:meth:`InnerNet.standardize_output`; docs/resnet-diagnosis.md). Option ``impl`` (default ``auto``): how
+    the inner net is evaluated, e.g. ``fused_bf16`` for the native kernel's bf16 products in float32 training
+    (docs/performance.md)."""
     return NeuronSpec(
         arity,
         build=LearnedNeuron,
-        shared=lambda hidden, options: InnerNet(arity, hidden, standardize=options["standardize"]),
+        shared=lambda hidden, options: InnerNet(arity, hidden, options["standardize"], options["impl"]),
         pretrain=smooth_target,
         freeze=True,
         tables=True,
         analysis=analysis,
-        options={"standardize": False},
+        options={"standardize": False, "impl": "auto"},
         finish_pretrain=lambda inner: inner.standardize_output(),
     )
 
