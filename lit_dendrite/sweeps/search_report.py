@@ -28,20 +28,24 @@ def _history_figure(studies: dict[str, Any], spec: SearchSpec) -> Figure:
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
     best_of = min if spec.direction == "minimize" else max
+    shown: list[float] = []
     for index, (experiment, study) in enumerate(studies.items()):
         color = f"C{index}"
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
         pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
+        at_pruning = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         axes.scatter([t.number for t in complete], [t.value for t in complete], color=color, s=18, label=experiment)
-        axes.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-                     color=color, marker="x", s=18)  # fmt: skip
+        axes.scatter([t.number for t in pruned], at_pruning, color=color, marker="x", s=18)
+        shown += [t.value for t in complete] + [v for v in at_pruning if math.isfinite(v)]
         best, steps = None, []
         for trial in sorted(complete, key=lambda t: t.number):
             best = trial.value if best is None else best_of(best, trial.value)
             steps.append((trial.number, best))
         if steps:
             axes.step(*zip(*steps), where="post", color=color, linewidth=1.5)
+    if shown and min(shown) > 0 and max(shown) > 10 * min(shown):
+        axes.set_yscale("log")  # pruned trials sit far above the complete ones, which a linear axis flattens
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("trial number (crosses: pruned, at their last reported epoch)")
     axes.set_ylabel(spec.objective)
