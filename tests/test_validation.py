@@ -141,7 +141,11 @@ def test_checked_data_are_loaded_once(tmp_path):
     assert datamodule.splits["train"] is train  # the checked data are the trained data, read once
 
 
-def test_truncated_mnist_file_is_named_with_download_on(tmp_path):
+def test_truncated_mnist_file_is_named_with_download_on(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a test tried to download")  # CI has no network: present files must never be fetched
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
     make_mnist(tmp_path)
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     _truncate(path, 100)
